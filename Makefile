@@ -1,0 +1,33 @@
+# The two commands a new user runs: `make demo` and `make test`. Both install what they need first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/cm3leon
+STAMP := $(VENV)/.installed
+# The CPU wheel of torch that this project is tested with; GPU users install their own torch first.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(CLI) demo --out out/demo
+
+bench: $(STAMP)
+	$(CLI) bench all --out bench/results
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cm3leon tests
+
+clean:
+	rm -rf out .pytest_cache
