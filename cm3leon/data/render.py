@@ -108,11 +108,29 @@ def letter_font_size(config: WorldConfig) -> int:
     return max(8, round(config.image_size / config.max_word_length * 0.95))
 
 
-def draw_word(draw: ImageDraw.ImageDraw, word: str, config: WorldConfig, fill: int | RGB) -> None:
+# A glyph pixel is on when its anti-aliased coverage reaches half (8-bit mask values).
+_GLYPH_ON, _GLYPH_THRESHOLD = 255, 128
+
+
+def word_mask(word: str, config: WorldConfig) -> Image.Image:
+    """The word's glyphs as a binary ("1" mode) image_size mask.
+
+    Pillow anti-aliases stroked text even with `fontmode = "1"`, which would give glyph edges blended colours
+    and, in the class map, stray ids of other classes; thresholding the coverage keeps every pixel aliased.
+    """
+    size = config.image_size
+    coverage = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(coverage)
     font = _font(letter_font_size(config))
     stroke = max(1, config.image_size // 48)
     for (cx, cy), letter in zip(word_layout(config, len(word)), word, strict=True):
-        draw.text((cx, cy), letter, font=font, fill=fill, anchor="mm", stroke_width=stroke, stroke_fill=fill)
+        draw.text((cx, cy), letter, font=font, fill=_GLYPH_ON, anchor="mm", stroke_width=stroke, stroke_fill=_GLYPH_ON)
+    return coverage.point(lambda v: _GLYPH_ON if v >= _GLYPH_THRESHOLD else 0, mode="1")
+
+
+def draw_word(draw: ImageDraw.ImageDraw, word: str, config: WorldConfig, fill: int | RGB) -> None:
+    """Paint the word's aliased glyphs with `fill` onto an image_size canvas."""
+    draw.bitmap((0, 0), word_mask(word, config), fill=fill)
 
 
 def render(scene: Scene, config: WorldConfig) -> RenderedScene:
