@@ -1,0 +1,223 @@
+"""Decoder-only transformer in the OPT style (CM3Leon): pre-norm, no biases, no dropout, learned positions.
+
+Departures from the paper, each cheap to undo through `DecoderConfig`:
+- LayerNorm without bias (the paper says "no biases"; OPT's LayerNorm kept them). GELU in the feed-forward
+  (OPT used ReLU): smoother, same cost, and the usual choice for small models.
+- `position_encoding="rope"` is available but not the default; the default is the paper's learned positions.
+- The token embedding is tied to the output projection (as in OPT), so "output projections zero" applies to the
+  residual-branch outputs (attention out and feed-forward down projections), not to the logits layer.
+
+Inference uses a static KV cache (see `kv_cache.py`): `setup_caches` once, then `forward(tokens, input_pos)`
+writes keys/values at `input_pos` and attends causally over the cache. Batched prompts of different lengths are
+left-padded; `row_start` (B,) gives each row's first real position so that padding is never attended to and
+positions count from each row's own start (a row's logits then do not depend on how much it was padded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from cm3leon.model.config import DecoderConfig
+from cm3leon.model.kv_cache import KVCache
+from cm3leon.model.positions import RotaryEmbedding
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+# Truncated normal init is cut at this many standard deviations (the usual +-2 or +-3; we take 3).
+TRUNCATION_STDS = 3.0
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        rotary: RotaryEmbedding | None,
+        cache_pos: torch.Tensor | None,
+    ) -> torch.Tensor:
+        batch, length, width = x.shape
+        # (B, T, 3, H, D) -> three (B, H, T, D)
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotary(q, positions), rotary(k, positions)
+        if cache_pos is not None:
+            assert self.kv_cache is not None, "cache_pos given without setup_caches"
+            k, v = self.kv_cache.update(cache_pos, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(config.d_model, config.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
+        self.attention = Attention(config)
+        self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
+        self.ffn = FeedForward(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        rotary: RotaryEmbedding | None,
+        cache_pos: torch.Tensor | None,
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), positions, mask, rotary, cache_pos)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """tokens (B, T) -> logits (B, T, vocab_size). See the module docstring for the design and departures."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        learned = config.position_encoding == "learned"
+        self.position_embedding = nn.Embedding(config.max_seq_len, config.d_model) if learned else None
+        self.rotary = None if learned else RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_base)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+        self.reset_parameters()
+
+    # --- initialisation ----------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Paper init: truncated normal (std init_std), residual output projections 0, positions std small."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=std, a=-TRUNCATION_STDS * std, b=TRUNCATION_STDS * std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+        if self.position_embedding is not None:
+            position_std = self.config.position_init_std
+            bound = TRUNCATION_STDS * position_std
+            nn.init.trunc_normal_(self.position_embedding.weight, std=position_std, a=-bound, b=bound)
+        if self.config.zero_init_output_projections:
+            for block in self.blocks:
+                nn.init.zeros_(block.attention.out_proj.weight)
+                nn.init.zeros_(block.ffn.down_proj.weight)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # shared (tied) tensors are counted once
+
+    # --- KV cache ----------------------------------------------------------------------------------------------
+    def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate static caches; a no-op when the current ones are already large enough (reuse across calls)."""
+        if max_seq_length > self.config.max_seq_len:
+            raise ValueError(f"cache length {max_seq_length} exceeds max_seq_len {self.config.max_seq_len}")
+        weight = self.token_embedding.weight
+        dtype = dtype or weight.dtype
+        current = self.blocks[0].attention.kv_cache
+        if (
+            current is not None
+            and current.max_batch_size >= max_batch_size
+            and current.max_seq_length >= max_seq_length
+            and current.keys.dtype == dtype
+            and current.keys.device == weight.device
+        ):
+            return
+        for block in self.blocks:
+            block.attention.kv_cache = KVCache(
+                max_batch_size, max_seq_length, self.config.n_heads, self.config.head_dim, dtype, weight.device
+            )
+
+    def clear_caches(self) -> None:
+        """Free the caches (e.g. before training; forward without input_pos never uses them anyway)."""
+        for block in self.blocks:
+            block.attention.kv_cache = None
+
+    @property
+    def has_caches(self) -> bool:
+        return self.blocks[0].attention.kv_cache is not None
+
+    # --- forward -----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        row_start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens (B, T) at positions input_pos (T,) (default 0..T-1) -> logits (B, T, V).
+
+        With caches set up and `input_pos` given, K/V are written into the cache and attention covers every
+        cached position up to each query's. `row_start` (B,): first real (non left-padding) position per row.
+        """
+        batch, length = tokens.shape
+        use_cache = input_pos is not None and self.has_caches
+        query_pos = input_pos if input_pos is not None else torch.arange(length, device=tokens.device)
+        # Positions seen by the embeddings count from each row's own first token.
+        positions = query_pos.unsqueeze(0)
+        if row_start is not None:
+            positions = (positions - row_start.unsqueeze(1)).clamp_min(0)
+        mask = None  # None: plain causal attention over `tokens` (the training path, fused kernel)
+        if input_pos is not None or row_start is not None:
+            cache = self.blocks[0].attention.kv_cache
+            key_pos = cache.positions if use_cache and cache is not None else query_pos
+            mask = attention_mask(query_pos, key_pos, row_start)
+        x = self.token_embedding(tokens)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(positions)
+        cache_pos = query_pos if use_cache else None
+        for block in self.blocks:
+            x = block(x, positions, mask, self.rotary, cache_pos)
+        return self.lm_head(self.final_norm(x))
+
+    # --- persistence -------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: Path | str) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(directory / WEIGHTS_FILE))  # handles the tied embedding / lm_head tensor
+        (directory / CONFIG_FILE).write_text(self.config.to_json())
+
+    @classmethod
+    def from_pretrained(cls, directory: Path | str, device: torch.device | str = "cpu") -> Transformer:
+        """Build from model_config.json alone, then load the weights."""
+        directory = Path(directory)
+        config = DecoderConfig.from_json((directory / CONFIG_FILE).read_text())
+        model = cls(config).to(device)
+        load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
+        return model.eval()
+
+
+def attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, row_start: torch.Tensor | None) -> torch.Tensor:
+    """Boolean (B or 1, 1, T, S) mask, True = may attend: causal over positions, and not before the row's start.
+
+    A padding query (before its row's start) would see no key at all, and softmax over nothing is NaN; it is
+    allowed to see itself instead. Its output is never read by a real token, which cannot see padding.
+    """
+    causal = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)  # (T, S)
+    if row_start is None:
+        return causal[None, None]
+    after_start = key_pos.view(1, 1, -1) >= row_start.view(-1, 1, 1)  # (B, 1, S)
+    itself = key_pos.unsqueeze(0) == query_pos.unsqueeze(1)  # (T, S)
+    return ((causal.unsqueeze(0) & after_start) | itself.unsqueeze(0)).unsqueeze(1)
