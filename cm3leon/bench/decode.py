@@ -1,0 +1,114 @@
+"""Decoding speed of a checkpoint: CFG images at several batch sizes, pooled reranking, and captioning.
+
+Each measurement generates real prompts of held-out scenes end to end (`generate`, VQ decode included for
+images) after one warm-up call, best of `repeats` passes (the machine is shared: the best pass is the one least
+disturbed), at each thread count. On a 2-core machine that other work shares, 1 thread often beats 2: both are
+reported so the serving default can be chosen from numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cm3leon.data.world import Split
+from cm3leon.decoding import SamplingParams
+from cm3leon.decoding.defaults import CAPTION, TEXT_TO_IMAGE, load_decoding_defaults
+from cm3leon.evaluation.caption_eval import (
+    caption_token_budget,
+    encode_scene_images,
+    generate_captions,
+    reference_captions,
+)
+from cm3leon.evaluation.decoder_setup import eval_scenes, load_eval_checkpoint
+from cm3leon.evaluation.t2i_eval import generate_images, method_params, prompt_captions
+
+# Benchmark prompts come from the validation split: speed does not depend on the split, and test stays unseen.
+BENCH_SPLIT = Split.VAL
+
+
+@dataclass(frozen=True)
+class DecodeBenchConfig:
+    """What to time. Presets: `standard` (bench/results/decode.json) and `quick` (tests)."""
+
+    cfg_batch_sizes: tuple[int, ...] = (1, 8, 32)
+    pooled_batch_size: int = 1
+    caption_batch_size: int = 8
+    threads: tuple[int, ...] = (1, 2)
+    repeats: int = 2
+    seed: int = 0
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> DecodeBenchConfig:
+        presets: dict[str, dict[str, Any]] = {
+            "standard": {},
+            "quick": dict(cfg_batch_sizes=(1, 2), caption_batch_size=2, threads=(1,), repeats=1),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown decode bench preset {name!r}; choose from {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+
+def _best_seconds(work: Callable[[], float], repeats: int) -> float:
+    """Fastest of `repeats` timed passes of `work` (which returns its own seconds), after one warm-up."""
+    work()
+    return min(work() for _ in range(repeats))
+
+
+def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) -> dict[str, Any]:
+    """Flat results: `t{threads}_cfg_b{batch}_images_per_s` / `_ms_per_image`, `t{threads}_pooled{k}_b{batch}_...`,
+    `t{threads}_caption_b{batch}_tokens_per_s`."""
+    config = config or DecodeBenchConfig()
+    checkpoint = load_eval_checkpoint(checkpoint_dir)
+    defaults = load_decoding_defaults(checkpoint_dir)
+    cfg = method_params("cfg", defaults[TEXT_TO_IMAGE])
+    pooled = method_params("pooled", defaults[TEXT_TO_IMAGE])
+    most_prompts = max(*config.cfg_batch_sizes, config.pooled_batch_size, config.caption_batch_size)
+    scenes = eval_scenes(checkpoint.world, BENCH_SPLIT, most_prompts, config.seed)
+    captions = prompt_captions(scenes, checkpoint, config.seed)
+    caption_scenes = scenes[: config.caption_batch_size]
+    caption_params: SamplingParams = defaults[CAPTION].replace(
+        max_new_tokens=caption_token_budget(checkpoint, reference_captions(caption_scenes, checkpoint.world))
+    )
+    caption_images = encode_scene_images(checkpoint, caption_scenes, config.caption_batch_size)
+
+    results: dict[str, Any] = {
+        "checkpoint": str(checkpoint_dir),
+        "parameters": checkpoint.model.num_parameters(),
+        "codes_per_image": checkpoint.vocab.codes_per_image,
+        "cfg_guidance_scale": cfg.guidance_scale,
+        "pooled_candidates": pooled.num_candidates,
+    }
+    threads_before = torch.get_num_threads()
+    try:
+        for threads in config.threads:
+            torch.set_num_threads(threads)
+            prefix = f"t{threads}"
+            for batch in config.cfg_batch_sizes:
+                seconds = _best_seconds(
+                    lambda b=batch: generate_images(checkpoint, captions[:b], cfg, b, config.seed)[1], config.repeats
+                )
+                results[f"{prefix}_cfg_b{batch}_images_per_s"] = batch / seconds
+                results[f"{prefix}_cfg_b{batch}_ms_per_image"] = 1000 * seconds / batch
+            batch = config.pooled_batch_size
+            seconds = _best_seconds(
+                lambda b=batch: generate_images(checkpoint, captions[:b], pooled, b, config.seed)[1], config.repeats
+            )
+            name = f"{prefix}_pooled{pooled.num_candidates}_b{batch}"
+            results[f"{name}_images_per_s"] = batch / seconds  # reranked images delivered, not candidates drawn
+            results[f"{name}_ms_per_image"] = 1000 * seconds / batch
+            caption_runs = [
+                generate_captions(checkpoint, caption_images, caption_params, config.caption_batch_size, config.seed)
+                for _ in range(config.repeats + 1)  # the first run is the warm-up
+            ]
+            fastest = min(caption_runs[1:], key=lambda run: run.seconds)
+            results[f"{prefix}_caption_b{config.caption_batch_size}_tokens_per_s"] = (
+                fastest.generated_tokens / fastest.seconds
+            )
+    finally:
+        torch.set_num_threads(threads_before)
+    return results

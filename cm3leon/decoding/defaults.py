@@ -1,0 +1,91 @@
+"""Serving defaults: the sampling parameters a checkpoint is decoded with unless a request says otherwise.
+
+`cm3leon eval sweep --write-defaults` measures decoding settings on the validation split and writes the best
+ones to `DIR/decoding_defaults.json`; every evaluation (and the server) reads them back with
+`load_decoding_defaults`, so the sweep's choice becomes what users get. Without the file the `SamplingParams`
+presets apply. The file holds only the fields that differ from the preset, plus the sweep's provenance:
+
+    {"text_to_image": {"temperature": 0.7, "guidance_scale": 5.0}, "caption": {}, "provenance": {...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cm3leon.decoding.params import SamplingParams
+
+DEFAULTS_FILE = "decoding_defaults.json"
+PROVENANCE_KEY = "provenance"
+TEXT_TO_IMAGE = "text_to_image"
+CAPTION = "caption"
+TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION)
+# Which SamplingParams preset each task falls back to.
+TASK_PRESETS: dict[str, str] = {TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text"}
+# A seed is per request, never a default: a fixed default seed would make every request draw the same sample.
+NOT_A_DEFAULT = frozenset({"seed"})
+
+
+def preset_defaults() -> dict[str, SamplingParams]:
+    """The per-task defaults before any sweep: the SamplingParams presets."""
+    return {task: SamplingParams.preset(preset) for task, preset in TASK_PRESETS.items()}
+
+
+def _overrides(params: SamplingParams, base: SamplingParams) -> dict[str, Any]:
+    """The fields of `params` that differ from `base` (seed excluded)."""
+    return {
+        field.name: getattr(params, field.name)
+        for field in dataclasses.fields(params)
+        if field.name not in NOT_A_DEFAULT and getattr(params, field.name) != getattr(base, field.name)
+    }
+
+
+def save_decoding_defaults(
+    checkpoint_dir: Path | str,
+    defaults: Mapping[str, SamplingParams],
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `DIR/decoding_defaults.json` (tasks not given keep their preset); returns the path."""
+    unknown = set(defaults) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown decoding tasks {sorted(unknown)}; tasks are {TASKS}")
+    presets = preset_defaults()
+    record: dict[str, Any] = {
+        task: _overrides(defaults.get(task, presets[task]), presets[task]) for task in TASKS
+    }
+    record[PROVENANCE_KEY] = dict(provenance or {})
+    path = Path(checkpoint_dir) / DEFAULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def load_decoding_defaults(checkpoint_dir: Path | str) -> dict[str, SamplingParams]:
+    """Per task ("text_to_image", "caption"), the checkpoint's default SamplingParams: the sweep's choice from
+    `DIR/decoding_defaults.json` laid over the preset, or the preset alone when the file is absent."""
+    defaults = preset_defaults()
+    path = Path(checkpoint_dir) / DEFAULTS_FILE
+    if not path.exists():
+        return defaults
+    record = json.loads(path.read_text())
+    known_fields = {field.name for field in dataclasses.fields(SamplingParams)} - NOT_A_DEFAULT
+    for task in TASKS:
+        overrides = record.get(task, {})
+        unknown = set(overrides) - known_fields
+        if unknown:
+            raise ValueError(f"{path}: unknown sampling fields for {task}: {sorted(unknown)}")
+        defaults[task] = defaults[task].replace(**overrides)  # SamplingParams validates the values
+    return defaults
+
+
+def params_record(params: SamplingParams) -> dict[str, Any]:
+    """A SamplingParams as a JSON-ready dict for reports (which settings produced a number); the per-request seed
+    and unset (None) fields are left out."""
+    return {
+        name: value
+        for name, value in dataclasses.asdict(params).items()
+        if name not in NOT_A_DEFAULT and value is not None
+    }

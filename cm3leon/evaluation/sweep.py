@@ -1,0 +1,129 @@
+"""The decoding sweep: which temperature and guidance scale to serve, chosen on the VALIDATION split.
+
+Text->image: temperature x CFG scale (CM3Leon sweeps the scale 1..7; a = 1 is plain conditional sampling);
+captioning: temperature (0 = greedy). Every setting decodes the same val scenes with the same per-request seeds
+(common random numbers), so differences between settings are the settings', not the sampler's luck. The best
+setting (highest exact-scene accuracy; ties by attribute accuracy, then BLEU for captions, then the earlier
+setting) can be written as the checkpoint's decoding defaults, which the test-split evaluations then use:
+choosing on val and reporting on test keeps the reported numbers honest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cm3leon.data.oracle import Oracle
+from cm3leon.data.world import Split
+from cm3leon.decoding import SamplingParams
+from cm3leon.decoding.defaults import CAPTION, TEXT_TO_IMAGE, preset_defaults
+from cm3leon.evaluation.caption_eval import run_captioning
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.evaluation.t2i_eval import prompt_captions, run_method
+
+# Never the test split: the sweep chooses, the test split only reports.
+SWEEP_SPLIT = Split.VAL
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The grid. Presets: `standard` (the reported sweep) and `quick` (tests)."""
+
+    n: int = 64
+    batch_size: int = 16
+    seed: int = 0
+    temperatures: tuple[float, ...] = (0.7, 1.0)
+    guidance_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
+    caption_temperatures: tuple[float, ...] = (0.0, 0.7)
+
+    def __post_init__(self) -> None:
+        if not (self.temperatures and self.guidance_scales and self.caption_temperatures):
+            raise ValueError("every sweep axis needs at least one value")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SweepConfig:
+        presets: dict[str, dict[str, Any]] = {
+            "standard": {},
+            "quick": dict(
+                n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), caption_temperatures=(0.0,)
+            ),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown sweep preset {name!r}; choose from {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+
+def _best(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The run with the highest values of `keys` in order; the first such run on a full tie."""
+    return max(runs, key=lambda run: tuple(run[key] for key in keys))  # max keeps the first of equals
+
+
+def sweep_text_to_image(
+    checkpoint: EvalCheckpoint, config: SweepConfig, base: SamplingParams
+) -> dict[str, Any]:
+    """CFG images for every (temperature, guidance scale) on val scenes; a table of exact accuracies and the best."""
+    oracle = Oracle(checkpoint.world)
+    scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
+    captions = prompt_captions(scenes, checkpoint, config.seed)
+    runs: list[dict[str, Any]] = []
+    table: dict[str, dict[str, float]] = {}
+    for temperature in config.temperatures:
+        for scale in config.guidance_scales:
+            params = base.replace(method="cfg", temperature=temperature, guidance_scale=scale)
+            metrics = run_method(checkpoint, oracle, scenes, captions, params, config.batch_size, config.seed).metrics
+            runs.append(
+                {
+                    "temperature": temperature,
+                    "guidance_scale": scale,
+                    "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                    "attribute_accuracy": metrics["attribute_accuracy"],
+                    "images_per_s": metrics["images_per_s"],
+                }
+            )
+            table.setdefault(f"temperature={temperature:g}", {})[f"scale={scale:g}"] = metrics["exact_scene_accuracy"]
+    best = _best(runs, ("exact_scene_accuracy", "attribute_accuracy"))
+    return {"exact_scene_accuracy": table, "runs": runs, "best": best}
+
+
+def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: SamplingParams) -> dict[str, Any]:
+    """Captions of val images at every caption temperature; exact accuracy and BLEU-4 per temperature."""
+    scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
+    runs: list[dict[str, Any]] = []
+    for temperature in config.caption_temperatures:
+        params = base.replace(method="sample", temperature=temperature)
+        _, metrics, _ = run_captioning(checkpoint, scenes, params, config.batch_size, config.seed)
+        runs.append(
+            {
+                "temperature": temperature,
+                "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                "attribute_accuracy": metrics["attribute_accuracy"],
+                "bleu4": metrics["bleu4"],
+            }
+        )
+    table = {f"temperature={run['temperature']:g}": run["exact_scene_accuracy"] for run in runs}
+    best = _best(runs, ("exact_scene_accuracy", "attribute_accuracy", "bleu4"))
+    return {"exact_scene_accuracy": table, "runs": runs, "best": best}
+
+
+def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig) -> dict[str, Any]:
+    """Both sweeps from the preset defaults (so a sweep never depends on an earlier sweep's choice)."""
+    base = preset_defaults()
+    return {
+        "split": SWEEP_SPLIT.value,
+        "n": config.n,
+        "seed": config.seed,
+        TEXT_TO_IMAGE: sweep_text_to_image(checkpoint, config, base[TEXT_TO_IMAGE]),
+        CAPTION: sweep_captioning(checkpoint, config, base[CAPTION]),
+    }
+
+
+def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
+    """The sweep's best settings laid over the presets: what `--write-defaults` saves."""
+    base = preset_defaults()
+    t2i_best, caption_best = report[TEXT_TO_IMAGE]["best"], report[CAPTION]["best"]
+    return {
+        TEXT_TO_IMAGE: base[TEXT_TO_IMAGE].replace(
+            method="cfg", temperature=t2i_best["temperature"], guidance_scale=t2i_best["guidance_scale"]
+        ),
+        CAPTION: base[CAPTION].replace(temperature=caption_best["temperature"]),
+    }

@@ -1,0 +1,205 @@
+"""Text->image evaluation: generate from held-out detailed captions and let the oracle judge every image.
+
+Flow: held-out shapes scenes (test split by default, object counts cycling 1..3) -> a seeded paraphrase of each
+scene's detailed caption -> the decoder writes image codes (per method: plain sampling, CFG, optionally CD-K
+and pooled reranking, with the checkpoint's decoding defaults) -> the VQ decoder paints pixels -> the oracle
+parses each image (as a shapes scene) -> exact-scene and attribute accuracies. The compositional split (scenes
+with held-out colour/shape pairs, never seen in training) gets its own, smaller section.
+
+Scoring given images is the pure function `score_generated_images`, separate from generation, so tests can
+score rendered ground truth (accuracy 1) and images of the wrong scenes (accuracy 0).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cm3leon.data.grid import Tile, save_grid
+from cm3leon.data.language import detailed_caption
+from cm3leon.data.oracle import Oracle
+from cm3leon.data.render import render
+from cm3leon.data.world import Scene, Split
+from cm3leon.decoding import GenerationRequest, SamplingParams, generate
+from cm3leon.decoding.defaults import TEXT_TO_IMAGE, load_decoding_defaults, params_record
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, request_seed
+from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
+
+# Evaluation method -> the SamplingParams method it decodes with ("plain" is TopP sampling without guidance).
+T2I_METHODS: dict[str, str] = {"plain": "sample", "cfg": "cfg", "cdk": "cdk", "pooled": "pooled"}
+
+
+@dataclass(frozen=True)
+class T2IEvalConfig:
+    """Size and shape of one text->image evaluation. Presets: `standard` (reported numbers), `quick` (tests)."""
+
+    n: int = 200
+    batch_size: int = 16
+    seed: int = 0
+    split: str = Split.TEST.value
+    methods: tuple[str, ...] = ("plain", "cfg")
+    # The compositional split as a second section; it is a generalisation probe, so a quarter of `n` is enough.
+    compositional: bool = True
+    compositional_fraction: float = 0.25
+    grid_rows: int = 12  # scenes shown in the grid PNG
+
+    def __post_init__(self) -> None:
+        unknown = set(self.methods) - set(T2I_METHODS)
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be a non-empty subset of {sorted(T2I_METHODS)}, got {self.methods}")
+        if Split(self.split) in (Split.TRAIN, Split.VAL):
+            raise ValueError(f"the evaluation reports held-out test splits; got {self.split} (the sweep uses val)")
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError("n and batch_size must be >= 1")
+
+    @property
+    def compositional_n(self) -> int:
+        return max(1, round(self.n * self.compositional_fraction))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> T2IEvalConfig:
+        presets: dict[str, dict[str, Any]] = {"standard": {}, "quick": dict(n=4, batch_size=4, grid_rows=4)}
+        if name not in presets:
+            raise ValueError(f"unknown t2i eval preset {name!r}; choose from {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+
+def method_params(method: str, default: SamplingParams) -> SamplingParams:
+    """The SamplingParams of an evaluation method: the checkpoint's text->image default (temperature, top-p,
+    guidance scale) with the method swapped in; pooled takes its candidate count from the `pooled` preset."""
+    if method not in T2I_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(T2I_METHODS)}")
+    params = default.replace(method=T2I_METHODS[method])
+    if method == "pooled":
+        params = params.replace(num_candidates=SamplingParams.preset("pooled").num_candidates)
+    return params
+
+
+def no_rerank(
+    request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
+) -> list[float]:
+    """A Scorer for single-candidate requests: there is nothing to choose, so skip the likelihood pass."""
+    return [0.0] * len(candidates)
+
+
+def generate_images(
+    checkpoint: EvalCheckpoint, captions: Sequence[str], params: SamplingParams, batch_size: int, seed: int
+) -> tuple[np.ndarray, float]:
+    """(N, H, W, 3) uint8 images generated from `captions` (request i seeded by `request_seed(seed, i)`, so
+    every method and setting sees the same random numbers), and the wall seconds generation + VQ decode took."""
+    scorer = no_rerank if params.num_candidates == 1 else None
+    images: list[np.ndarray] = []
+    start = time.perf_counter()
+    for first in range(0, len(captions), batch_size):
+        requests = [
+            GenerationRequest(prompt=[caption], target="image", params=params.replace(seed=request_seed(seed, i)))
+            for i, caption in enumerate(captions[first : first + batch_size], start=first)
+        ]
+        results = generate(
+            checkpoint.model, checkpoint.vocab, requests, image_decoder=checkpoint.image_tokenizer.decode, scorer=scorer
+        )
+        images.extend(np.asarray(result.images[0]) for result in results)
+    return np.stack(images), time.perf_counter() - start
+
+
+def score_generated_images(
+    oracle: Oracle, scenes: Sequence[Scene], images: Sequence[np.ndarray] | np.ndarray
+) -> tuple[dict[str, object], list[Scene]]:
+    """The oracle's reading of each image (as a shapes scene) against the scene it should show: the metrics
+    of `summarize_predictions` and the parsed scenes."""
+    predicted = [oracle.parse(image, expect_text=False) for image in images]
+    return summarize_predictions(scenes, predicted), predicted
+
+
+@dataclass
+class MethodRun:
+    """One method on one split: its images, the oracle's readings and the metrics."""
+
+    params: SamplingParams
+    images: np.ndarray
+    predicted: list[Scene]
+    metrics: dict[str, object]
+
+
+def run_method(
+    checkpoint: EvalCheckpoint,
+    oracle: Oracle,
+    scenes: Sequence[Scene],
+    captions: Sequence[str],
+    params: SamplingParams,
+    batch_size: int,
+    seed: int,
+) -> MethodRun:
+    images, seconds = generate_images(checkpoint, captions, params, batch_size, seed)
+    metrics, predicted = score_generated_images(oracle, scenes, images)
+    metrics["images_per_s"] = len(images) / seconds
+    return MethodRun(params, images, predicted, metrics)
+
+
+def prompt_captions(scenes: Sequence[Scene], checkpoint: EvalCheckpoint, seed: int) -> list[str]:
+    """A seeded paraphrase of each scene's detailed caption (every paraphrase names every attribute)."""
+    rng = random.Random(f"{seed}:prompt-captions")
+    return [detailed_caption(scene, checkpoint.world, rng) for scene in scenes]
+
+
+def save_t2i_grid(
+    path: Path,
+    checkpoint: EvalCheckpoint,
+    scenes: Sequence[Scene],
+    captions: Sequence[str],
+    runs: Mapping[str, MethodRun],
+    rows: int,
+    title: str,
+) -> Path:
+    """Per scene: the ground-truth render labelled with the prompt, then each method's sample and verdict."""
+    world = checkpoint.world
+    grid: list[list[Tile]] = []
+    for index in range(min(rows, len(scenes))):
+        row: list[Tile] = [(render(scenes[index], world).image, f"prompt: {captions[index]}")]
+        for method, run in runs.items():
+            row.append((run.images[index], f"{method}: {verdict_label(run.predicted[index], scenes[index], world)}"))
+        grid.append(row)
+    return save_grid(grid, path, title=title)
+
+
+def evaluate_t2i(
+    checkpoint: EvalCheckpoint,
+    config: T2IEvalConfig,
+    grid_path: Path | None = None,
+    defaults: SamplingParams | None = None,
+) -> dict[str, object]:
+    """The report: one section per method for the main split (`plain`, `cfg`, ...), the same for the
+    compositional split under `test_compositional`, and the decoding parameters each method used. Writes the
+    grid PNG(s) when `grid_path` is given (the compositional one beside it, suffixed `_test_compositional`)."""
+    default = defaults or load_decoding_defaults(checkpoint.directory)[TEXT_TO_IMAGE]
+    oracle = Oracle(checkpoint.world)
+    params = {method: method_params(method, default) for method in config.methods}
+    report: dict[str, object] = {"split": config.split, "n": config.n, "seed": config.seed}
+    splits = [(Split(config.split), config.n)]
+    if config.compositional and Split(config.split) is not Split.TEST_COMPOSITIONAL:
+        splits.append((Split.TEST_COMPOSITIONAL, config.compositional_n))
+    for split, n in splits:
+        scenes = eval_scenes(checkpoint.world, split, n, config.seed)
+        captions = prompt_captions(scenes, checkpoint, config.seed)
+        runs = {
+            method: run_method(checkpoint, oracle, scenes, captions, p, config.batch_size, config.seed)
+            for method, p in params.items()
+        }
+        section = {method: run.metrics for method, run in runs.items()}
+        is_main = split is Split(config.split)
+        if is_main:
+            report.update(section)
+        else:
+            report[split.value] = section
+        if grid_path is not None:
+            path = grid_path if is_main else grid_path.with_name(f"{grid_path.stem}_{split.value}{grid_path.suffix}")
+            title = f"text->image, {split.value} split: {checkpoint.directory.name}"
+            save_t2i_grid(path, checkpoint, scenes, captions, runs, config.grid_rows, title)
+    report["decoding"] = {method: params_record(p) for method, p in params.items()}
+    return report

@@ -1,0 +1,270 @@
+"""Decoder evaluations (text->image, captioning, perplexity), the decoding sweep and serving defaults, BLEU, and
+the decode benchmark, on a tiny randomly initialised checkpoint: the plumbing and report shapes are checked on
+it, and the metrics themselves on ground truth and on deliberately wrong inputs (so they can fail)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pretrain_helpers import tiny_data_config, tiny_image_tokenizer, tiny_model, tiny_vocabulary
+from typer.testing import CliRunner
+
+from cm3leon.bench.decode import DecodeBenchConfig, bench_decode
+from cm3leon.checkpoint import save_checkpoint
+from cm3leon.cli import app
+from cm3leon.data.language import detailed_caption, detailed_caption_variants
+from cm3leon.data.oracle import Oracle
+from cm3leon.data.render import render
+from cm3leon.data.world import Split, split_of
+from cm3leon.decoding import SamplingParams
+from cm3leon.decoding.defaults import (
+    CAPTION,
+    DEFAULTS_FILE,
+    TEXT_TO_IMAGE,
+    load_decoding_defaults,
+    preset_defaults,
+    save_decoding_defaults,
+)
+from cm3leon.evaluation.bleu import corpus_bleu
+from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning, score_captions
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
+from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
+from cm3leon.evaluation.sweep import SweepConfig, best_defaults, run_sweep
+from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i, score_generated_images
+
+SCENE_METRICS = ("exact_scene_accuracy", "single_object_exact", "multi_object_exact", "attribute_accuracy")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models decode many small steps: one thread is several times faster than two on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete tiny checkpoint (random weights, world-trained BPE, seeded VQ), as `train pretrain` writes."""
+    root = tmp_path_factory.mktemp("decoder")
+    image_tokenizer = tiny_image_tokenizer()
+    vocab = tiny_vocabulary(image_tokenizer)
+    model = tiny_model(vocab).eval()
+    with torch.no_grad():  # the zero-initialised output projections would make every logit equal
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return save_checkpoint(root / "final", model, vocab, image_tokenizer.save_pretrained(root / "vq"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_dir: Path) -> EvalCheckpoint:
+    return load_eval_checkpoint(checkpoint_dir)
+
+
+def assert_scene_metrics(metrics: dict[str, object]) -> None:
+    for key in SCENE_METRICS:
+        value = metrics[key]
+        assert isinstance(value, float) and 0.0 <= value <= 1.0, (key, value)
+    assert metrics["exact_scene_accuracy"] <= metrics["attribute_accuracy"]
+
+
+# --- metrics on given inputs ------------------------------------------------------------------------------------
+
+
+def test_bleu4_on_hand_computed_examples() -> None:
+    # 1-gram 5/6, 2-gram 3/5, 3-gram 2/4, 4-gram 1/3, equal lengths (no brevity penalty).
+    expected = (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
+    assert corpus_bleu(["the cat sat on the mat"], [["the cat sat on a mat"]]) == pytest.approx(expected)
+    assert corpus_bleu(["The cat, sat."], [["the cat , sat ."]]) == pytest.approx(1.0)  # case and punctuation
+    # Every n-gram matches but the hypothesis is 4 words against 6: brevity penalty exp(1 - 6/4).
+    assert corpus_bleu(["the cat sat on"], [["the cat sat on the mat"]]) == pytest.approx(math.exp(-0.5))
+    # The closest reference sets the length: the 4-word reference, so no penalty.
+    assert corpus_bleu(["the cat sat on"], [["the cat sat on the mat", "the cat sat on"]]) == pytest.approx(1.0)
+    # Clipping: "the" counts at most as often as in a reference; no matching bigram -> 0.
+    assert corpus_bleu(["the the the the"], [["the cat"]]) == 0.0
+    # Corpus level: n-gram counts are pooled over sentences before the precisions are taken.
+    pooled = corpus_bleu(["a b c d", "a b c e"], [["a b c d"], ["a b c d"]])
+    assert pooled == pytest.approx((7 / 8 * 5 / 6 * 3 / 4 * 1 / 2) ** 0.25)
+    with pytest.raises(ValueError):
+        corpus_bleu(["a"], [])
+
+
+def test_image_scoring_is_one_on_ground_truth_and_zero_on_wrong_scenes() -> None:
+    world = tiny_data_config().world()
+    oracle = Oracle(world)
+    scenes = eval_scenes(world, Split.TEST, 9, seed=3)
+    assert [len(s.objects) for s in scenes] == [1, 2, 3] * 3
+    assert all(split_of(s, world) is Split.TEST for s in scenes)
+    images = np.stack([render(scene, world).image for scene in scenes])
+
+    perfect, parsed = score_generated_images(oracle, scenes, images)
+    assert parsed == scenes
+    for key in SCENE_METRICS:
+        assert perfect[key] == 1.0, key
+
+    wrong, _ = score_generated_images(oracle, scenes, np.roll(images, 1, axis=0))  # each image shows another scene
+    assert wrong["exact_scene_accuracy"] == wrong["single_object_exact"] == wrong["multi_object_exact"] == 0.0
+    assert wrong["attribute_accuracy"] < 1.0
+
+    # Half right: the single-object scenes keep their images, the others get a blank background.
+    half = [image if len(s.objects) == 1 else np.full_like(image, 128) for s, image in zip(scenes, images, strict=True)]
+    mixed, _ = score_generated_images(oracle, scenes, half)
+    assert mixed["single_object_exact"] == 1.0 and mixed["multi_object_exact"] == 0.0
+    assert mixed["exact_scene_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_caption_scoring_is_one_on_ground_truth_and_zero_on_wrong_captions() -> None:
+    world = tiny_data_config().world()
+    scenes = eval_scenes(world, Split.TEST, 6, seed=1)
+    truth = [detailed_caption(scene, world) for scene in scenes]
+    perfect, parsed = score_captions(truth, scenes, world)
+    assert parsed == scenes
+    assert perfect["exact_scene_accuracy"] == perfect["attribute_accuracy"] == perfect["bleu4"] == 1.0
+    assert perfect["parse_rate"] == 1.0
+    # Any paraphrase is a reference too.
+    paraphrases = [detailed_caption_variants(scene, world)[-1] for scene in scenes]
+    assert score_captions(paraphrases, scenes, world)[0]["bleu4"] == pytest.approx(1.0)
+
+    wrong, _ = score_captions(truth[1:] + truth[:1], scenes, world)
+    assert wrong["exact_scene_accuracy"] == 0.0 and wrong["bleu4"] < 1.0
+    garbage, parsed = score_captions(["blue blue blue"] * len(scenes), scenes, world)
+    assert garbage["parse_rate"] == 0.0 and garbage["exact_scene_accuracy"] == 0.0
+    assert garbage["attribute_accuracy"] == 0.0
+
+
+# --- defaults ---------------------------------------------------------------------------------------------------
+
+
+def test_decoding_defaults_fall_back_to_presets_and_round_trip(tmp_path: Path) -> None:
+    assert load_decoding_defaults(tmp_path) == preset_defaults()
+    assert preset_defaults()[TEXT_TO_IMAGE] == SamplingParams.preset("text_to_image")
+    chosen = preset_defaults()[TEXT_TO_IMAGE].replace(temperature=0.7, guidance_scale=5.0, seed=123)
+    path = save_decoding_defaults(tmp_path, {TEXT_TO_IMAGE: chosen}, {"split": "val"})
+    record = json.loads(path.read_text())
+    assert record[TEXT_TO_IMAGE] == {"temperature": 0.7, "guidance_scale": 5.0}  # only changes, never the seed
+    loaded = load_decoding_defaults(tmp_path)
+    assert loaded[TEXT_TO_IMAGE] == chosen.replace(seed=None)
+    assert loaded[CAPTION] == preset_defaults()[CAPTION]
+    path.write_text(json.dumps({TEXT_TO_IMAGE: {"guidance": 2.0}}))
+    with pytest.raises(ValueError, match="unknown sampling fields"):
+        load_decoding_defaults(tmp_path)
+    path.write_text(json.dumps({TEXT_TO_IMAGE: {"top_p": 1.5}}))
+    with pytest.raises(ValueError, match="top_p"):
+        load_decoding_defaults(tmp_path)
+
+
+# --- evaluations on a tiny checkpoint ---------------------------------------------------------------------------
+
+
+def test_t2i_eval_reports_every_method_and_split(checkpoint: EvalCheckpoint, tmp_path: Path) -> None:
+    config = T2IEvalConfig.preset("quick", n=4, compositional_fraction=0.5)
+    report = evaluate_t2i(checkpoint, config, grid_path=tmp_path / "t2i.png")
+    for method in ("plain", "cfg"):
+        assert_scene_metrics(report[method])
+        assert report[method]["n"] == 4 and report[method]["images_per_s"] > 0
+        assert_scene_metrics(report["test_compositional"][method])
+        assert report["test_compositional"][method]["n"] == 2
+    assert report["decoding"]["plain"]["method"] == "sample" and report["decoding"]["cfg"]["method"] == "cfg"
+    assert report["decoding"]["cfg"]["guidance_scale"] == preset_defaults()[TEXT_TO_IMAGE].guidance_scale
+    assert (tmp_path / "t2i.png").stat().st_size > 0
+    assert (tmp_path / "t2i_test_compositional.png").exists()
+    json.dumps(report)  # the report is plain JSON
+
+
+def test_t2i_eval_runs_cdk_and_pooled_behind_the_methods_flag(checkpoint: EvalCheckpoint) -> None:
+    config = T2IEvalConfig.preset("quick", n=1, methods=("cdk", "pooled"), compositional=False)
+    report = evaluate_t2i(checkpoint, config)
+    for method in ("cdk", "pooled"):
+        assert 0.0 <= report[method]["exact_scene_accuracy"] <= report[method]["attribute_accuracy"] <= 1.0
+        assert report[method]["multi_object_exact"] is None  # one scene, one object: nothing to average
+    assert report["cdk"]["n"] == report["pooled"]["n"] == 1 and "test_compositional" not in report
+    assert report["decoding"]["cdk"]["method"] == "cdk"
+    assert report["decoding"]["pooled"]["num_candidates"] == SamplingParams.preset("pooled").num_candidates
+    with pytest.raises(ValueError, match="methods"):
+        T2IEvalConfig(methods=("beam",))
+
+
+def test_caption_eval_reports_accuracy_and_bleu(checkpoint: EvalCheckpoint, tmp_path: Path) -> None:
+    report = evaluate_captioning(checkpoint, CaptionEvalConfig.preset("quick"), grid_path=tmp_path / "captions.png")
+    assert_scene_metrics(report)
+    assert 0.0 <= report["bleu4"] <= 1.0 and 0.0 <= report["parse_rate"] <= 1.0
+    assert report["tokens_per_s"] > 0 and report["decoding"]["temperature"] == 0.0
+    # The budget is the longest reference caption plus <eos>: a random model runs into it, never past it.
+    assert report["decoding"]["max_new_tokens"] > 1
+    assert (tmp_path / "captions.png").stat().st_size > 0
+
+
+def test_perplexity_report_has_text_and_image_sections(checkpoint: EvalCheckpoint) -> None:
+    files_before = sorted(checkpoint.directory.parent.rglob("*"))
+    report = evaluate_heldout_perplexity(checkpoint, PerplexityEvalConfig.preset("quick"))
+    assert sorted(checkpoint.directory.parent.rglob("*")) == files_before  # no cache left in a model directory
+    for modality in ("text", "image", "all"):
+        for split in ("val", "test"):
+            section = report[modality][split]
+            # A random model is about uniform over the vocabulary: loss near log(V), perplexity its exponential.
+            assert abs(section["loss"] - math.log(checkpoint.vocab.size)) < 1.0, (modality, split, section)
+            assert section["perplexity"] == pytest.approx(math.exp(section["loss"]))
+    assert report["targets"]["val"] > 0 and report["targets"]["test"] > 0
+
+
+def test_sweep_chooses_on_val_and_its_choice_becomes_the_default(checkpoint_dir: Path, tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    checkpoint = load_eval_checkpoint(directory)
+    config = SweepConfig.preset("quick")
+    report = run_sweep(checkpoint, config)
+    assert report["split"] == "val"
+    runs = report[TEXT_TO_IMAGE]["runs"]
+    assert [(r["temperature"], r["guidance_scale"]) for r in runs] == [(1.0, 1.0), (1.0, 3.0)]
+    best = report[TEXT_TO_IMAGE]["best"]
+    assert best["exact_scene_accuracy"] == max(r["exact_scene_accuracy"] for r in runs)
+    assert set(report[TEXT_TO_IMAGE]["exact_scene_accuracy"]["temperature=1"]) == {"scale=1", "scale=3"}
+
+    save_decoding_defaults(directory, best_defaults(report), {"split": "val"})
+    defaults = load_decoding_defaults(directory)
+    assert defaults[TEXT_TO_IMAGE].guidance_scale == best["guidance_scale"]
+    assert defaults[CAPTION].temperature == report[CAPTION]["best"]["temperature"]
+    # The evaluations now decode with the sweep's choice.
+    t2i = evaluate_t2i(checkpoint, T2IEvalConfig.preset("quick", n=1, methods=("cfg",), compositional=False))
+    assert t2i["decoding"]["cfg"]["guidance_scale"] == best["guidance_scale"]
+
+
+def test_sweep_never_uses_the_test_split(checkpoint: EvalCheckpoint) -> None:
+    world = checkpoint.world
+    assert all(split_of(s, world) is Split.VAL for s in eval_scenes(world, "val", 6, seed=0))
+    with pytest.raises(ValueError, match="sweep uses val"):
+        T2IEvalConfig(split="val")
+
+
+def test_cli_commands_write_reports(checkpoint_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    directory = str(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    common = ["--checkpoint", directory, "--threads", "1"]
+    t2i = runner.invoke(app, ["eval", "t2i", *common, "--n", "2", "--no-compositional", "--methods", "cfg",
+                              "--json", str(tmp_path / "t2i.json")])
+    assert t2i.exit_code == 0, t2i.output
+    assert "exact_scene_accuracy" in json.loads((tmp_path / "t2i.json").read_text())["cfg"]
+    assert (tmp_path / "t2i.png").exists()
+    sweep = runner.invoke(app, ["eval", "sweep", *common, "--n", "1", "--temperatures", "1.0", "--scales", "2",
+                                "--caption-temperatures", "0.7", "--write-defaults"])
+    assert sweep.exit_code == 0, sweep.output
+    defaults = load_decoding_defaults(directory)
+    assert defaults[TEXT_TO_IMAGE].guidance_scale == 2.0 and defaults[CAPTION].temperature == 0.7
+    assert (Path(directory) / DEFAULTS_FILE).exists()
+
+
+def test_decode_bench_reports_positive_rates(checkpoint_dir: Path) -> None:
+    results = bench_decode(checkpoint_dir, DecodeBenchConfig.preset("quick"))
+    keys = ["t1_cfg_b1_images_per_s", "t1_cfg_b2_images_per_s", "t1_pooled8_b1_images_per_s",
+            "t1_caption_b2_tokens_per_s"]
+    for key in keys:
+        assert results[key] > 0, key
+    assert results["t1_cfg_b2_ms_per_image"] == pytest.approx(1000 / results["t1_cfg_b2_images_per_s"])
+    assert torch.get_num_threads() == 1  # restored to what it was
