@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from cm3leon.cli.bench import bench_app
+from cm3leon.cli.corpus import corpus_app
 from cm3leon.cli.data import data_app
 from cm3leon.cli.demo import demo_command
 from cm3leon.cli.evaluate import eval_app
@@ -19,6 +20,7 @@ app.add_typer(data_app, name="data", help="Generate and inspect shapes-world dat
 app.add_typer(train_app, name="train", help="Train tokenizers and models.")
 app.add_typer(eval_app, name="eval", help="Evaluate; every suite writes --json FILE and prints a table.")
 app.add_typer(bench_app, name="bench", help="Benchmarks writing JSON under bench/results/.")
+app.add_typer(corpus_app, name="corpus", help="Build the retrieval memory (Qdrant) from world documents.")
 app.command("demo")(demo_command)
 
 
