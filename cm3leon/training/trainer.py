@@ -23,6 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from cm3leon.hardware import resolve_bf16
 from cm3leon.model import Transformer
 from cm3leon.training.distributed import DistributedContext, all_reduce_sum, barrier, broadcast_from_main
 from cm3leon.training.losses import LossTotals, Modalities, evaluate_perplexity, masked_token_losses
@@ -70,6 +71,7 @@ class Trainer:
         self.context = context or DistributedContext()
         self.model = model.to(self.context.device)
         self.config = config
+        self.bf16 = resolve_bf16(config.bf16, self.context.device)
         self.source = source
         self.out_dir = Path(out_dir)
         self.modalities = modalities
@@ -120,7 +122,7 @@ class Trainer:
             # Gradients are all-reduced once per step, on the last micro-batch only.
             sync = contextlib.nullcontext() if last or self._ddp is None else self._ddp.no_sync()
             with sync:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     logits = model(batch.tokens)
                 losses, targets = masked_token_losses(logits, batch)
                 # Per-micro-batch mean, averaged over micro-batches (and over ranks by DDP).
@@ -173,7 +175,7 @@ class Trainer:
         return record
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_perplexity(self.model, self.heldout, self.modalities, self.context.device, self.config.bf16)
+        return evaluate_perplexity(self.model, self.heldout, self.modalities, self.context.device, self.bf16)
 
     def train(self, until_step: int | None = None) -> TrainSummary:
         """Train to the configured end (or stop early after `until_step`, as if interrupted, for tests)."""

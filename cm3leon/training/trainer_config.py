@@ -35,8 +35,9 @@ class TrainerConfig:
     checkpoint_every_minutes: float | None = 10.0
     log_every_steps: int = 10
     eval_every_steps: int | None = None
-    # bf16 autocast: on this CPU bf16 matmuls run at about twice fp32's rate; master weights stay fp32.
-    bf16: bool = True
+    # bf16 autocast (master weights stay fp32). None: on where the device has native bf16 (about 2x fp32 on
+    # AVX512-BF16 CPUs and GPUs), off where it would be emulated (about 50x slower than fp32): see hardware.py.
+    bf16: bool | None = None
     seed: int = 0
     progress: bool = True
 
