@@ -25,7 +25,8 @@ def tokenizer() -> TextTokenizer:
 
 @pytest.fixture(scope="module")
 def vocab(tokenizer: TextTokenizer) -> Vocabulary:
-    return Vocabulary(tokenizer, VocabularyConfig(codebook_size=64, image_grid=4, num_mask_sentinels=4, location_bins=8))
+    config = VocabularyConfig(codebook_size=64, image_grid=4, num_mask_sentinels=4, location_bins=8)
+    return Vocabulary(tokenizer, config)
 
 
 @pytest.mark.parametrize(

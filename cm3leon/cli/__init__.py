@@ -15,7 +15,9 @@ from cm3leon.cli.demo import demo_command
 from cm3leon.cli.evaluate import eval_app
 from cm3leon.cli.train import train_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="CM3Leon-style multimodal model on the shapes world.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="CM3Leon-style multimodal model on the shapes world."
+)
 app.add_typer(data_app, name="data", help="Generate and inspect shapes-world data.")
 app.add_typer(train_app, name="train", help="Train tokenizers and models.")
 app.add_typer(eval_app, name="eval", help="Evaluate; every suite writes --json FILE and prints a table.")

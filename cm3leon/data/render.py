@@ -162,7 +162,7 @@ def colourise_segmentation(segmentation: np.ndarray, config: WorldConfig) -> np.
 
 
 def segmentation_from_image(image: np.ndarray, config: WorldConfig) -> np.ndarray:
-    """Decode a colour-coded segmentation picture (possibly a lossy reconstruction) to class ids by nearest legend colour."""
+    """Class ids of a colour-coded segmentation picture (maybe a lossy reconstruction): nearest legend colour."""
     palette = np.array(list(segmentation_legend(config).values()), dtype=np.float32)
     distances = ((image[..., None, :].astype(np.float32) - palette) ** 2).sum(-1)
     return distances.argmin(-1).astype(np.uint8)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 
 RGB = tuple[int, int, int]
 
 
-class Split(str, Enum):
+class Split(StrEnum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
