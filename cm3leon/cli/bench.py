@@ -2,6 +2,60 @@
 
 from __future__ import annotations
 
+import json
+import platform
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 bench_app = typer.Typer(no_args_is_help=True)
+
+DEFAULT_MODEL_DIR = Path("models/shapes")
+
+
+def _write(out: Path, name: str, results: dict[str, object]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": name, "machine": {"processor": platform.processor(), "python": platform.python_version()}}
+    record.update(results)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    for key, value in results.items():
+        typer.echo(f"{key:<32} {value:.1f}" if isinstance(value, float) else f"{key:<32} {value}")
+    typer.echo(f"wrote {path}")
+
+
+@bench_app.command("foundation")
+def foundation(
+    out: Path = typer.Option(Path("bench/results")),
+    model_dir: Path = typer.Option(DEFAULT_MODEL_DIR, help="Checkpoint directory with tokenizer.json and vq/."),
+) -> None:
+    """World rendering, oracle, text and VQ tokenizer throughput."""
+    from cm3leon.bench.foundation import bench_foundation
+
+    _write(out, "foundation", bench_foundation(model_dir))
+
+
+@bench_app.command("decode")
+def decode(
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("bench/results"),
+    checkpoint: Annotated[Path, typer.Option(help="Complete model directory (decoder, vq/).")] = DEFAULT_MODEL_DIR,
+    preset: Annotated[str, typer.Option(help="standard (cfg batch 1/8/32, 1 and 2 threads) or quick.")] = "standard",
+) -> None:
+    """Decoding speed: CFG images at batch 1, 8, 32, pooled-8 at batch 1, caption tokens/s, at 1 and 2 threads."""
+    from cm3leon.bench.decode import DecodeBenchConfig, bench_decode
+
+    _write(out, "decode", bench_decode(checkpoint, DecodeBenchConfig.preset(preset)))
+
+
+@bench_app.command("all")
+def run_all(
+    out: Path = typer.Option(Path("bench/results")),
+    model_dir: Path = typer.Option(DEFAULT_MODEL_DIR),
+) -> None:
+    """Every benchmark, one JSON file each."""
+    foundation(out=out, model_dir=model_dir)
+    if (model_dir / "model_config.json").exists():
+        decode(out=out, checkpoint=model_dir, preset="standard")
+    else:
+        typer.echo(f"decode: skipped, no decoder checkpoint in {model_dir}")

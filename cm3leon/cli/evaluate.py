@@ -25,3 +25,170 @@ def eval_oracle(
 
     metrics = evaluate_oracle(n, seed, WorldConfig.preset(world), DegradationConfig.preset(degradation))
     write_report(f"oracle accuracy ({degradation} degradations)", metrics, json_path)
+
+
+# --- decoder suites: t2i, caption, perplexity, sweep ----------------------------------------------------------
+
+DecoderCheckpointOption = Annotated[Path, typer.Option("--checkpoint", help="Complete model directory (with vq/).")]
+DecoderThreadsOption = Annotated[
+    int | None, typer.Option(help="Torch intra-op threads (default: leave torch's choice; 1 on a busy 2-core box).")
+]
+DecoderJsonOption = Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")]
+
+
+def _grid_beside(json_path: Path | None) -> Path | None:
+    """The grid PNG goes next to the JSON report: same name, suffix .png."""
+    return json_path.with_suffix(".png") if json_path is not None else None
+
+
+@eval_app.command("t2i")
+def eval_t2i(
+    checkpoint: DecoderCheckpointOption,
+    n: Annotated[int, typer.Option(help="Held-out scenes (object counts cycle 1..3).")] = 200,
+    json_path: DecoderJsonOption = None,
+    split: Annotated[str, typer.Option(help="test (or test_compositional).")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the scenes, captions and samples.")] = 0,
+    methods: Annotated[str, typer.Option(help="Comma-separated: plain, cfg, cdk, pooled.")] = "plain,cfg",
+    compositional: Annotated[bool, typer.Option(help="Also a smaller test_compositional section.")] = True,
+    threads: DecoderThreadsOption = None,
+) -> None:
+    """Text->image: generate from held-out detailed captions, the oracle judges each image (grid PNG beside
+    the JSON). Decoding parameters come from DIR/decoding_defaults.json (see `eval sweep`) or the presets."""
+    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.evaluation.report import write_report
+    from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i
+
+    set_threads(threads)
+    config = T2IEvalConfig(
+        n=n, batch_size=batch_size, seed=seed, split=split, compositional=compositional,
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+    )
+    metrics = evaluate_t2i(load_eval_checkpoint(checkpoint), config, grid_path=_grid_beside(json_path))
+    write_report(f"text->image ({split}, n={n})", metrics, json_path)
+
+
+@eval_app.command("caption")
+def eval_caption(
+    checkpoint: DecoderCheckpointOption,
+    n: Annotated[int, typer.Option(help="Held-out test images to caption.")] = 200,
+    json_path: DecoderJsonOption = None,
+    batch_size: Annotated[int, typer.Option(help="Images captioned together.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
+    threads: DecoderThreadsOption = None,
+) -> None:
+    """Captioning: IMAGE <break> -> caption, parsed back exactly; exact-scene accuracy and BLEU-4."""
+    from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning
+    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.evaluation.report import write_report
+
+    set_threads(threads)
+    config = CaptionEvalConfig(n=n, batch_size=batch_size, seed=seed)
+    metrics = evaluate_captioning(load_eval_checkpoint(checkpoint), config, grid_path=_grid_beside(json_path))
+    write_report(f"captioning (test, n={n})", metrics, json_path)
+
+
+@eval_app.command("perplexity")
+def eval_perplexity(
+    checkpoint: DecoderCheckpointOption,
+    json_path: DecoderJsonOption = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per held-out batch.")] = 8,
+    batches: Annotated[int | None, typer.Option(help="Batches per split (default: the data config's).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Image-code cache (default: the run's cache/).")] = None,
+    threads: DecoderThreadsOption = None,
+) -> None:
+    """Held-out (val and test) loss and perplexity per modality: text tokens vs image tokens."""
+    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
+    from cm3leon.evaluation.report import write_report
+
+    set_threads(threads)
+    config = PerplexityEvalConfig(batch_size=batch_size, n_batches=batches)
+    metrics = evaluate_heldout_perplexity(load_eval_checkpoint(checkpoint), config, cache_dir)
+    write_report("held-out perplexity", metrics, json_path)
+
+
+@eval_app.command("sweep")
+def eval_sweep(
+    checkpoint: DecoderCheckpointOption,
+    n: Annotated[int, typer.Option(help="Validation scenes per setting.")] = 64,
+    json_path: DecoderJsonOption = None,
+    temperatures: Annotated[str, typer.Option(help="Text->image temperatures, comma-separated.")] = "0.7,1.0",
+    scales: Annotated[str, typer.Option(help="CFG scales, comma-separated.")] = "1,2,3,5",
+    caption_temperatures: Annotated[str, typer.Option(help="Caption temperatures (0 = greedy).")] = "0,0.7",
+    batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
+    write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,
+    threads: DecoderThreadsOption = None,
+) -> None:
+    """Sweep temperature x CFG scale (text->image) and caption temperature on the VALIDATION split."""
+    from cm3leon.decoding.defaults import save_decoding_defaults
+    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.evaluation.report import write_report
+    from cm3leon.evaluation.sweep import SweepConfig, best_defaults, run_sweep
+
+    def floats(text: str) -> tuple[float, ...]:
+        return tuple(float(value) for value in text.split(",") if value.strip())
+
+    set_threads(threads)
+    config = SweepConfig(
+        n=n, batch_size=batch_size, seed=seed, temperatures=floats(temperatures), guidance_scales=floats(scales),
+        caption_temperatures=floats(caption_temperatures),
+    )
+    report = run_sweep(load_eval_checkpoint(checkpoint), config)
+    write_report(f"decoding sweep (val, n={n})", report, json_path)
+    if write_defaults:
+        provenance = {"source": "cm3leon eval sweep", "split": report["split"], "n": n, "seed": seed}
+        path = save_decoding_defaults(checkpoint, best_defaults(report), provenance)
+        typer.echo(f"wrote {path}")
+
+
+@eval_app.command("vq")
+def eval_vq(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="Tokenizer directory (config.json + model.safetensors), or a run dir.")
+    ],
+    n: Annotated[int, typer.Option(help="Test shapes scenes (each also gives a segmentation picture).")] = 500,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the test scenes.")] = 0,
+    world: Annotated[str, typer.Option(help="World preset of the tokenizer: shapes (64px), shapes32.")] = "shapes",
+    threads: Annotated[int | None, typer.Option(help="Torch intra-op threads (default: torch's choice).")] = None,
+) -> None:
+    """Round-trip test scenes through the VQ tokenizer: PSNR, oracle exact-scene accuracy on reconstructions,
+    codebook usage, segmentation and word accuracy, speed (grid PNG beside the JSON)."""
+    import torch
+
+    from cm3leon.evaluation.report import write_report
+    from cm3leon.evaluation.vq_eval import VQEvalConfig, evaluate_vq
+    from cm3leon.tokenizers.image import ImageTokenizer
+    from cm3leon.training.vq import FINAL_SUBDIR
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    directory = checkpoint / FINAL_SUBDIR if (checkpoint / FINAL_SUBDIR).is_dir() else checkpoint
+    tokenizer = ImageTokenizer.from_pretrained(directory)
+    metrics = evaluate_vq(tokenizer, VQEvalConfig(n=n, seed=seed, world_preset=world), _grid_beside(json_path))
+    write_report(f"VQ image tokenizer ({directory}, test, n={n})", metrics, json_path)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Retriever directory (Retriever.from_pretrained).")],
+    n: Annotated[int, typer.Option(help="Test caption/image pairs: the gallery size of each direction.")] = 1000,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the test scenes and captions.")] = 0,
+    split: Annotated[str, typer.Option(help="test (or test_compositional, val).")] = "test",
+    threads: Annotated[int | None, typer.Option(help="Torch intra-op threads (default: torch's choice).")] = None,
+) -> None:
+    """Recall@1/5 text->image and image->text (a hit is any item of exactly the query's scene), and the
+    Fréchet-distance floor of two independent real image sets in the retriever's image features."""
+    import torch
+
+    from cm3leon.evaluation.report import write_report
+    from cm3leon.evaluation.retrieval_eval import evaluate_retrieval
+    from cm3leon.retrieval.retriever import Retriever
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    metrics = evaluate_retrieval(Retriever.from_pretrained(checkpoint), n=n, seed=seed, split=split)
+    write_report(f"retrieval ({split}, n={n})", metrics, json_path)

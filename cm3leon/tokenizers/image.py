@@ -1,0 +1,278 @@
+"""The VQ image tokenizer: images <-> grids of discrete codes that the decoder-only model reads and writes.
+
+A convolutional encoder maps an image to a grid of vectors (one per `downsample_factor` x `downsample_factor`
+patch), a `VectorQuantize` codebook snaps each to its nearest code (EMA codebook updates, dead-code restarts), and a
+convolutional decoder paints the image back. The quantizer always runs in fp32: its distances and EMA statistics
+are what bf16 would quietly corrupt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+from vector_quantize_pytorch import VectorQuantize
+
+from cm3leon.tokenizers.conv_blocks import Decoder, Encoder
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PIXEL_MAX = 255.0
+
+
+@dataclass(frozen=True)
+class ImageTokenizerConfig:
+    """Shape and training constants of one image tokenizer. Presets: `tiny` (tests), `shapes`, `256px` (paper)."""
+
+    image_size: int = 64
+    image_channels: int = 3
+    # Pixels per code along each side: a code stands for one downsample_factor x downsample_factor patch.
+    downsample_factor: int = 8
+    # Channels of the conv stacks, which all run at code resolution (see conv_blocks.py for why).
+    width: int = 256
+    # Residual 3x3 conv units on each side of the quantizer. The decoder has to draw pixel-exact outlines from
+    # codes, the encoder only to tell patches apart, so the decoder gets more.
+    encoder_blocks: int = 1
+    decoder_blocks: int = 3
+    # Residual units at twice the code resolution at the end of the decoder, `refine_width` channels wide.
+    refine_blocks: int = 0
+    refine_width: int = 64
+    norm_groups: int = 32
+    codebook_size: int = 512
+    code_dim: int = 32
+    # EMA decay of the codebook's cluster sizes and sums (0.95: a code's statistics follow ~20 recent batches).
+    ema_decay: float = 0.95
+    # A code whose EMA count of uses per batch falls below this is restarted on a random encoder output.
+    # About 0.1 keeps nearly every code of a 512-entry book alive on this world; 0.03 let dozens die.
+    dead_code_threshold: float = 0.1
+    commitment_weight: float = 0.25
+    # k-means initialisation of the codebook on the first quantised batch (after the autoencoder warmup).
+    kmeans_init: bool = True
+    use_cosine_similarity: bool = False
+    # Reconstruction loss: "l2" (what PSNR measures) or "l1", plus a weight on an L1 loss between image
+    # gradients (horizontal and vertical differences), which rewards sharp outlines over a blur.
+    reconstruction_loss: str = "l2"
+    edge_loss_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.downsample_factor:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of {self.downsample_factor}")
+        if self.reconstruction_loss not in ("l1", "l2"):
+            raise ValueError(f"reconstruction_loss must be l1 or l2, got {self.reconstruction_loss!r}")
+
+    @property
+    def grid(self) -> int:
+        """Codes per side of the code grid."""
+        return self.image_size // self.downsample_factor
+
+    @property
+    def codes_per_image(self) -> int:
+        return self.grid * self.grid
+
+    @classmethod
+    def preset(cls, name: str) -> ImageTokenizerConfig:
+        if name == "tiny":
+            return cls(
+                image_size=32,
+                downsample_factor=4,
+                width=32,
+                encoder_blocks=1,
+                decoder_blocks=1,
+                norm_groups=8,
+                codebook_size=32,
+                code_dim=8,
+                ema_decay=0.9,
+                dead_code_threshold=0.05,
+                # An untrained tiny tokenizer must still map scenes to varied codes (other components' tests use
+                # one); a k-means codebook is all zeros until its first training batch.
+                kmeans_init=False,
+            )
+        if name == "shapes":
+            return cls()
+        if name == "256px":
+            # The paper's tokenizer shape (Make-A-Scene style): 256x256 -> 32x32 codes from an 8192-entry book.
+            return cls(
+                image_size=256,
+                width=512,
+                encoder_blocks=4,
+                decoder_blocks=8,
+                codebook_size=8192,
+                code_dim=256,
+                ema_decay=0.99,
+            )
+        raise ValueError(f"unknown image tokenizer preset {name!r}; choose from: tiny, shapes, 256px")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ImageTokenizerConfig:
+        raw = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown image tokenizer config fields: {sorted(unknown)}")
+        return cls(**raw)
+
+
+class TokenizerOutput(NamedTuple):
+    reconstruction: torch.Tensor  # (B, C, H, W) in about [-1, 1]
+    codes: torch.Tensor | None  # (B, grid, grid) int64; None when the codebook was bypassed
+    commitment_loss: torch.Tensor  # scalar, already weighted by commitment_weight
+
+
+def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) arrays -> float (B, C, H, W) in [-1, 1]; float tensors pass through unchanged."""
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        if images.ndim != 4:
+            raise ValueError(f"expected a (B, C, H, W) float tensor, got shape {tuple(images.shape)}")
+        return images
+    array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if array.dtype != np.uint8 or array.ndim != 4:
+        raise ValueError(f"expected uint8 images (B, H, W, C), got {array.dtype} {array.shape}")
+    pixels = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+    return pixels / (PIXEL_MAX / 2) - 1.0
+
+
+def tensor_to_images(pixels: torch.Tensor) -> np.ndarray:
+    """float (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C), rounded and clipped."""
+    scaled = ((pixels.float().clamp(-1.0, 1.0) + 1.0) * (PIXEL_MAX / 2)).round()
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+class ImageTokenizer(nn.Module):
+    """Encoder + VQ codebook + decoder. `encode`/`decode` are the inference API; `forward` is for training."""
+
+    def __init__(self, config: ImageTokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        conv_shape = dict(
+            patch=config.downsample_factor,
+            width=config.width,
+            code_dim=config.code_dim,
+            norm_groups=config.norm_groups,
+        )
+        self.encoder = Encoder(in_channels=config.image_channels, blocks=config.encoder_blocks, **conv_shape)
+        self.quantizer = VectorQuantize(
+            dim=config.code_dim,
+            codebook_size=config.codebook_size,
+            decay=config.ema_decay,
+            commitment_weight=config.commitment_weight,
+            threshold_ema_dead_code=config.dead_code_threshold,
+            kmeans_init=config.kmeans_init,
+            use_cosine_sim=config.use_cosine_similarity,
+            accept_image_fmap=True,
+        )
+        self.decoder = Decoder(
+            out_channels=config.image_channels,
+            blocks=config.decoder_blocks,
+            refine_blocks=config.refine_blocks,
+            refine_width=config.refine_width,
+            **conv_shape,
+        )
+        # Uses of each code since the last `reset_usage()`: the trainer logs usage and perplexity from it.
+        self.register_buffer("usage_counts", torch.zeros(config.codebook_size, dtype=torch.long), persistent=False)
+
+    # ----- training -----
+
+    def quantize(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Snap latents to codes in fp32, whatever autocast the caller runs under."""
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            quantized, codes, commitment_loss = self.quantizer(latents.float())
+        if self.training:
+            self.usage_counts += torch.bincount(codes.flatten(), minlength=self.config.codebook_size)
+        return quantized, codes, commitment_loss
+
+    def forward(self, images: torch.Tensor, quantize: bool = True) -> TokenizerOutput:
+        """Reconstruct `images`. `quantize=False` bypasses the codebook (a plain autoencoder, codes None): the
+        trainer's warmup, so the codebook is first fitted to features that already describe colour and shape."""
+        latents = self.encoder(images)
+        if not quantize:
+            return TokenizerOutput(self.decoder(latents), None, latents.new_zeros(()))
+        quantized, codes, commitment_loss = self.quantize(latents)
+        return TokenizerOutput(self.decoder(quantized), codes, commitment_loss)
+
+    def reset_usage(self) -> None:
+        self.usage_counts.zero_()
+
+    def codebook_usage(self) -> float:
+        """Fraction of the codebook used since the last reset."""
+        return float((self.usage_counts > 0).float().mean())
+
+    def codebook_perplexity(self) -> float:
+        """exp(entropy) of code use since the last reset: the effective number of codes in use."""
+        total = self.usage_counts.sum()
+        if total == 0:
+            return 0.0
+        probabilities = self.usage_counts[self.usage_counts > 0].double() / total
+        return float(torch.exp(-(probabilities * probabilities.log()).sum()))
+
+    # ----- inference -----
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) numpy or float (B, 3, H, W) in [-1, 1] -> codes LongTensor (B, grid, grid)."""
+        latents = self.encoder(images_to_tensor(images).to(self._device)).float()
+        return self.nearest_codes(latents)
+
+    def nearest_codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """The codebook's nearest neighbour of each latent vector, (B, D, h, w) -> (B, h, w).
+
+        Looked up directly rather than through the quantizer's forward, which would also update the EMA
+        codebook in training mode and k-means-initialise an untrained one: encoding must never change the model.
+        """
+        batch, dim, height, width = latents.shape
+        vectors = latents.permute(0, 2, 3, 1).reshape(-1, dim)
+        codebook = self.quantizer.codebook.float()
+        if self.config.use_cosine_similarity:
+            scores = F.normalize(vectors, dim=-1) @ F.normalize(codebook, dim=-1).T
+            codes = scores.argmax(dim=-1)
+        else:
+            codes = torch.cdist(vectors, codebook).argmin(dim=-1)
+        return codes.view(batch, height, width)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Codes (B, grid, grid) or (B, grid*grid) -> uint8 images (B, H, W, 3)."""
+        codes = torch.as_tensor(codes, dtype=torch.long, device=self._device)
+        grid = self.config.grid
+        if codes.ndim == 2 and codes.shape[1] == self.config.codes_per_image:
+            codes = codes.view(-1, grid, grid)
+        if codes.ndim != 3 or codes.shape[1:] != (grid, grid):
+            raise ValueError(f"expected codes (B, {grid}, {grid}) or (B, {grid * grid}), got {tuple(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.config.codebook_size})")
+        latents = self.quantizer.get_output_from_indices(codes)  # (B, code_dim, grid, grid)
+        # GroupNorm and convs behave the same in train and eval mode, so no mode switch is needed here.
+        return tensor_to_images(self.decoder(latents))
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ----- persistence -----
+
+    def save_pretrained(self, directory: Path | str) -> Path:
+        """Write `config.json` + `model.safetensors` (weights and codebook buffers) to `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(self.config.to_json())
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: Path | str, device: str | torch.device = "cpu") -> ImageTokenizer:
+        """Load a tokenizer written by `save_pretrained`, in eval mode."""
+        directory = Path(directory)
+        config = ImageTokenizerConfig.from_json((directory / CONFIG_FILE).read_text())
+        model = cls(config)
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return model.to(device).eval()

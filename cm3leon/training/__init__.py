@@ -1,0 +1,1 @@
+"""Training: data pipelines, objectives wiring, the generic decoder trainer, checkpoints and metrics."""
