@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -41,15 +40,6 @@ TRAINING_TEXT = [
 ] * 20
 NEG_INF = float("-inf")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny models decode many small steps: one intra-op thread is far faster than two fighting over shared
-    cores (measured here: 0.07 s against 0.4-5 s for one guided image). Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

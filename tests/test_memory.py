@@ -4,7 +4,6 @@ and search with the paper's rules: relevance, modality, diversity, exclusions.""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,14 +25,6 @@ from cm3leon.tokenizers.world_text import train_world_tokenizer
 WORLD = World(WorldConfig.preset("tiny"))
 DIM = 4
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core box run far faster on one thread (no waiting on a busy core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,6 @@ from cm3leon.model import DecoderConfig, Transformer
 
 VOCAB_SIZE = 97
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny models decode many small steps: one intra-op thread is far faster than two fighting over shared
-    cores (measured here: 0.07 s against 0.4-5 s for one guided image). Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_model(position_encoding: str = "learned", seed: int = 0) -> Transformer:

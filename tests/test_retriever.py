@@ -4,7 +4,6 @@ scene-aware contrastive loss, learning, resumable training, recall@k, and the Fr
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +37,6 @@ from cm3leon.training.checkpoint import MetricsLogger
 
 WORLD = World(WorldConfig.preset("tiny"))
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core box run up to 60x faster on one thread (no waiting on a busy core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

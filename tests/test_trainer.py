@@ -7,7 +7,6 @@ import json
 import math
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +36,6 @@ from cm3leon.training.losses import evaluate_perplexity, vocabulary_modalities
 from cm3leon.training.packing import pack_rows
 from cm3leon.training.pretrain_data import PretrainBatches, SceneDocument, heldout_batches
 from cm3leon.training.trainer import METRICS_FILE, Trainer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models are all thread-synchronisation overhead: one thread is 5-8x faster on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

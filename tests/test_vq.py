@@ -3,7 +3,6 @@ the image bank and the evaluation suite. Everything runs on the `tiny` preset (3
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,15 +20,6 @@ from cm3leon.training.vq import FINAL_SUBDIR, METRICS_FILE, VQTrainConfig, train
 
 TINY_WORLD = "shapes32"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and on a busy 2-core box a second thread that waits for a
-    descheduled one made these tests ~10x slower; restore the setting for the rest of the session."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
