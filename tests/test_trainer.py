@@ -7,6 +7,7 @@ import json
 import math
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,23 @@ def test_resume_is_exact(vocab: Vocabulary, corpus: ImageCodeCorpus, tmp_path: P
         assert torch.allclose(a, b, rtol=0, atol=1e-7), name
     steps = [r["step"] for r in MetricsLogger.read(tmp_path / "resumed" / METRICS_FILE) if "loss" in r]
     assert steps == [1, 2, 3, 4, 6]  # step 3 is flushed when interrupted; the resumed run continues
+
+
+def test_prefetching_workers_train_exactly_what_the_loop_would(
+    vocab: Vocabulary, corpus: ImageCodeCorpus, tmp_path: Path
+) -> None:
+    """Worker processes only change speed: same weights as building batches in the loop, across a resume."""
+    config = tiny_trainer_config(max_steps=4, grad_accum=2, log_every_steps=2)
+    modalities = vocabulary_modalities(vocab)
+    inline = tiny_model(vocab)
+    Trainer(inline, config, tiny_source(vocab, corpus), tmp_path / "inline", modalities).train()
+    prefetched = tiny_model(vocab)
+    workers = replace(config, data_workers=2)
+    Trainer(prefetched, workers, tiny_source(vocab, corpus), tmp_path / "workers", modalities).train(until_step=1)
+    trainer = Trainer(prefetched, workers, tiny_source(vocab, corpus), tmp_path / "workers", modalities)
+    assert trainer.train().steps == 4
+    for (name, a), b in zip(inline.state_dict().items(), prefetched.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_time_budget_fixes_the_cosine_horizon_and_resume_respects_it(

@@ -30,6 +30,7 @@ def train_text_tokenizer(
 # Where `make demo` keeps the shapes world's trained tokenizers.
 DEFAULT_VQ_DIR = Path("models/shapes/vq")
 DEFAULT_TOKENIZER_DIR = Path("models/shapes")
+DEFAULT_RETRIEVER_DIR = Path("models/shapes/retriever")
 
 
 @train_app.command("pretrain")
@@ -42,7 +43,15 @@ def train_pretrain(
     tokenizer_dir: Annotated[
         Path, typer.Option(help="Shared text tokenizer (tokenizer.json, vocab.json) used when OUT has none.")
     ] = DEFAULT_TOKENIZER_DIR,
-    retrieved: Annotated[int, typer.Option(help="Retrieved documents per query (reserved: retrieval stage).")] = 0,
+    retrieved: Annotated[
+        int, typer.Option(help="Retrieved documents prepended to each training document (CM3Leon: 2).")
+    ] = 0,
+    retriever: Annotated[Path, typer.Option(help="Trained retriever directory (used when --retrieved > 0).")] = (
+        DEFAULT_RETRIEVER_DIR
+    ),
+    data_workers: Annotated[
+        int | None, typer.Option(help="Processes that build batches ahead of the loop (0: in the loop).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Rows per micro-batch per rank (default: preset).")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step (default: preset).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: preset).")] = None,
@@ -64,20 +73,24 @@ def train_pretrain(
     from cm3leon.training.pretrain_data import PretrainDataConfig
     from cm3leon.training.trainer import TrainerConfig, with_overrides
 
-    if retrieved:
-        raise typer.BadParameter("retrieval-augmented pretraining needs the retrieval stage (not built yet)")
+    if retrieved < 0:
+        raise typer.BadParameter("--retrieved must be 0 or more")
     stage_preset = preset if preset in ("tiny", "shapes") else "shapes"
     trainer = TrainerConfig.preset(stage_preset, seed=seed, bf16=bf16)
     if steps is not None or minutes is not None:
         trainer = replace(trainer, max_steps=steps, max_minutes=minutes)
     trainer = with_overrides(
         trainer, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr,
-        checkpoint_every_minutes=checkpoint_minutes,
+        checkpoint_every_minutes=checkpoint_minutes, data_workers=data_workers,
     )
     seq_len = DecoderConfig.preset(preset, vocab_size=1).max_seq_len
-    data_overrides = {"train_scenes": train_scenes} if train_scenes is not None else {}
-    data = PretrainDataConfig.preset(stage_preset, seq_len=seq_len, seed=seed, **data_overrides)
-    summary = run_pretraining(PretrainRun(preset, out, vq, tokenizer_dir, trainer, data, device))
+    data_overrides: dict[str, int] = {"render_workers": max(data_workers or 0, 1)}
+    if train_scenes is not None:
+        data_overrides["train_scenes"] = train_scenes
+    data = PretrainDataConfig.preset(stage_preset, seq_len=seq_len, seed=seed, retrieved=retrieved, **data_overrides)
+    retriever_dir = retriever if retrieved else None
+    run = PretrainRun(preset, out, vq, tokenizer_dir, trainer, data, device, retriever_dir=retriever_dir)
+    summary = run_pretraining(run)
     typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")
     if summary.eval_metrics:
         typer.echo("held-out " + ", ".join(f"{k} {v:.4f}" for k, v in summary.eval_metrics.items()))
@@ -139,6 +152,10 @@ def train_vq_command(
     threads: Annotated[
         int | None, typer.Option(help="Torch intra-op threads (default: torch's choice; 1 is fastest on a busy box).")
     ] = None,
+    training: Annotated[
+        str | None, typer.Option(help="Training preset when it differs from --preset: `gpu` (big batches, big bank).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Train the VQ image tokenizer on train-split scenes, segmentation pictures and word scenes."""
     import torch
@@ -149,10 +166,57 @@ def train_vq_command(
         raise typer.BadParameter("give exactly one of --minutes or --steps")
     if threads is not None:
         torch.set_num_threads(threads)
-    tokenizer_config, train_config = configs_for(preset, batch_size, lr)
-    result = train_vq(out, tokenizer_config, train_config, steps=steps, minutes=minutes)
+    tokenizer_config, train_config = configs_for(preset, batch_size, lr, training)
+    result = train_vq(out, tokenizer_config, train_config, steps=steps, minutes=minutes, device=device)
     metrics = result.last_metrics
     typer.echo(
         f"{result.step} steps, psnr {metrics.get('psnr', float('nan')):.2f} dB, codebook usage "
         f"{metrics.get('codebook_usage', float('nan')):.3f}; wrote {result.final_dir}"
     )
+
+
+DEFAULT_SFT_MIX = Path("configs/sft_mix.json")
+
+
+@train_app.command("sft")
+def train_sft(
+    init: Annotated[Path, typer.Option(help="Pretrained model directory (e.g. runs/pretrain/final) to start from.")],
+    out: Annotated[Path, typer.Option(help="Run directory; running again with the same --out resumes.")],
+    mix: Annotated[Path, typer.Option(help="Task mixture JSON: {\"weights\": {task: weight}}.")] = DEFAULT_SFT_MIX,
+    minutes: Annotated[float | None, typer.Option(help="Training time budget (summed over resumes).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (the cosine schedule's horizon).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per micro-batch per rank (default: preset).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step (default: preset).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: SFT preset).")] = None,
+    checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between checkpoints.")] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option("--bf16/--no-bf16", help="bf16 autocast; default: on only where the device has native bf16."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (a torchrun rank takes its LOCAL_RANK GPU).")] = "auto",
+    seed: int = 0,
+) -> None:
+    """Multi-task instruction tuning (the ten tasks of cm3leon.tasks + pretraining-style documents) from --init;
+    writes OUT/final. The model preset comes from the init checkpoint. Multi-process:
+    `torchrun --nproc_per_node N $(which cm3leon) train sft ...`."""
+    from dataclasses import replace
+
+    from cm3leon.checkpoint import VQ_SUBDIR
+    from cm3leon.tokenizers.image import ImageTokenizerConfig
+    from cm3leon.training.sft import SFTRun, data_preset_of, run_sft, sft_trainer_config
+    from cm3leon.training.sft_data import TaskMixture
+    from cm3leon.training.trainer import with_overrides
+
+    vq_config = ImageTokenizerConfig.from_json((init / VQ_SUBDIR / "config.json").read_text())
+    preset, _ = data_preset_of(init, vq_config.image_size)
+    trainer = sft_trainer_config(preset, seed=seed, bf16=bf16)
+    if steps is not None or minutes is not None:
+        trainer = replace(trainer, max_steps=steps, max_minutes=minutes)
+    trainer = with_overrides(
+        trainer, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr,
+        checkpoint_every_minutes=checkpoint_minutes,
+    )
+    summary = run_sft(SFTRun(init, out, TaskMixture.load(mix), trainer, device=device))
+    typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")
+    if summary.eval_metrics:
+        typer.echo("held-out " + ", ".join(f"{k} {v:.4f}" for k, v in summary.eval_metrics.items()))

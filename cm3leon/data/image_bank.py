@@ -15,6 +15,8 @@ segmentation images of scenes, and text-rendering scenes (a word), in a configur
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import random
 from dataclasses import dataclass
 from enum import StrEnum
@@ -64,7 +66,28 @@ class ImageBankConfig:
             return cls(size=256, chunk=64, seed=seed)
         if name == "shapes":
             return cls(seed=seed)
-        raise ValueError(f"unknown image bank preset {name!r}; choose from: tiny, shapes")
+        if name == "gpu":
+            # A GPU step eats a 256-image batch in milliseconds: render a large bank once (in parallel) and
+            # never refresh it in the loop; 2^18 images are still a sliver of the world's scenes.
+            return cls(size=262_144, chunk=8_192, seed=seed)
+        raise ValueError(f"unknown image bank preset {name!r}; choose from: tiny, shapes, gpu")
+
+
+def render_chunk(world_config: WorldConfig, config: ImageBankConfig, chunk_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk `chunk_index` of a bank: (chunk, H, W, 3) uint8 pictures and their kind indices, drawn from a
+    `random.Random` seeded with (seed, chunk_index), so any process renders the same chunk."""
+    world = World(world_config)
+    rng = random.Random(f"{config.seed}:image-bank:{chunk_index}")
+    kinds = list(ImageKind)
+    weights = (config.scene_fraction, config.segmentation_fraction, config.text_fraction)
+    side = world_config.image_size
+    pictures = np.empty((config.chunk, side, side, 3), dtype=np.uint8)
+    kind_indices = np.empty(config.chunk, dtype=np.int8)
+    for i in range(config.chunk):
+        kind = rng.choices(kinds, weights)[0]
+        pictures[i] = render_kind(world, rng, kind, config)
+        kind_indices[i] = kinds.index(kind)
+    return pictures, kind_indices
 
 
 def render_kind(world: World, rng: random.Random, kind: ImageKind, config: ImageBankConfig) -> np.ndarray:
@@ -78,48 +101,59 @@ def render_kind(world: World, rng: random.Random, kind: ImageKind, config: Image
 
 
 class ImageBank:
-    """`size` uint8 images (N, H, W, 3) of the world; `refresh()` replaces the oldest chunk with new renders."""
+    """`size` uint8 images (N, H, W, 3) of the world; `refresh()` replaces the oldest chunk with new renders.
 
-    def __init__(self, world_config: WorldConfig, config: ImageBankConfig, chunks_rendered: int | None = None) -> None:
+    `device` is where the images live (a GPU run keeps the whole bank there, so sampling costs no copy);
+    `render_workers` > 1 renders the initial bank's chunks in that many processes.
+    """
+
+    def __init__(
+        self,
+        world_config: WorldConfig,
+        config: ImageBankConfig,
+        chunks_rendered: int | None = None,
+        device: torch.device | str = "cpu",
+        render_workers: int = 1,
+    ) -> None:
         """A fresh bank, or with `chunks_rendered` the bank of a resumed run as it was when checkpointed."""
         self.config = config
-        self.world = World(world_config)
+        self.world_config = world_config
         side = world_config.image_size
-        self.images = torch.zeros((config.size, side, side, 3), dtype=torch.uint8)
+        self.images = torch.zeros((config.size, side, side, 3), dtype=torch.uint8, device=device)
         self.kinds = np.zeros(config.size, dtype=np.int8)  # index into `list(ImageKind)`
         self.chunks_rendered = 0
+        self.render_workers = render_workers
         self.restore(config.num_chunks if chunks_rendered is None else chunks_rendered)
 
-    def _render_chunk(self, chunk_index: int) -> None:
-        cfg = self.config
-        rng = random.Random(f"{cfg.seed}:image-bank:{chunk_index}")
-        kinds = list(ImageKind)
-        weights = (cfg.scene_fraction, cfg.segmentation_fraction, cfg.text_fraction)
-        start = (chunk_index % cfg.num_chunks) * cfg.chunk
-        pictures = np.empty((cfg.chunk, *self.images.shape[1:]), dtype=np.uint8)
-        for i in range(cfg.chunk):
-            kind = rng.choices(kinds, weights)[0]
-            pictures[i] = render_kind(self.world, rng, kind, cfg)
-            self.kinds[start + i] = kinds.index(kind)
-        self.images[start : start + cfg.chunk] = torch.from_numpy(pictures)
+    def _store_chunk(self, chunk_index: int, pictures: np.ndarray, kind_indices: np.ndarray) -> None:
+        start = (chunk_index % self.config.num_chunks) * self.config.chunk
+        self.kinds[start : start + self.config.chunk] = kind_indices
+        self.images[start : start + self.config.chunk] = torch.from_numpy(pictures).to(self.images.device)
 
     def refresh(self) -> None:
         """Render the next chunk over the oldest one."""
-        self._render_chunk(self.chunks_rendered)
+        self._store_chunk(self.chunks_rendered, *render_chunk(self.world_config, self.config, self.chunks_rendered))
         self.chunks_rendered += 1
 
     def restore(self, chunks_rendered: int) -> None:
         """Rebuild the bank as it was after `chunks_rendered` chunks (at least one full bank) were rendered."""
         if chunks_rendered < self.config.num_chunks:
             raise ValueError(f"a bank holds {self.config.num_chunks} chunks; cannot restore to {chunks_rendered}")
-        for chunk_index in range(chunks_rendered - self.config.num_chunks, chunks_rendered):
-            self._render_chunk(chunk_index)
+        indices = list(range(chunks_rendered - self.config.num_chunks, chunks_rendered))
+        render = functools.partial(render_chunk, self.world_config, self.config)
+        if self.render_workers > 1:
+            with multiprocessing.get_context("fork").Pool(self.render_workers) as pool:
+                for chunk_index, rendered in zip(indices, pool.imap(render, indices), strict=True):
+                    self._store_chunk(chunk_index, *rendered)
+        else:
+            for chunk_index in indices:
+                self._store_chunk(chunk_index, *render(chunk_index))
         self.chunks_rendered = chunks_rendered
 
     def sample(self, generator: np.random.Generator, batch_size: int) -> torch.Tensor:
         """A batch of uint8 images (B, H, W, 3), drawn uniformly with replacement."""
         indices = torch.from_numpy(generator.integers(0, self.config.size, size=batch_size))
-        return self.images[indices]
+        return self.images[indices.to(self.images.device)]
 
     def kind_fractions(self) -> dict[str, float]:
         counts = np.bincount(self.kinds, minlength=len(ImageKind)) / len(self.kinds)

@@ -60,9 +60,11 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Quantised latent (B, code_dim, h, w) -> image (B, C, h*f, w*f).
 
-    With `refine_blocks`, the features are first unshuffled to twice the code resolution (`refine_width`
-    channels, each position then paints an f/2 x f/2 patch) and refined by residual 3x3 units there: cheap,
-    because the width is small, and it lets outlines be placed across patch borders rather than per patch.
+    With `refine_blocks`, the features are then shuffled up to twice the code resolution `refine_levels` times
+    (`refine_width` channels at the first level, half as many at each next one; each position then paints an
+    f / 2^levels patch) and refined by `refine_blocks` residual 3x3 units at every level. One level is cheap
+    and lets outlines cross patch borders; `log2(f)` levels reach full resolution, where a 3x3 conv places every
+    edge pixel itself: the FLOPs that sharp small stars and letters need, affordable when training on a GPU.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Decoder(nn.Module):
         norm_groups: int,
         refine_blocks: int = 0,
         refine_width: int = 0,
+        refine_levels: int = 1,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [
@@ -84,14 +87,18 @@ class Decoder(nn.Module):
             nn.SiLU(),
         ]
         if refine_blocks:
-            layers += [
-                nn.Conv2d(width, refine_width * 4, 1),
-                nn.PixelShuffle(2),
-                *(ResidualConv(refine_width, norm_groups) for _ in range(refine_blocks)),
-                group_norm(refine_width, norm_groups),
-                nn.SiLU(),
-            ]
-            width, patch = refine_width, patch // 2
+            if patch % (2**refine_levels):
+                raise ValueError(f"{refine_levels} refine levels do not divide a {patch}-pixel patch")
+            level_width = refine_width
+            for _ in range(refine_levels):
+                layers += [
+                    nn.Conv2d(width, level_width * 4, 1),
+                    nn.PixelShuffle(2),
+                    *(ResidualConv(level_width, norm_groups) for _ in range(refine_blocks)),
+                    group_norm(level_width, norm_groups),
+                    nn.SiLU(),
+                ]
+                width, patch, level_width = level_width, patch // 2, max(level_width // 2, 1)
         layers += [nn.Conv2d(width, out_channels * patch * patch, 1), nn.PixelShuffle(patch)]
         self.layers = nn.Sequential(*layers)
 

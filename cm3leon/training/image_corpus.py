@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,19 @@ from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.vocab import ImageCodes
 
 FINGERPRINT_HEX_CHARS = 16
+
+
+def _render_image(world: WorldConfig, scene: Scene) -> np.ndarray:
+    return render(scene, world).image
+
+
+def render_images(scenes: Sequence[Scene], world: WorldConfig, workers: int = 1) -> np.ndarray:
+    """(N, H, W, 3) uint8 renders of `scenes`, in `workers` processes when more than one."""
+    render_one = partial(_render_image, world)
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return np.stack(pool.map(render_one, scenes, chunksize=max(len(scenes) // (4 * workers), 1)))
+    return np.stack([render_one(scene) for scene in scenes])
 
 
 def scene_to_json(scene: Scene) -> dict[str, object]:
@@ -77,8 +93,9 @@ class ImageCodeCorpus:
         image_tokenizer: ImageTokenizer,
         batch_size: int,
         progress: bool = True,
+        render_workers: int = 1,
     ) -> ImageCodeCorpus:
-        """Render and VQ-encode `scenes` in batches."""
+        """Render (in `render_workers` processes) and VQ-encode `scenes` in batches."""
         if world.image_size != image_tokenizer.config.image_size:
             raise ValueError(
                 f"world images are {world.image_size}px but the image tokenizer expects "
@@ -89,7 +106,7 @@ class ImageCodeCorpus:
         with tqdm(total=len(scenes), desc="VQ-encoding scenes", unit="img", disable=not progress) as bar:
             for start in range(0, len(scenes), batch_size):
                 chunk = scenes[start : start + batch_size]
-                images = np.stack([render(scene, world).image for scene in chunk])
+                images = render_images(chunk, world, render_workers)
                 codes[start : start + len(chunk)] = image_tokenizer.encode(images).cpu().numpy()
                 bar.update(len(chunk))
         return cls(tuple(scenes), codes)
@@ -118,6 +135,7 @@ class ImageCodeCorpus:
         seed: int,
         batch_size: int,
         progress: bool = True,
+        render_workers: int = 1,
     ) -> ImageCodeCorpus:
         """The corpus of `n_scenes` scenes of `split` (drawn with `seed`), loaded from the cache or built once."""
         split = Split(split)
@@ -127,6 +145,6 @@ class ImageCodeCorpus:
             return cls.load(path)
         scenes = World(world).scenes(seed, split, n_scenes)
         with torch.inference_mode():
-            corpus = cls.encode(scenes, world, image_tokenizer, batch_size, progress)
+            corpus = cls.encode(scenes, world, image_tokenizer, batch_size, progress, render_workers)
         corpus.save(path)
         return corpus

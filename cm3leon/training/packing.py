@@ -35,6 +35,10 @@ class TokenBatch:
     def num_targets(self) -> int:
         return int(self.loss_mask[:, 1:].sum())
 
+    def pin_memory(self) -> TokenBatch:
+        """Page-locked copies (DataLoader's pin_memory calls this), so `to(cuda, non_blocking=True)` overlaps."""
+        return TokenBatch(self.tokens.pin_memory(), self.loss_mask.pin_memory())
+
     def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(self.tokens.to(device, non_blocking=True), self.loss_mask.to(device, non_blocking=True))
 

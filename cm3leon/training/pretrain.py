@@ -10,18 +10,22 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cm3leon.checkpoint import save_checkpoint
 from cm3leon.data.world import Split, WorldConfig
 from cm3leon.model import DecoderConfig, Transformer
+from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.text import TOKENIZER_FILE, TextTokenizer, TextTokenizerConfig
 from cm3leon.tokenizers.vocab import VOCAB_FILE, Vocabulary, VocabularyConfig
 from cm3leon.tokenizers.world_text import train_world_tokenizer
 from cm3leon.training.distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
+from cm3leon.training.image_corpus import ImageCodeCorpus, world_fingerprint
 from cm3leon.training.losses import vocabulary_modalities
 from cm3leon.training.pretrain_data import PretrainBatches, PretrainDataConfig, heldout_batches, load_corpus
+from cm3leon.training.retrieval_data import CorpusRetrieval, TrainingRetrievalConfig, cached_neighbours
 from cm3leon.training.trainer import Trainer, TrainerConfig, TrainSummary
 
 FINAL_DIR = "final"
@@ -42,6 +46,9 @@ class PretrainRun:
     trainer: TrainerConfig | None = None  # None: TrainerConfig.preset(preset)
     data: PretrainDataConfig | None = None  # None: PretrainDataConfig.preset(preset, seq_len=model's)
     device: str = "auto"
+    # The retriever that finds each training document's neighbours (needed when data.retrieved > 0).
+    retriever_dir: Path | None = None
+    retrieval: TrainingRetrievalConfig | None = None  # None: the paper's rules with k = data.retrieved
 
 
 def has_vocabulary(directory: Path) -> bool:
@@ -79,6 +86,20 @@ def build_vocabulary(
     return vocab
 
 
+def training_neighbours(
+    run: PretrainRun, data: PretrainDataConfig, corpus: ImageCodeCorpus, context: DistributedContext, progress: bool
+) -> np.ndarray:
+    """The train corpus's retrieved neighbours (computed once on this rank's device, then read from the cache)."""
+    if run.retriever_dir is None:
+        raise ValueError(f"retrieved={data.retrieved} needs a retriever directory")
+    config = run.retrieval or TrainingRetrievalConfig(k=data.retrieved, render_workers=data.render_workers)
+    if config.k < data.retrieved:
+        raise ValueError(f"the retrieval config gives {config.k} neighbours, the data asks for {data.retrieved}")
+    retriever = Retriever.from_pretrained(run.retriever_dir, device=context.device)
+    corpus_key = f"train-{data.train_scenes}-seed{data.corpus_seed}-{world_fingerprint(data.world())}"
+    return cached_neighbours(run.out_dir / CACHE_DIR, corpus_key, retriever, corpus, data.world(), config, progress)
+
+
 def run_pretraining(run: PretrainRun, context: DistributedContext | None = None) -> TrainSummary:
     """Train (or resume) and write OUT/final; returns the trainer's summary (on every rank)."""
     owns_context = context is None
@@ -104,13 +125,22 @@ def _run(run: PretrainRun, context: DistributedContext) -> TrainSummary:
         build_vocabulary(run.out_dir, run.shared_tokenizer_dir, image_tokenizer, world, run.preset)
         for split in (Split.TRAIN, Split.VAL):
             load_corpus(data_config, image_tokenizer, cache_dir, split, progress=trainer_config.progress)
+        if data_config.retrieved:
+            train_corpus = load_corpus(data_config, image_tokenizer, cache_dir, Split.TRAIN, progress=False)
+            training_neighbours(run, data_config, train_corpus, context, trainer_config.progress)
     barrier(context)
     vocab = build_vocabulary(run.out_dir, run.shared_tokenizer_dir, image_tokenizer, world, run.preset)
     train_corpus = load_corpus(data_config, image_tokenizer, cache_dir, Split.TRAIN, progress=False)
     val_corpus = load_corpus(data_config, image_tokenizer, cache_dir, Split.VAL, progress=False)
+    hook = None
+    if data_config.retrieved:
+        neighbours = training_neighbours(run, data_config, train_corpus, context, progress=False)
+        hook = CorpusRetrieval(
+            train_corpus, neighbours, data_config.retrieved, world, data_config.detailed_caption_fraction
+        )
 
     model = Transformer(DecoderConfig.preset(run.preset, vocab_size=vocab.size, max_seq_len=data_config.seq_len))
-    source = PretrainBatches(data_config, vocab, train_corpus, trainer_config.batch_size)
+    source = PretrainBatches(data_config, vocab, train_corpus, trainer_config.batch_size, retrieval_hook=hook)
     heldout = heldout_batches(
         data_config, vocab, val_corpus, trainer_config.batch_size, data_config.heldout_batch_count
     ) if context.is_main else []

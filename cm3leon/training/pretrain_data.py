@@ -41,6 +41,8 @@ class PretrainDataConfig:
     heldout_batch_count: int = 8
     corpus_seed: int = 0
     encode_batch_size: int = 64
+    # Processes that render the corpus's scenes before encoding (the encoder runs in the main process).
+    render_workers: int = 1
     # Caption mix: detailed captions name every attribute (what text->image must honour); short ones are terse.
     detailed_caption_fraction: float = 0.75
     # Direction mix: text->image is the headline task, image->text (captioning) the other direction.
@@ -181,7 +183,7 @@ def load_corpus(
     n_scenes = config.train_scenes if split is Split.TRAIN else config.heldout_scenes
     return ImageCodeCorpus.cached(
         cache_dir, config.world(), image_tokenizer, split, n_scenes, config.corpus_seed, config.encode_batch_size,
-        progress,
+        progress, config.render_workers,
     )
 
 

@@ -12,6 +12,7 @@ Running again with the same `out_dir` resumes from `checkpoint/` and continues t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from cm3leon.model import Transformer
 from cm3leon.training.distributed import DistributedContext, all_reduce_sum, barrier, broadcast_from_main
 from cm3leon.training.losses import LossTotals, Modalities, evaluate_perplexity, masked_token_losses
 from cm3leon.training.packing import BatchSource, TokenBatch
+from cm3leon.training.prefetch import PrefetchedBatches
 from cm3leon.training.schedule import warmup_cosine_lr
 from cm3leon.training.state import (
     MetricsLogger,
@@ -81,6 +83,7 @@ class Trainer:
         self.metrics = MetricsLogger(self.out_dir / METRICS_FILE, enabled=self.context.is_main)
         self.state = TrainerState(extra=self.extra_state)
         self._ddp: torch.nn.Module | None = None
+        self._prefetched: PrefetchedBatches | None = None
 
     # --- state -------------------------------------------------------------------------------------------------
     @property
@@ -117,7 +120,7 @@ class Trainer:
         totals = LossTotals()
         tokens = 0
         for micro in range(self.config.grad_accum):
-            batch = self.source.batch(self.micro_batch_index(step, micro)).to(device)
+            batch = self._batch(self.micro_batch_index(step, micro)).to(device)
             last = micro == self.config.grad_accum - 1
             # Gradients are all-reduced once per step, on the last micro-batch only.
             sync = contextlib.nullcontext() if last or self._ddp is None else self._ddp.no_sync()
@@ -137,6 +140,11 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return totals, float(grad_norm), tokens
+
+    def _batch(self, index: int) -> TokenBatch:
+        if self._prefetched is None:
+            return self.source.batch(index)
+        return self._prefetched.take(index)
 
     def learning_rate(self, step: int) -> float:
         c = self.config
@@ -195,6 +203,12 @@ class Trainer:
             total=c.max_steps or self.state.schedule_steps, initial=self.state.step, unit="step",
             desc="resuming" if resumed else "training", disable=not (self.context.is_main and c.progress),
         )
+        if c.data_workers > 0:
+            indices = (self.micro_batch_index(step, micro) for step in itertools.count(self.state.step)
+                       for micro in range(c.grad_accum))
+            self._prefetched = PrefetchedBatches(
+                self.source, indices, c.data_workers, pin_memory=self.context.device.type == "cuda"
+            )
         window, window_tokens, window_start, grad_norm = LossTotals(), 0, time.monotonic(), 0.0
         first_loss = last_loss = eval_metrics = None
         saved_step, interrupted = self.state.step, False
@@ -228,6 +242,9 @@ class Trainer:
         if window.count or window_tokens:  # the steps since the last log line (all ranks get here together)
             last_loss = self._log(window, window_tokens, time.monotonic() - window_start, grad_norm)["loss"]
         bar.close()
+        if self._prefetched is not None:
+            self._prefetched.close()
+            self._prefetched = None
         if self.state.step != saved_step:
             self.save_checkpoint()
         if self.heldout and not interrupted:

@@ -38,6 +38,10 @@ class TrainerConfig:
     # bf16 autocast (master weights stay fp32). None: on where the device has native bf16 (about 2x fp32 on
     # AVX512-BF16 CPUs and GPUs), off where it would be emulated (about 50x slower than fp32): see hardware.py.
     bf16: bool | None = None
+    # Worker processes that build micro-batches ahead of the loop (0: built in the loop). A GPU step of the
+    # shapes model takes less time than packing its batch in Python; the batch source is a pure function of
+    # the index, so workers change nothing but speed.
+    data_workers: int = 0
     seed: int = 0
     progress: bool = True
 

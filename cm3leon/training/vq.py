@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from cm3leon.data.image_bank import ImageBank, ImageBankConfig
 from cm3leon.data.world import WorldConfig
+from cm3leon.hardware import resolve_bf16
 from cm3leon.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, images_to_tensor
 from cm3leon.training.checkpoint import (
     MetricsLogger,
@@ -69,11 +70,13 @@ class VQTrainConfig:
     refresh_every_steps: int = 64
     log_every_steps: int = 20
     checkpoint_every_seconds: float = 180.0
-    # bf16 autocast of the conv layers (the quantizer stays fp32). Off: on CPUs without native bf16 it
-    # measured ~20x slower than fp32 here.
-    bf16_autocast: bool = False
+    # bf16 autocast of the conv layers (the quantizer stays fp32). None: on where the device has native bf16
+    # (GPUs), off where it is emulated (AVX2 CPUs, where it measured ~20x slower than fp32): see hardware.py.
+    bf16_autocast: bool | None = None
     world_preset: str = "shapes"
     bank_preset: str = "shapes"
+    # Processes that render the initial image bank (the `gpu` bank is 2^18 images: ~1 min on one core).
+    render_workers: int = 1
     seed: int = 0
 
     @classmethod
@@ -84,9 +87,16 @@ class VQTrainConfig:
                 refresh_every_steps=2, log_every_steps=1,
                 world_preset="shapes32", bank_preset="tiny",
             )
-        if name in ("shapes", "256px"):
+        if name in ("shapes", "shapes-patch", "256px"):
             return cls()
-        raise ValueError(f"unknown vq training preset {name!r}; choose from: tiny, shapes, 256px")
+        if name == "gpu":
+            # One GPU: batches 16x larger (the EMA codebook and k-means see many more vectors per step), a bank
+            # rendered once in parallel and never refreshed in the loop (see ImageBankConfig.preset("gpu")).
+            return cls(
+                batch_size=256, warmup_steps=200, codebook_init_images=8192, refresh_every_steps=10**9,
+                log_every_steps=50, checkpoint_every_seconds=60.0, bank_preset="gpu", render_workers=12,
+            )
+        raise ValueError(f"unknown vq training preset {name!r}; choose from: tiny, shapes, gpu, 256px")
 
 
 def learning_rate(config: VQTrainConfig, step: int, progress: float) -> float:
@@ -161,7 +171,8 @@ def _training_step(
     """One optimizer step on a batch; returns its losses and PSNR as floats."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=train_config.bf16_autocast):
+    bf16 = resolve_bf16(train_config.bf16_autocast, images.device)
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
         output = model(images, quantize=step >= train_config.autoencoder_warmup_steps)
     losses = reconstruction_losses(output.reconstruction, images, tokenizer_config)
     loss = losses["pixel_loss"] + tokenizer_config.edge_loss_weight * losses.get("edge_loss", 0.0)
@@ -203,6 +214,7 @@ def train_vq(
     minutes: float | None = None,
     stop_at_step: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> VQRunResult:
     """Train (or resume training) a tokenizer in `out_dir` for `steps` optimizer steps or `minutes` of training.
 
@@ -221,7 +233,7 @@ def train_vq(
     budget_seconds = minutes * 60.0 if minutes is not None else math.inf
 
     torch.manual_seed(train_config.seed)
-    model = ImageTokenizer(tokenizer_config).train()
+    model = ImageTokenizer(tokenizer_config).to(device).train()
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=train_config.learning_rate,
@@ -243,7 +255,7 @@ def train_vq(
             json.dumps({"tokenizer": asdict(tokenizer_config), "training": asdict(train_config)}, indent=2) + "\n"
         )
     bank_config = ImageBankConfig.preset(train_config.bank_preset, seed=train_config.seed)
-    bank = ImageBank(world_config, bank_config, chunks_rendered=chunks_rendered)
+    bank = ImageBank(world_config, bank_config, chunks_rendered, device, train_config.render_workers)
     logger = MetricsLogger(out_dir / METRICS_FILE)
 
     def save() -> None:
@@ -305,11 +317,11 @@ def train_vq(
 
 
 def configs_for(
-    preset: str, batch_size: int | None, learning_rate: float | None
+    preset: str, batch_size: int | None, learning_rate: float | None, training_preset: str | None = None
 ) -> tuple[ImageTokenizerConfig, VQTrainConfig]:
-    """The tokenizer and trainer configs of a preset, with the command line's overrides applied."""
+    """The tokenizer and trainer configs of a preset (the trainer's may differ: `gpu`), with overrides applied."""
     tokenizer_config = ImageTokenizerConfig.preset(preset)
-    train_config = VQTrainConfig.preset(preset)
+    train_config = VQTrainConfig.preset(training_preset or preset)
     if batch_size is not None:
         train_config = replace(train_config, batch_size=batch_size)
     if learning_rate is not None:
