@@ -107,3 +107,18 @@ def test_cli_pretrains_with_retrieved_documents(
     assert len(list((out / "cache").glob("neighbours-*.npy"))) == 1
     record = json.loads((out / "final" / "training.json").read_text())
     assert record["data_config"]["retrieved"] == 2 and record["summary"]["steps"] == 2
+
+
+def test_cli_sft_retrieves_for_text_to_image_examples(retriever: Retriever, tmp_path: Path) -> None:
+    from sft_helpers import tiny_init_checkpoint
+
+    init = tiny_init_checkpoint(tmp_path)
+    retriever.save_pretrained(tmp_path / "retriever")
+    out = tmp_path / "sft"
+    command = ["train", "sft", "--init", str(init), "--out", str(out), "--steps", "2", "--device", "cpu"]
+    command += ["--no-bf16", "--retrieved", "2", "--retriever", str(tmp_path / "retriever"), "--data-workers", "1"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    neighbours = list((out / "cache").glob("neighbours-sft-scenes-*.npy"))
+    assert len(neighbours) == 1 and np.load(neighbours[0]).shape[1] == 2
+    assert json.loads((out / "final" / "training.json").read_text())["summary"]["steps"] == 2

@@ -194,6 +194,13 @@ def train_sft(
         typer.Option("--bf16/--no-bf16", help="bf16 autocast; default: on only where the device has native bf16."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (a torchrun rank takes its LOCAL_RANK GPU).")] = "auto",
+    retrieved: Annotated[int, typer.Option(help="Retrieved documents prepended to text->image examples.")] = 0,
+    retriever: Annotated[Path, typer.Option(help="Trained retriever directory (used when --retrieved > 0).")] = (
+        DEFAULT_RETRIEVER_DIR
+    ),
+    data_workers: Annotated[
+        int | None, typer.Option(help="Processes that build batches ahead of the loop (0: in the loop).")
+    ] = None,
     seed: int = 0,
 ) -> None:
     """Multi-task instruction tuning (the ten tasks of cm3leon.tasks + pretraining-style documents) from --init;
@@ -214,9 +221,12 @@ def train_sft(
         trainer = replace(trainer, max_steps=steps, max_minutes=minutes)
     trainer = with_overrides(
         trainer, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr,
-        checkpoint_every_minutes=checkpoint_minutes,
+        checkpoint_every_minutes=checkpoint_minutes, data_workers=data_workers,
     )
-    summary = run_sft(SFTRun(init, out, TaskMixture.load(mix), trainer, device=device))
+    retriever_dir = retriever if retrieved else None
+    mixture = TaskMixture.load(mix)
+    run = SFTRun(init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir)
+    summary = run_sft(run)
     typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")
     if summary.eval_metrics:
         typer.echo("held-out " + ", ".join(f"{k} {v:.4f}" for k, v in summary.eval_metrics.items()))

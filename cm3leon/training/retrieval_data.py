@@ -14,6 +14,7 @@ queries); a Qdrant server would work but adds a service to every training run. T
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,7 +112,8 @@ def cached_neighbours(
         return np.load(path)
     neighbours = compute_neighbours(retriever, corpus, world, config, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_name(path.name + ".partial.npy")
+    # A per-process partial file: ranks that compute the same neighbours never write into each other's file.
+    partial_path = path.with_name(f"{path.name}.{os.getpid()}.partial.npy")
     np.save(partial_path, neighbours)
     partial_path.replace(path)
     return neighbours

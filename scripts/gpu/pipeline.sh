@@ -14,18 +14,29 @@ RUNS=${RUNS:-runs/gpu}
 VQ_MIN=${VQ_MIN:-2.3}
 PRE_MIN=${PRE_MIN:-2.5}
 SFT_MIN=${SFT_MIN:-2.0}
+SFT_MIX=${SFT_MIX:-configs/sft_mix.json}
+SFT_LR=${SFT_LR:-1e-3}
 PRE_BATCH=${PRE_BATCH:-64}
 PRE_LR=${PRE_LR:-2e-3}
 TRAIN_SCENES=${TRAIN_SCENES:-50000}
 WORKERS=${WORKERS:-4}
+SFT_WORKERS=${SFT_WORKERS:-10}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the whole script with tiny budgets (VQ_TRAINING=shapes)
 VQ_TRAINING=${VQ_TRAINING:-gpu}
 mkdir -p "$OUT" "$RUNS"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# tqdm reads its defaults from TQDM_* variables: one progress line per 10 s keeps the logs readable.
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 cm3() { python3 -c 'from cm3leon.cli import main; main()' "$@"; }
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/pipeline.log"; }
 tail_of() { echo "--- $1"; tail -c 1500 "$1"; }
+snapshot_logs() {  # what comes back even when the call is cut off at its time limit
+    tar -czf "$OUT/logs.tar.gz.partial" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.npz' \
+        --exclude='*.npy' --exclude='checkpoint' "$RUNS" 2>/dev/null && mv "$OUT/logs.tar.gz.partial" "$OUT/logs.tar.gz"
+}
+(while sleep 20; do snapshot_logs; done) &
+SNAPSHOTTER=$!
 finish() {
+    kill "$SNAPSHOTTER" 2>/dev/null
     tar -czf "$OUT/logs.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.npz' --exclude='*.npy' \
         --exclude='checkpoint' "$RUNS" 2>/dev/null
     log "done: $(ls "$OUT")"
@@ -42,15 +53,15 @@ for variant in a:2e-3 b:1e-3; do
     cm3 train vq --preset shapes --training "$VQ_TRAINING" --lr "$lr" --minutes "$VQ_MIN" --device "$DEVICE" \
         --out "$RUNS/vq-$name" > "$RUNS/vq-$name.log" 2>&1 &
 done
-preflight_ok=1
+preflight_ok=1 sft_ok=1
 cm3 train pretrain --preset shapes --out "$RUNS/preflight" --steps 3 --train-scenes 512 --retrieved 2 \
     --vq models/shapes/vq --tokenizer-dir models/shapes --device "$DEVICE" --data-workers 2 --batch-size 8 \
     > "$RUNS/preflight.log" 2>&1 || preflight_ok=0
-if [ "$preflight_ok" = 1 ] && [ -n "${SFT_MIX:-}" ]; then
+if [ "$preflight_ok" = 1 ]; then
     cm3 train sft --init "$RUNS/preflight/final" --out "$RUNS/preflight-sft" --mix "$SFT_MIX" --steps 3 \
-        --device "$DEVICE" --batch-size 8 > "$RUNS/preflight-sft.log" 2>&1 || preflight_ok=0
+        --retrieved 2 --data-workers 2 --device "$DEVICE" --batch-size 8 > "$RUNS/preflight-sft.log" 2>&1 || sft_ok=0
 fi
-log "preflight ok=$preflight_ok"
+log "preflight ok: pretrain=$preflight_ok sft=$sft_ok"
 wait
 for name in a b; do
     tail_of "$RUNS/vq-$name.log"
@@ -82,10 +93,13 @@ done
 [ -d "$RUNS/pretrain-k2/final" ] || finish 5
 
 # --- 3. instruction tuning from the K = 2 model ---------------------------------------------------------
-if [ -n "${SFT_MIX:-}" ]; then
+if [ "$sft_ok" = 1 ]; then
     cm3 train sft --init "$RUNS/pretrain-k2/final" --out "$RUNS/sft" --mix "$SFT_MIX" --minutes "$SFT_MIN" \
-        --device "$DEVICE" --batch-size "$PRE_BATCH" > "$RUNS/sft.log" 2>&1
+        --retrieved 2 --data-workers "$SFT_WORKERS" --device "$DEVICE" --batch-size "$PRE_BATCH" --lr "$SFT_LR" \
+        --checkpoint-minutes 1 > "$RUNS/sft.log" 2>&1
     tail_of "$RUNS/sft.log"
     [ -d "$RUNS/sft/final" ] && python3 scripts/gpu/pack.py "$RUNS/sft" "$OUT/sft.tar" | tee -a "$OUT/pipeline.log"
+else
+    tail_of "$RUNS/preflight-sft.log"; log "SFT preflight failed: no SFT stage"
 fi
 finish 0

@@ -1,0 +1,157 @@
+"""Token formats of the instruction-tuning tasks: each task's prompt (what inference decodes from) and output.
+
+Every task is a `TaskExample`: `prompt` ids (starting with `<bos>`, ending exactly where generation starts) and
+`output` ids (the continuation, ending with `<eos>`). Training documents are `prompt + output` with loss on the
+output only: the prompt is always given at inference (an instruction, a source image, a map), so modelling it
+teaches nothing the task needs, and the prompt's 64-code source images would otherwise outweigh a 3-token answer
+in the gradient. Prompts of image outputs are built with the decoder's own `document_prompt_ids`, so training and
+inference prompts are the same ids by construction.
+
+Formats (instructions are text, images are image blocks, `encode_document` puts `<break>` between modalities):
+
+    t2i           caption <break> IMAGE                          (pretraining's SceneDocument, reused)
+    caption       IMAGE <break> caption                          (pretraining's SceneDocument, reused)
+    vqa           IMAGE <break> Question: q Answer: | a
+    reasoning     IMAGE <break> Question: q Answer: | ... so the answer is N
+    edit          EDIT_HEADER <break> IMAGE1 <break> instruction <break> | IMAGE2
+    infill        [caption <break>] IMAGE with <mask:i> per code row <infill> <mask:0> | row0 <mask:1> row1 ...
+    segmentation  SEGMENT_HEADER <break> IMAGE <break> | SEGMENTATION-MAP IMAGE
+    seg2img       STRUCTURE_HEADER <break> MAP <break> caption <break> | IMAGE
+    grounded      GROUNDED_HEADER object <loc x0 y0 x1 y1> and ... on a B background <break> | IMAGE
+    text_render   draw "AB" in red on a white background <break> | IMAGE
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from cm3leon.data.language import text_render_prompt
+from cm3leon.data.questions import QA, article
+from cm3leon.data.tasks import EditCase, GroundedSpec, PixelBox
+from cm3leon.data.world import Scene, WorldConfig
+from cm3leon.decoding.prompts import document_prompt_ids
+from cm3leon.objectives.cm3 import CM3Masker
+from cm3leon.tasks.infill import infill_spans
+from cm3leon.tokenizers.vocab import Document, ImageCodes, Locations, Vocabulary
+from cm3leon.training.pretrain_data import SceneDocument
+
+TASKS: tuple[str, ...] = (
+    "t2i", "caption", "vqa", "reasoning", "edit", "infill", "segmentation", "seg2img", "grounded", "text_render",
+)
+IMAGE_TASKS: frozenset[str] = frozenset({"t2i", "edit", "segmentation", "seg2img", "grounded", "text_render"})
+TEXT_TASKS: frozenset[str] = frozenset({"caption", "vqa", "reasoning"})
+
+EDIT_HEADER = "Edit first image following the instruction"
+SEGMENT_HEADER = "Segment the image"
+STRUCTURE_HEADER = "Make high quality image from segmentation features"
+GROUNDED_HEADER = "Make an image with"
+QUESTION_PREFIX = "Question:"
+ANSWER_PREFIX = "Answer:"
+
+Target = Literal["image", "text", "infill"]
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    task: str
+    prompt: list[int]  # starts with <bos>, ends where generation starts
+    output: list[int]  # ground-truth continuation, ends with <eos> (empty for a prompt-only example)
+    target: Target
+
+    @property
+    def ids(self) -> list[int]:
+        return [*self.prompt, *self.output]
+
+    @property
+    def loss_mask(self) -> list[bool]:
+        """Loss on the output only (see the module docstring); `<eos>` included: the model must learn to stop."""
+        return [False] * len(self.prompt) + [True] * len(self.output)
+
+
+def question_text(qa: QA) -> str:
+    return f"{QUESTION_PREFIX} {qa.question} {ANSWER_PREFIX}"
+
+
+class TaskFormatter:
+    """Builds every task's `TaskExample` for one vocabulary and world."""
+
+    def __init__(self, vocab: Vocabulary, world: WorldConfig) -> None:
+        if vocab.config.location_bins != world.location_bins:
+            raise ValueError(f"vocabulary has {vocab.config.location_bins} location bins, world {world.location_bins}")
+        self.vocab = vocab
+        self.world = world
+        self.masker = CM3Masker(vocab)
+
+    # --- generic pieces -------------------------------------------------------------------------------------
+    def _image_output(self, task: str, document: Document, image: ImageCodes | None) -> TaskExample:
+        prompt = document_prompt_ids(self.vocab, document, "image")
+        output = [*self.vocab.encode_image(image.codes), self.vocab.eos_id] if image is not None else []
+        return TaskExample(task, prompt, output, "image")
+
+    def _text_output(self, task: str, document: Document, answer: str | None) -> TaskExample:
+        prompt = document_prompt_ids(self.vocab, document, "text")
+        # The answer is encoded apart from the prompt (with its leading space) because inference decodes it
+        # after exactly these prompt ids: BPE merges across the boundary would never be seen at inference.
+        output = [*self.vocab.encode_text(answer), self.vocab.eos_id] if answer is not None else []
+        return TaskExample(task, prompt, output, "text")
+
+    # --- the tasks --------------------------------------------------------------------------------------------
+    def t2i(self, scene: Scene, caption: str, image: ImageCodes | None) -> TaskExample:
+        """The ids of pretraining's text->image SceneDocument (reused, not re-derived), split at the image."""
+        if image is None:
+            return self._image_output("t2i", [caption], None)
+        ids = SceneDocument(scene, -1, caption, image, image_first=False).token_ids(self.vocab)
+        cut = len(ids) - self.vocab.codes_per_image - 1
+        return TaskExample("t2i", ids[:cut], ids[cut:], "image")
+
+    def caption(self, image: ImageCodes, caption: str | None) -> TaskExample:
+        # Pretraining's image->text document `IMAGE <break> caption`, so the caption is one BPE segment.
+        return self._text_output("caption", [image], caption)
+
+    def vqa(self, image: ImageCodes, qa: QA, with_answer: bool = True) -> TaskExample:
+        task = "reasoning" if qa.kind == "reasoning" else "vqa"
+        return self._text_output(task, [image, question_text(qa)], f" {qa.answer}" if with_answer else None)
+
+    def edit(self, case: EditCase, source: ImageCodes, target: ImageCodes | None) -> TaskExample:
+        return self._image_output("edit", [EDIT_HEADER, source, case.instruction], target)
+
+    def segmentation(self, image: ImageCodes, segmentation: ImageCodes | None) -> TaskExample:
+        return self._image_output("segmentation", [SEGMENT_HEADER, image], segmentation)
+
+    def seg2img(self, segmentation: ImageCodes, caption: str, image: ImageCodes | None) -> TaskExample:
+        return self._image_output("seg2img", [STRUCTURE_HEADER, segmentation, caption], image)
+
+    def grounded_document(self, spec: GroundedSpec) -> Document:
+        """`GROUNDED_HEADER large red circle <loc..> and small blue star <loc..> on a white background`."""
+        document: list[str | Locations] = []
+        for index, (box, obj) in enumerate(zip(spec.boxes, spec.scene.objects, strict=True)):
+            joiner = GROUNDED_HEADER if index == 0 else " and"
+            document += [f"{joiner} {article_phrase(obj.describe())}", Locations(box)]
+        document.append(f" on a {spec.scene.background} background")
+        return document
+
+    def grounded(self, spec: GroundedSpec, image: ImageCodes | None) -> TaskExample:
+        return self._image_output("grounded", self.grounded_document(spec), image)
+
+    def text_render(self, scene: Scene, image: ImageCodes | None) -> TaskExample:
+        return self._image_output("text_render", [text_render_prompt(scene, self.world)], image)
+
+    def infill(self, image: ImageCodes, region: PixelBox, caption: str | None) -> TaskExample:
+        """CM3's own infilling layout: the region's code rows become `<mask:i>` sentinels, and after `<infill>`
+        each sentinel is followed by its codes. Chosen over "instruction + grey-masked image -> whole image"
+        because it is exactly what CM3 pretraining taught (image spans re-emitted after `<infill>`), the model
+        reads the context on every side of the hole before writing it, pixels outside the region are preserved
+        by construction, and it writes 9-16 codes instead of a whole image."""
+        document: Document = [image] if caption is None else [caption, image]
+        ids = self.vocab.encode_document(document)
+        start = len(ids) - 1 - self.vocab.codes_per_image  # first code of the image block (before <eos>)
+        spans = [(start + a, start + b) for a, b in infill_spans(region, self.world, self.vocab)]
+        masked = self.masker.apply(ids, spans).ids
+        cut = masked.index(self.vocab.infill_id) + 2  # prompt ends with "<infill> <mask:0>"
+        return TaskExample("infill", masked[:cut], masked[cut:], "infill")
+
+
+def article_phrase(description: str) -> str:
+    """'a large red circle': the article of a "size colour shape" description."""
+    return f"{article(description)} {description}"

@@ -1,0 +1,215 @@
+"""Instruction-tuning (SFT) data: task documents drawn by a mixture, packed into rows like pretraining.
+
+`SFTBatches.batch(index)` is a pure function of (seed, index) and the object holds only plain data, numpy
+arrays and the vocabulary, so it pickles into DataLoader worker processes. A mixture entry `pretrain` draws
+pretraining-style documents (both directions, CM3-masked, retrieval-augmented when a hook is given) so the
+abilities of the first stage are not forgotten; every other entry is a task of `cm3leon.tasks`.
+
+Guidance dropout: the decoder's classifier-free guidance replaces prompt text runs by `<mask>` (and, for the
+editing's third stream, image runs too; see `cm3leon.decoding.prompts`). Image-output tasks show those exact
+masked prompts at a small rate, so every unconditional stream the decoder builds is a prompt seen in training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cm3leon.data.language import detailed_caption, short_caption
+from cm3leon.data.questions import qa_pairs, reasoning_pairs
+from cm3leon.data.render import object_box
+from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, quantise_box
+from cm3leon.data.world import WorldConfig
+from cm3leon.decoding.prompts import CONTENT_KINDS, TEXT_KINDS, mask_runs
+from cm3leon.tasks.corpus import TaskCorpus, TaskCorpusConfig
+from cm3leon.tasks.formats import IMAGE_TASKS, TASKS, TaskExample, TaskFormatter
+from cm3leon.tokenizers.vocab import Vocabulary
+from cm3leon.training.packing import PackStats, PackUnit, TokenBatch, pack_rows, to_batch
+from cm3leon.training.pretrain_data import PretrainBatches, PretrainDataConfig, RetrievalHook, SceneDocument
+
+PRETRAIN = "pretrain"
+MIXTURE_ENTRIES: tuple[str, ...] = (PRETRAIN, *TASKS)
+# Tasks whose prompt holds an input image, so the "everything masked" stream (editing guidance) exists.
+IMAGE_INPUT_TASKS = frozenset({"edit", "seg2img"})
+
+
+@dataclass(frozen=True)
+class TaskMixture:
+    """Sampling weight per entry (normalised); entries absent from the file get weight 0."""
+
+    weights: tuple[tuple[str, float], ...]
+
+    def __post_init__(self) -> None:
+        unknown = {name for name, _ in self.weights} - set(MIXTURE_ENTRIES)
+        if unknown:
+            raise ValueError(f"unknown mixture entries {sorted(unknown)}; choose from {MIXTURE_ENTRIES}")
+        if any(w < 0 for _, w in self.weights) or sum(w for _, w in self.weights) <= 0:
+            raise ValueError("mixture weights must be >= 0 and not all zero")
+
+    @classmethod
+    def from_mapping(cls, weights: Mapping[str, float]) -> TaskMixture:
+        # Known entries in canonical order, unknown ones kept so that a misspelt task fails loudly.
+        order = [*[n for n in MIXTURE_ENTRIES if n in weights], *sorted(set(weights) - set(MIXTURE_ENTRIES))]
+        return cls(tuple((name, float(weights[name])) for name in order))
+
+    @classmethod
+    def load(cls, path: Path) -> TaskMixture:
+        """A JSON object {"weights": {"pretrain": 0.2, "t2i": 0.1, ...}} (other keys are comments)."""
+        return cls.from_mapping(json.loads(Path(path).read_text())["weights"])
+
+    @classmethod
+    def uniform(cls) -> TaskMixture:
+        return cls.from_mapping({name: 1.0 for name in MIXTURE_ENTRIES})
+
+    def probabilities(self) -> dict[str, float]:
+        total = sum(w for _, w in self.weights)
+        return {name: w / total for name, w in self.weights}
+
+
+@dataclass(frozen=True)
+class SFTDataConfig:
+    """Presets: `tiny` (tests: 32px world, small pools) and `shapes` (the demo)."""
+
+    seq_len: int
+    pretrain: PretrainDataConfig
+    corpus: TaskCorpusConfig = field(default_factory=TaskCorpusConfig)
+    # Image-output prompts with text masked (CFG's unconditional / editing's image-only stream).
+    text_dropout: float = 0.1
+    # Edit / structure prompts with text and images masked (editing's unconditional stream).
+    all_dropout: float = 0.05
+    # Infill examples that also give the scene's caption ("optional text").
+    infill_caption_fraction: float = 0.5
+    seed: int = 0
+
+    @classmethod
+    def preset(cls, name: str, seq_len: int, world_preset: str | None = None, **overrides: Any) -> SFTDataConfig:
+        world_override = {"world_preset": world_preset} if world_preset else {}
+        pretrain = PretrainDataConfig.preset(name, seq_len=seq_len, **world_override)
+        return cls(**{"seq_len": seq_len, "pretrain": pretrain, "corpus": TaskCorpusConfig.preset(name), **overrides})
+
+    def world(self) -> WorldConfig:
+        return self.pretrain.world()
+
+
+class SFTBatches:
+    """The SFT `BatchSource`: micro-batch `index` -> `batch_size` packed rows of `config.seq_len` tokens."""
+
+    def __init__(
+        self,
+        config: SFTDataConfig,
+        vocab: Vocabulary,
+        corpus: TaskCorpus,
+        mixture: TaskMixture,
+        batch_size: int,
+        retrieval_hook: RetrievalHook | None = None,
+        seed_salt: str = "sft",
+    ) -> None:
+        self.config = config
+        self.vocab = vocab
+        self.corpus = corpus
+        self.batch_size = batch_size
+        self.retrieval_hook = retrieval_hook
+        self.seed_salt = seed_salt
+        self.world = config.world()
+        self.formatter = TaskFormatter(vocab, self.world)
+        probabilities = mixture.probabilities()
+        self.entries = tuple(probabilities)
+        self.weights = tuple(probabilities.values())
+        # The pretraining slice samples the scene pool exactly as pretraining samples its corpus.
+        pretrain_config = replace(config.pretrain, seq_len=config.seq_len, retrieved=0)
+        self.pretrain = PretrainBatches(pretrain_config, vocab, corpus.scenes, batch_size, retrieval_hook)
+        self.last_stats = PackStats()
+
+    # --- one example per task ---------------------------------------------------------------------------------
+    def _caption(self, index: int, rng: random.Random) -> str:
+        scene = self.corpus.scenes.scenes[index]
+        if rng.random() < self.config.pretrain.detailed_caption_fraction:
+            return detailed_caption(scene, self.world, rng)
+        return short_caption(scene, self.world, rng)
+
+    def t2i_query(self, rng: random.Random) -> SceneDocument:
+        """A text->image query document (the form a retrieval hook reads) from the scene pool."""
+        index = rng.randrange(len(self.corpus.scenes))
+        scenes = self.corpus.scenes
+        return SceneDocument(scenes.scenes[index], index, self._caption(index, rng), scenes.image_codes(index), False)
+
+    def example(self, task: str, rng: random.Random) -> TaskExample:
+        """A random training example of `task` (everything drawn from `rng`)."""
+        fmt, corpus, world = self.formatter, self.corpus, self.world
+        if task == "t2i":
+            query = self.t2i_query(rng)
+            return fmt.t2i(query.scene, query.caption, query.image)
+        if task == "text_render":
+            index = rng.randrange(len(corpus.words))
+            return fmt.text_render(corpus.words.scenes[index], corpus.words.image_codes(index))
+        if task == "edit":
+            index = rng.randrange(len(corpus.edits))
+            return fmt.edit(corpus.edits[index], *corpus.edit_images(index))
+        index = rng.randrange(len(corpus.scenes))
+        scene, image = corpus.scenes.scenes[index], corpus.scenes.image_codes(index)
+        if task == "caption":
+            return fmt.caption(image, self._caption(index, rng))
+        if task in ("vqa", "reasoning"):
+            pairs = qa_pairs if task == "vqa" else reasoning_pairs
+            return fmt.vqa(image, rng.choice(pairs(scene, world, rng)))
+        if task == "segmentation":
+            return fmt.segmentation(image, corpus.segmentation(index))
+        if task == "seg2img":
+            return fmt.seg2img(corpus.segmentation(index), detailed_caption(scene, world, rng), image)
+        if task == "grounded":
+            boxes = tuple(quantise_box(object_box(o, world), world) for o in scene.objects)
+            return fmt.grounded(GroundedSpec(scene, boxes), image)
+        if task == "infill":
+            empty = scene.empty_cells(world)
+            use_empty = bool(empty) and rng.random() < INFILL_EMPTY_CELL_PROBABILITY
+            cell = rng.choice(empty) if use_empty else rng.choice(scene.objects).cell
+            with_caption = rng.random() < self.config.infill_caption_fraction
+            caption = detailed_caption(scene, world, rng) if with_caption else None
+            return fmt.infill(image, world.cell_box(cell), caption)
+        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+
+    def guidance_dropout(self, example: TaskExample, rng: random.Random) -> TaskExample:
+        """Maybe replace the prompt by one of the decoder's unconditional streams (same output)."""
+        if example.task not in IMAGE_TASKS:
+            return example
+        draw = rng.random()
+        if example.task in IMAGE_INPUT_TASKS and draw < self.config.all_dropout:
+            return replace(example, prompt=mask_runs(self.vocab, example.prompt, CONTENT_KINDS))
+        if draw < self.config.all_dropout + self.config.text_dropout:
+            return replace(example, prompt=mask_runs(self.vocab, example.prompt, TEXT_KINDS))
+        return example
+
+    # --- units and batches ------------------------------------------------------------------------------------
+    def task_unit(self, task: str, rng: random.Random) -> PackUnit:
+        if task != "t2i" or self.retrieval_hook is None:
+            example = self.guidance_dropout(self.example(task, rng), rng)
+            return example.ids, example.loss_mask
+        query = self.t2i_query(rng)
+        example = self.guidance_dropout(self.formatter.t2i(query.scene, query.caption, query.image), rng)
+        # Retrieved documents are context, never targets: the output is the query's image.
+        retrieved = [self.vocab.encode_document(d) for d in self.retrieval_hook(query, rng)]
+        prefix = [token for document in retrieved for token in document]
+        return prefix + example.ids, [False] * len(prefix) + example.loss_mask
+
+    def draw_entry(self, rng: random.Random) -> str:
+        return rng.choices(self.entries, weights=self.weights)[0]
+
+    def units(self, rng: random.Random) -> Iterator[PackUnit]:
+        while True:
+            entry = self.draw_entry(rng)
+            if entry == PRETRAIN:
+                yield self.pretrain.encode_unit(self.pretrain.sample_document(rng), rng)
+            else:
+                yield self.task_unit(entry, rng)
+
+    def batch(self, index: int) -> TokenBatch:
+        rng = random.Random(f"{self.config.seed}:{self.seed_salt}:{index}")
+        tokens, targets, self.last_stats = pack_rows(
+            self.units(rng), self.batch_size, self.config.seq_len, self.vocab.pad_id
+        )
+        return to_batch(tokens, targets)
+
