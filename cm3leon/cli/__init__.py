@@ -13,6 +13,8 @@ from cm3leon.cli.corpus import corpus_app
 from cm3leon.cli.data import data_app
 from cm3leon.cli.demo import demo_command
 from cm3leon.cli.evaluate import eval_app
+from cm3leon.cli.jobs import jobs_app
+from cm3leon.cli.stack import stack_app
 from cm3leon.cli.train import train_app
 
 app = typer.Typer(
@@ -23,6 +25,8 @@ app.add_typer(train_app, name="train", help="Train tokenizers and models.")
 app.add_typer(eval_app, name="eval", help="Evaluate; every suite writes --json FILE and prints a table.")
 app.add_typer(bench_app, name="bench", help="Benchmarks writing JSON under bench/results/.")
 app.add_typer(corpus_app, name="corpus", help="Build the retrieval memory (Qdrant) from world documents.")
+app.add_typer(jobs_app, name="jobs", help="Submit and follow jobs on a running gateway.")
+app.add_typer(stack_app, name="stack", help="The embedded serving stack: up, demo.")
 app.command("demo")(demo_command)
 
 

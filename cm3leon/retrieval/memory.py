@@ -129,6 +129,10 @@ class Memory:
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count
 
+    def delete(self, doc_ids: Sequence[str]) -> None:
+        """Remove documents by id (ids not in the memory are ignored)."""
+        self.client.delete(self.collection, points_selector=models.PointIdsList(points=[point_id(d) for d in doc_ids]))
+
     def close(self) -> None:
         self.client.close()
 

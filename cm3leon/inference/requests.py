@@ -1,0 +1,209 @@
+"""Domain requests and results of the inference engine: one frozen dataclass per job kind.
+
+The kind names are the gRPC `JobRequest` oneof's field names, so one string names a kind everywhere (API,
+job store, engine registry, metrics). Image inputs are `ImageRef` (an object-store key) on the serving side and
+uint8 arrays (H, W, 3) once the worker has fetched them: the engine only accepts arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+JOB_KINDS: tuple[str, ...] = (
+    "text_to_image",
+    "caption",
+    "visual_question",
+    "edit",
+    "infill",
+    "segmentation",
+    "structure_guided",
+    "grounded_generation",
+    "text_rendering",
+)
+CaptionStyle = Literal["short", "detailed"]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image in the object store, not yet fetched."""
+
+    key: str
+
+
+ImageInput = ImageRef | np.ndarray
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request decoding overrides; None keeps the model's default for the task."""
+
+    method: str | None = None  # "sample", "cfg", "cdk", "pooled"
+    temperature: float | None = None
+    top_p: float | None = None
+    guidance_scale: float | None = None
+    num_candidates: int | None = None
+    seed: int | None = None
+    retrieved_k: int = 0  # documents retrieved from the memory as context
+
+
+@dataclass(frozen=True)
+class NormBox:
+    """A box in normalised coordinates: 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True)
+class TextToImage:
+    prompt: str
+    num_images: int = 1
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True, eq=False)
+class Caption:
+    image: ImageInput
+    style: CaptionStyle = "detailed"
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True, eq=False)
+class VisualQuestion:
+    image: ImageInput
+    question: str
+    explain: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True, eq=False)
+class Edit:
+    image: ImageInput
+    instruction: str
+    text_guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True, eq=False)
+class Infill:
+    image: ImageInput
+    regions: tuple[NormBox, ...]
+    text: str = ""
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    image: ImageInput
+
+
+@dataclass(frozen=True, eq=False)
+class StructureGuided:
+    segmentation_map: ImageInput
+    caption: str
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class GroundedObject:
+    description: str
+    box: NormBox
+
+
+@dataclass(frozen=True)
+class GroundedGeneration:
+    objects: tuple[GroundedObject, ...]
+    prompt: str = ""
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class TextRendering:
+    text: str
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+JobRequest = (
+    TextToImage
+    | Caption
+    | VisualQuestion
+    | Edit
+    | Infill
+    | Segmentation
+    | StructureGuided
+    | GroundedGeneration
+    | TextRendering
+)
+_KIND_OF_TYPE: dict[type, str] = dict(
+    zip(
+        (
+            TextToImage,
+            Caption,
+            VisualQuestion,
+            Edit,
+            Infill,
+            Segmentation,
+            StructureGuided,
+            GroundedGeneration,
+            TextRendering,
+        ),
+        JOB_KINDS,
+        strict=True,
+    )
+)
+
+
+def kind_of(request: JobRequest) -> str:
+    return _KIND_OF_TYPE[type(request)]
+
+
+def image_fields(request: JobRequest) -> list[str]:
+    """Names of the request's image-valued fields (what the worker fetches before running it)."""
+    return [f.name for f in dataclasses.fields(request) if f.name in ("image", "segmentation_map")]
+
+
+@dataclass
+class Progress:
+    tokens_done: int
+    tokens_total: int
+    preview: np.ndarray | None = None  # uint8 (H, W, 3): the rows of codes done so far, decoded
+
+
+@dataclass(frozen=True)
+class RetrievedContext:
+    doc_id: str
+    score: float
+    text: str | None
+    has_text: bool
+    has_image: bool
+
+
+@dataclass
+class EngineResult:
+    images: list[np.ndarray] = field(default_factory=list)  # uint8 (H, W, 3)
+    text: str = ""
+    legend: list[tuple[str, tuple[int, int, int]]] = field(default_factory=list)  # segmentation classes
+    retrieved: list[RetrievedContext] = field(default_factory=list)
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seed: int = 0
+    seconds: float = 0.0
+
+
+class UnsupportedJobKind(Exception):
+    """The loaded model cannot run this kind of job (it does not declare it, or no handler exists yet)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"job kind {kind!r} is not supported: {reason}")
+        self.kind = kind
+
+
+class JobCancelled(Exception):
+    """The caller's cancellation check turned true between decode steps."""

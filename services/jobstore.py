@@ -1,0 +1,241 @@
+"""The Redis job store: records (with a TTL once finished), per-tenant indexes, queued sets, event streams.
+
+    {ns}:job:{id}            the JobRecord as JSON
+    {ns}:job:{id}:events     stream of full snapshots, entry id "{sequence}-0" (WatchJob resumes after one)
+    {ns}:job:{id}:cancel     cancellation flag, read by the worker between decode steps
+    {ns}:idem:{sha}          idempotency key -> job id
+    {ns}:tenant:{sha}:jobs   sorted set of the tenant's job ids by creation time (ListJobs)
+    {ns}:queued:{queue}      sorted set of queued job ids by creation time (positions, backpressure)
+
+Every change is one optimistic transaction (WATCH the record, write record + snapshot event together), so the
+gateway (cancel) and the worker (progress, results) never overwrite each other's changes. `AsyncJobStore` is the
+gateway's (redis.asyncio), `JobStore` the worker's (plain redis): same keys, same transaction helper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import redis
+import redis.asyncio as aioredis
+
+from services.errors import AlreadyExists, InvalidArgument, NotFound
+from services.keys import EVENTS_MAXLEN, Keys
+from services.records import JobRecord, JobState
+
+Mutation = Callable[[JobRecord], bool]  # changes the record in place; False: nothing to write
+# How long a watcher blocks on the event stream before re-reading the record (a missed event costs this much).
+WATCH_BLOCK_MS = 1000
+# A concurrent submission with the same request id may not have written its record yet: wait this long for it.
+IDEMPOTENCY_WAIT_S = 2.0
+
+
+def encode_record(record: JobRecord) -> str:
+    return record.model_dump_json()
+
+
+def decode_record(raw: bytes | str | None) -> JobRecord | None:
+    return JobRecord.model_validate_json(raw) if raw else None
+
+
+def queue_writes(
+    pipe: redis.client.Pipeline | aioredis.client.Pipeline, keys: Keys, record: JobRecord, ttl: int
+) -> None:
+    """The writes of one change: record, snapshot event, and on a final state the TTLs and index removals."""
+    data = encode_record(record)
+    pipe.set(keys.job(record.job_id), data)
+    pipe.xadd(keys.events(record.job_id), {"record": data}, id=f"{record.sequence}-0", maxlen=EVENTS_MAXLEN)
+    if record.state != JobState.QUEUED:
+        pipe.zrem(keys.queued(record.queue), record.job_id)
+    if record.state.finished:
+        for key in (keys.job(record.job_id), keys.events(record.job_id), keys.cancel(record.job_id)):
+            pipe.expire(key, ttl)
+
+
+class JobStore:
+    """The worker's side (synchronous)."""
+
+    def __init__(self, client: redis.Redis, namespace: str, ttl_s: int) -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self.ttl_s = ttl_s
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return decode_record(self.client.get(self.keys.job(job_id)))
+
+    def update(self, job_id: str, mutate: Mutation) -> JobRecord | None:
+        """Apply `mutate` atomically; the record after it (None when the job does not exist)."""
+        key = self.keys.job(job_id)
+
+        def change(pipe: redis.client.Pipeline) -> JobRecord | None:
+            record = decode_record(pipe.get(key))
+            if record is None or not mutate(record):
+                return record
+            record.sequence += 1
+            pipe.multi()
+            queue_writes(pipe, self.keys, record, self.ttl_s)
+            return record
+
+        return self.client.transaction(change, key, value_from_callable=True)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.client.exists(self.keys.cancel(job_id)))
+
+    def publish_worker(self, name: str, info: dict, ttl_s: int) -> None:
+        self.client.set(self.keys.worker(name), json.dumps(info), ex=ttl_s)
+
+    def dead_letter(self, job_id: str) -> None:
+        self.client.rpush(self.keys.dead_letter, job_id)
+
+
+class AsyncJobStore:
+    """The gateway's side (asyncio)."""
+
+    def __init__(self, client: aioredis.Redis, namespace: str, ttl_s: int) -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self.ttl_s = ttl_s
+
+    async def get(self, job_id: str, tenant: str) -> JobRecord:
+        """The tenant's job; NotFound for an unknown id and for another tenant's job alike."""
+        record = decode_record(await self.client.get(self.keys.job(job_id)))
+        if record is None or record.tenant != tenant:
+            raise NotFound(f"job {job_id!r} not found")
+        return record
+
+    async def queued_count(self, queues: Sequence[str]) -> int:
+        counts = await asyncio.gather(*(self.client.zcard(self.keys.queued(q)) for q in queues))
+        return sum(counts)
+
+    async def queue_position(self, record: JobRecord) -> int:
+        if record.state != JobState.QUEUED:
+            return 0
+        rank = await self.client.zrank(self.keys.queued(record.queue), record.job_id)
+        return rank + 1 if rank is not None else 0
+
+    async def existing(self, tenant: str, request_id: str, fingerprint: str) -> JobRecord | None:
+        """The job an earlier submission with this request id created (ALREADY_EXISTS if its payload differs)."""
+        job_id = await self.client.get(self.keys.idempotency(tenant, request_id))
+        if job_id is None:
+            return None
+        record = decode_record(await self.client.get(self.keys.job(job_id.decode())))
+        if record is None:
+            return None
+        if record.fingerprint != fingerprint:
+            raise AlreadyExists(f"request_id {request_id!r} was used for another request (job {record.job_id})")
+        return record
+
+    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Store a new QUEUED job; with a request id, an existing job for it is returned instead: (job, created)."""
+        if record.request_id:
+            idem = self.keys.idempotency(record.tenant, record.request_id)
+            deadline = asyncio.get_running_loop().time() + IDEMPOTENCY_WAIT_S
+            while not await self.client.set(idem, record.job_id, nx=True, ex=self.ttl_s):
+                found = await self.existing(record.tenant, record.request_id, record.fingerprint)
+                if found is not None:
+                    return found, False
+                if asyncio.get_running_loop().time() > deadline:  # the other job expired or never got written
+                    await self.client.set(idem, record.job_id, ex=self.ttl_s)
+                    break
+                await asyncio.sleep(0.05)
+        async with self.client.pipeline(transaction=True) as pipe:
+            queue_writes(pipe, self.keys, record, self.ttl_s)
+            pipe.zadd(self.keys.tenant_jobs(record.tenant), {record.job_id: record.created_at})
+            pipe.zadd(self.keys.queued(record.queue), {record.job_id: record.created_at})
+            await pipe.execute()
+        return record, True
+
+    async def update(self, job_id: str, mutate: Mutation) -> JobRecord | None:
+        key = self.keys.job(job_id)
+
+        async def change(pipe: aioredis.client.Pipeline) -> JobRecord | None:
+            record = decode_record(await pipe.get(key))
+            if record is None or not mutate(record):
+                return record
+            record.sequence += 1
+            pipe.multi()
+            queue_writes(pipe, self.keys, record, self.ttl_s)
+            return record
+
+        return await self.client.transaction(change, key, value_from_callable=True)
+
+    async def cancel(self, job_id: str, tenant: str) -> JobRecord:
+        """Flag the job for cancellation; a queued job ends CANCELLED at once, a running one when its worker
+        next checks (between decode steps)."""
+        record = await self.get(job_id, tenant)
+        if record.state.finished:
+            return record
+        await self.client.set(self.keys.cancel(job_id), "1", ex=self.ttl_s)
+
+        def cancel_if_queued(current: JobRecord) -> bool:
+            if current.state != JobState.QUEUED:
+                return False
+            current.finish(JobState.CANCELLED, "CANCELLED", "cancelled while queued")
+            return True
+
+        return await self.update(job_id, cancel_if_queued) or record
+
+    async def watch(self, job_id: str, tenant: str, after: int) -> AsyncIterator[JobRecord]:
+        """Snapshots with a sequence above `after`, in order, until a finished one has been yielded."""
+        record = await self.get(job_id, tenant)
+        last = after
+        if record.sequence > last:
+            last = record.sequence
+            yield record
+        while not record.state.finished:
+            streams = await self.client.xread({self.keys.events(job_id): f"{last}-0"}, block=WATCH_BLOCK_MS)
+            entries = [entry for _, stream_entries in streams for entry in stream_entries]
+            if not entries:  # nothing new (or the stream expired): the record is the truth
+                record = await self.get(job_id, tenant)
+                if record.sequence > last:
+                    last = record.sequence
+                    yield record
+                continue
+            for _, fields in entries:
+                snapshot = decode_record(fields[b"record"])
+                if snapshot is not None and snapshot.sequence > last:
+                    record, last = snapshot, snapshot.sequence
+                    yield record
+
+    async def list(
+        self, tenant: str, states: Sequence[JobState], page_size: int, page_token: str
+    ) -> tuple[list[JobRecord], str]:
+        """The tenant's jobs newest first, filtered by state; the token resumes after the page's last job."""
+        key = self.keys.tenant_jobs(tenant)
+        max_score, after_id = decode_page_token(page_token)
+        page: list[JobRecord] = []
+        while len(page) < page_size:
+            batch = await self.client.zrevrangebyscore(
+                key, max_score, "-inf", start=0, num=page_size * 2, withscores=True
+            )
+            batch = [(m.decode(), s) for m, s in batch if not (s == max_score and after_id and m.decode() >= after_id)]
+            if not batch:
+                return page, ""
+            raws = await self.client.mget([self.keys.job(job_id) for job_id, _ in batch])
+            for (job_id, score), raw in zip(batch, raws, strict=True):
+                max_score, after_id = score, job_id
+                record = decode_record(raw)
+                if record is None:  # expired: drop it from the index
+                    await self.client.zrem(key, job_id)
+                elif not states or record.state in states:
+                    page.append(record)
+                    if len(page) == page_size:
+                        break
+        return page, encode_page_token(max_score, after_id)
+
+
+def encode_page_token(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([score, job_id]).encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[float | str, str]:
+    if not token:
+        return "+inf", ""
+    try:
+        score, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(score), str(job_id)
+    except (ValueError, TypeError) as error:
+        raise InvalidArgument("page_token", "not a token from an earlier ListJobs response") from error

@@ -1,0 +1,57 @@
+"""Redis key names of one stack (every key starts with the namespace, so stacks can share a Redis)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+# Snapshots kept per job's event stream: WatchJob resumes from any of them; older ones are trimmed.
+EVENTS_MAXLEN = 1000
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str
+
+    def job(self, job_id: str) -> str:
+        return f"{self.namespace}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.namespace}:job:{job_id}:events"
+
+    def cancel(self, job_id: str) -> str:
+        return f"{self.namespace}:job:{job_id}:cancel"
+
+    def idempotency(self, tenant: str, request_id: str) -> str:
+        # Hashed: the request id is user input and never becomes part of a key as is.
+        digest = hashlib.sha256(f"{tenant}\0{request_id}".encode()).hexdigest()
+        return f"{self.namespace}:idem:{digest}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        return f"{self.namespace}:tenant:{hashlib.sha256(tenant.encode()).hexdigest()[:32]}:jobs"
+
+    def queued(self, queue: str) -> str:
+        return f"{self.namespace}:queued:{queue}"
+
+    def worker(self, name: str) -> str:
+        return f"{self.namespace}:workers:{name}"
+
+    def workers_pattern(self) -> str:
+        return f"{self.namespace}:workers:*"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.namespace}:dead-letter"
+
+
+def queue_names(namespace: str) -> dict[str, str]:
+    """Celery queues per traffic class: image generation, text generation, retrieval-memory operations."""
+    return {traffic: f"{namespace}.{traffic}" for traffic in ("image", "text", "corpus")}
+
+
+# Traffic class of each job kind: the kinds whose output is text share the (faster) text queue.
+TEXT_KINDS = frozenset({"caption", "visual_question"})
+
+
+def queue_for(namespace: str, kind: str) -> str:
+    return queue_names(namespace)["text" if kind in TEXT_KINDS else "image"]

@@ -1,0 +1,253 @@
+"""The gRPC servicers: validate, convert protobuf <-> domain, and call the job store, object store and queue.
+
+No decisions about jobs live here beyond admission (auth is the interceptor's, running them is the worker's).
+Blocking clients (MinIO, Celery's publisher) run in threads so the event loop never waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from celery import Celery
+
+from services import convert
+from services.api import common_pb2, corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
+from services.interceptors import current_tenant
+from services.jobstore import AsyncJobStore
+from services.keys import queue_for, queue_names
+from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
+from services.records import JobRecord, JobState, new_job_id
+from services.settings import GatewaySettings
+from services.telemetry import Metrics, inject_context, tracer
+from services.validation import check_request_id, check_text, normalise_image, validate_request
+from worker.app import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
+
+# Drawn seeds leave headroom below decoding's 63-bit seeds: image i of a job uses seed + i.
+ASSIGNED_SEED_BITS = 59
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+MAX_CORPUS_BATCH = 256
+DOC_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class Gateway:
+    """What both servicers share: settings, stores, the Celery app."""
+
+    def __init__(self, settings: GatewaySettings, store: AsyncJobStore, objects: ObjectStore, celery: Celery) -> None:
+        self.settings, self.store, self.objects, self.celery = settings, store, objects, celery
+        self.metrics = Metrics()
+
+    async def job_proto(self, record: JobRecord) -> jobs_pb2.Job:
+        position = await self.store.queue_position(record)
+        return convert.record_to_proto(record, self.objects.url, position)
+
+    async def check_reference(self, path: str, key: str, tenant: str) -> None:
+        """A referenced object must be an input/output of one of the caller's jobs, and exist."""
+        match = REFERENCEABLE_KEY.match(key)
+        if match is None:
+            raise InvalidArgument(path, "not the key of an input or output of one of your jobs")
+        try:
+            await self.store.get(match.group(1), tenant)
+        except NotFound as error:
+            raise InvalidArgument(path, f"no object {key!r} among your jobs") from error
+        if not await asyncio.to_thread(self.objects.exists, key):
+            raise InvalidArgument(path, f"no object {key!r} among your jobs")
+
+    async def supported_kinds(self) -> set[str] | None:
+        """Kinds some live worker's model runs; None while no worker has reported (jobs wait in the queue)."""
+        keys = [key async for key in self.store.client.scan_iter(match=self.store.keys.workers_pattern())]
+        if not keys:
+            return None
+        infos = [json.loads(raw) for raw in await self.store.client.mget(keys) if raw]
+        return {kind for info in infos for kind in info["kinds"]} if infos else None
+
+
+def assign_seed(body: Any) -> int:
+    """The job's seed: the client's, or one drawn now and written into the accepted request, so a redelivered
+    job decodes exactly the same outputs (deterministic keys, same bytes)."""
+    if not hasattr(body, "sampling"):
+        return 0
+    if not body.sampling.HasField("seed"):
+        body.sampling.seed = secrets.randbits(ASSIGNED_SEED_BITS)
+    return body.sampling.seed
+
+
+def fingerprint(request: jobs_pb2.JobRequest) -> str:
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        gw, tenant = self.gw, current_tenant()
+        check_request_id(request.request_id)
+        kind, images = validate_request(request.request, gw.settings)
+        payload_hash = fingerprint(request.request)
+        if request.request_id:  # a retry re-attaches before any admission check (it costs nothing new)
+            found = await gw.store.existing(tenant, request.request_id, payload_hash)
+            if found is not None:
+                return await gw.job_proto(found)
+        supported = await gw.supported_kinds()
+        if supported is not None and kind not in supported:
+            raise Unimplemented(
+                f"job kind {kind!r} is not supported by any worker's model yet (they run: {sorted(supported)})"
+            )
+        queued = await gw.store.queued_count(list(queue_names(gw.settings.namespace).values()))
+        gw.metrics.queue_depth.set(queued)
+        if queued >= gw.settings.max_queued_jobs:
+            raise QueueFull(f"{queued} jobs are queued (limit {gw.settings.max_queued_jobs}); retry later")
+        job_id = new_job_id()
+        accepted = jobs_pb2.JobRequest()
+        accepted.CopyFrom(request.request)
+        seed = assign_seed(getattr(accepted, kind))
+        for image in images:  # inline bytes -> the object store; the job carries keys only
+            if image.message.WhichOneof("source") == "object_key":
+                await gw.check_reference(f"{image.path}.object_key", image.message.object_key, tenant)
+                continue
+            png = normalise_image(f"{image.path}.data", image.message.data, gw.settings)
+            field = image.path.rsplit(".", 1)[-1]
+            key = input_key(job_id, field)
+            await asyncio.to_thread(gw.objects.put, key, png)
+            target = getattr(getattr(accepted, kind), field)
+            target.Clear()
+            target.object_key = key
+        record = JobRecord(
+            job_id=job_id,
+            tenant=tenant,
+            kind=kind,
+            queue=queue_for(gw.settings.namespace, kind),
+            request=accepted.SerializeToString(),
+            request_id=request.request_id,
+            fingerprint=payload_hash,
+            seed=seed,
+        )
+        record, created = await gw.store.create(record)
+        if created:
+            gw.metrics.jobs.add(1, {"kind": kind, "state": JobState.QUEUED.value})
+            with tracer().start_as_current_span("enqueue", attributes={"job.id": job_id, "job.kind": kind}):
+                carrier = inject_context()
+                try:
+                    await asyncio.to_thread(
+                        gw.celery.send_task, RUN_JOB, args=[job_id, carrier], queue=record.queue, task_id=job_id
+                    )
+                except Exception as error:
+                    message = f"the job queue is unavailable: {error}"
+                    await gw.store.update(job_id, lambda r: r.finish(JobState.FAILED, "UNAVAILABLE", message) or True)
+                    raise Unavailable(f"the job queue is unavailable ({type(error).__name__})") from error
+        return await gw.job_proto(record)
+
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        return await self.gw.job_proto(await self.gw.store.get(request.job_id, current_tenant()))
+
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.Job]:
+        async for record in self.gw.store.watch(request.job_id, current_tenant(), request.after_sequence):
+            yield await self.gw.job_proto(record)
+
+    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        record = await self.gw.store.cancel(request.job_id, current_tenant())
+        if record.state == JobState.CANCELLED:  # it was queued: drop the message too (the flag covers a miss)
+            await asyncio.to_thread(self.gw.celery.control.revoke, record.job_id)
+        return await self.gw.job_proto(record)
+
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must lie in [0, {MAX_PAGE_SIZE}], got {request.page_size}")
+        states = []
+        for index, state in enumerate(request.states):
+            if state not in convert.STATES_FROM_PROTO:
+                raise InvalidArgument(f"states[{index}]", f"not a job state: {state}")
+            states.append(convert.STATES_FROM_PROTO[state])
+        records, token = await self.gw.store.list(
+            current_tenant(), states, request.page_size or DEFAULT_PAGE_SIZE, request.page_token
+        )
+        jobs = [await self.gw.job_proto(record) for record in records]
+        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+
+class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
+    """The memory lives with the retriever on the workers: each call is a task on the corpus queue."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def call(self, task: str, *args: Any) -> Any:
+        result = await asyncio.to_thread(
+            self.gw.celery.send_task, task, args=list(args), queue=queue_names(self.gw.settings.namespace)["corpus"]
+        )
+        try:
+            return await asyncio.to_thread(result.get, timeout=self.gw.settings.corpus_timeout_s)
+        except TimeoutError as error:
+            raise Unavailable(f"no worker answered {task} within {self.gw.settings.corpus_timeout_s} s") from error
+
+    async def upload(self, path: str, image: common_pb2.ImageInput) -> str | None:
+        source = image.WhichOneof("source")
+        if source is None:
+            return None
+        if source == "object_key":
+            await self.gw.check_reference(f"{path}.object_key", image.object_key, current_tenant())
+            return image.object_key
+        png = normalise_image(f"{path}.data", image.data, self.gw.settings)
+        key = f"corpus/{hashlib.sha256(png).hexdigest()}.png"
+        await asyncio.to_thread(self.gw.objects.put, key, png)
+        return key
+
+    async def AddDocuments(
+        self, request: corpus_pb2.AddDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> corpus_pb2.AddDocumentsResponse:
+        if not 1 <= len(request.documents) <= MAX_CORPUS_BATCH:
+            raise InvalidArgument("documents", f"give 1 to {MAX_CORPUS_BATCH} documents, got {len(request.documents)}")
+        documents = []
+        for index, doc in enumerate(request.documents):
+            path = f"documents[{index}]"
+            if not doc.doc_id or len(doc.doc_id) > 128 or not set(doc.doc_id) <= DOC_ID_CHARS:
+                raise InvalidArgument(f"{path}.doc_id", "use 1-128 letters, digits, '-', '_' or '.'")
+            check_text(f"{path}.text", doc.text, self.gw.settings, required=False)
+            image_key = await self.upload(f"{path}.image", doc.image)
+            if not doc.text and image_key is None:
+                raise InvalidArgument(path, "a document needs text, an image, or both")
+            documents.append({"doc_id": doc.doc_id, "text": doc.text or None, "image_key": image_key})
+        size = await self.call(CORPUS_ADD, documents)
+        return corpus_pb2.AddDocumentsResponse(doc_ids=[d["doc_id"] for d in documents], memory_size=size)
+
+    async def SearchDocuments(
+        self, request: corpus_pb2.SearchDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> corpus_pb2.SearchDocumentsResponse:
+        check_text("text", request.text, self.gw.settings, required=False)
+        if not 0 <= request.k <= 32:
+            raise InvalidArgument("k", f"must lie in [0, 32], got {request.k}")
+        image_key = await self.upload("image", request.image)
+        if not request.text and image_key is None:
+            raise InvalidArgument("text", "a search needs text, an image, or both")
+        found = await self.call(CORPUS_SEARCH, request.text or None, image_key, request.k)
+        return corpus_pb2.SearchDocumentsResponse(
+            documents=[
+                common_pb2.RetrievedDocument(
+                    doc_id=d["doc_id"],
+                    score=d["score"],
+                    text=d["text"] or "",
+                    has_text=d["has_text"],
+                    has_image=d["has_image"],
+                )
+                for d in found
+            ]
+        )
+
+    async def DeleteDocuments(
+        self, request: corpus_pb2.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> corpus_pb2.DeleteDocumentsResponse:
+        if not request.doc_ids:
+            raise InvalidArgument("doc_ids", "give at least one document id")
+        return corpus_pb2.DeleteDocumentsResponse(memory_size=await self.call(CORPUS_DELETE, list(request.doc_ids)))

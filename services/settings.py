@@ -1,0 +1,107 @@
+"""Settings of every service, from environment variables with the prefix `CM3LEON_` (validated at start).
+
+One settings object per service, sharing the connection settings: `GatewaySettings` (the gRPC gateway) and
+`WorkerSettings` (the Celery worker). The README's "Serving" section lists every variable with its default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CM3LEON_"
+MIB = 1024 * 1024
+
+
+class StackSettings(BaseSettings):
+    """Where the shared services are, and the names everything derives from."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key and Celery queue: two stacks can share one Redis (the tests do).
+    namespace: str = "cm3"
+    s3_endpoint: str = "127.0.0.1:8333"  # host:port of any S3 server (SeaweedFS, MinIO)
+    s3_access_key: str = "cm3leon"
+    s3_secret_key: str = "cm3leon-secret"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "cm3leon"
+    presign_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)  # S3's presigned URLs last at most 7 days
+    # Finished jobs (records, events, idempotency keys) are kept this long.
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    # "none", "console", "otlp" (OTEL_EXPORTER_OTLP_ENDPOINT) or "file:PATH" (JSON lines; tests use it).
+    otel_exporter: str = "none"
+    service_name: str = "cm3leon"
+
+    @field_validator("otel_exporter")
+    @classmethod
+    def _exporter_known(cls, value: str) -> str:
+        if value not in ("none", "console", "otlp") and not value.startswith("file:"):
+            raise ValueError(f"otel_exporter must be none, console, otlp or file:PATH, got {value!r}")
+        return value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not 3 <= len(value) <= 63 or not value.replace("-", "").isalnum() or value != value.lower():
+            raise ValueError(f"s3_bucket must be 3-63 lowercase letters, digits or '-', got {value!r}")
+        return value
+
+
+class GatewaySettings(StackSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)  # 0: any free port (printed at start)
+    # API keys -> tenant, as JSON: CM3LEON_API_KEYS='{"key-1": "tenant-a"}'. Jobs belong to the key's tenant.
+    api_keys: dict[str, str] = Field(default_factory=lambda: {"dev-key": "dev"})
+    # Queued jobs over all queues above which SubmitJob answers RESOURCE_EXHAUSTED (load shedding).
+    max_queued_jobs: int = Field(64, ge=0)
+    max_image_bytes: int = Field(4 * MIB, ge=1)  # an inline image (PNG/JPEG)
+    max_image_pixels: int = Field(1024 * 1024, ge=1)  # width x height of a decoded image
+    min_image_side: int = Field(8, ge=1)
+    max_prompt_chars: int = Field(1000, ge=1)
+    max_message_bytes: int = Field(16 * MIB, ge=4 * MIB)  # gRPC receive limit (above the 4 MiB default)
+    # Graceful shutdown: health NOT_SERVING, then in-flight RPCs get this long before the server stops.
+    drain_s: float = Field(5.0, ge=0)
+    # How long a CorpusService call waits for a worker.
+    corpus_timeout_s: float = Field(60.0, gt=0)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_present(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value or any(not key or not tenant for key, tenant in value.items()):
+            raise ValueError("api_keys needs at least one non-empty key -> tenant pair")
+        return value
+
+
+class WorkerSettings(StackSettings):
+    model_dir: str = "models/shapes"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when present
+    threads: int = Field(1, ge=0)  # torch intra-op threads (0: torch's choice)
+    # The retrieval memory (Qdrant local mode at memory_path unless QDRANT_URL names a server).
+    memory_name: str = "shapes"
+    memory_path: str = "out/qdrant"
+    retriever_dir: str = "models/shapes/retriever"
+    memory_diversity_threshold: float = Field(0.9, gt=0)  # the paper's near-duplicate rule (>1 disables it)
+    # Celery time limits: soft (the task raises and fails the job) < hard (the process is killed) < the broker's
+    # visibility timeout (after which an unacknowledged message is redelivered).
+    soft_time_limit_s: int = Field(600, ge=1)
+    hard_time_limit_s: int = Field(660, ge=1)
+    visibility_timeout_s: int = Field(900, ge=1)
+    # Deliveries of one job before it is dead-lettered (a poison message that kills its worker every time).
+    max_deliveries: int = Field(3, ge=1)
+    # Progressive previews per image (at each 1/N of the image block; the issue asks for at least 4).
+    previews_per_image: int = Field(4, ge=0)
+    # Debug: sleep this long per decode step (to watch progress; the tests use it to cancel mid-decode).
+    debug_step_delay_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> WorkerSettings:
+        if not self.soft_time_limit_s < self.hard_time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "need soft_time_limit_s < hard_time_limit_s < visibility_timeout_s, got "
+                f"{self.soft_time_limit_s}, {self.hard_time_limit_s}, {self.visibility_timeout_s}"
+            )
+        return self

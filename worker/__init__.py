@@ -1,0 +1,1 @@
+"""Celery workers: thin, typed, idempotent tasks around `cm3leon.inference.Engine` (loaded once per process)."""
