@@ -183,6 +183,22 @@ def test_t2i_eval_runs_cdk_and_pooled_behind_the_methods_flag(checkpoint: EvalCh
         T2IEvalConfig(methods=("beam",))
 
 
+def test_t2i_eval_with_a_retriever_reports_fd_and_reranks_pooled_candidates(checkpoint: EvalCheckpoint) -> None:
+    from dataclasses import replace
+
+    from cm3leon.retrieval.config import RetrieverConfig
+    from cm3leon.retrieval.retriever import Retriever
+
+    config_32 = replace(RetrieverConfig.preset("tiny"), image_size=checkpoint.image_tokenizer.config.image_size)
+    retriever = Retriever.build(config_32, checkpoint.vocab.text_tokenizer)
+    config = T2IEvalConfig.preset("quick", n=3, methods=("cfg", "pooled"), compositional=False)
+    report = evaluate_t2i(checkpoint, config, retriever=retriever)
+    for method in ("cfg", "pooled"):
+        assert isinstance(report[method]["fd"], float) and report[method]["fd"] >= 0.0
+    assert report["reranker"] == "retriever text-image similarity"
+    assert evaluate_t2i(checkpoint, replace(config, methods=("cfg",)))["cfg"]["fd"] is None
+
+
 def test_caption_eval_reports_accuracy_and_bleu(checkpoint: EvalCheckpoint, tmp_path: Path) -> None:
     report = evaluate_captioning(checkpoint, CaptionEvalConfig.preset("quick"), grid_path=tmp_path / "captions.png")
     assert_scene_metrics(report)

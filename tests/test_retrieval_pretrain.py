@@ -122,3 +122,27 @@ def test_cli_sft_retrieves_for_text_to_image_examples(retriever: Retriever, tmp_
     neighbours = list((out / "cache").glob("neighbours-sft-scenes-*.npy"))
     assert len(neighbours) == 1 and np.load(neighbours[0]).shape[1] == 2
     assert json.loads((out / "final" / "training.json").read_text())["summary"]["steps"] == 2
+
+
+def test_inference_prompt_uses_the_training_layout(vocab: Vocabulary, corpus: ImageCodeCorpus) -> None:
+    """Serving prepends retrieved documents exactly as the pretraining hook does: most relevant last."""
+    from cm3leon.inference.retrieval import with_context
+    from cm3leon.retrieval.memory import RetrievedDocument
+
+    def stored(index: int, score: float) -> RetrievedDocument:
+        codes = tuple(corpus.image_codes(index).codes)
+        return RetrievedDocument(f"d{index}", score, f"caption {index}", True, True, "train", codes, None)
+
+    best, second = stored(0, 0.9), stored(1, 0.8)
+    query = vocab.encode_document(["a small red circle"], eos=False) + [vocab.break_id]
+    ids, used = with_context(vocab, [best, second], query, budget=10_000)
+    expected = [
+        *vocab.encode_document(["caption 1", corpus.image_codes(1)]),
+        *vocab.encode_document(["caption 0", corpus.image_codes(0)]),
+        *query,
+    ]
+    assert ids == expected and used == [best, second]
+    # A tight budget keeps the best document, still directly before the query.
+    one = len(vocab.encode_document(["caption 0", corpus.image_codes(0)])) + len(query)
+    ids, used = with_context(vocab, [best, second], query, budget=one)
+    assert used == [best] and ids == expected[len(expected) - one :]

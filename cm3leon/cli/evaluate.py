@@ -51,6 +51,10 @@ def eval_t2i(
     seed: Annotated[int, typer.Option(help="Seed of the scenes, captions and samples.")] = 0,
     methods: Annotated[str, typer.Option(help="Comma-separated: plain, cfg, cdk, pooled.")] = "plain,cfg",
     compositional: Annotated[bool, typer.Option(help="Also a smaller test_compositional section.")] = True,
+    retriever: Annotated[
+        Path | None,
+        typer.Option(help="Retriever for `fd` and for reranking pooled candidates (skipped if absent or mismatched)."),
+    ] = Path("models/shapes/retriever"),
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Text->image: generate from held-out detailed captions, the oracle judges each image (grid PNG beside
@@ -58,13 +62,16 @@ def eval_t2i(
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i
+    from cm3leon.evaluation.t2i_task_eval import load_fd_retriever
 
     set_threads(threads)
     config = T2IEvalConfig(
         n=n, batch_size=batch_size, seed=seed, split=split, compositional=compositional,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
     )
-    metrics = evaluate_t2i(load_eval_checkpoint(checkpoint), config, grid_path=_grid_beside(json_path))
+    loaded = load_eval_checkpoint(checkpoint)
+    fd_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
+    metrics = evaluate_t2i(loaded, config, grid_path=_grid_beside(json_path), retriever=fd_retriever)
     write_report(f"text->image ({split}, n={n})", metrics, json_path)
 
 
@@ -192,3 +199,63 @@ def eval_retrieval(
         torch.set_num_threads(threads)
     metrics = evaluate_retrieval(Retriever.from_pretrained(checkpoint), n=n, seed=seed, split=split)
     write_report(f"retrieval ({split}, n={n})", metrics, json_path)
+
+
+@eval_app.command("all")
+def eval_all(
+    checkpoint: DecoderCheckpointOption,
+    n: Annotated[int, typer.Option(help="Held-out cases per task (t2i's compositional section gets n/4).")] = 200,
+    json_path: DecoderJsonOption = None,
+    split: Annotated[str, typer.Option(help="test (or test_compositional).")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the cases and samples.")] = 0,
+    methods: Annotated[str, typer.Option(help="t2i methods, comma-separated.")] = "plain,cfg,cdk,pooled",
+    retriever: Annotated[
+        Path | None, typer.Option(help="Retriever whose image features give t2i's Fréchet distance.")
+    ] = Path("models/shapes/retriever"),
+    memory: Annotated[
+        Path | None, typer.Option(help="Embedded Qdrant directory (`corpus build --path`): adds t2i cfg_retrieval.")
+    ] = None,
+    memory_name: Annotated[str, typer.Option(help="Memory (collection) name.")] = "shapes",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: DecoderThreadsOption = None,
+) -> None:
+    """Every instruction task on held-out cases: one JSON (a section per task + `summary`) and a labelled grid
+    PNG per task beside it (<stem>_<task>.png). With --memory, t2i also decodes CFG with retrieved documents."""
+    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.evaluation.report import write_report
+    from cm3leon.evaluation.task_cases import TaskEvalConfig
+    from cm3leon.evaluation.tasks_eval import evaluate_all
+
+    set_threads(threads)
+    config = TaskEvalConfig(
+        n=n, batch_size=batch_size, seed=seed, split=split,
+        t2i_methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+    )
+    loaded = load_eval_checkpoint(checkpoint, device=device)
+    retrieval, store = None, None
+    if memory is not None:
+        from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
+        from cm3leon.retrieval.retriever import Retriever
+
+        if retriever is None:
+            raise typer.BadParameter("--memory needs --retriever (the one that built the memory)")
+        query_encoder = Retriever.from_pretrained(retriever)
+        store = open_memory(memory, memory_name, query_encoder)
+        retrieval = memory_prefix(store, query_encoder, loaded.vocab, loaded.model.config.max_seq_len)
+    try:
+        report = evaluate_all(loaded, config, json_path, retriever, retrieval)
+    finally:
+        if store is not None:
+            store.close()
+    write_report(f"all tasks ({split}, n={n})", report["summary"], None)  # the table: the summary only
+    if json_path is not None:
+        _write_json(report, json_path)
+
+
+def _write_json(report: dict[str, object], json_path: Path) -> None:
+    import json
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(f"wrote {json_path}")

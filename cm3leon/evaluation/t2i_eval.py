@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,8 +28,12 @@ from cm3leon.data.render import render
 from cm3leon.data.world import Scene, Split
 from cm3leon.decoding import GenerationRequest, SamplingParams, generate
 from cm3leon.decoding.defaults import TEXT_TO_IMAGE, load_decoding_defaults, params_record
+from cm3leon.decoding.rerank import LikelihoodScorer, Scorer
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, request_seed
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
+
+if TYPE_CHECKING:
+    from cm3leon.retrieval.retriever import Retriever
 
 # Evaluation method -> the SamplingParams method it decodes with ("plain" is TopP sampling without guidance).
 T2I_METHODS: dict[str, str] = {"plain": "sample", "cfg": "cfg", "cdk": "cdk", "pooled": "pooled"}
@@ -89,11 +93,17 @@ def no_rerank(
 
 
 def generate_images(
-    checkpoint: EvalCheckpoint, captions: Sequence[str], params: SamplingParams, batch_size: int, seed: int
+    checkpoint: EvalCheckpoint,
+    captions: Sequence[str],
+    params: SamplingParams,
+    batch_size: int,
+    seed: int,
+    reranker: Scorer | None = None,
 ) -> tuple[np.ndarray, float]:
     """(N, H, W, 3) uint8 images generated from `captions` (request i seeded by `request_seed(seed, i)`, so
-    every method and setting sees the same random numbers), and the wall seconds generation + VQ decode took."""
-    scorer = no_rerank if params.num_candidates == 1 else None
+    every method and setting sees the same random numbers), and the wall seconds generation + VQ decode took.
+    Pooled candidates are reranked by `reranker` (default: the model's likelihood)."""
+    scorer = no_rerank if params.num_candidates == 1 else reranker
     images: list[np.ndarray] = []
     start = time.perf_counter()
     for first in range(0, len(captions), batch_size):
@@ -135,11 +145,22 @@ def run_method(
     params: SamplingParams,
     batch_size: int,
     seed: int,
+    reranker: Scorer | None = None,
 ) -> MethodRun:
-    images, seconds = generate_images(checkpoint, captions, params, batch_size, seed)
+    images, seconds = generate_images(checkpoint, captions, params, batch_size, seed, reranker)
     metrics, predicted = score_generated_images(oracle, scenes, images)
     metrics["images_per_s"] = len(images) / seconds
     return MethodRun(params, images, predicted, metrics)
+
+
+def retriever_reranker(checkpoint: EvalCheckpoint, retriever: Retriever | None) -> Scorer | None:
+    """The retriever's text-image similarity as the pooled reranker (None: keep the likelihood default)."""
+    if retriever is None:
+        return None
+    from cm3leon.retrieval.rerank import RetrieverScorer
+
+    fallback = LikelihoodScorer(checkpoint.model, checkpoint.vocab)
+    return RetrieverScorer(retriever, checkpoint.vocab, checkpoint.image_tokenizer, fallback)
 
 
 def prompt_captions(scenes: Sequence[Scene], checkpoint: EvalCheckpoint, seed: int) -> list[str]:
@@ -173,10 +194,15 @@ def evaluate_t2i(
     config: T2IEvalConfig,
     grid_path: Path | None = None,
     defaults: SamplingParams | None = None,
+    retriever: Retriever | None = None,
 ) -> dict[str, object]:
     """The report: one section per method for the main split (`plain`, `cfg`, ...), the same for the
     compositional split under `test_compositional`, and the decoding parameters each method used. Writes the
-    grid PNG(s) when `grid_path` is given (the compositional one beside it, suffixed `_test_compositional`)."""
+    grid PNG(s) when `grid_path` is given (the compositional one beside it, suffixed `_test_compositional`).
+    With a `retriever`: each method's `fd` (Fréchet distance to the true renders in its image features) and
+    pooled candidates reranked by its text-image similarity."""
+    from cm3leon.evaluation.t2i_task_eval import generated_fd  # imports this module: import here, not at the top
+
     default = defaults or load_decoding_defaults(checkpoint.directory)[TEXT_TO_IMAGE]
     oracle = Oracle(checkpoint.world)
     params = {method: method_params(method, default) for method in config.methods}
@@ -187,10 +213,13 @@ def evaluate_t2i(
     for split, n in splits:
         scenes = eval_scenes(checkpoint.world, split, n, config.seed)
         captions = prompt_captions(scenes, checkpoint, config.seed)
+        reranker = retriever_reranker(checkpoint, retriever)
         runs = {
-            method: run_method(checkpoint, oracle, scenes, captions, p, config.batch_size, config.seed)
+            method: run_method(checkpoint, oracle, scenes, captions, p, config.batch_size, config.seed, reranker)
             for method, p in params.items()
         }
+        for run in runs.values():
+            run.metrics["fd"] = generated_fd(retriever, run.images, scenes, checkpoint)
         section = {method: run.metrics for method, run in runs.items()}
         is_main = split is Split(config.split)
         if is_main:
@@ -202,4 +231,5 @@ def evaluate_t2i(
             title = f"text->image, {split.value} split: {checkpoint.directory.name}"
             save_t2i_grid(path, checkpoint, scenes, captions, runs, config.grid_rows, title)
     report["decoding"] = {method: params_record(p) for method, p in params.items()}
+    report["reranker"] = "retriever text-image similarity" if retriever is not None else "model likelihood"
     return report

@@ -1,0 +1,106 @@
+"""Held-out cases of every instruction task, a fixed function of (world, split, n, seed), and their input codes.
+
+Never the train split: `TaskEvalConfig` refuses train and val. Shapes scenes come from `eval_scenes` (object
+counts cycle 1..max, as the t2i and caption evaluations use); edits and word scenes are drawn from their own
+seeded streams of the same split.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cm3leon.data.language import detailed_caption
+from cm3leon.data.tasks import EditCase, make_edit
+from cm3leon.data.world import Scene, Split, World
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.tasks.corpus import encode_pictures
+from cm3leon.tasks.formats import TaskFormatter
+from cm3leon.tokenizers.vocab import ImageCodes
+
+T2I_METHODS_ALL: tuple[str, ...] = ("plain", "cfg", "cdk", "pooled")
+
+
+@dataclass(frozen=True)
+class TaskEvalConfig:
+    """Size of `cm3leon eval all`. Presets: `standard` (reported numbers, n = 200 each), `quick` (tests)."""
+
+    n: int = 200
+    batch_size: int = 16
+    seed: int = 0
+    split: str = Split.TEST.value
+    t2i_methods: tuple[str, ...] = T2I_METHODS_ALL
+    compositional: bool = True
+    grid_rows: int = 8  # examples shown in each task's grid PNG
+
+    def __post_init__(self) -> None:
+        if Split(self.split) in (Split.TRAIN, Split.VAL):
+            raise ValueError(f"the evaluation reports held-out test splits; got {self.split}")
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError("n and batch_size must be >= 1")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TaskEvalConfig:
+        presets: dict[str, dict[str, Any]] = {"standard": {}, "quick": dict(n=3, batch_size=4, grid_rows=3)}
+        if name not in presets:
+            raise ValueError(f"unknown task eval preset {name!r}; choose from {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+
+@dataclass
+class TaskCases:
+    """The evaluation's inputs: shapes scenes (with image and segmentation codes), edits, word scenes."""
+
+    scenes: list[Scene]
+    images: list[ImageCodes]
+    segmentations: list[ImageCodes]
+    captions: list[str]  # a seeded detailed caption per scene (infill and structure-guided prompts)
+    edits: list[EditCase]
+    edit_sources: list[ImageCodes]
+    words: list[Scene]
+    word_images: list[ImageCodes]  # codes of each word scene's render (for the VQ's own ceiling)
+
+
+def _as_codes(grids: np.ndarray) -> list[ImageCodes]:
+    return [ImageCodes.of(grid.reshape(-1).tolist()) for grid in grids]
+
+
+def build_cases(checkpoint: EvalCheckpoint, config: TaskEvalConfig) -> TaskCases:
+    world, split = checkpoint.world, Split(config.split)
+    scenes = eval_scenes(world, split, config.n, config.seed)
+    sampler = World(world)
+    edit_rng = random.Random(f"{config.seed}:{split.value}:edit-eval")
+    edits = [make_edit(sampler, edit_rng, split) for _ in range(config.n)]
+    # Word scenes have no held-out pairs, so the compositional split has none: fall back to the test split.
+    word_split = Split.TEST if split is Split.TEST_COMPOSITIONAL else split
+    word_rng = random.Random(f"{config.seed}:{word_split.value}:text-eval")
+    words = [sampler.sample(word_rng, word_split, text=True) for _ in range(config.n)]
+    pictures = [(s, False) for s in scenes] + [(s, True) for s in scenes] + [(e.source, False) for e in edits]
+    pictures += [(s, False) for s in words]
+    codes = _as_codes(
+        encode_pictures(pictures, world, checkpoint.image_tokenizer, config.batch_size, progress=False)
+    )
+    n, e = len(scenes), len(edits)
+    caption_rng = random.Random(f"{config.seed}:task-captions")
+    return TaskCases(
+        scenes=scenes,
+        images=codes[:n],
+        segmentations=codes[n : 2 * n],
+        captions=[detailed_caption(s, world, caption_rng) for s in scenes],
+        edits=edits,
+        edit_sources=codes[2 * n : 2 * n + e],
+        words=words,
+        word_images=codes[2 * n + e :],
+    )
+
+
+def formatter(checkpoint: EvalCheckpoint) -> TaskFormatter:
+    return TaskFormatter(checkpoint.vocab, checkpoint.world)
+
+
+def mean(values: Sequence[float | bool]) -> float | None:
+    return float(np.mean(values)) if len(values) else None

@@ -1,0 +1,118 @@
+"""Decoding task prompts for the evaluations: image outputs, text answers and CM3 infilling.
+
+Image and text outputs go through the project's `generate` (guidance, seeded requests); infilling writes a known
+number of codes per `<mask:i>` span, which `generate` (one whole image block per image target) does not model,
+so it has its own small loop: every step re-reads the left-padded rows in full (no KV cache; an infill writes at
+most a few dozen tokens), takes the best image code where a code is due and forces the next sentinel where a
+span ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cm3leon.decoding import GenerationRequest, SamplingParams, generate, left_pad
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, request_seed
+from cm3leon.evaluation.t2i_eval import no_rerank
+from cm3leon.tasks.parsing import image_output, text_answer
+from cm3leon.tokenizers.vocab import ImageCodes
+
+
+def generate_image_outputs(
+    checkpoint: EvalCheckpoint, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
+) -> tuple[list[ImageCodes | None], np.ndarray]:
+    """Per prompt (ending with the `<break>` before an image): the generated codes and their decoded pixels
+    (N, H, W, 3) uint8 (a white image where no whole block came out, so an unreadable output scores as wrong)."""
+    scorer = no_rerank if params.num_candidates == 1 else None
+    codes: list[ImageCodes | None] = []
+    for first in range(0, len(prompts), batch_size):
+        requests = [
+            GenerationRequest(prompt_ids=list(p), target="image", params=params.replace(seed=request_seed(seed, i)))
+            for i, p in enumerate(prompts[first : first + batch_size], start=first)
+        ]
+        results = generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer)
+        codes.extend(image_output(result.token_ids, checkpoint.vocab) for result in results)
+    return codes, decode_codes(checkpoint, codes)
+
+
+def decode_codes(checkpoint: EvalCheckpoint, codes: Sequence[ImageCodes | None]) -> np.ndarray:
+    """Pixels of each code block (white for None), through the VQ decoder in one batch."""
+    size = checkpoint.image_tokenizer.config.image_size
+    pixels = np.full((len(codes), size, size, 3), 255, dtype=np.uint8)
+    present = [i for i, c in enumerate(codes) if c is not None]
+    if present:
+        grid = torch.tensor([codes[i].codes for i in present], dtype=torch.long)  # type: ignore[union-attr]
+        with torch.inference_mode():
+            pixels[present] = checkpoint.image_tokenizer.decode(grid.view(len(present), -1))
+    return pixels
+
+
+def generate_text_outputs(
+    checkpoint: EvalCheckpoint, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
+) -> list[str]:
+    """The generated answer text of each prompt (decoding stops at `<eos>` or `params.max_new_tokens`)."""
+    answers: list[str] = []
+    for first in range(0, len(prompts), batch_size):
+        requests = [
+            GenerationRequest(prompt_ids=list(p), target="text", params=params.replace(seed=request_seed(seed, i)))
+            for i, p in enumerate(prompts[first : first + batch_size], start=first)
+        ]
+        results = generate(checkpoint.model, checkpoint.vocab, requests, scorer=no_rerank)
+        answers.extend(text_answer(result.token_ids, checkpoint.vocab) for result in results)
+    return answers
+
+
+@torch.inference_mode()
+def generate_infills(
+    checkpoint: EvalCheckpoint,
+    prompts: Sequence[Sequence[int]],
+    span_lengths: Sequence[Sequence[int]],
+    batch_size: int,
+) -> list[list[int]]:
+    """Greedy infill continuations: per prompt (ending `<infill> <mask:0>`), span 0's codes, `<mask:1>`, span 1's
+    codes, ..., `<eos>` — the layout `cm3leon.tasks.parsing.infill_result` reads back."""
+    outputs: list[list[int]] = []
+    for first in range(0, len(prompts), batch_size):
+        batch_prompts = prompts[first : first + batch_size]
+        plans = [_infill_plan(checkpoint, lengths) for lengths in span_lengths[first : first + batch_size]]
+        outputs.extend(_decode_infill_batch(checkpoint, batch_prompts, plans))
+    return outputs
+
+
+def _infill_plan(checkpoint: EvalCheckpoint, lengths: Sequence[int]) -> list[int | None]:
+    """Per step: None where a code is written, else the sentinel (or the final `<eos>`) that is forced."""
+    vocab = checkpoint.vocab
+    plan: list[int | None] = []
+    for index, length in enumerate(lengths):
+        if index:
+            plan.append(vocab.mask_sentinel_ids[index])
+        plan.extend([None] * length)
+    return [*plan, vocab.eos_id]
+
+
+def _decode_infill_batch(
+    checkpoint: EvalCheckpoint, prompts: Sequence[Sequence[int]], plans: Sequence[list[int | None]]
+) -> list[list[int]]:
+    model, vocab = checkpoint.model, checkpoint.vocab
+    device = model.token_embedding.weight.device
+    getattr(model, "clear_caches", lambda: None)()  # without caches, forward attends over the rows given
+    rows = [list(p) for p in prompts]
+    generated: list[list[int]] = [[] for _ in prompts]
+    image_ids = torch.arange(vocab.image_ids.start, vocab.image_ids.stop, device=device)
+    for step in range(max(len(plan) for plan in plans)):
+        due = [i for i, plan in enumerate(plans) if step < len(plan) and plan[step] is None]
+        best: dict[int, int] = {}
+        if due:
+            tokens, row_start = left_pad([rows[i] for i in due], vocab.pad_id, device)
+            logits = model(tokens, row_start=row_start)[:, -1]
+            choice = image_ids[logits[:, image_ids].float().argmax(dim=-1)]
+            best = dict(zip(due, choice.tolist(), strict=True))
+        for i, plan in enumerate(plans):
+            if step < len(plan):
+                token = plan[step] if plan[step] is not None else best[i]
+                rows[i].append(token)  # type: ignore[arg-type]
+                generated[i].append(token)  # type: ignore[arg-type]
+    return generated

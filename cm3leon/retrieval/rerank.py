@@ -1,0 +1,60 @@
+"""The retriever as the reranker of pooled candidates (CM3Leon reranks with CLIP; this is the same role).
+
+`RetrieverScorer` is a `cm3leon.decoding.Scorer`: each image candidate is decoded to pixels by the VQ decoder and
+scored by the retriever's text-image similarity with the prompt's caption (the last text of the prompt, which is
+the query document's even when retrieved documents come before it). Candidates of text targets, and prompts
+without text, fall back to another scorer (by default the model's own likelihood, through `generate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cm3leon.decoding.params import GenerationRequest
+from cm3leon.decoding.rerank import Scorer
+from cm3leon.retrieval.retriever import Retriever
+from cm3leon.tokenizers.image import ImageTokenizer
+from cm3leon.tokenizers.vocab import Vocabulary
+
+
+def prompt_caption(vocab: Vocabulary, prompt_ids: Sequence[int]) -> str | None:
+    """The last text segment of the prompt's last document (the query), or None when it has no text."""
+    last_document = list(prompt_ids)
+    if vocab.bos_id in last_document:
+        last_document = last_document[len(last_document) - 1 - last_document[::-1].index(vocab.bos_id) :]
+    texts = [segment for segment in vocab.decode_document(last_document) if isinstance(segment, str)]
+    return texts[-1] if texts else None
+
+
+class RetrieverScorer:
+    """Text-image similarity of each image candidate to the prompt's caption (higher is better)."""
+
+    def __init__(
+        self, retriever: Retriever, vocab: Vocabulary, image_tokenizer: ImageTokenizer, fallback: Scorer
+    ) -> None:
+        if retriever.config.image_size != image_tokenizer.config.image_size:
+            raise ValueError(
+                f"retriever sees {retriever.config.image_size}px images, the VQ makes "
+                f"{image_tokenizer.config.image_size}px"
+            )
+        self.retriever = retriever
+        self.vocab = vocab
+        self.image_tokenizer = image_tokenizer
+        self.fallback = fallback
+
+    def __call__(
+        self, request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
+    ) -> list[float]:
+        caption = prompt_caption(self.vocab, prompt_ids)
+        codes_per_image = self.vocab.codes_per_image
+        whole = all(len(candidate) >= codes_per_image for candidate in candidates)
+        if request.target != "image" or caption is None or not whole:
+            return list(self.fallback(request, prompt_ids, candidates))
+        codes = [self.vocab.decode_image(candidate[:codes_per_image]).codes for candidate in candidates]
+        with torch.inference_mode():
+            images = self.image_tokenizer.decode(torch.tensor(codes, dtype=torch.long))
+        similarity: np.ndarray = self.retriever.similarity([caption], images)[0]
+        return [float(score) for score in similarity]
