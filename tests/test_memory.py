@@ -79,6 +79,10 @@ def test_build_is_idempotent_and_stores_inline_codes(retriever: Retriever) -> No
         original = next(d for d in documents if d.doc_id == result.doc_id)
         expected = image_tokenizer.encode(np.stack([original.image])).flatten().tolist()  # type: ignore[list-item]
         assert list(result.codes) == expected and result.text == original.text
+    # The memory records whose codes these are; clearing it empties it.
+    assert memory.codes_fingerprint() == image_tokenizer.fingerprint()
+    memory.clear()
+    assert memory.count() == 0 and memory.codes_fingerprint() is None
 
 
 def test_without_an_image_tokenizer_images_are_referenced_by_key(retriever: Retriever) -> None:
@@ -87,6 +91,7 @@ def test_without_an_image_tokenizer_images_are_referenced_by_key(retriever: Retr
     build_memory(memory, retriever, documents, progress_bar=False)
     found = memory.search(retriever.embed_documents(documents[:1])[0], k=3)
     assert found and all(r.codes is None and r.image_key == f"memory/keys/{r.doc_id}.png" for r in found)
+    assert memory.codes_fingerprint() is None
 
 
 def test_a_local_path_memory_persists_and_rebuilds_to_the_same_count(retriever: Retriever, tmp_path: Path) -> None:

@@ -46,8 +46,15 @@ def ensure_memory(retriever: Path, vq: Path, path: Path, name: str, documents: i
 
     model = RetrieverModel.from_pretrained(retriever)
     memory = Memory.for_retriever(MemoryConfig.preset("shapes", name=name, path=str(path)), model)
+    from cm3leon.tokenizers.image import ImageTokenizer
+
     try:
         count = memory.count()
+        stored = memory.codes_fingerprint()
+        if count and (vq / "config.json").exists() and stored != ImageTokenizer.from_pretrained(vq).fingerprint():
+            typer.echo(f"the memory {name!r} holds codes of another image tokenizer: rebuilding it")
+            memory.clear()
+            count = 0
     finally:
         memory.close()
     if count == 0:

@@ -114,6 +114,14 @@ class Engine:
         self.model_id = model_id_of(self.directory)
         self.memory = memory
         self.retriever = retriever
+        if memory is not None and self.image_tokenizer is not None:
+            stored = memory.codes_fingerprint()
+            if stored is not None and stored != self.image_tokenizer.fingerprint():
+                raise ValueError(
+                    f"retrieval memory {memory.collection!r} holds image codes of another VQ tokenizer than "
+                    f"{self.directory}'s: rebuild it (`cm3leon corpus build --memory {memory.collection} --vq "
+                    f"{self.directory / 'vq'}`) or use another memory name"
+                )
 
     @property
     def supported_kinds(self) -> tuple[str, ...]:

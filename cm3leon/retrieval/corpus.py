@@ -54,7 +54,8 @@ def build_memory(
     written = 0
     with tqdm(total=total, unit="doc", disable=not progress_bar, dynamic_ncols=True) as bar:
         for batch in batched(documents, memory.config.upsert_batch_size):
-            memory.upsert(batch, retriever.embed_documents(batch), image_codes(batch, image_tokenizer))
+            codes_vq = image_tokenizer.fingerprint() if image_tokenizer is not None else None
+            memory.upsert(batch, retriever.embed_documents(batch), image_codes(batch, image_tokenizer), codes_vq)
             written += len(batch)
             bar.update(len(batch))
     return written

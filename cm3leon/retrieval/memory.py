@@ -129,6 +129,17 @@ class Memory:
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count
 
+    def codes_fingerprint(self) -> str | None:
+        """The image-tokenizer fingerprint of the memory's inline codes (None: no inline codes, or unrecorded)."""
+        has_codes = models.Filter(must=[models.IsEmptyCondition(is_empty=models.PayloadField(key="codes"))])
+        points, _ = self.client.scroll(self.collection, scroll_filter=models.Filter(must_not=has_codes.must), limit=1)
+        return points[0].payload.get("codes_vq") if points and points[0].payload else None
+
+    def clear(self) -> None:
+        """Drop every document (the collection is recreated empty)."""
+        self.client.delete_collection(self.collection)
+        self._ensure_collection()
+
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Remove documents by id (ids not in the memory are ignored)."""
         self.client.delete(self.collection, points_selector=models.PointIdsList(points=[point_id(d) for d in doc_ids]))
@@ -138,7 +149,9 @@ class Memory:
 
     # ----- writing -----
 
-    def payload(self, document: RetrievalDocument, codes: Sequence[int] | None) -> dict[str, Any]:
+    def payload(
+        self, document: RetrievalDocument, codes: Sequence[int] | None, codes_vq: str | None = None
+    ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "doc_id": document.doc_id,
             "text": document.text,
@@ -148,6 +161,7 @@ class Memory:
         }
         if document.has_image and codes is not None:
             payload["codes"] = [int(c) for c in codes]
+            payload["codes_vq"] = codes_vq  # the image tokenizer's fingerprint: whose codes these are
         elif document.has_image:
             payload["image_key"] = self.config.image_key_template.format(memory=self.collection, doc_id=document.doc_id)
         return payload
@@ -157,13 +171,17 @@ class Memory:
         documents: Sequence[RetrievalDocument],
         vectors: np.ndarray,
         codes: Sequence[Sequence[int] | None] | None = None,
+        codes_vq: str | None = None,
     ) -> None:
-        """Insert or overwrite documents with their embeddings (N, D) and, optionally, each image's codes."""
+        """Insert or overwrite documents with their embeddings (N, D) and, optionally, each image's codes (made
+        by the image tokenizer whose fingerprint is `codes_vq`)."""
         if vectors.shape != (len(documents), self.vector_size):
             raise ValueError(f"expected vectors ({len(documents)}, {self.vector_size}), got {vectors.shape}")
         codes = codes if codes is not None else [None] * len(documents)
         points = [
-            models.PointStruct(id=point_id(doc.doc_id), vector=vector.tolist(), payload=self.payload(doc, doc_codes))
+            models.PointStruct(
+                id=point_id(doc.doc_id), vector=vector.tolist(), payload=self.payload(doc, doc_codes, codes_vq)
+            )
             for doc, vector, doc_codes in zip(documents, vectors, codes, strict=True)
         ]
         for start in range(0, len(points), self.config.upsert_batch_size):

@@ -8,6 +8,7 @@ are what bf16 would quietly corrupt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ from cm3leon.tokenizers.conv_blocks import Decoder, Encoder
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PIXEL_MAX = 255.0
+FINGERPRINT_HEX_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,18 @@ class ImageTokenizer(nn.Module):
         latents = self.quantizer.get_output_from_indices(codes)  # (B, code_dim, grid, grid)
         # GroupNorm and convs behave the same in train and eval mode, so no mode switch is needed here.
         return tensor_to_images(self.decoder(latents))
+
+    def fingerprint(self) -> str:
+        """A short hash of the config and every weight and codebook buffer: equal iff the codes are equal.
+
+        Stored codes (corpus caches, a retrieval memory's inline codes) carry it, so codes made by another
+        tokenizer are never silently read as this one's.
+        """
+        digest = hashlib.sha256(self.config.to_json().encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:FINGERPRINT_HEX_CHARS]
 
     @property
     def _device(self) -> torch.device:

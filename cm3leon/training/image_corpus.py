@@ -57,11 +57,7 @@ def scene_from_json(raw: dict[str, object]) -> Scene:
 
 def image_tokenizer_fingerprint(image_tokenizer: ImageTokenizer) -> str:
     """A short hash of the tokenizer's config and every weight and codebook buffer: equal iff codes are equal."""
-    digest = hashlib.sha256(image_tokenizer.config.to_json().encode())
-    for name, tensor in sorted(image_tokenizer.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:FINGERPRINT_HEX_CHARS]
+    return image_tokenizer.fingerprint()
 
 
 def world_fingerprint(config: WorldConfig) -> str:

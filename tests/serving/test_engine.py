@@ -87,3 +87,17 @@ def test_short_captions_are_complete_and_shortest(engine: Engine) -> None:
     detailed = engine.run(Caption(image, style="detailed", sampling=Sampling(seed=3)))
     assert short.seed == detailed.seed == 3
     assert short.generated_tokens >= 1 and detailed.generated_tokens >= 1
+
+
+def test_a_memory_with_another_tokenizers_codes_is_refused(artifacts: tuple[Path, Path, Path]) -> None:
+    """Inline codes of another VQ would decode as garbage context: the engine refuses them at start."""
+    from cm3leon.retrieval.documents import RetrievalDocument
+
+    model_dir, retriever_dir, _ = artifacts
+    retriever = Retriever.from_pretrained(retriever_dir)
+    memory = Memory.for_retriever(MemoryConfig.preset("tiny", name="stale"), retriever)
+    image = np.zeros((retriever.config.image_size,) * 2 + (3,), dtype=np.uint8)
+    document = RetrievalDocument("d0", text="a circle", image=image)
+    memory.upsert([document], retriever.embed_documents([document]), codes=[[0, 1, 2]], codes_vq="not-this-vq")
+    with pytest.raises(ValueError, match="another VQ tokenizer"):
+        Engine(model_dir, EngineConfig.preset("tiny"), memory, retriever)
