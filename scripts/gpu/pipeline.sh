@@ -8,6 +8,7 @@
 #      retrieval ablation); K = 2 is the model that goes on;
 #   3. multi-task instruction tuning (SFT) from the K = 2 model.
 # Budgets (minutes) come from the environment: VQ_MIN, PRE_MIN, SFT_MIN. Needs a CUDA GPU.
+# VQ=DIR skips stage 1 and uses that tokenizer (e.g. VQ=models/shapes/vq).
 set -uo pipefail
 OUT=${OUT:-out/gpu}
 RUNS=${RUNS:-runs/gpu}
@@ -48,7 +49,9 @@ python3 -c "import torch; assert '$DEVICE' == 'cpu' or torch.cuda.is_available()
     || finish 2
 
 # --- 1. VQ tokenizers, and a preflight of the later stages on the old VQ ---------------------------------
+GIVEN_VQ=${VQ:-}
 for variant in a:2e-3 b:1e-3; do
+    [ -n "$GIVEN_VQ" ] && break
     name=${variant%%:*} lr=${variant#*:}
     cm3 train vq --preset shapes --training "$VQ_TRAINING" --lr "$lr" --minutes "$VQ_MIN" --device "$DEVICE" \
         --out "$RUNS/vq-$name" > "$RUNS/vq-$name.log" 2>&1 &
@@ -64,15 +67,21 @@ fi
 log "preflight ok: pretrain=$preflight_ok sft=$sft_ok"
 wait
 for name in a b; do
+    [ -n "$GIVEN_VQ" ] && break
     tail_of "$RUNS/vq-$name.log"
     cm3 eval vq --checkpoint "$RUNS/vq-$name" --n 1000 --json "$RUNS/vq-$name/eval.json" --threads 6 \
         > "$RUNS/vq-$name-eval.log" 2>&1 &
 done
 wait
-VQ_RUN=$(python3 scripts/gpu/pick_vq.py "$RUNS/vq-a" "$RUNS/vq-b") || finish 3
-VQ="$VQ_RUN/final"
-log "chosen VQ: $VQ_RUN $(python3 -c "import json,sys; m=json.load(open('$VQ_RUN/eval.json')); print({k: m[k] for k in ('psnr','oracle_accuracy','codebook_usage')})")"
-python3 scripts/gpu/pack.py "$VQ_RUN" "$OUT/vq.tar" --keep-fp32 | tee -a "$OUT/pipeline.log"
+if [ -n "$GIVEN_VQ" ]; then
+    VQ=$GIVEN_VQ
+    log "using the given VQ $VQ"
+else
+    VQ_RUN=$(python3 scripts/gpu/pick_vq.py "$RUNS/vq-a" "$RUNS/vq-b") || finish 3
+    VQ="$VQ_RUN/final"
+    log "chosen VQ: $VQ_RUN $(python3 -c "import json; m=json.load(open('$VQ_RUN/eval.json')); print({k: m[k] for k in ('psnr','oracle_accuracy','codebook_usage')})")"
+    python3 scripts/gpu/pack.py "$VQ_RUN" "$OUT/vq.tar" --keep-fp32 | tee -a "$OUT/pipeline.log"
+fi
 if [ "$preflight_ok" = 0 ]; then
     tail_of "$RUNS/preflight.log"; [ -f "$RUNS/preflight-sft.log" ] && tail_of "$RUNS/preflight-sft.log"
     log "preflight failed: stopping after the VQ stage"; finish 4
