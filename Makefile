@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch that this project is tested with; GPU users install their own torch first.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint protos clean
 
 install: $(STAMP)
 
@@ -29,7 +29,11 @@ bench: $(STAMP)
 	$(CLI) bench all --out bench/results
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cm3leon tests
+	$(VENV)/bin/ruff check cm3leon services worker tests
+
+# Regenerate the gRPC stubs in services/api from protos/ (a test fails when they are stale).
+protos: $(STAMP)
+	$(PY) -m services.protos
 
 clean:
 	rm -rf out .pytest_cache
