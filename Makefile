@@ -37,3 +37,17 @@ protos: $(STAMP)
 
 clean:
 	rm -rf out .pytest_cache
+
+# The stack in containers, for users who have Docker (docker-compose.yml, docs/deploy.md). Secrets come from .env
+# (copy .env.example); CPU=1 runs the worker without a GPU (deploy/compose.cpu.yml).
+COMPOSE ?= docker compose
+COMPOSE_FILES := -f docker-compose.yml $(if $(CPU),-f deploy/compose.cpu.yml)
+
+.PHONY: up down
+
+up:
+	@test -f .env || { echo "no .env: cp .env.example .env, then set every change-me value"; exit 1; }
+	$(COMPOSE) $(COMPOSE_FILES) up --build --detach --wait
+
+down:
+	$(COMPOSE) $(COMPOSE_FILES) down
