@@ -67,8 +67,19 @@ def visual_question(
     return jobs_pb2.JobRequest(visual_question=body)
 
 
-def edit(image: bytes | str | Path, instruction: str, **options: Any) -> jobs_pb2.JobRequest:
+def edit(
+    image: bytes | str | Path,
+    instruction: str,
+    text_guidance_scale: float | None = None,
+    image_guidance_scale: float | None = None,
+    **options: Any,
+) -> jobs_pb2.JobRequest:
+    """Unset scales take the model's defaults (the paper's text 7.5, image 1.5)."""
     body = jobs_pb2.Edit(image=image_input(image), instruction=instruction, sampling=sampling(**options))
+    if text_guidance_scale is not None:
+        body.text_guidance_scale = text_guidance_scale
+    if image_guidance_scale is not None:
+        body.image_guidance_scale = image_guidance_scale
     return jobs_pb2.JobRequest(edit=body)
 
 

@@ -3,9 +3,11 @@ supports through the gRPC client, write the outputs and one labelled grid PNG, s
 
     cm3leon stack demo --model models/shapes --out out/demo
 
-Inputs come from the shapes world: test-split scenes give the text->image prompts (their detailed captions)
-and the images of the image-input kinds (rendered, sent inline). A kind is demonstrated as soon as the model
-declares it and the engine has a handler (`DEMO_REQUESTS` has a request for every kind).
+Inputs come from the shapes world: each test-split scene gives every kind its request as the training data would
+(its detailed caption, rendered image and segmentation map, one of its questions, an edit of it, one of its cells
+to infill, its objects with their boxes, a word to draw), sent inline. A kind is demonstrated as soon as the model
+declares it and the engine has a handler (`DEMO_REQUESTS` has a request for every kind); each grid tile is
+labelled with its kind, state and text result.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import json
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +25,10 @@ import redis
 from PIL import Image
 
 from cm3leon.data.grid import Tile, save_grid
-from cm3leon.data.language import detailed_caption
-from cm3leon.data.render import render
+from cm3leon.data.language import detailed_caption, text_render_prompt
+from cm3leon.data.questions import qa_pairs
+from cm3leon.data.render import object_box, render
+from cm3leon.data.tasks import applicable_edit_kinds, propose_edit
 from cm3leon.data.world import Scene, Split, World, WorldConfig
 from services import client as api
 from services.api import jobs_pb2
@@ -42,19 +47,59 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-# kind -> request for a scene (its detailed caption and rendered image).
-DEMO_REQUESTS: dict[str, Callable[[str, np.ndarray, int], jobs_pb2.JobRequest]] = {
-    "text_to_image": lambda text, image, seed: api.text_to_image(text, seed=seed, retrieved_k=2),
-    "caption": lambda text, image, seed: api.caption(png(image), seed=seed),
-    "visual_question": lambda text, image, seed: api.visual_question(png(image), "how many objects are there?"),
-    "edit": lambda text, image, seed: api.edit(png(image), "make the background black", seed=seed),
-    "infill": lambda text, image, seed: api.infill(png(image), [(0.0, 0.0, 0.34, 0.34)], seed=seed),
-    "segmentation": lambda text, image, seed: api.segmentation(png(image)),
-    "structure_guided": lambda text, image, seed: api.structure_guided(png(image), text, seed=seed),
-    "grounded_generation": lambda text, image, seed: api.grounded_generation(
-        [("a red circle", (0.0, 0.0, 0.33, 0.33))], seed=seed
+@dataclass(frozen=True)
+class DemoCase:
+    """One demo scene; every kind's request is built from it (and `index`, which varies questions and edits)."""
+
+    scene: Scene
+    world: World
+    caption: str
+    index: int
+    seed: int
+
+    @property
+    def config(self) -> WorldConfig:
+        return self.world.config
+
+    def png(self, segmentation: bool = False) -> bytes:
+        rendered = render(self.scene, self.config)
+        return png(rendered.segmentation_image if segmentation else rendered.image)
+
+    def norm(self, box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = (value / self.config.image_size for value in box)
+        return x0, y0, x1, y1
+
+    def question(self) -> str:
+        questions = qa_pairs(self.scene, self.config, random.Random(self.seed))
+        return questions[self.index % len(questions)].question
+
+    def edit_instruction(self) -> str:
+        kinds = applicable_edit_kinds(self.scene, self.config)
+        case = propose_edit(self.world, self.scene, kinds[self.index % len(kinds)], random.Random(self.seed))
+        return case.instruction
+
+    def word_prompt(self) -> str:
+        word_scene = self.world.sample(random.Random(self.seed), Split.TEST, text=True)
+        return text_render_prompt(word_scene, self.config)
+
+
+# kind -> its request for a demo case.
+DEMO_REQUESTS: dict[str, Callable[[DemoCase], jobs_pb2.JobRequest]] = {
+    "text_to_image": lambda c: api.text_to_image(c.caption, seed=c.seed, retrieved_k=2),
+    "caption": lambda c: api.caption(c.png(), seed=c.seed),
+    "visual_question": lambda c: api.visual_question(c.png(), c.question(), seed=c.seed),
+    "edit": lambda c: api.edit(c.png(), c.edit_instruction(), seed=c.seed),
+    "infill": lambda c: api.infill(
+        c.png(), [c.norm(c.config.cell_box(c.scene.objects[0].cell))], c.caption, seed=c.seed
     ),
-    "text_rendering": lambda text, image, seed: api.text_rendering("CM3", seed=seed),
+    "segmentation": lambda c: api.segmentation(c.png()),
+    "structure_guided": lambda c: api.structure_guided(c.png(segmentation=True), c.caption, seed=c.seed),
+    "grounded_generation": lambda c: api.grounded_generation(
+        [(o.describe(), c.norm(object_box(o, c.config))) for o in c.scene.objects],
+        f"on a {c.scene.background} background",
+        seed=c.seed,
+    ),
+    "text_rendering": lambda c: api.text_rendering(c.word_prompt(), seed=c.seed),
 }
 
 
@@ -64,26 +109,30 @@ def supported_kinds(stack: Stack) -> list[str]:
     return sorted({kind for info in infos for kind in info["kinds"]})
 
 
-def demo_scenes(world: World) -> list[Scene]:
-    return world.scenes(DEMO_SEED, Split.TEST, DEMO_SCENES, text=False)
+def demo_scenes(world: World, count: int = DEMO_SCENES) -> list[Scene]:
+    return world.scenes(DEMO_SEED, Split.TEST, count, text=False)
 
 
-def run_jobs(client: Client, kinds: list[str], world: World, out: Path) -> list[list[Tile]]:
+def run_jobs(client: Client, kinds: list[str], world: World, out: Path, scenes: int = DEMO_SCENES) -> list[list[Tile]]:
+    """One job of every kind per demo scene; grid rows: the scene, then each kind's first output image (white
+    for text-only kinds) labelled "kind: state[ (error)][: text]"."""
     rng = random.Random(DEMO_SEED)
     rows: list[list[Tile]] = []
-    for index, scene in enumerate(demo_scenes(world)):
+    for index, scene in enumerate(demo_scenes(world, scenes)):
         text = detailed_caption(scene, world.config, rng)
         image = render(scene, world.config).image
+        case = DemoCase(scene, world, text, index, DEMO_SEED + index)
         row: list[Tile] = [(image, f"scene {index}: {text}")]
         for kind in kinds:
-            job = client.wait(client.submit(DEMO_REQUESTS[kind](text, image, DEMO_SEED + index)).job_id)
+            job = client.wait(client.submit(DEMO_REQUESTS[kind](case)).job_id)
             label = f"{kind}: {jobs_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}"
             if job.error.code:
                 label += f" ({job.error.code})"
             output = np.full_like(image, 255)
             for number, ref in enumerate(job.result.images):
                 path = download(ref, out / f"{kind}-{index}-{number}.png")
-                output = np.asarray(Image.open(path).convert("RGB"))
+                if number == 0:  # the main output (segmentation's second image is the class-id map)
+                    output = np.asarray(Image.open(path).convert("RGB"))
             if job.result.text or job.kind in ("caption", "visual_question"):
                 label += f": {job.result.text or '(empty text)'}"
                 (out / f"{kind}-{index}.txt").write_text(job.result.text + "\n")

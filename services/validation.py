@@ -27,6 +27,10 @@ NUM_IMAGES_RANGE = (1, 4)
 MAX_REQUEST_ID_CHARS = 128
 MAX_OBJECTS = 9  # grounded generation: one per cell of the shapes world's 3x3 grid, and a sane bound elsewhere
 MAX_REGIONS = 9
+# Kinds the model was trained to read retrieved documents for (the instruction-tuned kinds never saw any).
+RETRIEVAL_KINDS = frozenset({"text_to_image", "caption"})
+# Infilling fills CM3 spans greedily: of the sampling options only the seed applies.
+GREEDY_ONLY_OPTIONS = ("temperature", "top_p", "guidance_scale", "num_candidates")
 
 
 @dataclass
@@ -110,6 +114,10 @@ def validate_request(request: jobs_pb2.JobRequest, settings: GatewaySettings) ->
     images: list[ImageField] = []
     if hasattr(body, "sampling"):
         check_sampling(f"{path}.sampling", body.sampling)
+        if kind not in RETRIEVAL_KINDS and body.sampling.retrieved_k:
+            raise InvalidArgument(
+                f"{path}.sampling.retrieved_k", f"{kind} does not use retrieved context (only text_to_image, caption)"
+            )
     if kind == "text_to_image":
         check_text(f"{path}.prompt", body.prompt, settings)
         if body.num_images:
@@ -133,6 +141,8 @@ def validate_request(request: jobs_pb2.JobRequest, settings: GatewaySettings) ->
             raise InvalidArgument(f"{path}.regions", f"give 1 to {MAX_REGIONS} regions, got {len(body.regions)}")
         for index, box in enumerate(body.regions):
             check_box(f"{path}.regions[{index}]", box)
+        if body.sampling.method or any(body.sampling.HasField(name) for name in GREEDY_ONLY_OPTIONS):
+            raise InvalidArgument(f"{path}.sampling", "infilling decodes greedily: only the seed may be set")
         check_text(f"{path}.text", body.text, settings, required=False)
     elif kind == "segmentation":
         images.append(check_image_field(f"{path}.image", body.image))

@@ -63,18 +63,23 @@ def load_eval_checkpoint(directory: Path | str, device: str = "cpu") -> EvalChec
     model, vocab, image_tokenizer = load_checkpoint(directory, device=device)
     if image_tokenizer is None:
         raise ValueError(f"{directory} has no vq/ image tokenizer: generation metrics need one")
-    data_config = _recorded_data_config(directory)
-    if data_config is None:
-        candidates = [PretrainDataConfig.preset(p, seq_len=model.config.max_seq_len) for p in FALLBACK_DATA_PRESETS]
-        matching = [c for c in candidates if c.world().image_size == image_tokenizer.config.image_size]
-        if not matching:
-            raise ValueError(f"no world preset has the VQ tokenizer's image size {image_tokenizer.config.image_size}")
-        data_config = matching[0]
-    if data_config.world().image_size != image_tokenizer.config.image_size:
-        raise ValueError(
-            f"world images are {data_config.world().image_size}px, the VQ expects {image_tokenizer.config.image_size}"
-        )
+    data_config = checkpoint_data_config(directory, model.config.max_seq_len, image_tokenizer.config.image_size)
     return EvalCheckpoint(directory, model.eval(), vocab, image_tokenizer, data_config)
+
+
+def checkpoint_data_config(directory: Path, seq_len: int, image_size: int) -> PretrainDataConfig:
+    """The data config (hence the world) a model directory was trained on: its training.json, else the fallback
+    preset whose world has the VQ's image size. Shared by the evaluations and the serving engine."""
+    data_config = _recorded_data_config(Path(directory))
+    if data_config is None:
+        candidates = [PretrainDataConfig.preset(p, seq_len=seq_len) for p in FALLBACK_DATA_PRESETS]
+        matching = [c for c in candidates if c.world().image_size == image_size]
+        if not matching:
+            raise ValueError(f"no world preset has the VQ tokenizer's image size {image_size}")
+        data_config = matching[0]
+    if data_config.world().image_size != image_size:
+        raise ValueError(f"world images are {data_config.world().image_size}px, the VQ expects {image_size}")
+    return data_config
 
 
 def set_threads(threads: int | None) -> None:

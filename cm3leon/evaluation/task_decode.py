@@ -14,11 +14,19 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from cm3leon.decoding import GenerationRequest, SamplingParams, generate, left_pad
+from cm3leon.decoding import (
+    CancelCheck,
+    GenerationCancelled,
+    GenerationRequest,
+    ProgressCallback,
+    SamplingParams,
+    generate,
+    left_pad,
+)
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, request_seed
 from cm3leon.evaluation.t2i_eval import no_rerank
 from cm3leon.tasks.parsing import image_output, text_answer
-from cm3leon.tokenizers.vocab import ImageCodes
+from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
 
 
 def generate_image_outputs(
@@ -71,20 +79,32 @@ def generate_infills(
     prompts: Sequence[Sequence[int]],
     span_lengths: Sequence[Sequence[int]],
     batch_size: int,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
 ) -> list[list[int]]:
     """Greedy infill continuations: per prompt (ending `<infill> <mask:0>`), span 0's codes, `<mask:1>`, span 1's
-    codes, ..., `<eos>` — the layout `cm3leon.tasks.parsing.infill_result` reads back."""
+    codes, ..., `<eos>` — the layout `cm3leon.tasks.parsing.infill_result` reads back. `progress(done, total)`
+    and `should_cancel()` run between steps, as in `generate` (serving uses them; a cancel raises
+    GenerationCancelled)."""
+    plans = [infill_plan(checkpoint.vocab, lengths) for lengths in span_lengths]
+    batches = [range(first, min(first + batch_size, len(prompts))) for first in range(0, len(prompts), batch_size)]
+    steps = [max(len(plans[i]) for i in batch) for batch in batches]
+    total, done = sum(steps), 0
     outputs: list[list[int]] = []
-    for first in range(0, len(prompts), batch_size):
-        batch_prompts = prompts[first : first + batch_size]
-        plans = [_infill_plan(checkpoint, lengths) for lengths in span_lengths[first : first + batch_size]]
-        outputs.extend(_decode_infill_batch(checkpoint, batch_prompts, plans))
+    for batch, count in zip(batches, steps, strict=True):
+
+        def step(n: int, offset: int = done) -> None:
+            if progress is not None:
+                progress(offset + n, total)
+
+        rows, row_plans = [prompts[i] for i in batch], [plans[i] for i in batch]
+        outputs.extend(_decode_infill_batch(checkpoint, rows, row_plans, step, should_cancel))
+        done += count
     return outputs
 
 
-def _infill_plan(checkpoint: EvalCheckpoint, lengths: Sequence[int]) -> list[int | None]:
+def infill_plan(vocab: Vocabulary, lengths: Sequence[int]) -> list[int | None]:
     """Per step: None where a code is written, else the sentinel (or the final `<eos>`) that is forced."""
-    vocab = checkpoint.vocab
     plan: list[int | None] = []
     for index, length in enumerate(lengths):
         if index:
@@ -94,7 +114,11 @@ def _infill_plan(checkpoint: EvalCheckpoint, lengths: Sequence[int]) -> list[int
 
 
 def _decode_infill_batch(
-    checkpoint: EvalCheckpoint, prompts: Sequence[Sequence[int]], plans: Sequence[list[int | None]]
+    checkpoint: EvalCheckpoint,
+    prompts: Sequence[Sequence[int]],
+    plans: Sequence[list[int | None]],
+    progress: ProgressCallback,
+    should_cancel: CancelCheck | None,
 ) -> list[list[int]]:
     model, vocab = checkpoint.model, checkpoint.vocab
     device = model.token_embedding.weight.device
@@ -103,6 +127,8 @@ def _decode_infill_batch(
     generated: list[list[int]] = [[] for _ in prompts]
     image_ids = torch.arange(vocab.image_ids.start, vocab.image_ids.stop, device=device)
     for step in range(max(len(plan) for plan in plans)):
+        if should_cancel is not None and should_cancel():
+            raise GenerationCancelled("infilling cancelled by the caller")
         due = [i for i, plan in enumerate(plans) if step < len(plan) and plan[step] is None]
         best: dict[int, int] = {}
         if due:
@@ -115,4 +141,5 @@ def _decode_infill_batch(
                 token = plan[step] if plan[step] is not None else best[i]
                 rows[i].append(token)  # type: ignore[arg-type]
                 generated[i].append(token)  # type: ignore[arg-type]
+        progress(step + 1)
     return generated

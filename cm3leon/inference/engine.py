@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,8 +24,12 @@ from PIL import Image
 from cm3leon.checkpoint import load_checkpoint
 from cm3leon.decoding import GenerationCancelled
 from cm3leon.decoding.defaults import load_decoding_defaults
+from cm3leon.inference.capabilities import (  # noqa: F401 (CAPABILITIES_FILE, PRETRAINED_KINDS re-exported)
+    CAPABILITIES_FILE,
+    PRETRAINED_KINDS,
+    declared_kinds,
+)
 from cm3leon.inference.requests import (
-    JOB_KINDS,
     EngineResult,
     JobCancelled,
     JobRequest,
@@ -39,9 +42,6 @@ if TYPE_CHECKING:
     from cm3leon.retrieval.memory import Memory
     from cm3leon.retrieval.retriever import Retriever
 
-CAPABILITIES_FILE = "capabilities.json"
-# What a pretrained (caption <-> image) checkpoint can do without instruction tuning.
-PRETRAINED_KINDS: tuple[str, ...] = ("text_to_image", "caption")
 ProgressSink = Callable[[Progress], None]
 CancelCheck = Callable[[], bool]
 # A stage hook opens a span (or anything) around "retrieval", "decoding", ...: (stage name, attributes).
@@ -72,17 +72,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def declared_kinds(directory: Path) -> tuple[str, ...]:
-    path = directory / CAPABILITIES_FILE
-    if not path.exists():
-        return PRETRAINED_KINDS
-    tasks = json.loads(path.read_text()).get("tasks", [])
-    unknown = set(tasks) - set(JOB_KINDS)
-    if unknown:
-        raise ValueError(f"{path}: unknown tasks {sorted(unknown)}; known: {JOB_KINDS}")
-    return tuple(tasks)
 
 
 def model_id_of(directory: Path) -> str:

@@ -1,74 +1,29 @@
 """The registry of job kinds the engine can run: `HANDLERS[kind](context, request) -> EngineResult`.
 
-Adding a kind (e.g. when instruction tuning teaches it) is one function here and one entry in `HANDLERS`;
-the model must also declare it (`capabilities.json`, see engine.py).
+Text->image and captioning (what pretraining teaches) are here; the instruction-tuned kinds are in
+`task_handlers.py`. A kind runs when it has an entry here and the model declares it (`capabilities.py`).
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from cm3leon.decoding import GenerationRequest, SamplingParams, generate, plan_batch
+from cm3leon.decoding import GenerationRequest
 from cm3leon.decoding.defaults import CAPTION, TEXT_TO_IMAGE
-from cm3leon.decoding.plan import SEED_BITS
 from cm3leon.decoding.prompts import document_prompt_ids
-from cm3leon.inference.engine import CancelCheck, Engine, ProgressSink, StageHook
-from cm3leon.inference.preview import PreviewTap
-from cm3leon.inference.requests import Caption, EngineResult, Progress, Sampling, TextToImage
+from cm3leon.inference.requests import Caption, EngineResult, TextToImage
 from cm3leon.inference.retrieval import as_context, retrieve, with_context
+from cm3leon.inference.running import (  # noqa: F401 (RunContext re-exported: the engine builds it from here)
+    RunContext,
+    base_seed,
+    decode,
+    fit_text_budget,
+    generate_images,
+    sampling_params,
+)
+from cm3leon.inference.task_handlers import SFT_HANDLERS
 from cm3leon.tokenizers.vocab import ImageCodes
-
-
-@dataclass
-class RunContext:
-    engine: Engine
-    progress: ProgressSink
-    should_cancel: CancelCheck
-    stage: StageHook
-    tokens_done: int = 0
-    tokens_total: int = 0
-
-    def step(self, done: int, total: int) -> None:
-        self.tokens_done, self.tokens_total = done, total
-        self.progress(Progress(done, total))
-
-    def preview(self, image: np.ndarray) -> None:
-        self.progress(Progress(self.tokens_done, self.tokens_total, image))
-
-
-def sampling_params(base: SamplingParams, sampling: Sampling, seed: int) -> SamplingParams:
-    overrides = {
-        name: getattr(sampling, name)
-        for name in ("method", "temperature", "top_p", "guidance_scale", "num_candidates")
-        if getattr(sampling, name) is not None
-    }
-    return base.replace(seed=seed, **overrides)
-
-
-def base_seed(sampling: Sampling) -> int:
-    return sampling.seed if sampling.seed is not None else secrets.randbits(SEED_BITS - 4)
-
-
-def decode(
-    context: RunContext, requests: Sequence[GenerationRequest], tap: Any = None, scorer: Any = None
-) -> list[Any]:
-    engine = context.engine
-    attributes = {"requests": len(requests), "target": requests[0].target}
-    with context.stage("decoding", attributes), engine.hooked(tap):
-        return generate(
-            engine.model,
-            engine.vocab,
-            requests,
-            image_decoder=engine.decode_codes if requests[0].target == "image" else None,
-            progress=context.step,
-            should_cancel=context.should_cancel,
-            scorer=scorer,
-        )
 
 
 def text_to_image(context: RunContext, request: TextToImage) -> EngineResult:
@@ -90,13 +45,7 @@ def text_to_image(context: RunContext, request: TextToImage) -> EngineResult:
         )
         for i in range(request.num_images)
     ]
-    plan = plan_batch(vocab, requests)
-    watched = [plan.groups[groups[0]].full_row for groups in plan.request_groups]
-    tap = PreviewTap(vocab, watched, engine.decode_codes, context.preview, engine.config.previews_per_image)
-    results = decode(context, requests, tap if engine.config.previews_per_image else None)
-    arrays = [np.asarray(image) for result in results for image in result.images]
-    if engine.config.previews_per_image:
-        context.preview(np.concatenate(arrays[: len(requests)], axis=1))  # the last preview: the full images
+    results, arrays = generate_images(context, requests)
     return EngineResult(
         images=arrays,
         retrieved=as_context(used),
@@ -134,8 +83,7 @@ def caption(context: RunContext, request: Caption) -> EngineResult:
     params = sampling_params(base, request.sampling, seed)
     budget = engine.model.config.max_seq_len - params.max_new_tokens
     prompt_ids, used = with_context(vocab, documents, query, budget)
-    room = engine.model.config.max_seq_len - len(prompt_ids) + 1  # the last token is never fed back
-    params = params.replace(max_new_tokens=max(1, min(params.max_new_tokens, room)))
+    params = fit_text_budget(engine, params, prompt_ids)
     result = decode(context, [GenerationRequest(prompt_ids=prompt_ids, target="text", params=params)], scorer=scorer)[0]
     return EngineResult(
         text=result.text.strip(),
@@ -146,9 +94,9 @@ def caption(context: RunContext, request: Caption) -> EngineResult:
     )
 
 
-# kind -> handler. The SFT kinds (visual_question, edit, infill, segmentation, structure_guided,
-# grounded_generation, text_rendering) get an entry when their task formats are wired in.
+# kind -> handler: pretraining's two kinds here, the instruction-tuned ones in task_handlers.py.
 HANDLERS: dict[str, Callable[[RunContext, Any], EngineResult]] = {
     "text_to_image": text_to_image,
     "caption": caption,
+    **SFT_HANDLERS,
 }

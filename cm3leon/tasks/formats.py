@@ -114,7 +114,11 @@ class TaskFormatter:
         return self._text_output(task, [image, question_text(qa)], f" {qa.answer}" if with_answer else None)
 
     def edit(self, case: EditCase, source: ImageCodes, target: ImageCodes | None) -> TaskExample:
-        return self._image_output("edit", [EDIT_HEADER, source, case.instruction], target)
+        return self.edit_instruction(case.instruction, source, target)
+
+    def edit_instruction(self, instruction: str, source: ImageCodes, target: ImageCodes | None) -> TaskExample:
+        """An edit from its instruction text alone (serving has no symbolic EditCase, only the text)."""
+        return self._image_output("edit", [EDIT_HEADER, source, instruction], target)
 
     def segmentation(self, image: ImageCodes, segmentation: ImageCodes | None) -> TaskExample:
         return self._image_output("segmentation", [SEGMENT_HEADER, image], segmentation)

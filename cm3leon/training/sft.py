@@ -17,6 +17,7 @@ import torch
 
 from cm3leon.checkpoint import VQ_SUBDIR, load_checkpoint, save_checkpoint
 from cm3leon.data.world import Split
+from cm3leon.inference.capabilities import trained_kinds, write_capabilities
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.corpus import TaskCorpus, TaskCorpusConfig
 from cm3leon.training.distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
@@ -150,5 +151,7 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
             "mixture": run.mixture.probabilities(),
         }
         (final / SUMMARY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        # What the model now runs (the engine serves exactly the kinds declared here).
+        write_capabilities(final, trained_kinds(run.init_dir, run.mixture.probabilities()))
     barrier(context)
     return summary

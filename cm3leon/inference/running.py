@@ -1,0 +1,90 @@
+"""Running one request on the engine: the context a handler gets (progress, cancellation, stage hooks) and the
+decoding helpers every handler shares (seeds, per-request sampling overrides, images with previews).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, generate, plan_batch
+from cm3leon.decoding.plan import SEED_BITS
+from cm3leon.evaluation.t2i_eval import no_rerank
+from cm3leon.inference.engine import CancelCheck, Engine, ProgressSink, StageHook
+from cm3leon.inference.preview import PreviewTap
+from cm3leon.inference.requests import Progress, Sampling
+
+
+@dataclass
+class RunContext:
+    engine: Engine
+    progress: ProgressSink
+    should_cancel: CancelCheck
+    stage: StageHook
+    tokens_done: int = 0
+    tokens_total: int = 0
+
+    def step(self, done: int, total: int) -> None:
+        self.tokens_done, self.tokens_total = done, total
+        self.progress(Progress(done, total))
+
+    def preview(self, image: np.ndarray) -> None:
+        self.progress(Progress(self.tokens_done, self.tokens_total, image))
+
+
+def sampling_params(base: SamplingParams, sampling: Sampling, seed: int) -> SamplingParams:
+    overrides = {
+        name: getattr(sampling, name)
+        for name in ("method", "temperature", "top_p", "guidance_scale", "num_candidates")
+        if getattr(sampling, name) is not None
+    }
+    return base.replace(seed=seed, **overrides)
+
+
+def base_seed(sampling: Sampling) -> int:
+    return sampling.seed if sampling.seed is not None else secrets.randbits(SEED_BITS - 4)
+
+
+def decode(
+    context: RunContext, requests: Sequence[GenerationRequest], tap: Any = None, scorer: Any = None
+) -> list[Any]:
+    engine = context.engine
+    if scorer is None and all(request.params.num_candidates == 1 for request in requests):
+        scorer = no_rerank  # as the evaluations do: one candidate each, so no likelihood pass to choose
+    attributes = {"requests": len(requests), "target": requests[0].target}
+    with context.stage("decoding", attributes), engine.hooked(tap):
+        return generate(
+            engine.model,
+            engine.vocab,
+            requests,
+            image_decoder=engine.decode_codes if requests[0].target == "image" else None,
+            progress=context.step,
+            should_cancel=context.should_cancel,
+            scorer=scorer,
+        )
+
+
+def generate_images(
+    context: RunContext, requests: Sequence[GenerationRequest]
+) -> tuple[list[GenerationResult], list[np.ndarray]]:
+    """Image requests decoded with progressive previews (candidate 0 of each request is watched); returns the
+    results and their images, uint8 (H, W, 3), in request order."""
+    engine, vocab = context.engine, context.engine.vocab
+    plan = plan_batch(vocab, requests)
+    watched = [plan.groups[groups[0]].full_row for groups in plan.request_groups]
+    tap = PreviewTap(vocab, watched, engine.decode_codes, context.preview, engine.config.previews_per_image)
+    results = decode(context, requests, tap if engine.config.previews_per_image else None)
+    arrays = [np.asarray(image) for result in results for image in result.images]
+    if engine.config.previews_per_image:
+        context.preview(np.concatenate(arrays[: len(requests)], axis=1))  # the last preview: the full images
+    return results, arrays
+
+
+def fit_text_budget(engine: Engine, params: SamplingParams, prompt_ids: Sequence[int]) -> SamplingParams:
+    """`params` with max_new_tokens cut to what the context has left after the prompt."""
+    room = engine.model.config.max_seq_len - len(prompt_ids) + 1  # the last token is never fed back
+    return params.replace(max_new_tokens=max(1, min(params.max_new_tokens, room)))

@@ -1,0 +1,173 @@
+"""Handlers of the instruction-tuned job kinds: each builds its prompt with the training format (`task_prompts`)
+and decodes it as the evaluation does (`cm3leon.evaluation`), with progress, cancellation and previews:
+
+    visual_question      greedy answer (a reasoning question's worked answer, or only its final answer)
+    edit                 three-stream guidance, image 1.5 / text 7.5 (the request may override both)
+    infill               CM3 sentinels, the evaluation's greedy span loop, one region after the other
+    segmentation         greedy map -> per-pixel classes by the world's legend
+    structure_guided     CFG 3
+    grounded_generation  the model's text->image default
+    text_rendering       the model's text->image default
+
+Retrieval is only trained for text->image and captioning, so these kinds refuse `retrieved_k`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from cm3leon.data.questions import reasoning_final_answer
+from cm3leon.data.render import colourise_segmentation, segmentation_legend
+from cm3leon.decoding import GenerationRequest, SamplingParams
+from cm3leon.decoding.defaults import TEXT_TO_IMAGE
+from cm3leon.evaluation.image_tasks_eval import EDIT_PARAMS, SEGMENTATION_PARAMS, STRUCTURE_PARAMS
+from cm3leon.evaluation.task_decode import decode_codes, generate_infills, infill_plan
+from cm3leon.inference.requests import (
+    Edit,
+    EngineResult,
+    GroundedGeneration,
+    Infill,
+    Sampling,
+    Segmentation,
+    StructureGuided,
+    TextRendering,
+    VisualQuestion,
+)
+from cm3leon.inference.running import RunContext, base_seed, decode, fit_text_budget, generate_images, sampling_params
+from cm3leon.inference.task_prompts import (
+    edit_prompt,
+    grounded_prompt,
+    image_codes,
+    infill_prompt,
+    segmentation_prompt,
+    structure_prompt,
+    task_setup,
+    text_rendering_prompt,
+    visual_question_prompt,
+)
+from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
+
+# Answers are decoded greedily, as the evaluation scores them (one right answer per question).
+ANSWER_PARAMS = SamplingParams.preset("greedy_text")
+
+
+def no_retrieval(sampling: Sampling, kind: str) -> None:
+    if sampling.retrieved_k:
+        raise ValueError(f"sampling.retrieved_k: {kind} is not trained with retrieved context (only text_to_image "
+                         "and caption are)")
+
+
+# ----- handlers -----
+
+
+def image_job(context: RunContext, prompt: list[int], params: SamplingParams) -> EngineResult:
+    request = GenerationRequest(prompt_ids=prompt, target="image", params=params)
+    results, images = generate_images(context, [request])
+    generated = sum(len(result.token_ids) for result in results)
+    return EngineResult(images=images, prompt_tokens=len(prompt), generated_tokens=generated, seed=params.seed or 0)
+
+
+def visual_question(context: RunContext, request: VisualQuestion) -> EngineResult:
+    engine, seed = context.engine, base_seed(request.sampling)
+    no_retrieval(request.sampling, "visual_question")
+    prompt = visual_question_prompt(engine, request)
+    params = fit_text_budget(engine, sampling_params(ANSWER_PARAMS, request.sampling, seed), prompt)
+    [result] = decode(context, [GenerationRequest(prompt_ids=prompt, target="text", params=params)])
+    text = shown_answer(text_answer(result.token_ids, engine.vocab), request.explain)
+    return EngineResult(text=text, prompt_tokens=len(prompt), generated_tokens=len(result.token_ids), seed=seed)
+
+
+def shown_answer(answer: str, explain: bool) -> str:
+    """A worked answer ("... so the answer is N") whole when `explain`, else only its N; other answers as is."""
+    final = reasoning_final_answer(answer)
+    return answer if explain or final is None else final
+
+
+def edit(context: RunContext, request: Edit) -> EngineResult:
+    seed = base_seed(request.sampling)
+    no_retrieval(request.sampling, "edit")
+    params = sampling_params(EDIT_PARAMS, request.sampling, seed)
+    scales = {"guidance_scale": request.text_guidance_scale, "image_guidance_scale": request.image_guidance_scale}
+    params = params.replace(**{name: value for name, value in scales.items() if value is not None})
+    return image_job(context, edit_prompt(context.engine, request), params)
+
+
+def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
+    """images: [the colour-coded map in the legend's exact colours, the class-id map (grey level = legend index)];
+    legend: (class, colour) by index; text: the share of the image of each class present."""
+    world = task_setup(context.engine).world
+    result = image_job(context, segmentation_prompt(context.engine, request), SEGMENTATION_PARAMS.replace(seed=0))
+    classes = segmentation_map(result.images[0], world)
+    legend = list(segmentation_legend(world).items())
+    counts = np.bincount(classes.ravel(), minlength=len(legend))[: len(legend)]
+    result.images = [colourise_segmentation(classes, world), np.repeat(classes[..., None], 3, axis=-1)]
+    result.legend = legend
+    shares = [f"{name}: {n / classes.size:.1%}" for (name, _), n in zip(legend, counts, strict=True) if n]
+    result.text = "; ".join(shares)
+    return result
+
+
+def structure_guided(context: RunContext, request: StructureGuided) -> EngineResult:
+    no_retrieval(request.sampling, "structure_guided")
+    params = sampling_params(STRUCTURE_PARAMS, request.sampling, base_seed(request.sampling))
+    return image_job(context, structure_prompt(context.engine, request), params)
+
+
+def grounded_generation(context: RunContext, request: GroundedGeneration) -> EngineResult:
+    no_retrieval(request.sampling, "grounded_generation")
+    base = context.engine.defaults[TEXT_TO_IMAGE]
+    params = sampling_params(base, request.sampling, base_seed(request.sampling))
+    return image_job(context, grounded_prompt(context.engine, request), params)
+
+
+def text_rendering(context: RunContext, request: TextRendering) -> EngineResult:
+    no_retrieval(request.sampling, "text_rendering")
+    base = context.engine.defaults[TEXT_TO_IMAGE]
+    params = sampling_params(base, request.sampling, base_seed(request.sampling))
+    return image_job(context, text_rendering_prompt(context.engine, request), params)
+
+
+def infill(context: RunContext, request: Infill) -> EngineResult:
+    """Each region in turn is hidden behind CM3 sentinels and filled greedily (the evaluation's loop); the next
+    region sees the completed codes. Decoding is greedy, so only the seed of `sampling` is accepted."""
+    engine, sampling = context.engine, request.sampling
+    no_retrieval(sampling, "infill")
+    options = ("method", "temperature", "top_p", "guidance_scale", "num_candidates")
+    given = [name for name in options if getattr(sampling, name) is not None]
+    if given:
+        raise ValueError(f"sampling: infilling decodes greedily, only the seed may be set (got {', '.join(given)})")
+    seed = base_seed(sampling)  # reported only: greedy decoding draws nothing
+    setup, codes = task_setup(engine), image_codes(engine, request.image)
+    prompts = [infill_prompt(engine, codes, request, i) for i in range(len(request.regions))]  # all checked first
+    steps = [len(infill_plan(engine.vocab, lengths)) for _, lengths in prompts]
+    total, done, prompt_tokens = sum(steps), 0, 0
+    for index, count in enumerate(steps):
+        prompt, lengths = infill_prompt(engine, codes, request, index)  # over the codes completed so far
+        if len(prompt) + count > engine.model.config.max_seq_len:
+            raise ValueError(f"text: the infill prompt ({len(prompt)} tokens) leaves no room for the region")
+
+        def step(n: int, _total: int, offset: int = done) -> None:
+            context.step(offset + n, total)
+
+        with context.stage("decoding", {"requests": 1, "target": "infill", "region": index}):
+            [output] = generate_infills(setup.checkpoint, [prompt], [lengths], 1, step, context.should_cancel)
+        completed = infill_result(prompt, output, engine.vocab)
+        if completed is None:  # the loop forces every sentinel, so this is a bug, not a bad input
+            raise RuntimeError(f"infill output of region {index} did not reassemble into an image")
+        codes, done, prompt_tokens = completed, done + count, prompt_tokens + len(prompt)
+    image = decode_codes(setup.checkpoint, [codes])[0]
+    return EngineResult(images=[image], prompt_tokens=prompt_tokens, generated_tokens=total, seed=seed)
+
+
+SFT_HANDLERS: dict[str, Callable[[RunContext, Any], EngineResult]] = {
+    "visual_question": visual_question,
+    "edit": edit,
+    "infill": infill,
+    "segmentation": segmentation,
+    "structure_guided": structure_guided,
+    "grounded_generation": grounded_generation,
+    "text_rendering": text_rendering,
+}

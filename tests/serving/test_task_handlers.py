@@ -1,0 +1,144 @@
+"""The instruction-tuned job kinds run in process on a tiny SFT checkpoint: each returns its result type (images
+of the model's size with previews, text answers, the segmentation map with its class-id map and legend), with
+progress to the end, reproducible by seed, and infilling can be cancelled between its steps."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_legend
+from cm3leon.data.world import Split, World
+from cm3leon.evaluation.task_decode import infill_plan
+from cm3leon.inference import (
+    Caption,
+    Edit,
+    EngineResult,
+    GroundedGeneration,
+    GroundedObject,
+    Infill,
+    JobCancelled,
+    JobRequest,
+    NormBox,
+    Progress,
+    Sampling,
+    Segmentation,
+    StructureGuided,
+    TextRendering,
+    TextToImage,
+    VisualQuestion,
+)
+from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.inference.task_handlers import shown_answer
+from cm3leon.inference.task_prompts import task_setup
+from cm3leon.tasks.infill import span_lengths
+from tests.serving.sft_fixtures import build_tiny_sft_model_dir
+
+PREVIEWS = EngineConfig.preset("tiny").previews_per_image
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return Engine(build_tiny_sft_model_dir(tmp_path_factory.mktemp("sft")), EngineConfig.preset("tiny"))
+
+
+@pytest.fixture(scope="module")
+def scene_images(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
+    world = task_setup(engine).world
+    rendered = render(World(world).scenes(0, Split.TEST, 1, text=False)[0], world)
+    return rendered.image, rendered.segmentation_image
+
+
+def run(engine: Engine, request: JobRequest) -> tuple[EngineResult, list[Progress]]:
+    events: list[Progress] = []
+    result = engine.run(request, progress=events.append)
+    done = [e for e in events if e.preview is None]
+    assert done and done[-1].tokens_done == done[-1].tokens_total > 0, "progress reaches the end"
+    return result, events
+
+
+def test_image_kinds_return_one_image_with_previews(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
+    image, seg_map = scene_images
+    size, corner = engine.image_size, NormBox(0.0, 0.0, 0.33, 0.33)
+    requests = [
+        Edit(image, "make the red circle blue", sampling=Sampling(seed=1)),
+        StructureGuided(seg_map, "a large red circle", sampling=Sampling(seed=2)),
+        GroundedGeneration((GroundedObject("large red circle", corner),), sampling=Sampling(seed=3)),
+        TextRendering("AB in blue on black", sampling=Sampling(seed=4)),
+    ]
+    for request in requests:
+        result, events = run(engine, request)
+        [output] = result.images
+        assert output.shape == (size, size, 3) and output.dtype == np.uint8
+        previews = [e.preview for e in events if e.preview is not None]
+        assert len(previews) == PREVIEWS and np.array_equal(previews[-1], output), type(request).__name__
+        assert result.generated_tokens == engine.vocab.codes_per_image + 1
+        again = engine.run(request)
+        assert np.array_equal(again.images[0], output), "the same seed gives the same image"
+
+
+def test_edit_scales_override_the_papers_defaults(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
+    image = scene_images[0]
+    default = engine.run(Edit(image, "remove the red circle", sampling=Sampling(seed=5))).images[0]
+    same = engine.run(Edit(image, "remove the red circle", 7.5, 1.5, sampling=Sampling(seed=5))).images[0]
+    other = engine.run(Edit(image, "remove the red circle", 1.0, 0.5, sampling=Sampling(seed=5))).images[0]
+    assert np.array_equal(default, same), "text 7.5 / image 1.5 are the defaults (the paper's)"
+    assert not np.array_equal(default, other)
+
+
+def test_segmentation_returns_the_map_its_class_ids_and_the_legend(
+    engine: Engine, scene_images: tuple[np.ndarray, ...]
+) -> None:
+    world = task_setup(engine).world
+    result, _ = run(engine, Segmentation(scene_images[0]))
+    coloured, class_image = result.images
+    classes = class_image[..., 0]
+    assert (class_image == classes[..., None]).all() and int(classes.max()) < len(result.legend)
+    assert np.array_equal(coloured, colourise_segmentation(classes, world)), "the map is the class map, coloured"
+    assert result.legend == list(segmentation_legend(world).items())
+    shares = dict(re.findall(r"(\w+): ([\d.]+)%", result.text))
+    present = {name for index, (name, _) in enumerate(result.legend) if (classes == index).any()}
+    assert set(shares) == present and sum(map(float, shares.values())) == pytest.approx(100, abs=0.1 * len(shares))
+
+
+def test_visual_questions_answer_in_text(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
+    for explain in (False, True):
+        request = VisualQuestion(scene_images[0], "how many objects are there?", explain, Sampling(seed=6))
+        result, _ = run(engine, request)
+        assert not result.images and isinstance(result.text, str) and result.generated_tokens >= 1
+        assert result.seed == 6 and result.prompt_tokens > engine.vocab.codes_per_image
+
+
+def test_explain_keeps_a_worked_answer_whole_else_only_its_final_answer() -> None:
+    worked = "there are 2 circles and 1 star, so the answer is 3"
+    assert shown_answer(worked, explain=True) == worked and shown_answer(worked, explain=False) == "3"
+    assert shown_answer("red", explain=False) == shown_answer("red", explain=True) == "red"
+
+
+def test_infill_fills_each_region_in_turn(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
+    world, vocab = task_setup(engine).world, engine.vocab
+    image = scene_images[0]
+    obj = World(world).scenes(0, Split.TEST, 1, text=False)[0].objects[0]
+    boxes = [world.cell_box(obj.cell), object_box(obj, world)]
+    regions = tuple(NormBox(*(v / world.image_size for v in box)) for box in boxes)
+    result, events = run(engine, Infill(image, regions, "a shape", sampling=Sampling(seed=7)))
+    [output] = result.images
+    assert output.shape == image.shape and result.seed == 7
+    steps = sum(len(infill_plan(vocab, span_lengths(box, world, vocab))) for box in boxes)
+    assert result.generated_tokens == steps and events[-1].tokens_total == steps
+    again = engine.run(Infill(image, regions, "a shape", sampling=Sampling(seed=8))).images[0]
+    assert np.array_equal(again, output), "greedy: the seed changes nothing"
+    cancelled: list[int] = []
+    with pytest.raises(JobCancelled):
+        engine.run(
+            Infill(image, regions), progress=lambda p: cancelled.append(p.tokens_done),
+            should_cancel=lambda: len(cancelled) >= 3,
+        )
+    assert max(cancelled) < steps
+
+
+def test_pretrained_kinds_still_run_on_the_sft_model(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
+    assert engine.run(TextToImage("a large red circle", sampling=Sampling(seed=9))).images
+    assert engine.run(Caption(scene_images[0], sampling=Sampling(seed=9))).generated_tokens >= 1
