@@ -20,37 +20,69 @@ jobs_app = typer.Typer(no_args_is_help=True)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_API_KEY = "dev-key"
-# CLI kind -> (the client's request builder, what the positional arguments are).
+# CLI kind -> (the client's request builder, what the positional arguments are; "..." = one or more).
 KINDS: dict[str, tuple[str, str]] = {
     "t2i": ("text_to_image", "PROMPT"),
     "caption": ("caption", "IMAGE"),
     "vqa": ("visual_question", "IMAGE QUESTION"),
     "edit": ("edit", "IMAGE INSTRUCTION"),
+    "infill": ("infill", "IMAGE BOX..."),
     "segment": ("segmentation", "IMAGE"),
+    "structure": ("structure_guided", "MAP CAPTION"),
+    "grounded": ("grounded_generation", "OBJECT@BOX..."),
     "render": ("text_rendering", "TEXT"),
 }
 Target = Annotated[str, typer.Option(envvar="CM3LEON_TARGET", help="Gateway host:port.")]
 ApiKey = Annotated[str, typer.Option(envvar="CM3LEON_API_KEY", help="API key (sent as x-api-key).")]
+BOX_HELP = "a box is x0,y0,x1,y1 in [0, 1] of the image's width and height"
 
 
-def build_request(kind: str, args: list[str], options: dict[str, Any], style: str, num_images: int) -> Any:
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = (float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a box: {BOX_HELP}") from None
+    return x0, y0, x1, y1
+
+
+def parse_grounded_object(text: str) -> tuple[str, tuple[float, float, float, float]]:
+    """ "large red circle@0,0,0.33,0.33" -> ("large red circle", box)."""
+    description, separator, box = text.rpartition("@")
+    if not separator or not description:
+        raise typer.BadParameter(f"{text!r} is not OBJECT@BOX (e.g. 'small red circle@0,0,0.33,0.33')")
+    return description, parse_box(box)
+
+
+def build_request(
+    kind: str, args: list[str], options: dict[str, Any], style: str, num_images: int, extra: dict[str, Any]
+) -> Any:
+    """The protobuf request of one CLI kind; `extra` holds the kind-specific flags (text, scales, explain)."""
     from services import client as api
 
     if kind not in KINDS:
         raise typer.BadParameter(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     builder, usage = KINDS[kind]
-    if len(args) != len(usage.split()):
+    fixed = [part for part in usage.split() if not part.endswith("...")]
+    variadic = len(fixed) < len(usage.split())
+    if len(args) < len(fixed) + variadic or (not variadic and len(args) != len(fixed)):
         raise typer.BadParameter(f"`jobs submit {kind}` takes {usage}")
     if builder == "text_to_image":
         return api.text_to_image(args[0], num_images=num_images, **options)
     if builder == "caption":
         return api.caption(args[0], style=style, **options)
     if builder == "visual_question":
-        return api.visual_question(args[0], args[1], **options)
+        return api.visual_question(args[0], args[1], explain=extra["explain"], **options)
     if builder == "edit":
-        return api.edit(args[0], args[1], **options)
+        scales = {k: extra[k] for k in ("text_guidance_scale", "image_guidance_scale")}
+        return api.edit(args[0], args[1], **scales, **options)
+    if builder == "infill":
+        return api.infill(args[0], [parse_box(a) for a in args[1:]], text=extra["text"], seed=options["seed"])
     if builder == "segmentation":
         return api.segmentation(args[0])
+    if builder == "structure_guided":
+        return api.structure_guided(args[0], args[1], **options)
+    if builder == "grounded_generation":
+        return api.grounded_generation([parse_grounded_object(a) for a in args], prompt=extra["text"], **options)
     return api.text_rendering(args[0], **options)
 
 
@@ -103,11 +135,17 @@ def submit(
     guidance_scale: Annotated[float | None, typer.Option()] = None,
     retrieved_k: Annotated[int | None, typer.Option(help="Documents retrieved from the memory as context.")] = None,
     style: Annotated[str, typer.Option(help="caption: short or detailed.")] = "detailed",
+    text: Annotated[str, typer.Option(help="infill: optional caption; grounded: the background ('on black').")] = "",
+    explain: Annotated[bool, typer.Option(help="vqa: return the worked answer of a two-step question.")] = False,
+    text_guidance_scale: Annotated[float | None, typer.Option(help="edit: text guidance (default 7.5).")] = None,
+    image_guidance_scale: Annotated[float | None, typer.Option(help="edit: image guidance (default 1.5).")] = None,
     request_id: Annotated[str, typer.Option(help="Idempotency key: a retry returns the same job.")] = "",
     target: Target = DEFAULT_TARGET,
     api_key: ApiKey = DEFAULT_API_KEY,
 ) -> None:
-    """Submit a job; prints its id (and with --wait, its final state and where the outputs went)."""
+    """Submit a job; prints its id (and with --wait, its final state and where the outputs went). Images are file
+    paths or key:OBJECT; a BOX is x0,y0,x1,y1 in [0, 1]; e.g. `jobs submit grounded "red circle@0,0,0.33,0.33"
+    --text "on black"`, `jobs submit infill scene.png 0.33,0.33,0.66,0.66`."""
     from services.api import jobs_pb2
     from services.client import Client
 
@@ -119,7 +157,10 @@ def submit(
         guidance_scale=guidance_scale,
         retrieved_k=retrieved_k,
     )
-    request = build_request(kind, args, options, style, num_images)
+    extra = dict(
+        text=text, explain=explain, text_guidance_scale=text_guidance_scale, image_guidance_scale=image_guidance_scale
+    )
+    request = build_request(kind, args, options, style, num_images, extra)
     with Client(target, api_key) as client:
         job = client.submit(request, request_id=request_id)
         typer.echo(f"job {job.job_id} {jobs_pb2.JobState.Name(job.state)} (queue position {job.queue_position})")
