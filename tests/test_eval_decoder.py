@@ -199,6 +199,38 @@ def test_t2i_eval_with_a_retriever_reports_fd_and_reranks_pooled_candidates(chec
     assert evaluate_t2i(checkpoint, replace(config, methods=("cfg",)))["cfg"]["fd"] is None
 
 
+def test_t2i_eval_with_a_memory_adds_cfg_with_retrieved_documents(
+    checkpoint: EvalCheckpoint, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from cm3leon.data.world import Split, World
+    from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
+    from cm3leon.retrieval.config import RetrieverConfig
+    from cm3leon.retrieval.corpus import build_memory
+    from cm3leon.retrieval.documents import world_documents
+    from cm3leon.retrieval.retriever import Retriever
+
+    config_32 = replace(RetrieverConfig.preset("tiny"), image_size=checkpoint.image_tokenizer.config.image_size)
+    retriever = Retriever.build(config_32, checkpoint.vocab.text_tokenizer)
+    store = open_memory(tmp_path / "qdrant", "tiny", retriever)
+    documents = world_documents(World(checkpoint.world), 16, split=Split.TRAIN)
+    build_memory(store, retriever, documents, image_tokenizer=checkpoint.image_tokenizer, progress_bar=False)
+    seen: list[list[str]] = []
+    prefix = memory_prefix(store, retriever, checkpoint.vocab, checkpoint.model.config.max_seq_len, k=1)
+
+    def recording_prefix(captions: list[str]) -> list[list[int]]:
+        seen.append(list(captions))
+        return prefix(captions)
+
+    config = T2IEvalConfig.preset("quick", n=2, methods=("cfg",), compositional=False)
+    report = evaluate_t2i(checkpoint, config, retriever=retriever, retrieval=recording_prefix)
+    store.close()
+    assert set(report) >= {"cfg", "cfg_retrieval"} and report["cfg_retrieval"]["n"] == 2
+    assert 0.0 <= report["cfg_retrieval"]["attribute_accuracy"] <= 1.0 and report["cfg_retrieval"]["fd"] >= 0.0
+    assert len(seen) == 1 and len(seen[0]) == 2  # the prompts' captions were the queries
+
+
 def test_caption_eval_reports_accuracy_and_bleu(checkpoint: EvalCheckpoint, tmp_path: Path) -> None:
     report = evaluate_captioning(checkpoint, CaptionEvalConfig.preset("quick"), grid_path=tmp_path / "captions.png")
     assert_scene_metrics(report)

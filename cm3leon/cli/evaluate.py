@@ -55,6 +55,10 @@ def eval_t2i(
         Path | None,
         typer.Option(help="Retriever for `fd` and for reranking pooled candidates (skipped if absent or mismatched)."),
     ] = Path("models/shapes/retriever"),
+    memory: Annotated[
+        Path | None, typer.Option(help="Embedded Qdrant directory (`corpus build --path`): adds cfg_retrieval.")
+    ] = None,
+    memory_name: Annotated[str, typer.Option(help="Memory (collection) name.")] = "shapes",
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Text->image: generate from held-out detailed captions, the oracle judges each image (grid PNG beside
@@ -71,7 +75,21 @@ def eval_t2i(
     )
     loaded = load_eval_checkpoint(checkpoint)
     fd_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
-    metrics = evaluate_t2i(loaded, config, grid_path=_grid_beside(json_path), retriever=fd_retriever)
+    retrieval, store = None, None
+    if memory is not None:
+        from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
+
+        if fd_retriever is None:
+            raise typer.BadParameter("--memory needs --retriever (the one that built the memory)")
+        store = open_memory(memory, memory_name, fd_retriever)
+        retrieval = memory_prefix(store, fd_retriever, loaded.vocab, loaded.model.config.max_seq_len)
+    try:
+        metrics = evaluate_t2i(
+            loaded, config, grid_path=_grid_beside(json_path), retriever=fd_retriever, retrieval=retrieval
+        )
+    finally:
+        if store is not None:
+            store.close()
     write_report(f"text->image ({split}, n={n})", metrics, json_path)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,13 +195,18 @@ def evaluate_t2i(
     grid_path: Path | None = None,
     defaults: SamplingParams | None = None,
     retriever: Retriever | None = None,
+    retrieval: Callable[[Sequence[str]], list[list[int]]] | None = None,
 ) -> dict[str, object]:
     """The report: one section per method for the main split (`plain`, `cfg`, ...), the same for the
     compositional split under `test_compositional`, and the decoding parameters each method used. Writes the
     grid PNG(s) when `grid_path` is given (the compositional one beside it, suffixed `_test_compositional`).
     With a `retriever`: each method's `fd` (Fréchet distance to the true renders in its image features) and
-    pooled candidates reranked by its text-image similarity."""
-    from cm3leon.evaluation.t2i_task_eval import generated_fd  # imports this module: import here, not at the top
+    pooled candidates reranked by its text-image similarity. With `retrieval` (captions -> retrieved-document
+    prefixes, `cm3leon.evaluation.retrieval_prefix`): a `cfg_retrieval` method, CFG with retrieved documents.
+    """
+    # t2i_task_eval imports this module: import it here, not at the top.
+    from cm3leon.evaluation.t2i_task_eval import WITH_RETRIEVAL, generated_fd, retrieval_run
+
 
     default = defaults or load_decoding_defaults(checkpoint.directory)[TEXT_TO_IMAGE]
     oracle = Oracle(checkpoint.world)
@@ -218,6 +223,10 @@ def evaluate_t2i(
             method: run_method(checkpoint, oracle, scenes, captions, p, config.batch_size, config.seed, reranker)
             for method, p in params.items()
         }
+        if retrieval is not None and "cfg" in runs:
+            runs[WITH_RETRIEVAL] = retrieval_run(
+                checkpoint, oracle, scenes, captions, runs["cfg"], retrieval, config.batch_size, config.seed
+            )
         for run in runs.values():
             run.metrics["fd"] = generated_fd(retriever, run.images, scenes, checkpoint)
         section = {method: run.metrics for method, run in runs.items()}

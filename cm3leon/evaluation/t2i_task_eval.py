@@ -61,16 +61,17 @@ def generated_fd(
     return frechet_distance(image_features(retriever, generated), image_features(retriever, real))
 
 
-def _retrieval_run(
-    checkpoint: EvalCheckpoint, oracle: Oracle, scenes: list[Scene], captions: list[str], run: MethodRun,
-    retrieval: RetrievalPrefix, config: TaskEvalConfig,
+def retrieval_run(
+    checkpoint: EvalCheckpoint, oracle: Oracle, scenes: Sequence[Scene], captions: Sequence[str], run: MethodRun,
+    retrieval: RetrievalPrefix, batch_size: int, seed: int,
 ) -> MethodRun:
+    """`run`'s decoding again, with the retrieved documents of each caption before its prompt."""
     prefixes = retrieval(captions)
     prompts = [
         [*prefix, *document_prompt_ids(checkpoint.vocab, [caption], "image")]
         for prefix, caption in zip(prefixes, captions, strict=True)
     ]
-    _, images = generate_image_outputs(checkpoint, prompts, run.params, config.batch_size, config.seed)
+    _, images = generate_image_outputs(checkpoint, prompts, run.params, batch_size, seed)
     metrics, predicted = score_generated_images(oracle, scenes, images)
     return MethodRun(run.params, images, predicted, metrics)
 
@@ -97,7 +98,9 @@ def evaluate_t2i_methods(
         runs = {m: run_method(checkpoint, oracle, scenes, captions, p, config.batch_size, config.seed, reranker)
                 for m, p in params.items()}
         if retrieval is not None and "cfg" in runs:
-            runs[WITH_RETRIEVAL] = _retrieval_run(checkpoint, oracle, scenes, captions, runs["cfg"], retrieval, config)
+            runs[WITH_RETRIEVAL] = retrieval_run(
+                checkpoint, oracle, scenes, captions, runs["cfg"], retrieval, config.batch_size, config.seed
+            )
         for run in runs.values():
             run.metrics["fd"] = generated_fd(retriever, run.images, scenes, checkpoint)
         section[split.value] = {method: run.metrics for method, run in runs.items()}
