@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
+# The VQ round trip of shapes scenes, then the whole stack (Redis, S3, Qdrant, gateway, a worker) with the shipped
+# models/shapes: one job of every kind the model declares, through gRPC; outputs and grids under out/demo/.
 demo: $(STAMP)
 	$(CLI) demo --out out/demo
+	$(CLI) stack demo --model models/shapes --out out/demo
 
 bench: $(STAMP)
 	$(CLI) bench all --out bench/results

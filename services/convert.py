@@ -36,7 +36,7 @@ def sampling(message: jobs_pb2.Sampling) -> domain.Sampling:
         guidance_scale=optional("guidance_scale"),
         num_candidates=optional("num_candidates"),  # type: ignore[arg-type]
         seed=optional("seed"),  # type: ignore[arg-type]
-        retrieved_k=message.retrieved_k if message.HasField("retrieved_k") else 0,
+        retrieved_k=message.retrieved_k if message.HasField("retrieved_k") else None,
     )
 
 

@@ -59,6 +59,8 @@ class EngineConfig:
     max_num_images: int = 4
     # Candidates sampled for a short caption; the shortest complete one wins (see handlers.caption).
     short_caption_candidates: int = 4
+    # Documents retrieved for a text->image job that does not say (the paper's k = 2; it retrieves for t2i).
+    default_t2i_retrieved_k: int = 2
 
     @classmethod
     def preset(cls, name: str) -> EngineConfig:

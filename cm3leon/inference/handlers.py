@@ -32,9 +32,11 @@ def text_to_image(context: RunContext, request: TextToImage) -> EngineResult:
         raise ValueError(f"num_images must lie in [1, {engine.config.max_num_images}], got {request.num_images}")
     seed = base_seed(request.sampling)
     documents = []
-    if request.sampling.retrieved_k and engine.memory is not None and engine.retriever is not None:
-        with context.stage("retrieval", {"k": request.sampling.retrieved_k}):
-            documents = retrieve(engine.memory, engine.retriever, request.prompt, None, request.sampling.retrieved_k)
+    k = request.sampling.retrieved_k
+    k = engine.config.default_t2i_retrieved_k if k is None else k
+    if k and engine.memory is not None and engine.retriever is not None:
+        with context.stage("retrieval", {"k": k}):
+            documents = retrieve(engine.memory, engine.retriever, request.prompt, None, k)
     query = document_prompt_ids(vocab, [request.prompt], "image")
     budget = engine.model.config.max_seq_len - vocab.codes_per_image  # the image block must still fit
     prompt_ids, used = with_context(vocab, documents, query, budget)
@@ -69,9 +71,10 @@ def caption(context: RunContext, request: Caption) -> EngineResult:
     image = engine.fit_image(request.image)  # type: ignore[arg-type]
     seed = base_seed(request.sampling)
     documents = []
-    if request.sampling.retrieved_k and engine.memory is not None and engine.retriever is not None:
-        with context.stage("retrieval", {"k": request.sampling.retrieved_k}):
-            documents = retrieve(engine.memory, engine.retriever, None, image, request.sampling.retrieved_k)
+    k = request.sampling.retrieved_k or 0
+    if k and engine.memory is not None and engine.retriever is not None:
+        with context.stage("retrieval", {"k": k}):
+            documents = retrieve(engine.memory, engine.retriever, None, image, k)
     query = document_prompt_ids(vocab, [ImageCodes.of(engine.encode_image(image))], "text")
     base = engine.defaults[CAPTION]
     scorer = None

@@ -47,7 +47,9 @@ class Sampling:
     guidance_scale: float | None = None
     num_candidates: int | None = None
     seed: int | None = None
-    retrieved_k: int = 0  # documents retrieved from the memory as context
+    # Documents retrieved from the memory as context; None: the kind's default (text->image: the paper's k = 2,
+    # captioning: none).
+    retrieved_k: int | None = None
 
 
 @dataclass(frozen=True)

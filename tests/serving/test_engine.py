@@ -72,7 +72,11 @@ def test_text_to_image_previews_seed_and_retrieval(engine: Engine) -> None:
     assert done == sorted(done) and done[-1] == events[-1].tokens_total
     again = engine.run(request)
     assert all(np.array_equal(a, b) for a, b in zip(result.images, again.images, strict=True))
-    assert result.prompt_tokens > engine.run(TextToImage("a large red circle", sampling=Sampling(seed=5))).prompt_tokens
+    # Unset, text->image retrieves the paper's k = 2; an explicit 0 retrieves nothing.
+    default = engine.run(TextToImage("a large red circle", sampling=Sampling(seed=5)))
+    without = engine.run(TextToImage("a large red circle", sampling=Sampling(seed=5, retrieved_k=0)))
+    assert len(default.retrieved) == 2 and not without.retrieved
+    assert default.prompt_tokens > without.prompt_tokens
 
 
 def test_cancellation_between_decode_steps(engine: Engine) -> None:
