@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -75,21 +77,10 @@ def eval_t2i(
     )
     loaded = load_eval_checkpoint(checkpoint)
     fd_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
-    retrieval, store = None, None
-    if memory is not None:
-        from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
-
-        if fd_retriever is None:
-            raise typer.BadParameter("--memory needs --retriever (the one that built the memory)")
-        store = open_memory(memory, memory_name, fd_retriever)
-        retrieval = memory_prefix(store, fd_retriever, loaded.vocab, loaded.model.config.max_seq_len)
-    try:
+    with _memory_retrieval(memory, memory_name, retriever, loaded) as retrieval:
         metrics = evaluate_t2i(
             loaded, config, grid_path=_grid_beside(json_path), retriever=fd_retriever, retrieval=retrieval
         )
-    finally:
-        if store is not None:
-            store.close()
     write_report(f"text->image ({split}, n={n})", metrics, json_path)
 
 
@@ -251,24 +242,32 @@ def eval_all(
         t2i_methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
     )
     loaded = load_eval_checkpoint(checkpoint, device=device)
-    retrieval, store = None, None
-    if memory is not None:
-        from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
-        from cm3leon.retrieval.retriever import Retriever
-
-        if retriever is None:
-            raise typer.BadParameter("--memory needs --retriever (the one that built the memory)")
-        query_encoder = Retriever.from_pretrained(retriever)
-        store = open_memory(memory, memory_name, query_encoder)
-        retrieval = memory_prefix(store, query_encoder, loaded.vocab, loaded.model.config.max_seq_len)
-    try:
+    with _memory_retrieval(memory, memory_name, retriever, loaded) as retrieval:
         report = evaluate_all(loaded, config, json_path, retriever, retrieval)
-    finally:
-        if store is not None:
-            store.close()
     write_report(f"all tasks ({split}, n={n})", report["summary"], None)  # the table: the summary only
     if json_path is not None:
         _write_json(report, json_path)
+
+
+@contextmanager
+def _memory_retrieval(
+    memory: Path | None, memory_name: str, retriever: Path | None, loaded: Any
+) -> Iterator[Any]:
+    """Captions -> retrieved-document prefixes from the embedded memory at `memory` (None without --memory)."""
+    if memory is None:
+        yield None
+        return
+    from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
+    from cm3leon.retrieval.retriever import Retriever
+
+    if retriever is None or not retriever.exists():
+        raise typer.BadParameter("--memory needs --retriever (the one that built the memory)")
+    query_encoder = Retriever.from_pretrained(retriever)
+    store = open_memory(memory, memory_name, query_encoder)
+    try:
+        yield memory_prefix(store, query_encoder, loaded.vocab, loaded.model.config.max_seq_len)
+    finally:
+        store.close()
 
 
 def _write_json(report: dict[str, object], json_path: Path) -> None:
