@@ -32,6 +32,7 @@ def sampling(
     num_candidates: int | None = None,
     seed: int | None = None,
     retrieved_k: int | None = None,
+    memory: str | None = None,
 ) -> jobs_pb2.Sampling:
     message = jobs_pb2.Sampling(method=METHODS[method] if method else jobs_pb2.DECODING_METHOD_UNSPECIFIED)
     for name, value in (
@@ -41,6 +42,7 @@ def sampling(
         ("num_candidates", num_candidates),
         ("seed", seed),
         ("retrieved_k", retrieved_k),
+        ("memory", memory),
     ):
         if value is not None:
             setattr(message, name, value)

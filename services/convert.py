@@ -37,6 +37,7 @@ def sampling(message: jobs_pb2.Sampling) -> domain.Sampling:
         num_candidates=optional("num_candidates"),  # type: ignore[arg-type]
         seed=optional("seed"),  # type: ignore[arg-type]
         retrieved_k=message.retrieved_k if message.HasField("retrieved_k") else None,
+        memory=message.memory or None,
     )
 
 

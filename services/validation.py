@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +24,7 @@ TEMPERATURE_RANGE = (0.0, 5.0)
 GUIDANCE_RANGE = (0.0, 20.0)
 CANDIDATES_RANGE = (1, 16)
 RETRIEVED_K_RANGE = (0, 8)
+MEMORY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 NUM_IMAGES_RANGE = (1, 4)
 MAX_REQUEST_ID_CHARS = 128
 MAX_OBJECTS = 9  # grounded generation: one per cell of the shapes world's 3x3 grid, and a sane bound elsewhere
@@ -67,6 +69,8 @@ def check_sampling(path: str, sampling: jobs_pb2.Sampling) -> None:
         check_range(f"{path}.num_candidates", sampling.num_candidates, *CANDIDATES_RANGE)
     if sampling.HasField("retrieved_k"):
         check_range(f"{path}.retrieved_k", sampling.retrieved_k, *RETRIEVED_K_RANGE)
+    if sampling.memory and not MEMORY_NAME.fullmatch(sampling.memory):
+        raise InvalidArgument(f"{path}.memory", "a memory name is 1 to 64 letters, digits, '.', '_' or '-'")
 
 
 def check_box(path: str, box: common_pb2.Box) -> None:

@@ -134,6 +134,7 @@ def submit(
     top_p: Annotated[float | None, typer.Option()] = None,
     guidance_scale: Annotated[float | None, typer.Option()] = None,
     retrieved_k: Annotated[int | None, typer.Option(help="Documents retrieved from the memory as context.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Retrieval memory to search (default: the worker's).")] = None,
     style: Annotated[str, typer.Option(help="caption: short or detailed.")] = "detailed",
     text: Annotated[str, typer.Option(help="infill: optional caption; grounded: the background ('on black').")] = "",
     explain: Annotated[bool, typer.Option(help="vqa: return the worked answer of a two-step question.")] = False,
@@ -156,6 +157,7 @@ def submit(
         top_p=top_p,
         guidance_scale=guidance_scale,
         retrieved_k=retrieved_k,
+        memory=memory,
     )
     extra = dict(
         text=text, explain=explain, text_guidance_scale=text_guidance_scale, image_guidance_scale=image_guidance_scale

@@ -10,6 +10,7 @@ runs only when the model declares it and `handlers.HANDLERS` has a function for 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -105,6 +106,7 @@ class Engine:
         self.model_id = model_id_of(self.directory)
         self.memory = memory
         self.retriever = retriever
+        self._memories: dict[str, Memory] = {}  # other collections requests named, opened on first use
         if memory is not None and self.image_tokenizer is not None:
             stored = memory.codes_fingerprint()
             if stored is not None and stored != self.image_tokenizer.fingerprint():
@@ -113,6 +115,20 @@ class Engine:
                     f"{self.directory}'s: rebuild it (`cm3leon corpus build --memory {memory.collection} --vq "
                     f"{self.directory / 'vq'}`) or use another memory name"
                 )
+
+    def memory_for(self, name: str | None) -> Memory | None:
+        """The memory a request names (None: the default one); another collection beside the default, opened
+        on the same client once. A name that no collection has is the request's error, not a new empty memory."""
+        if name is None or self.memory is None or name == self.memory.collection:
+            return self.memory
+        if name not in self._memories:
+            if not self.memory.client.collection_exists(name):
+                raise ValueError(f"sampling.memory: no retrieval memory named {name!r}")
+            config = dataclasses.replace(self.memory.config, name=name)
+            self._memories[name] = type(self.memory).open(
+                config, self.memory.vector_size, self.memory.distance, self.memory.client
+            )
+        return self._memories[name]
 
     @property
     def supported_kinds(self) -> tuple[str, ...]:

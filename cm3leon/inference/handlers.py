@@ -34,9 +34,10 @@ def text_to_image(context: RunContext, request: TextToImage) -> EngineResult:
     documents = []
     k = request.sampling.retrieved_k
     k = engine.config.default_t2i_retrieved_k if k is None else k
-    if k and engine.memory is not None and engine.retriever is not None:
-        with context.stage("retrieval", {"k": k}):
-            documents = retrieve(engine.memory, engine.retriever, request.prompt, None, k)
+    memory = engine.memory_for(request.sampling.memory)
+    if k and memory is not None and engine.retriever is not None:
+        with context.stage("retrieval", {"k": k, "memory": memory.collection}):
+            documents = retrieve(memory, engine.retriever, request.prompt, None, k)
     query = document_prompt_ids(vocab, [request.prompt], "image")
     budget = engine.model.config.max_seq_len - vocab.codes_per_image  # the image block must still fit
     prompt_ids, used = with_context(vocab, documents, query, budget)
@@ -72,9 +73,10 @@ def caption(context: RunContext, request: Caption) -> EngineResult:
     seed = base_seed(request.sampling)
     documents = []
     k = request.sampling.retrieved_k or 0
-    if k and engine.memory is not None and engine.retriever is not None:
-        with context.stage("retrieval", {"k": k}):
-            documents = retrieve(engine.memory, engine.retriever, None, image, k)
+    memory = engine.memory_for(request.sampling.memory)
+    if k and memory is not None and engine.retriever is not None:
+        with context.stage("retrieval", {"k": k, "memory": memory.collection}):
+            documents = retrieve(memory, engine.retriever, None, image, k)
     query = document_prompt_ids(vocab, [ImageCodes.of(engine.encode_image(image))], "text")
     base = engine.defaults[CAPTION]
     scorer = None

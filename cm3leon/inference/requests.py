@@ -50,6 +50,7 @@ class Sampling:
     # Documents retrieved from the memory as context; None: the kind's default (text->image: the paper's k = 2,
     # captioning: none).
     retrieved_k: int | None = None
+    memory: str | None = None  # the retrieval memory (collection) to search; None: the engine's default
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ CAPTION_STYLE_SHORT: CaptionStyle
 CAPTION_STYLE_DETAILED: CaptionStyle
 
 class Sampling(_message.Message):
-    __slots__ = ("method", "temperature", "top_p", "guidance_scale", "num_candidates", "seed", "retrieved_k")
+    __slots__ = ("method", "temperature", "top_p", "guidance_scale", "num_candidates", "seed", "retrieved_k", "memory")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class Sampling(_message.Message):
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     RETRIEVED_K_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
     method: DecodingMethod
     temperature: float
     top_p: float
@@ -65,7 +66,8 @@ class Sampling(_message.Message):
     num_candidates: int
     seed: int
     retrieved_k: int
-    def __init__(self, method: _Optional[_Union[DecodingMethod, str]] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., num_candidates: _Optional[int] = ..., seed: _Optional[int] = ..., retrieved_k: _Optional[int] = ...) -> None: ...
+    memory: str
+    def __init__(self, method: _Optional[_Union[DecodingMethod, str]] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., num_candidates: _Optional[int] = ..., seed: _Optional[int] = ..., retrieved_k: _Optional[int] = ..., memory: _Optional[str] = ...) -> None: ...
 
 class TextToImage(_message.Message):
     __slots__ = ("prompt", "num_images", "sampling")

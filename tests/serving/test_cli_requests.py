@@ -10,7 +10,9 @@ import typer
 from cm3leon.cli.jobs import KINDS, build_request
 from services.api import jobs_pb2
 
-NO_OPTIONS = dict(seed=7, method=None, temperature=None, top_p=None, guidance_scale=None, retrieved_k=None)
+NO_OPTIONS = dict(
+    seed=7, method=None, temperature=None, top_p=None, guidance_scale=None, retrieved_k=None, memory=None
+)
 NO_EXTRA = dict(text="", explain=False, text_guidance_scale=None, image_guidance_scale=None)
 
 

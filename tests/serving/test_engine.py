@@ -4,6 +4,7 @@ progressive previews, reproducibility, retrieval context, cancellation between d
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,24 @@ def test_a_memory_with_another_tokenizers_codes_is_refused(artifacts: tuple[Path
     memory.upsert([document], retriever.embed_documents([document]), codes=[[0, 1, 2]], codes_vq="not-this-vq")
     with pytest.raises(ValueError, match="another VQ tokenizer"):
         Engine(model_dir, EngineConfig.preset("tiny"), memory, retriever)
+
+
+def test_a_request_can_name_another_memory(engine: Engine) -> None:
+    """Jobs retrieve from the memory they name (another collection beside the default); unknown names fail."""
+    from cm3leon.retrieval.corpus import build_memory
+    from cm3leon.retrieval.documents import RetrievalDocument
+
+    assert engine.memory is not None and engine.retriever is not None
+    other = Memory.open(
+        replace(engine.memory.config, name="other"), engine.memory.vector_size, engine.memory.distance,
+        engine.memory.client,
+    )
+    image = np.zeros((engine.retriever.config.image_size,) * 2 + (3,), dtype=np.uint8)
+    documents = [RetrievalDocument(f"other-{i}", text=f"a red circle {i}", image=image) for i in range(3)]
+    build_memory(other, engine.retriever, documents, image_tokenizer=engine.image_tokenizer, progress_bar=False)
+    result = engine.run(TextToImage("a red circle", sampling=Sampling(seed=1, retrieved_k=2, memory="other")))
+    assert {d.doc_id for d in result.retrieved} <= {d.doc_id for d in documents} and result.retrieved
+    default = engine.run(TextToImage("a red circle", sampling=Sampling(seed=1, retrieved_k=2)))
+    assert not {d.doc_id for d in default.retrieved} & {d.doc_id for d in documents}
+    with pytest.raises(ValueError, match="no retrieval memory named 'missing'"):
+        engine.run(TextToImage("a red circle", sampling=Sampling(seed=1, memory="missing")))

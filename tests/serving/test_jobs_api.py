@@ -121,6 +121,7 @@ BIG = "x" * 1001
         (api.text_to_image("ok", guidance_scale=float("nan")), "request.text_to_image.sampling.guidance_scale"),
         (api.text_to_image("ok", num_candidates=99), "request.text_to_image.sampling.num_candidates"),
         (api.text_to_image("ok", retrieved_k=100), "request.text_to_image.sampling.retrieved_k"),
+        (api.text_to_image("ok", memory="../etc"), "request.text_to_image.sampling.memory"),
         (jobs_pb2.JobRequest(caption=jobs_pb2.Caption()), "request.caption.image"),
         (api.caption(b"not an image"), "request.caption.image.data"),
         (api.caption(image_bytes(8, 8, "GIF")), "request.caption.image.data"),
