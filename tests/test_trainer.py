@@ -311,3 +311,33 @@ def test_cli_pretrain_writes_a_complete_directory_and_resumes(
     steps = [r["step"] for r in MetricsLogger.read(out / METRICS_FILE) if "loss" in r]
     assert steps[0] == 1 and steps[-1] == 5 and 2 not in steps  # the second run continued from step 3
     assert any("val_loss" in r for r in MetricsLogger.read(out / METRICS_FILE))
+
+
+def test_a_horizon_that_follows_speed_stretches_when_the_steps_get_faster(
+    vocab: Vocabulary, corpus: ImageCodeCorpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow first steps (a GPU shared at the start) then fast ones: the fixed horizon stays at the slow estimate,
+    the following one grows towards the steps the budget really holds."""
+    import cm3leon.training.trainer as trainer_module
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: clock["now"])
+    original_step = Trainer.train_step
+
+    def timed_step(self: Trainer, step: int):  # noqa: ANN202 (the trainer's own return type)
+        clock["now"] += 1.0 if step < 6 else 0.25  # seconds of the fake clock per step
+        return original_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    horizons = {}
+    for follows in (False, True):
+        config = tiny_trainer_config(max_steps=None, max_minutes=0.5, horizon_calibration_steps=3, warmup_steps=1,
+                                     horizon_follows_speed=follows, checkpoint_every_minutes=None)
+        trainer = Trainer(tiny_model(vocab), config, tiny_source(vocab, corpus), tmp_path / str(follows),
+                          vocabulary_modalities(vocab))
+        summary = trainer.train()
+        horizons[follows] = (trainer.state.schedule_steps, summary.steps)
+    (fixed, fixed_steps), (following, following_steps) = horizons[False], horizons[True]
+    assert fixed_steps == following_steps  # the budget, not the schedule, decides when training stops
+    assert fixed < 0.5 * fixed_steps  # fixed from the slow start: the cosine ended long before the budget
+    assert following >= fixed_steps - 2  # re-estimated: the cosine ends at the deadline

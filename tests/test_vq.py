@@ -166,3 +166,41 @@ def test_codebook_switches_on_after_the_autoencoder_warmup_with_kmeans(tmp_path:
     assert min(usage[warmup:]) > 0.25  # k-means on many images spreads the codes, not one per batch
     codebook = ImageTokenizer.from_pretrained(result.final_dir).quantizer.codebook
     assert torch.unique(codebook, dim=0).shape[0] > tokenizer_config.codebook_size // 2
+
+
+def test_freeze_codes_fine_tunes_the_decoder_alone_and_keeps_every_code(
+    tmp_path: Path, world_images: np.ndarray
+) -> None:
+    base = tiny_run(tmp_path / "base", steps=20)
+    before = ImageTokenizer.from_pretrained(base.final_dir)
+    tuned_run = train_vq(
+        tmp_path / "tuned", ImageTokenizerConfig.preset("tiny"), VQTrainConfig.preset("tiny"), steps=15,
+        progress=False, init_dir=base.final_dir, codes_frozen=True,
+    )
+    after = ImageTokenizer.from_pretrained(tuned_run.final_dir)
+    changed = {name for name, tensor in after.state_dict().items() if not torch.equal(tensor, before.state_dict()[name])}
+    assert changed and all(name.startswith("decoder.") for name in changed), sorted(changed)
+    assert torch.equal(after.encode(world_images), before.encode(world_images))
+    assert after.fingerprint() == before.fingerprint()
+    # The decoder kept learning from where it was: its reconstructions are no worse than the starting point's.
+    codes = before.encode(world_images)
+    start_error = np.abs(before.decode(codes).astype(float) - world_images).mean()
+    tuned_error = np.abs(after.decode(codes).astype(float) - world_images).mean()
+    assert tuned_error < start_error, (start_error, tuned_error)
+
+
+def test_fingerprint_follows_the_codes_not_the_pixel_decoder() -> None:
+    tokenizer = tiny_tokenizer()
+    fingerprint = tokenizer.fingerprint()
+    with torch.no_grad():
+        next(tokenizer.decoder.parameters()).add_(1.0)
+    assert tokenizer.fingerprint() == fingerprint
+    with torch.no_grad():
+        next(tokenizer.encoder.parameters()).add_(1.0)
+    assert tokenizer.fingerprint() != fingerprint
+
+
+def test_freeze_codes_needs_a_tokenizer_to_start_from(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="init_dir"):
+        train_vq(tmp_path, ImageTokenizerConfig.preset("tiny"), VQTrainConfig.preset("tiny"), steps=1,
+                 progress=False, codes_frozen=True)

@@ -57,6 +57,10 @@ def train_pretrain(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: preset).")] = None,
     train_scenes: Annotated[int | None, typer.Option(help="Scenes in the pre-tokenized train corpus.")] = None,
     checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between checkpoints.")] = None,
+    horizon_follows_speed: Annotated[
+        bool | None,
+        typer.Option(help="With --minutes: re-estimate the cosine horizon from the speed at every step (shared GPU)."),
+    ] = None,
     bf16: Annotated[
         bool | None,
         typer.Option("--bf16/--no-bf16", help="bf16 autocast; default: on only where the device has native bf16."),
@@ -82,6 +86,7 @@ def train_pretrain(
     trainer = with_overrides(
         trainer, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr,
         checkpoint_every_minutes=checkpoint_minutes, data_workers=data_workers,
+        horizon_follows_speed=horizon_follows_speed,
     )
     seq_len = DecoderConfig.preset(preset, vocab_size=1).max_seq_len
     data_overrides: dict[str, int] = {"render_workers": max(data_workers or 0, 1)}
@@ -156,6 +161,13 @@ def train_vq_command(
         str | None, typer.Option(help="Training preset when it differs from --preset: `gpu` (big batches, big bank).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    init: Annotated[
+        Path | None, typer.Option(help="Start from this trained tokenizer (same --preset) instead of from scratch.")
+    ] = None,
+    freeze_codes: Annotated[
+        bool,
+        typer.Option(help="With --init: train the pixel decoder alone; every image keeps its codes (fingerprint)."),
+    ] = False,
 ) -> None:
     """Train the VQ image tokenizer on train-split scenes, segmentation pictures and word scenes."""
     import torch
@@ -167,7 +179,12 @@ def train_vq_command(
     if threads is not None:
         torch.set_num_threads(threads)
     tokenizer_config, train_config = configs_for(preset, batch_size, lr, training)
-    result = train_vq(out, tokenizer_config, train_config, steps=steps, minutes=minutes, device=device)
+    if freeze_codes and init is None:
+        raise typer.BadParameter("--freeze-codes needs --init (the tokenizer whose codes are kept)")
+    result = train_vq(
+        out, tokenizer_config, train_config, steps=steps, minutes=minutes, device=device,
+        init_dir=init, codes_frozen=freeze_codes,
+    )
     metrics = result.last_metrics
     typer.echo(
         f"{result.step} steps, psnr {metrics.get('psnr', float('nan')):.2f} dB, codebook usage "
@@ -189,6 +206,10 @@ def train_sft(
     grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step (default: preset).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: SFT preset).")] = None,
     checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between checkpoints.")] = None,
+    horizon_follows_speed: Annotated[
+        bool | None,
+        typer.Option(help="With --minutes: re-estimate the cosine horizon from the speed at every step (shared GPU)."),
+    ] = None,
     bf16: Annotated[
         bool | None,
         typer.Option("--bf16/--no-bf16", help="bf16 autocast; default: on only where the device has native bf16."),
@@ -222,6 +243,7 @@ def train_sft(
     trainer = with_overrides(
         trainer, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr,
         checkpoint_every_minutes=checkpoint_minutes, data_workers=data_workers,
+        horizon_follows_speed=horizon_follows_speed,
     )
     retriever_dir = retriever if retrieved else None
     mixture = TaskMixture.load(mix)

@@ -27,6 +27,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PIXEL_MAX = 255.0
 FINGERPRINT_HEX_CHARS = 16
+# The submodules whose weights decide which code an image gets (the decoder only draws codes back).
+CODE_DETERMINING_MODULES = ("encoder", "quantizer")
 
 
 @dataclass(frozen=True)
@@ -268,13 +270,19 @@ class ImageTokenizer(nn.Module):
         return tensor_to_images(self.decoder(latents))
 
     def fingerprint(self) -> str:
-        """A short hash of the config and every weight and codebook buffer: equal iff the codes are equal.
+        """A short hash of the config and of what maps pixels to codes (encoder weights, codebook buffers):
+        equal iff the codes are equal.
 
         Stored codes (corpus caches, a retrieval memory's inline codes) carry it, so codes made by another
-        tokenizer are never silently read as this one's.
+        tokenizer are never silently read as this one's. The pixel decoder is left out on purpose: fine-tuning
+        it alone (`train vq --freeze-codes`) redraws images better without invalidating any stored code or any
+        decoder model trained on them.
         """
         digest = hashlib.sha256(self.config.to_json().encode())
+        code_parts = tuple(f"{part}." for part in CODE_DETERMINING_MODULES)
         for name, tensor in sorted(self.state_dict().items()):
+            if not name.startswith(code_parts):
+                continue
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:FINGERPRINT_HEX_CHARS]

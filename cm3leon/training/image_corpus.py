@@ -111,7 +111,8 @@ class ImageCodeCorpus:
         path.parent.mkdir(parents=True, exist_ok=True)
         scenes_json = json.dumps([scene_to_json(s) for s in self.scenes])
         partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, codes=self.codes, scenes=np.array(scenes_json))
+        # Compressed: numpy stores the scenes' JSON as 4-byte characters (100k scenes: 107 MB raw, ~5 MB packed).
+        np.savez_compressed(partial, codes=self.codes, scenes=np.array(scenes_json))
         partial.replace(path)  # atomic: a crash mid-write never leaves a truncated cache behind
 
     @classmethod

@@ -164,7 +164,8 @@ class Trainer:
         save |= save_seconds is not None and now - last_save >= save_seconds
         horizon = self.state.schedule_steps
         calibration_step, calibration_time = calibration
-        if horizon is None and self.state.step - calibration_step >= c.horizon_calibration_steps:
+        estimate = horizon is None or (c.horizon_follows_speed and c.max_steps is None)
+        if estimate and self.state.step - calibration_step >= c.horizon_calibration_steps:
             seconds_per_step = (now - calibration_time) / (self.state.step - calibration_step)
             remaining = (c.max_minutes or 0.0) * SECONDS_PER_MINUTE - elapsed
             horizon = self.state.step + max(int(remaining / seconds_per_step), 0)

@@ -31,6 +31,10 @@ class TrainerConfig:
     max_minutes: float | None = None
     # A time-budgeted run measures this many steps before fixing its cosine horizon from its speed.
     horizon_calibration_steps: int = 20
+    # Re-estimate that horizon at every step from the speed measured so far instead of fixing it once, so the
+    # cosine ends at the deadline when the speed changes mid-run (a GPU shared with another job for part of the
+    # run). Off by default: a fixed horizon makes a resumed run follow the schedule it started with.
+    horizon_follows_speed: bool = False
     checkpoint_every_steps: int | None = None
     checkpoint_every_minutes: float | None = 10.0
     log_every_steps: int = 10

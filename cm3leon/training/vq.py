@@ -8,6 +8,10 @@ Run directory layout (re-running with the same DIR resumes from the checkpoint):
     DIR/final/            the trained tokenizer (`ImageTokenizer.from_pretrained(DIR / "final")`)
     DIR/summary.json      steps, images seen, wall time and last metrics of the finished run
 
+`--init DIR --freeze-codes` fine-tunes the pixel decoder of a trained tokenizer alone: the encoder and the codebook
+are frozen, so every image keeps its codes (same `fingerprint()`) and every corpus, memory and decoder model made
+with them stays valid, while the pictures drawn from the codes get sharper.
+
 The schedule is linear warmup then cosine decay. With `steps`, it follows the step count and a resumed run is
 bit-identical to an uninterrupted one. With `minutes`, it follows the fraction of the time budget spent, so the
 cosine ends at the deadline however fast the (shared) CPU happens to be.
@@ -30,7 +34,7 @@ from tqdm import tqdm
 from cm3leon.data.image_bank import ImageBank, ImageBankConfig
 from cm3leon.data.world import WorldConfig
 from cm3leon.hardware import resolve_bf16
-from cm3leon.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, images_to_tensor
+from cm3leon.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, TokenizerOutput, images_to_tensor
 from cm3leon.training.checkpoint import (
     MetricsLogger,
     find_checkpoint,
@@ -159,6 +163,24 @@ class _Window:
         return {key: total / max(self.steps, 1) for key, total in self.sums.items()}
 
 
+def freeze_codes(model: ImageTokenizer) -> None:
+    """Freeze what decides the codes (encoder, codebook): no gradients, and eval mode so that the EMA codebook
+    neither updates nor restarts dead codes. Called after every `model.train()`."""
+    for module in (model.encoder, model.quantizer):
+        module.eval()
+        module.requires_grad_(False)
+
+
+def _frozen_code_forward(model: ImageTokenizer, images: torch.Tensor) -> TokenizerOutput:
+    """Reconstruction through the frozen codes: encoder and lookup without autograd, the decoder with it."""
+    with torch.no_grad():
+        latents = model.encoder(images).float()
+        codes = model.nearest_codes(latents)
+        quantized = model.quantizer.get_output_from_indices(codes)
+        model.usage_counts += torch.bincount(codes.flatten(), minlength=model.config.codebook_size)
+    return TokenizerOutput(model.decoder(quantized), codes, images.new_zeros(()))
+
+
 def _training_step(
     model: ImageTokenizer,
     optimizer: torch.optim.Optimizer,
@@ -167,19 +189,23 @@ def _training_step(
     step: int,
     tokenizer_config: ImageTokenizerConfig,
     train_config: VQTrainConfig,
+    codes_frozen: bool = False,
 ) -> dict[str, float]:
     """One optimizer step on a batch; returns its losses and PSNR as floats."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     bf16 = resolve_bf16(train_config.bf16_autocast, images.device)
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        output = model(images, quantize=step >= train_config.autoencoder_warmup_steps)
+        if codes_frozen:
+            output = _frozen_code_forward(model, images)
+        else:
+            output = model(images, quantize=step >= train_config.autoencoder_warmup_steps)
     losses = reconstruction_losses(output.reconstruction, images, tokenizer_config)
     loss = losses["pixel_loss"] + tokenizer_config.edge_loss_weight * losses.get("edge_loss", 0.0)
     loss = loss + output.commitment_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip_norm)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], train_config.grad_clip_norm)
     optimizer.step()
     values = {name: float(value.detach()) for name, value in losses.items()}
     values |= {"loss": float(loss.detach()), "commitment_loss": float(output.commitment_loss.detach())}
@@ -215,11 +241,17 @@ def train_vq(
     stop_at_step: int | None = None,
     progress: bool = True,
     device: str = "cpu",
+    init_dir: Path | None = None,
+    codes_frozen: bool = False,
 ) -> VQRunResult:
     """Train (or resume training) a tokenizer in `out_dir` for `steps` optimizer steps or `minutes` of training.
 
     `stop_at_step` pauses early (checkpoint written, no final model): the same call without it resumes.
+    `init_dir` starts from a trained tokenizer of the same config; `codes_frozen` (which needs it) trains its
+    pixel decoder alone, so the codes of every image stay what they were.
     """
+    if codes_frozen and init_dir is None:
+        raise ValueError("freezing the codes needs a trained tokenizer to start from (init_dir)")
     if (steps is None) == (minutes is None):
         raise ValueError("give exactly one of steps or minutes")
     world_config = WorldConfig.preset(train_config.world_preset)
@@ -233,9 +265,19 @@ def train_vq(
     budget_seconds = minutes * 60.0 if minutes is not None else math.inf
 
     torch.manual_seed(train_config.seed)
-    model = ImageTokenizer(tokenizer_config).to(device).train()
+    model = ImageTokenizer(tokenizer_config)
+    if init_dir is not None:
+        initial = ImageTokenizer.from_pretrained(init_dir)
+        if initial.config != tokenizer_config:
+            raise ValueError(f"{init_dir} has another tokenizer config than the preset; pick the preset it was made with")
+        model.load_state_dict(initial.state_dict())
+    model = model.to(device).train()
+    if codes_frozen:
+        freeze_codes(model)
+        # The codebook is trained already: no autoencoder warmup, no k-means re-initialisation.
+        train_config = replace(train_config, autoencoder_warmup_steps=0)
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        [p for p in model.parameters() if p.requires_grad],
         lr=train_config.learning_rate,
         betas=(train_config.adam_beta1, train_config.adam_beta2),
         weight_decay=train_config.weight_decay,
@@ -251,9 +293,9 @@ def train_vq(
         step, elapsed, chunks_rendered = state["step"], state["elapsed_seconds"], state["chunks_rendered"]
         generator.bit_generator.state = state["data_rng"]
     else:
-        (out_dir / RUN_FILE).write_text(
-            json.dumps({"tokenizer": asdict(tokenizer_config), "training": asdict(train_config)}, indent=2) + "\n"
-        )
+        run = {"tokenizer": asdict(tokenizer_config), "training": asdict(train_config),
+               "init": str(init_dir) if init_dir is not None else None, "codes_frozen": codes_frozen}
+        (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     bank_config = ImageBankConfig.preset(train_config.bank_preset, seed=train_config.seed)
     bank = ImageBank(world_config, bank_config, chunks_rendered, device, train_config.render_workers)
     logger = MetricsLogger(out_dir / METRICS_FILE)
@@ -280,11 +322,13 @@ def train_vq(
             started = time.perf_counter()
             if step > 0 and step % train_config.refresh_every_steps == 0:
                 bank.refresh()
-            if step == train_config.autoencoder_warmup_steps and tokenizer_config.kmeans_init:
+            if step == train_config.autoencoder_warmup_steps and tokenizer_config.kmeans_init and init_dir is None:
                 initialise_codebook(model, bank, generator, train_config)
             lr = learning_rate(train_config, step, run_progress())
             images = images_to_tensor(bank.sample(generator, train_config.batch_size))
-            values = _training_step(model, optimizer, images, lr, step, tokenizer_config, train_config)
+            values = _training_step(
+                model, optimizer, images, lr, step, tokenizer_config, train_config, codes_frozen=codes_frozen
+            )
             step += 1
             seconds = time.perf_counter() - started
             elapsed += seconds
