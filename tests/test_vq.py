@@ -178,7 +178,8 @@ def test_freeze_codes_fine_tunes_the_decoder_alone_and_keeps_every_code(
         progress=False, init_dir=base.final_dir, codes_frozen=True,
     )
     after = ImageTokenizer.from_pretrained(tuned_run.final_dir)
-    changed = {name for name, tensor in after.state_dict().items() if not torch.equal(tensor, before.state_dict()[name])}
+    start = before.state_dict()
+    changed = {name for name, tensor in after.state_dict().items() if not torch.equal(tensor, start[name])}
     assert changed and all(name.startswith("decoder.") for name in changed), sorted(changed)
     assert torch.equal(after.encode(world_images), before.encode(world_images))
     assert after.fingerprint() == before.fingerprint()

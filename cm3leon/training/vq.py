@@ -269,7 +269,7 @@ def train_vq(
     if init_dir is not None:
         initial = ImageTokenizer.from_pretrained(init_dir)
         if initial.config != tokenizer_config:
-            raise ValueError(f"{init_dir} has another tokenizer config than the preset; pick the preset it was made with")
+            raise ValueError(f"{init_dir} has another tokenizer config than the preset: pick its own preset")
         model.load_state_dict(initial.state_dict())
     model = model.to(device).train()
     if codes_frozen:
