@@ -307,6 +307,27 @@ def test_guidance_at_scale_one_or_only_on_image_tokens_reduces_to_plain_sampling
     assert outputs[0].token_ids == outputs[1].token_ids
 
 
+def test_full_guidance_plausibility_keeps_only_the_conditional_argmax(model: Transformer, vocab: Vocabulary) -> None:
+    """Plausibility 1 leaves one candidate per step, the conditional stream's best token: strongly guided sampling
+    then draws exactly what greedy conditional decoding draws, whatever the scale and the seed."""
+    greedy = generate(model, vocab, [image_request(method="sample", temperature=0.0, seed=1)])[0]
+    guided = generate(
+        model, vocab, [image_request(method="cfg", guidance_scale=7.0, guidance_plausibility=1.0, seed=2)]
+    )[0]
+    assert guided.token_ids == greedy.token_ids
+    unconstrained = generate(model, vocab, [image_request(method="cfg", guidance_scale=7.0, seed=2)])[0]
+    assert unconstrained.token_ids != greedy.token_ids  # the constraint, not the scale, made them equal
+    partly = generate(
+        model, vocab, [image_request(method="cfg", guidance_scale=7.0, guidance_plausibility=0.0, seed=2)]
+    )[0]
+    assert partly.token_ids == unconstrained.token_ids  # 0 is off
+
+
+def test_guidance_plausibility_is_validated() -> None:
+    with pytest.raises(ValueError, match="guidance_plausibility"):
+        SamplingParams(guidance_plausibility=1.5)
+
+
 def test_progress_reaches_total_and_cancellation_stops(model: Transformer, vocab: Vocabulary) -> None:
     calls: list[tuple[int, int]] = []
     generate(model, vocab, [image_request(seed=1)], progress=lambda done, total: calls.append((done, total)))

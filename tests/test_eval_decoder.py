@@ -275,6 +275,21 @@ def test_sweep_chooses_on_val_and_its_choice_becomes_the_default(checkpoint_dir:
     assert t2i["decoding"]["cfg"]["guidance_scale"] == best["guidance_scale"]
 
 
+def test_sweep_plausibility_axis_names_its_cells_and_its_choice_is_saved(checkpoint_dir: Path, tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    checkpoint = load_eval_checkpoint(directory)
+    config = SweepConfig.preset("quick", guidance_scales=(3.0,), plausibilities=(0.0, 1.0))
+    report = run_sweep(checkpoint, config)
+    runs = report[TEXT_TO_IMAGE]["runs"]
+    assert [r["guidance_plausibility"] for r in runs] == [0.0, 1.0]
+    assert set(report[TEXT_TO_IMAGE]["exact_scene_accuracy"]["temperature=1"]) == {
+        "scale=3,plausibility=0", "scale=3,plausibility=1"
+    }
+    best = report[TEXT_TO_IMAGE]["best"]
+    save_decoding_defaults(directory, best_defaults(report), {"split": "val"})
+    assert load_decoding_defaults(directory)[TEXT_TO_IMAGE].guidance_plausibility == best["guidance_plausibility"]
+
+
 def test_sweep_never_uses_the_test_split(checkpoint: EvalCheckpoint) -> None:
     world = checkpoint.world
     assert all(split_of(s, world) is Split.VAL for s in eval_scenes(world, "val", 6, seed=0))

@@ -112,3 +112,16 @@ def test_cli_sft_lowers_the_loss_writes_a_model_directory_and_resumes(tmp_path: 
     steps = [r["step"] for r in MetricsLogger.read(out / METRICS_FILE) if "loss" in r]
     assert steps[0] == 1 and steps[-1] == 25 and steps.count(1) == 1  # the second run continued from step 20
     assert any("val_loss" in r for r in MetricsLogger.read(out / METRICS_FILE))
+
+
+def test_cli_sft_pool_sizes_replace_the_presets(tmp_path: Path) -> None:
+    init = tiny_init_checkpoint(tmp_path)
+    out = tmp_path / "sft"
+    command = ["train", "sft", "--init", str(init), "--out", str(out), "--mix", str(MIX_FILE), "--device", "cpu"]
+    command += ["--no-bf16", "--steps", "1", "--scenes", "24", "--words", "5", "--edits", "7"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    pools = json.loads((out / "final" / "training.json").read_text())["sft_data_config"]["corpus"]
+    assert (pools["scenes"], pools["words"], pools["edits"]) == (24, 5, 7)
+    bad = CliRunner().invoke(app, [*command[:-6], "--scenes", "0"])
+    assert bad.exit_code != 0 and "--scenes" in bad.output

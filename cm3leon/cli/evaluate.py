@@ -131,13 +131,17 @@ def eval_sweep(
     json_path: DecoderJsonOption = None,
     temperatures: Annotated[str, typer.Option(help="Text->image temperatures, comma-separated.")] = "0.7,1.0",
     scales: Annotated[str, typer.Option(help="CFG scales, comma-separated.")] = "1,2,3,5",
+    plausibilities: Annotated[
+        str, typer.Option(help="Guidance plausibility thresholds, comma-separated (0: plain CFG).")
+    ] = "0,0.1",
     caption_temperatures: Annotated[str, typer.Option(help="Caption temperatures (0 = greedy).")] = "0,0.7",
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
     write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,
     threads: DecoderThreadsOption = None,
 ) -> None:
-    """Sweep temperature x CFG scale (text->image) and caption temperature on the VALIDATION split."""
+    """Sweep temperature x CFG scale x guidance plausibility (text->image) and caption temperature on the
+    VALIDATION split."""
     from cm3leon.decoding.defaults import save_decoding_defaults
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
@@ -149,7 +153,7 @@ def eval_sweep(
     set_threads(threads)
     config = SweepConfig(
         n=n, batch_size=batch_size, seed=seed, temperatures=floats(temperatures), guidance_scales=floats(scales),
-        caption_temperatures=floats(caption_temperatures),
+        plausibilities=floats(plausibilities), caption_temperatures=floats(caption_temperatures),
     )
     report = run_sweep(load_eval_checkpoint(checkpoint), config)
     write_report(f"decoding sweep (val, n={n})", report, json_path)

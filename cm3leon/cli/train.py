@@ -216,6 +216,9 @@ def train_sft(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (a torchrun rank takes its LOCAL_RANK GPU).")] = "auto",
     retrieved: Annotated[int, typer.Option(help="Retrieved documents prepended to text->image examples.")] = 0,
+    scenes: Annotated[int | None, typer.Option(help="Scenes in the task pool (default: preset, 20,000).")] = None,
+    words: Annotated[int | None, typer.Option(help="Text-rendering scenes in the pool (default: 8,000).")] = None,
+    edits: Annotated[int | None, typer.Option(help="Edit cases in the pool (default: 16,000).")] = None,
     retriever: Annotated[Path, typer.Option(help="Trained retriever directory (used when --retrieved > 0).")] = (
         DEFAULT_RETRIEVER_DIR
     ),
@@ -247,7 +250,12 @@ def train_sft(
     )
     retriever_dir = retriever if retrieved else None
     mixture = TaskMixture.load(mix)
-    run = SFTRun(init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir)
+    pools = {k: v for k, v in {"scenes": scenes, "words": words, "edits": edits}.items() if v is not None}
+    if any(size < 1 for size in pools.values()):
+        raise typer.BadParameter("--scenes, --words and --edits must be positive")
+    run = SFTRun(
+        init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir, pools=pools
+    )
     summary = run_sft(run)
     typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")
     if summary.eval_metrics:

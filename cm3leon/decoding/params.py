@@ -25,6 +25,9 @@ METHODS: tuple[str, ...] = ("sample", "cfg", "cdk", "pooled")
 TARGETS: tuple[str, ...] = ("image", "text")
 
 
+GUIDED_PLAUSIBILITY = 0.1  # the presets' SamplingParams.guidance_plausibility (see SamplingParams.preset)
+
+
 class GenerationCancelled(Exception):
     """Raised between decode steps when the caller's `should_cancel()` returned True."""
 
@@ -40,6 +43,10 @@ class SamplingParams:
     guide_text_tokens: bool = True  # False: CFG / CD-K only inside image blocks, text positions use cond
     cdk_alpha: float = 0.1
     cdk_k: int = 5
+    # Guided (CFG) sampling only among tokens the conditional stream finds plausible, p_cond(t) >= this times the
+    # largest p_cond (0: off). uncond + a * (cond - uncond) turns the gap between two tiny probabilities into a
+    # large score; on a strong model that draws stray codes (blotches) at a >= 3. CD-K's candidate rule with k=1.
+    guidance_plausibility: float = 0.0
     num_candidates: int = 1
     max_new_tokens: int = 64  # text targets only; an image target is always exactly one image block
     seed: int | None = None  # None: a fresh random seed (reported in the result)
@@ -55,6 +62,8 @@ class SamplingParams:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
         if not 0 < self.cdk_alpha <= 1:
             raise ValueError(f"cdk_alpha must lie in (0, 1], got {self.cdk_alpha}")
+        if not 0 <= self.guidance_plausibility <= 1:
+            raise ValueError(f"guidance_plausibility must lie in [0, 1], got {self.guidance_plausibility}")
         if self.cdk_k < 1:
             raise ValueError(f"cdk_k must be >= 1, got {self.cdk_k}")
         if self.num_candidates < 1:
@@ -78,11 +87,15 @@ class SamplingParams:
 
     @classmethod
     def preset(cls, name: str) -> SamplingParams:
+        # Guided presets sample among plausible tokens only (GUIDED_PLAUSIBILITY): measured on the shapes model's
+        # validation split (n=64), it took editing at the paper's scales from 0.02 to 0.20 exact and
+        # structure-guided generation from 0.09 to 0.36, and kept text->image at scale 5 from collapsing to 0.
+        guided = dict(top_p=0.9, guidance_plausibility=GUIDED_PLAUSIBILITY)
         presets = {
-            "text_to_image": cls(method="cfg", guidance_scale=3.0, top_p=0.9),
-            "pooled": cls(method="pooled", guidance_scale=3.0, top_p=0.9, num_candidates=8),
-            "edit": cls(method="cfg", guidance_scale=7.5, image_guidance_scale=1.5, top_p=0.9),
-            "structure": cls(method="cfg", guidance_scale=3.0, top_p=0.9),
+            "text_to_image": cls(method="cfg", guidance_scale=3.0, **guided),
+            "pooled": cls(method="pooled", guidance_scale=3.0, num_candidates=8, **guided),
+            "edit": cls(method="cfg", guidance_scale=7.5, image_guidance_scale=1.5, **guided),
+            "structure": cls(method="cfg", guidance_scale=3.0, **guided),
             "greedy_text": cls(method="sample", temperature=0.0, max_new_tokens=32),
         }
         if name not in presets:

@@ -1,4 +1,5 @@
-"""One decode step for every group of a batch: mix streams -> constrain -> CD-K -> warp -> select -> stop.
+"""One decode step for every group of a batch: mix streams -> plausibility -> constrain -> CD-K -> warp -> select
+-> stop.
 
 Built once per `generate` call from the batch plan; every per-request parameter is a (G,) tensor, so a step is
 a fixed sequence of tensor operations with no host-device synchronisation.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cm3leon.decoding.contrastive import cdk_scores
+from cm3leon.decoding.contrastive import cdk_candidates, cdk_scores
 from cm3leon.decoding.guidance import StreamMixer
 from cm3leon.decoding.params import GenerationRequest
 from cm3leon.decoding.plan import BatchPlan
@@ -29,6 +30,8 @@ class StepPipeline:
     guide_text: torch.Tensor  # (G,) bool: guidance (CFG or CD-K) also at text positions
     cdk_alphas: torch.Tensor
     cdk_ks: torch.Tensor
+    plausibility: torch.Tensor  # (G,) guidance_plausibility; 0 keeps every allowed token
+    any_plausibility: bool  # host-side: skip the mask when no group uses it
     temperature: Temperature
     top_k: TopK
     top_p: TopP
@@ -40,6 +43,9 @@ class StepPipeline:
         full, image_only, uncond = self.mixer.streams(logits)
         allowed = self.constraint.allowed()
         guided = self.mixer(logits)
+        if self.any_plausibility:
+            log_cond = full.masked_fill(~allowed, NEG_INF).log_softmax(dim=-1)
+            guided = guided.masked_fill(~cdk_candidates(log_cond, self.plausibility, 1), NEG_INF)
         if self.any_cdk:
             log_expert = full.masked_fill(~allowed, NEG_INF).log_softmax(dim=-1)
             log_amateur = uncond.masked_fill(~allowed, NEG_INF).log_softmax(dim=-1)
@@ -87,6 +93,8 @@ def build_pipeline(
         guide_text=tensor([p.guide_text_tokens for p in params], torch.bool),
         cdk_alphas=tensor([p.cdk_alpha for p in params], torch.float32),
         cdk_ks=tensor([p.cdk_k for p in params], torch.long),
+        plausibility=tensor([p.guidance_plausibility for p in params], torch.float32),
+        any_plausibility=any(p.guidance_plausibility > 0 for p in params),
         temperature=Temperature(tensor([p.temperature for p in params], torch.float32)),
         # CD-K has its own truncation (the candidate set); top-k / top-p apply to the other groups only.
         top_k=TopK(tensor([0 if cdk else p.top_k for p, cdk in zip(params, is_cdk, strict=True)], torch.long)),

@@ -1,6 +1,8 @@
 """The decoding sweep: which temperature and guidance scale to serve, chosen on the VALIDATION split.
 
-Text->image: temperature x CFG scale (CM3Leon sweeps the scale 1..7; a = 1 is plain conditional sampling);
+Text->image: temperature x CFG scale (CM3Leon sweeps the scale 1..7; a = 1 is plain conditional sampling) x
+guidance plausibility (0: plain CFG; > 0: guided sampling only among tokens the conditional stream finds
+plausible, see SamplingParams.guidance_plausibility);
 captioning: temperature (0 = greedy). Every setting decodes the same val scenes with the same per-request seeds
 (common random numbers), so differences between settings are the settings', not the sampler's luck. The best
 setting (highest exact-scene accuracy; ties by attribute accuracy, then BLEU for captions, then the earlier
@@ -34,10 +36,11 @@ class SweepConfig:
     seed: int = 0
     temperatures: tuple[float, ...] = (0.7, 1.0)
     guidance_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
+    plausibilities: tuple[float, ...] = (0.0, 0.1)
     caption_temperatures: tuple[float, ...] = (0.0, 0.7)
 
     def __post_init__(self) -> None:
-        if not (self.temperatures and self.guidance_scales and self.caption_temperatures):
+        if not (self.temperatures and self.guidance_scales and self.plausibilities and self.caption_temperatures):
             raise ValueError("every sweep axis needs at least one value")
 
     @classmethod
@@ -45,7 +48,8 @@ class SweepConfig:
         presets: dict[str, dict[str, Any]] = {
             "standard": {},
             "quick": dict(
-                n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), caption_temperatures=(0.0,)
+                n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
+                caption_temperatures=(0.0,),
             ),
         }
         if name not in presets:
@@ -61,26 +65,31 @@ def _best(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
 def sweep_text_to_image(
     checkpoint: EvalCheckpoint, config: SweepConfig, base: SamplingParams
 ) -> dict[str, Any]:
-    """CFG images for every (temperature, guidance scale) on val scenes; a table of exact accuracies and the best."""
+    """CFG images for every (temperature, guidance scale, plausibility) on val scenes; a table of exact accuracies
+    and the best. The table's cells are named `scale=a`, or `scale=a,plausibility=p` when that axis varies."""
     oracle = Oracle(checkpoint.world)
     scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
     captions = prompt_captions(scenes, checkpoint, config.seed)
     runs: list[dict[str, Any]] = []
     table: dict[str, dict[str, float]] = {}
-    for temperature in config.temperatures:
-        for scale in config.guidance_scales:
-            params = base.replace(method="cfg", temperature=temperature, guidance_scale=scale)
-            metrics = run_method(checkpoint, oracle, scenes, captions, params, config.batch_size, config.seed).metrics
-            runs.append(
-                {
-                    "temperature": temperature,
-                    "guidance_scale": scale,
-                    "exact_scene_accuracy": metrics["exact_scene_accuracy"],
-                    "attribute_accuracy": metrics["attribute_accuracy"],
-                    "images_per_s": metrics["images_per_s"],
-                }
-            )
-            table.setdefault(f"temperature={temperature:g}", {})[f"scale={scale:g}"] = metrics["exact_scene_accuracy"]
+    grid = [(t, a, p) for t in config.temperatures for a in config.guidance_scales for p in config.plausibilities]
+    for temperature, scale, plausibility in grid:
+        params = base.replace(
+            method="cfg", temperature=temperature, guidance_scale=scale, guidance_plausibility=plausibility
+        )
+        metrics = run_method(checkpoint, oracle, scenes, captions, params, config.batch_size, config.seed).metrics
+        runs.append(
+            {
+                "temperature": temperature,
+                "guidance_scale": scale,
+                "guidance_plausibility": plausibility,
+                "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                "attribute_accuracy": metrics["attribute_accuracy"],
+                "images_per_s": metrics["images_per_s"],
+            }
+        )
+        cell = f"scale={scale:g}" + (f",plausibility={plausibility:g}" if len(config.plausibilities) > 1 else "")
+        table.setdefault(f"temperature={temperature:g}", {})[cell] = metrics["exact_scene_accuracy"]
     best = _best(runs, ("exact_scene_accuracy", "attribute_accuracy"))
     return {"exact_scene_accuracy": table, "runs": runs, "best": best}
 
@@ -123,7 +132,8 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
     t2i_best, caption_best = report[TEXT_TO_IMAGE]["best"], report[CAPTION]["best"]
     return {
         TEXT_TO_IMAGE: base[TEXT_TO_IMAGE].replace(
-            method="cfg", temperature=t2i_best["temperature"], guidance_scale=t2i_best["guidance_scale"]
+            method="cfg", temperature=t2i_best["temperature"], guidance_scale=t2i_best["guidance_scale"],
+            guidance_plausibility=t2i_best.get("guidance_plausibility", 0.0),
         ),
         CAPTION: base[CAPTION].replace(temperature=caption_best["temperature"]),
     }

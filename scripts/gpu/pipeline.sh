@@ -8,7 +8,8 @@
 #      optionally (PREFLIGHT=1) a short preflight of every later stage on the GPU;
 #   2. CM3 pretraining with each K of PRE_KS retrieved documents side by side (equal wall-clock on one GPU: the
 #      retrieval ablation); the largest K is the model that goes on;
-#   3. multi-task instruction tuning (SFT) from that model.
+#   3. multi-task instruction tuning (SFT) from that model (or, with SFT_INIT=DIR, from DIR alone: stages 1-2
+#      are skipped). SFT_SCENES / SFT_WORDS / SFT_EDITS set the task pools (default: the preset's).
 # Budgets (minutes) come from the environment: VQ_MIN, PRE_MIN, SFT_MIN, VQ_FT_MIN. Needs a CUDA GPU
 # (DEVICE=cpu: a dry run of the whole script with tiny budgets). PRECACHE=DIR copies image-code and neighbour
 # caches built elsewhere (DIR/pretrain, DIR/sft; the file names carry the content keys, so a cache that does
@@ -31,6 +32,11 @@ WORKERS=${WORKERS:-4}
 SFT_WORKERS=${SFT_WORKERS:-10}
 PREFLIGHT=${PREFLIGHT:-1}
 PRECACHE=${PRECACHE:-}
+SFT_INIT=${SFT_INIT:-}
+SFT_POOLS=()
+[ -n "${SFT_SCENES:-}" ] && SFT_POOLS+=(--scenes "$SFT_SCENES")
+[ -n "${SFT_WORDS:-}" ] && SFT_POOLS+=(--words "$SFT_WORDS")
+[ -n "${SFT_EDITS:-}" ] && SFT_POOLS+=(--edits "$SFT_EDITS")
 DEVICE=${DEVICE:-cuda}
 VQ_TRAINING=${VQ_TRAINING:-gpu}
 mkdir -p "$OUT" "$RUNS"
@@ -71,6 +77,7 @@ python3 -c "import torch; assert '$DEVICE' == 'cpu' or torch.cuda.is_available()
 
 # --- 1. the VQ tokenizer (and a preflight of the later stages on the shipped VQ) ----------------------------
 GIVEN_VQ=${VQ:-}
+[ -n "$SFT_INIT" ] && { GIVEN_VQ="$SFT_INIT/vq"; PRE_KS=""; PREFLIGHT=0; }
 VQ_PIDS=()
 if [ -z "$GIVEN_VQ" ]; then
     for variant in a:2e-3 b:1e-3; do
@@ -138,12 +145,13 @@ for k in $PRE_KS; do
     [ -d "$RUNS/pretrain-k$k/final" ] && python3 scripts/gpu/pack.py "$RUNS/pretrain-k$k" "$OUT/pretrain-k$k.tar" \
         | tee -a "$OUT/pipeline.log"
 done
-[ -d "$RUNS/pretrain-k$K_MAIN/final" ] || finish 5
+SFT_FROM=${SFT_INIT:-$RUNS/pretrain-k$K_MAIN/final}
+[ -d "$SFT_FROM" ] || finish 5
 
 # --- 3. instruction tuning from the largest-K model ----------------------------------------------------------
 if [ "$sft_ok" = 1 ]; then
     precache sft "$RUNS/sft"
-    cm3 train sft --init "$RUNS/pretrain-k$K_MAIN/final" --out "$RUNS/sft" --mix "$SFT_MIX" --minutes "$SFT_MIN" \
+    cm3 train sft --init "$SFT_FROM" --out "$RUNS/sft" --mix "$SFT_MIX" --minutes "$SFT_MIN" "${SFT_POOLS[@]}" \
         --retrieved 2 --data-workers "$SFT_WORKERS" --device "$DEVICE" --batch-size "$PRE_BATCH" --lr "$SFT_LR" \
         --checkpoint-minutes 1 --horizon-follows-speed > "$RUNS/sft.log" 2>&1
     tail_of "$RUNS/sft.log"
