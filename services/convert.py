@@ -34,6 +34,7 @@ def sampling(message: jobs_pb2.Sampling) -> domain.Sampling:
         temperature=optional("temperature"),
         top_p=optional("top_p"),
         guidance_scale=optional("guidance_scale"),
+        guidance_plausibility=optional("guidance_plausibility"),
         num_candidates=optional("num_candidates"),  # type: ignore[arg-type]
         seed=optional("seed"),  # type: ignore[arg-type]
         retrieved_k=message.retrieved_k if message.HasField("retrieved_k") else None,

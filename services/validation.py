@@ -22,6 +22,7 @@ ALLOWED_FORMATS = ("PNG", "JPEG")
 # Ranges of the sampling parameters (beyond them decoding degenerates or the batch explodes).
 TEMPERATURE_RANGE = (0.0, 5.0)
 GUIDANCE_RANGE = (0.0, 20.0)
+PLAUSIBILITY_RANGE = (0.0, 1.0)  # a fraction of the conditional stream's largest probability
 CANDIDATES_RANGE = (1, 16)
 RETRIEVED_K_RANGE = (0, 8)
 MEMORY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -32,7 +33,7 @@ MAX_REGIONS = 9
 # Kinds the model was trained to read retrieved documents for (the instruction-tuned kinds never saw any).
 RETRIEVAL_KINDS = frozenset({"text_to_image", "caption"})
 # Infilling fills CM3 spans greedily: of the sampling options only the seed applies.
-GREEDY_ONLY_OPTIONS = ("temperature", "top_p", "guidance_scale", "num_candidates")
+GREEDY_ONLY_OPTIONS = ("temperature", "top_p", "guidance_scale", "guidance_plausibility", "num_candidates")
 
 
 @dataclass
@@ -65,6 +66,8 @@ def check_sampling(path: str, sampling: jobs_pb2.Sampling) -> None:
         check_range(f"{path}.top_p", sampling.top_p, 0.0, 1.0, low_open=True)
     if sampling.HasField("guidance_scale"):
         check_range(f"{path}.guidance_scale", sampling.guidance_scale, *GUIDANCE_RANGE)
+    if sampling.HasField("guidance_plausibility"):
+        check_range(f"{path}.guidance_plausibility", sampling.guidance_plausibility, *PLAUSIBILITY_RANGE)
     if sampling.HasField("num_candidates"):
         check_range(f"{path}.num_candidates", sampling.num_candidates, *CANDIDATES_RANGE)
     if sampling.HasField("retrieved_k"):

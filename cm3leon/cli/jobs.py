@@ -133,6 +133,9 @@ def submit(
     temperature: Annotated[float | None, typer.Option()] = None,
     top_p: Annotated[float | None, typer.Option()] = None,
     guidance_scale: Annotated[float | None, typer.Option()] = None,
+    guidance_plausibility: Annotated[
+        float | None, typer.Option(help="Guided sampling among tokens >= this fraction of the likeliest, [0, 1].")
+    ] = None,
     retrieved_k: Annotated[int | None, typer.Option(help="Documents retrieved from the memory as context.")] = None,
     memory: Annotated[str | None, typer.Option(help="Retrieval memory to search (default: the worker's).")] = None,
     style: Annotated[str, typer.Option(help="caption: short or detailed.")] = "detailed",
@@ -156,6 +159,7 @@ def submit(
         temperature=temperature,
         top_p=top_p,
         guidance_scale=guidance_scale,
+        guidance_plausibility=guidance_plausibility,
         retrieved_k=retrieved_k,
         memory=memory,
     )

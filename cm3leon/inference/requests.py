@@ -45,6 +45,8 @@ class Sampling:
     temperature: float | None = None
     top_p: float | None = None
     guidance_scale: float | None = None
+    # Guided sampling only among tokens with p_cond >= this fraction of the largest p_cond (0: off).
+    guidance_plausibility: float | None = None
     num_candidates: int | None = None
     seed: int | None = None
     # Documents retrieved from the memory as context; None: the kind's default (text->image: the paper's k = 2,

@@ -36,12 +36,12 @@ class RunContext:
         self.progress(Progress(self.tokens_done, self.tokens_total, image))
 
 
+# The per-request overrides of the decoding defaults (a Sampling's other fields are the seed and retrieval).
+SAMPLING_OPTIONS = ("method", "temperature", "top_p", "guidance_scale", "guidance_plausibility", "num_candidates")
+
+
 def sampling_params(base: SamplingParams, sampling: Sampling, seed: int) -> SamplingParams:
-    overrides = {
-        name: getattr(sampling, name)
-        for name in ("method", "temperature", "top_p", "guidance_scale", "num_candidates")
-        if getattr(sampling, name) is not None
-    }
+    overrides = {name: getattr(sampling, name) for name in SAMPLING_OPTIONS if getattr(sampling, name) is not None}
     return base.replace(seed=seed, **overrides)
 
 

@@ -36,7 +36,15 @@ from cm3leon.inference.requests import (
     TextRendering,
     VisualQuestion,
 )
-from cm3leon.inference.running import RunContext, base_seed, decode, fit_text_budget, generate_images, sampling_params
+from cm3leon.inference.running import (
+    SAMPLING_OPTIONS,
+    RunContext,
+    base_seed,
+    decode,
+    fit_text_budget,
+    generate_images,
+    sampling_params,
+)
 from cm3leon.inference.task_prompts import (
     edit_prompt,
     grounded_prompt,
@@ -135,8 +143,7 @@ def infill(context: RunContext, request: Infill) -> EngineResult:
     region sees the completed codes. Decoding is greedy, so only the seed of `sampling` is accepted."""
     engine, sampling = context.engine, request.sampling
     no_retrieval(sampling, "infill")
-    options = ("method", "temperature", "top_p", "guidance_scale", "num_candidates")
-    given = [name for name in options if getattr(sampling, name) is not None]
+    given = [name for name in SAMPLING_OPTIONS if getattr(sampling, name) is not None]
     if given:
         raise ValueError(f"sampling: infilling decodes greedily, only the seed may be set (got {', '.join(given)})")
     seed = base_seed(sampling)  # reported only: greedy decoding draws nothing

@@ -50,7 +50,7 @@ CAPTION_STYLE_SHORT: CaptionStyle
 CAPTION_STYLE_DETAILED: CaptionStyle
 
 class Sampling(_message.Message):
-    __slots__ = ("method", "temperature", "top_p", "guidance_scale", "num_candidates", "seed", "retrieved_k", "memory")
+    __slots__ = ("method", "temperature", "top_p", "guidance_scale", "num_candidates", "seed", "retrieved_k", "memory", "guidance_plausibility")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class Sampling(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     RETRIEVED_K_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_PLAUSIBILITY_FIELD_NUMBER: _ClassVar[int]
     method: DecodingMethod
     temperature: float
     top_p: float
@@ -67,7 +68,8 @@ class Sampling(_message.Message):
     seed: int
     retrieved_k: int
     memory: str
-    def __init__(self, method: _Optional[_Union[DecodingMethod, str]] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., num_candidates: _Optional[int] = ..., seed: _Optional[int] = ..., retrieved_k: _Optional[int] = ..., memory: _Optional[str] = ...) -> None: ...
+    guidance_plausibility: float
+    def __init__(self, method: _Optional[_Union[DecodingMethod, str]] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., num_candidates: _Optional[int] = ..., seed: _Optional[int] = ..., retrieved_k: _Optional[int] = ..., memory: _Optional[str] = ..., guidance_plausibility: _Optional[float] = ...) -> None: ...
 
 class TextToImage(_message.Message):
     __slots__ = ("prompt", "num_images", "sampling")

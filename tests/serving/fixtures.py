@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 
 from cm3leon.checkpoint import save_checkpoint
 from cm3leon.data.world import World, WorldConfig
+from cm3leon.decoding import SamplingParams
 from cm3leon.retrieval.config import MemoryConfig, RetrieverConfig
 from cm3leon.retrieval.corpus import build_memory
 from cm3leon.retrieval.documents import world_documents
@@ -58,3 +61,19 @@ def spans_of(stack: Stack) -> list[dict]:
     """The spans every process of the stack exported so far (the JSON-lines file exporter)."""
     path: Path = stack.spans_path  # type: ignore[attr-defined]
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def record_decoded_params(monkeypatch: pytest.MonkeyPatch) -> list[SamplingParams]:
+    """The SamplingParams of every request the engine's handlers hand to the decoder from now on (the real
+    `generate` still runs: this only watches what the handlers chose)."""
+    from cm3leon.inference import running
+
+    seen: list[SamplingParams] = []
+    real = running.generate
+
+    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
+        seen.extend(request.params for request in requests)
+        return real(model, vocab, requests, **kwargs)
+
+    monkeypatch.setattr(running, "generate", watched)
+    return seen

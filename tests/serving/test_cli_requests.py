@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import typer
 
-from cm3leon.cli.jobs import KINDS, build_request
+from cm3leon.cli.jobs import KINDS, build_request, jobs_app
 from services.api import jobs_pb2
 
 NO_OPTIONS = dict(
-    seed=7, method=None, temperature=None, top_p=None, guidance_scale=None, retrieved_k=None, memory=None
+    seed=7, method=None, temperature=None, top_p=None, guidance_scale=None, guidance_plausibility=None,
+    retrieved_k=None, memory=None,
 )
 NO_EXTRA = dict(text="", explain=False, text_guidance_scale=None, image_guidance_scale=None)
 
@@ -53,6 +54,19 @@ def test_every_kind_builds_its_oneof(png: str) -> None:
     edit = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, scales).edit
     assert (edit.text_guidance_scale, edit.image_guidance_scale) == (5.0, 2.0)
     assert isinstance(edit, jobs_pb2.Edit)
+
+
+def test_guidance_plausibility_is_sent_only_when_given() -> None:
+    unset = build_request("t2i", ["a red circle"], dict(NO_OPTIONS), "detailed", 1, NO_EXTRA).text_to_image.sampling
+    assert not unset.HasField("guidance_plausibility"), "unset: the model's default applies"
+    options = dict(NO_OPTIONS, guidance_plausibility=0.25)
+    for kind, args in (("t2i", ["a red circle"]), ("render", ["AB"])):
+        request = build_request(kind, args, options, "detailed", 1, NO_EXTRA)
+        sampling = getattr(request, request.WhichOneof("kind")).sampling
+        assert sampling.HasField("guidance_plausibility") and sampling.guidance_plausibility == 0.25, kind
+    submit = typer.main.get_command(jobs_app).commands["submit"]  # type: ignore[attr-defined]
+    flags = {flag for param in submit.params for flag in param.opts}
+    assert {"--guidance-scale", "--guidance-plausibility"} <= flags
 
 
 @pytest.mark.parametrize(

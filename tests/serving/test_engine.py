@@ -1,5 +1,6 @@
 """The inference engine in process (no services): the kind registry driven by what the model declares,
-progressive previews, reproducibility, retrieval context, cancellation between decode steps."""
+progressive previews, reproducibility, retrieval context, cancellation between decode steps, and how a job's
+sampling options (from the API's protobuf) override the model's decoding defaults."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cm3leon.decoding import SamplingParams
+from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_TO_IMAGE
+from cm3leon.decoding.params import GUIDED_PLAUSIBILITY
 from cm3leon.inference import Caption, Edit, JobCancelled, Progress, Sampling, TextToImage, UnsupportedJobKind
 from cm3leon.inference.engine import CAPABILITIES_FILE, Engine, EngineConfig
 from cm3leon.retrieval.config import MemoryConfig
 from cm3leon.retrieval.memory import Memory
 from cm3leon.retrieval.retriever import Retriever
-from tests.serving.fixtures import MEMORY_NAME, build_tiny_memory, build_tiny_model_dir
+from services import client as api
+from services.convert import request_to_domain
+from tests.serving.fixtures import MEMORY_NAME, build_tiny_memory, build_tiny_model_dir, record_decoded_params
+
+MODEL_FILES = ("model.safetensors", "model_config.json", "tokenizer.json", "vocab.json", "vq")
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +54,8 @@ def test_declared_kinds_without_a_handler_fail_clearly(
 
     monkeypatch.delitem(HANDLERS, "edit")  # every kind has a handler now: take one away to see the refusal
     model_dir = artifacts[0]
-    for name in ("model.safetensors", "model_config.json", "tokenizer.json", "vocab.json"):
+    for name in MODEL_FILES:
         (tmp_path / name).symlink_to(model_dir / name)
-    (tmp_path / "vq").symlink_to(model_dir / "vq")
     (tmp_path / CAPABILITIES_FILE).write_text(json.dumps({"tasks": ["caption", "edit"]}))
     engine = Engine(tmp_path)
     assert engine.supported_kinds == ("caption",)
@@ -132,3 +139,45 @@ def test_a_request_can_name_another_memory(engine: Engine) -> None:
     assert not {d.doc_id for d in default.retrieved} & {d.doc_id for d in documents}
     with pytest.raises(ValueError, match="no retrieval memory named 'missing'"):
         engine.run(TextToImage("a red circle", sampling=Sampling(seed=1, memory="missing")))
+
+
+def decoded_text_to_image_params(engine: Engine, seen: list[SamplingParams], **options: float) -> SamplingParams:
+    """The SamplingParams a text->image job submitted with `options` decodes with: the API's protobuf request,
+    converted as the worker does, run on the engine."""
+    seen.clear()
+    request = request_to_domain(api.text_to_image("a red circle", seed=4, retrieved_k=0, **options))
+    engine.run(request)
+    [params] = seen
+    return params
+
+
+def test_guidance_plausibility_travels_from_the_api_to_the_decoder(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = record_decoded_params(monkeypatch)
+    assert request_to_domain(api.text_to_image("x", guidance_plausibility=0.5)).sampling.guidance_plausibility == 0.5
+    assert request_to_domain(api.text_to_image("x")).sampling.guidance_plausibility is None, "unset stays unset"
+    # No decoding_defaults.json in this model: unset, text->image keeps the guided preset's value.
+    unset = decoded_text_to_image_params(engine, seen)
+    assert unset.guidance_plausibility == GUIDED_PLAUSIBILITY == 0.1
+    assert unset == engine.defaults[TEXT_TO_IMAGE].replace(seed=4)
+    chosen = decoded_text_to_image_params(engine, seen, guidance_plausibility=0.5)
+    assert chosen == unset.replace(guidance_plausibility=0.5), "only the field the job set changes"
+    off = decoded_text_to_image_params(engine, seen, guidance_plausibility=0.0)
+    assert off.guidance_plausibility == 0.0, "an explicit 0 turns the rule off; it is not 'unset'"
+    both = decoded_text_to_image_params(engine, seen, guidance_scale=5.0, guidance_plausibility=0.25)
+    assert (both.guidance_scale, both.guidance_plausibility) == (5.0, 0.25)
+
+
+def test_a_jobs_guidance_plausibility_overrides_the_checkpoints_default(
+    tmp_path: Path, artifacts: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decoding_defaults.json (what `cm3leon eval sweep --write-defaults` writes) sets the model's default; a job's
+    value still wins, and a job without one gets the checkpoint's, not the preset's."""
+    for name in MODEL_FILES:
+        (tmp_path / name).symlink_to(artifacts[0] / name)
+    (tmp_path / DEFAULTS_FILE).write_text(json.dumps({TEXT_TO_IMAGE: {"guidance_plausibility": 0.25}}))
+    engine = Engine(tmp_path, EngineConfig.preset("tiny"))
+    seen = record_decoded_params(monkeypatch)
+    assert decoded_text_to_image_params(engine, seen).guidance_plausibility == 0.25
+    assert decoded_text_to_image_params(engine, seen, guidance_plausibility=0.75).guidance_plausibility == 0.75

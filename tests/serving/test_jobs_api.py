@@ -119,6 +119,15 @@ BIG = "x" * 1001
         (api.text_to_image("ok", temperature=-1.0), "request.text_to_image.sampling.temperature"),
         (api.text_to_image("ok", top_p=0.0), "request.text_to_image.sampling.top_p"),
         (api.text_to_image("ok", guidance_scale=float("nan")), "request.text_to_image.sampling.guidance_scale"),
+        (
+            api.text_to_image("ok", guidance_plausibility=1.5),
+            "request.text_to_image.sampling.guidance_plausibility",
+        ),
+        (
+            api.text_to_image("ok", guidance_plausibility=-0.1),
+            "request.text_to_image.sampling.guidance_plausibility",
+        ),
+        (api.caption(image_bytes(32, 32), guidance_plausibility=2.0), "request.caption.sampling.guidance_plausibility"),
         (api.text_to_image("ok", num_candidates=99), "request.text_to_image.sampling.num_candidates"),
         (api.text_to_image("ok", retrieved_k=100), "request.text_to_image.sampling.retrieved_k"),
         (api.text_to_image("ok", memory="../etc"), "request.text_to_image.sampling.memory"),
@@ -131,6 +140,8 @@ BIG = "x" * 1001
         (api.caption(f"key:jobs/{'0' * 32}/output-0.png"), "request.caption.image.object_key"),
         (api.infill(image_bytes(32, 32), [(0.5, 0.5, 0.2, 0.9)]), "request.infill.regions[0]"),
         (api.infill(image_bytes(32, 32), []), "request.infill.regions"),
+        # Infilling is greedy: a plausibility cut, even a valid one, is refused like the other sampling options.
+        (api.infill(image_bytes(32, 32), [(0.0, 0.0, 0.3, 0.3)], guidance_plausibility=0.5), "request.infill.sampling"),
         (
             api.grounded_generation([("a circle", (0.0, 0.0, 1.5, 1.0))]),
             "request.grounded_generation.objects[0].box.x1",

@@ -11,6 +11,7 @@ import pytest
 
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_legend
 from cm3leon.data.world import Split, World
+from cm3leon.decoding.params import GUIDED_PLAUSIBILITY
 from cm3leon.evaluation.task_decode import infill_plan
 from cm3leon.inference import (
     Caption,
@@ -34,6 +35,7 @@ from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.inference.task_handlers import shown_answer
 from cm3leon.inference.task_prompts import task_setup
 from cm3leon.tasks.infill import span_lengths
+from tests.serving.fixtures import record_decoded_params
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
 PREVIEWS = EngineConfig.preset("tiny").previews_per_image
@@ -86,6 +88,27 @@ def test_edit_scales_override_the_papers_defaults(engine: Engine, scene_images: 
     other = engine.run(Edit(image, "remove the red circle", 1.0, 0.5, sampling=Sampling(seed=5))).images[0]
     assert np.array_equal(default, same), "text 7.5 / image 1.5 are the defaults (the paper's)"
     assert not np.array_equal(default, other)
+
+
+def test_guided_kinds_take_the_jobs_guidance_plausibility(
+    engine: Engine, scene_images: tuple[np.ndarray, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image, seg_map = scene_images
+    seen = record_decoded_params(monkeypatch)
+    engine.run(Edit(image, "remove the red circle", 1.0, 0.5, sampling=Sampling(seed=5, guidance_plausibility=0.5)))
+    engine.run(Edit(image, "remove the red circle", sampling=Sampling(seed=5)))
+    engine.run(StructureGuided(seg_map, "a large red circle", sampling=Sampling(seed=2, guidance_plausibility=0.0)))
+    engine.run(StructureGuided(seg_map, "a large red circle", sampling=Sampling(seed=2)))
+    chosen, unset, structure_off, structure_unset = seen
+    assert (chosen.guidance_plausibility, chosen.guidance_scale, chosen.image_guidance_scale) == (0.5, 1.0, 0.5)
+    assert unset.guidance_plausibility == structure_unset.guidance_plausibility == GUIDED_PLAUSIBILITY
+    assert structure_off.guidance_plausibility == 0.0
+
+
+def test_infill_refuses_guidance_plausibility(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
+    request = Infill(scene_images[0], (NormBox(0.0, 0.0, 0.33, 0.33),), sampling=Sampling(guidance_plausibility=0.5))
+    with pytest.raises(ValueError, match="only the seed may be set.*guidance_plausibility"):
+        engine.run(request)
 
 
 def test_segmentation_returns_the_map_its_class_ids_and_the_legend(
