@@ -12,8 +12,9 @@
 #      are skipped). SFT_SCENES / SFT_WORDS / SFT_EDITS set the task pools (default: the preset's).
 # Budgets (minutes) come from the environment: VQ_MIN, PRE_MIN, SFT_MIN, VQ_FT_MIN. Needs a CUDA GPU
 # (DEVICE=cpu: a dry run of the whole script with tiny budgets). PRECACHE=DIR copies image-code and neighbour
-# caches built elsewhere (DIR/pretrain, DIR/sft; the file names carry the content keys, so a cache that does
-# not match is simply not used) into the runs, so that GPU time is spent training rather than encoding.
+# caches built beforehand on a CPU by scripts/gpu/precache.sh (DIR/pretrain, DIR/sft; the file names carry the
+# content keys, so a cache that does not match is simply not used) into the runs, so that GPU time is spent
+# training rather than encoding.
 set -uo pipefail
 OUT=${OUT:-out/gpu}
 RUNS=${RUNS:-runs/gpu}
