@@ -35,7 +35,7 @@ from cm3leon.evaluation.bleu import corpus_bleu
 from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning, score_captions
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
 from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
-from cm3leon.evaluation.sweep import SweepConfig, best_defaults, run_sweep
+from cm3leon.evaluation.sweep import CONTRASTIVE, SweepConfig, best_defaults, run_sweep
 from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i, score_generated_images
 
 SCENE_METRICS = ("exact_scene_accuracy", "single_object_exact", "multi_object_exact", "attribute_accuracy")
@@ -288,6 +288,18 @@ def test_sweep_plausibility_axis_names_its_cells_and_its_choice_is_saved(checkpo
     best = report[TEXT_TO_IMAGE]["best"]
     save_decoding_defaults(directory, best_defaults(report), {"split": "val"})
     assert load_decoding_defaults(directory)[TEXT_TO_IMAGE].guidance_plausibility == best["guidance_plausibility"]
+
+
+def test_sweep_chooses_cdk_k_on_val_and_saves_it_with_the_t2i_defaults(checkpoint_dir: Path, tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    report = run_sweep(load_eval_checkpoint(directory), SweepConfig.preset("quick", cdk_ks=(1, 5)))
+    section = report[CONTRASTIVE]
+    assert [run["cdk_k"] for run in section["runs"]] == [1, 5]
+    assert set(section["exact_scene_accuracy"]) == {"k=1", "k=5"}
+    best = section["best"]
+    assert best["exact_scene_accuracy"] == max(run["exact_scene_accuracy"] for run in section["runs"])
+    save_decoding_defaults(directory, best_defaults(report), {"split": "val"})
+    assert load_decoding_defaults(directory)[TEXT_TO_IMAGE].cdk_k == best["cdk_k"]
 
 
 def test_sweep_never_uses_the_test_split(checkpoint: EvalCheckpoint) -> None:

@@ -134,14 +134,15 @@ def eval_sweep(
     plausibilities: Annotated[
         str, typer.Option(help="Guidance plausibility thresholds, comma-separated (0: plain CFG).")
     ] = "0,0.1",
+    cdk_ks: Annotated[str, typer.Option(help="CD-K reference ranks k, comma-separated.")] = "1,5",
     caption_temperatures: Annotated[str, typer.Option(help="Caption temperatures (0 = greedy).")] = "0,0.7",
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
     write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,
     threads: DecoderThreadsOption = None,
 ) -> None:
-    """Sweep temperature x CFG scale x guidance plausibility (text->image) and caption temperature on the
-    VALIDATION split."""
+    """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image) and caption temperature
+    on the VALIDATION split."""
     from cm3leon.decoding.defaults import save_decoding_defaults
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
@@ -153,7 +154,8 @@ def eval_sweep(
     set_threads(threads)
     config = SweepConfig(
         n=n, batch_size=batch_size, seed=seed, temperatures=floats(temperatures), guidance_scales=floats(scales),
-        plausibilities=floats(plausibilities), caption_temperatures=floats(caption_temperatures),
+        plausibilities=floats(plausibilities), cdk_ks=tuple(int(k) for k in floats(cdk_ks)),
+        caption_temperatures=floats(caption_temperatures),
     )
     report = run_sweep(load_eval_checkpoint(checkpoint), config)
     write_report(f"decoding sweep (val, n={n})", report, json_path)
