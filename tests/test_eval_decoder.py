@@ -26,6 +26,8 @@ from cm3leon.decoding import SamplingParams
 from cm3leon.decoding.defaults import (
     CAPTION,
     DEFAULTS_FILE,
+    EDIT,
+    STRUCTURE,
     TEXT_TO_IMAGE,
     load_decoding_defaults,
     preset_defaults,
@@ -34,9 +36,11 @@ from cm3leon.decoding.defaults import (
 from cm3leon.evaluation.bleu import corpus_bleu
 from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning, score_captions
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
+from cm3leon.evaluation.image_tasks_eval import evaluate_edits
 from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
 from cm3leon.evaluation.sweep import CONTRASTIVE, SweepConfig, best_defaults, run_sweep
 from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i, score_generated_images
+from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
 
 SCENE_METRICS = ("exact_scene_accuracy", "single_object_exact", "multi_object_exact", "attribute_accuracy")
 
@@ -300,6 +304,25 @@ def test_sweep_chooses_cdk_k_on_val_and_saves_it_with_the_t2i_defaults(checkpoin
     assert best["exact_scene_accuracy"] == max(run["exact_scene_accuracy"] for run in section["runs"])
     save_decoding_defaults(directory, best_defaults(report), {"split": "val"})
     assert load_decoding_defaults(directory)[TEXT_TO_IMAGE].cdk_k == best["cdk_k"]
+
+
+def test_sweep_chooses_edit_and_structure_scales_on_val_and_the_evaluations_use_them(
+    checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    checkpoint = load_eval_checkpoint(directory)
+    report = run_sweep(checkpoint, SweepConfig.preset("quick", edit_scales=(1.5, 7.5), structure_scales=(2.0, 3.0)))
+    for task, scales in ((EDIT, [1.5, 7.5]), (STRUCTURE, [2.0, 3.0])):
+        assert [run["guidance_scale"] for run in report[task]["runs"]] == scales
+        assert report[task]["best"]["guidance_scale"] in scales
+    save_decoding_defaults(directory, best_defaults(report), {"split": "val"})
+    defaults = load_decoding_defaults(directory)
+    assert defaults[EDIT].guidance_scale == report[EDIT]["best"]["guidance_scale"]
+    assert defaults[STRUCTURE].guidance_scale == report[STRUCTURE]["best"]["guidance_scale"]
+    cases = build_cases(checkpoint, TaskEvalConfig.preset("quick", n=1))
+    oracle = Oracle(checkpoint.world)
+    edits = evaluate_edits(checkpoint, cases, TaskEvalConfig.preset("quick", n=1), oracle).metrics
+    assert edits["decoding"]["guidance_scale"] == report[EDIT]["best"]["guidance_scale"]
 
 
 def test_sweep_never_uses_the_test_split(checkpoint: EvalCheckpoint) -> None:

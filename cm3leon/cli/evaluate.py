@@ -135,14 +135,18 @@ def eval_sweep(
         str, typer.Option(help="Guidance plausibility thresholds, comma-separated (0: plain CFG).")
     ] = "0,0.1",
     cdk_ks: Annotated[str, typer.Option(help="CD-K reference ranks k, comma-separated.")] = "1,5",
+    edit_scales: Annotated[str, typer.Option(help="Editing text guidance scales, comma-separated.")] = "1.5,3,7.5",
+    structure_scales: Annotated[
+        str, typer.Option(help="Structure-guided generation CFG scales, comma-separated.")
+    ] = "1.5,2,3",
     caption_temperatures: Annotated[str, typer.Option(help="Caption temperatures (0 = greedy).")] = "0,0.7",
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
     write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,
     threads: DecoderThreadsOption = None,
 ) -> None:
-    """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image) and caption temperature
-    on the VALIDATION split."""
+    """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing and
+    structure-guided guidance scales, and caption temperature on the VALIDATION split."""
     from cm3leon.decoding.defaults import save_decoding_defaults
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
@@ -155,6 +159,7 @@ def eval_sweep(
     config = SweepConfig(
         n=n, batch_size=batch_size, seed=seed, temperatures=floats(temperatures), guidance_scales=floats(scales),
         plausibilities=floats(plausibilities), cdk_ks=tuple(int(k) for k in floats(cdk_ks)),
+        edit_scales=floats(edit_scales), structure_scales=floats(structure_scales),
         caption_temperatures=floats(caption_temperatures),
     )
     report = run_sweep(load_eval_checkpoint(checkpoint), config)

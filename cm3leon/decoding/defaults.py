@@ -5,7 +5,10 @@ ones to `DIR/decoding_defaults.json`; every evaluation (and the server) reads th
 `load_decoding_defaults`, so the sweep's choice becomes what users get. Without the file the `SamplingParams`
 presets apply. The file holds only the fields that differ from the preset, plus the sweep's provenance:
 
-    {"text_to_image": {"temperature": 0.7, "guidance_scale": 5.0}, "caption": {}, "provenance": {...}}
+    {"text_to_image": {"temperature": 0.7, "guidance_scale": 5.0}, "caption": {}, "edit": {...},
+     "structure": {...}, "provenance": {...}}
+
+A file written before a task had defaults simply lacks its key: that task keeps its preset.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ DEFAULTS_FILE = "decoding_defaults.json"
 PROVENANCE_KEY = "provenance"
 TEXT_TO_IMAGE = "text_to_image"
 CAPTION = "caption"
-TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION)
+EDIT = "edit"
+STRUCTURE = "structure"  # structure-guided generation (segmentation map + caption -> image)
+TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE)
 # Which SamplingParams preset each task falls back to.
-TASK_PRESETS: dict[str, str] = {TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text"}
+TASK_PRESETS: dict[str, str] = {
+    TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text", EDIT: "edit", STRUCTURE: "structure"
+}
 # A seed is per request, never a default: a fixed default seed would make every request draw the same sample.
 NOT_A_DEFAULT = frozenset({"seed"})
 
@@ -64,7 +71,7 @@ def save_decoding_defaults(
 
 
 def load_decoding_defaults(checkpoint_dir: Path | str) -> dict[str, SamplingParams]:
-    """Per task ("text_to_image", "caption"), the checkpoint's default SamplingParams: the sweep's choice from
+    """Per task (TASKS), the checkpoint's default SamplingParams: the sweep's choice from
     `DIR/decoding_defaults.json` laid over the preset, or the preset alone when the file is absent."""
     defaults = preset_defaults()
     path = Path(checkpoint_dir) / DEFAULTS_FILE

@@ -1,9 +1,10 @@
 """Evaluations of the image-writing instruction tasks, each judged against the world's exact ground truth.
 
-editing (three-stream guidance, image 1.5 / text 7.5), infilling (CM3 sentinels, greedy codes), segmentation
-(greedy map, decoded to classes by the legend), structure-guided generation (CFG 3), grounded generation and text
-rendering (the checkpoint's text->image default). Each returns its metrics and its grid rows (inputs, output
-with the oracle's verdict, ground truth).
+editing (three-stream guidance; the checkpoint's edit defaults, the paper's image 1.5 / text 7.5 unless a sweep
+chose others), infilling (CM3 sentinels, greedy codes), segmentation (greedy map, decoded to classes by the
+legend), structure-guided generation (the checkpoint's structure defaults, CFG 3 by the preset), grounded
+generation and text rendering (the checkpoint's text->image default); `params` replaces a default (the sweep).
+Each returns its metrics and its grid rows (inputs, output with the oracle's verdict, ground truth).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cm3leon.data.render import colourise_segmentation, object_box, render, segm
 from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, edit_touched_cells, masked_image
 from cm3leon.data.tasks import quantise_box as quantise
 from cm3leon.decoding import SamplingParams
-from cm3leon.decoding.defaults import TEXT_TO_IMAGE, load_decoding_defaults, params_record
+from cm3leon.decoding.defaults import EDIT, STRUCTURE, TEXT_TO_IMAGE, load_decoding_defaults, params_record
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
@@ -31,8 +32,6 @@ from cm3leon.tokenizers.vocab import Locations
 
 PIXEL_MAX = 255.0
 PSNR_CAP_DB = 100.0  # a perfect region (MSE 0) reports this instead of infinity (JSON has no infinity)
-EDIT_PARAMS = SamplingParams.preset("edit")
-STRUCTURE_PARAMS = SamplingParams.preset("structure")
 # Segmentation has one right answer per pixel: decode greedily.
 SEGMENTATION_PARAMS = SamplingParams(method="sample", temperature=0.0)
 
@@ -48,11 +47,13 @@ def _rows(config: TaskEvalConfig, n: int) -> range:
 
 
 def evaluate_edits(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle
+    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
+    params: SamplingParams | None = None,
 ) -> TaskResult:
     fmt, world = formatter(checkpoint), checkpoint.world
+    params = params or load_decoding_defaults(checkpoint.directory)[EDIT]
     prompts = [fmt.edit(e, src, None).prompt for e, src in zip(cases.edits, cases.edit_sources, strict=True)]
-    _, pixels = generate_image_outputs(checkpoint, prompts, EDIT_PARAMS, config.batch_size, config.seed)
+    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     exact, preserved, by_kind = [], [], {}
     for case, scene in zip(cases.edits, predicted, strict=True):
@@ -65,7 +66,7 @@ def evaluate_edits(
     metrics: dict[str, object] = {
         "n": len(exact), "exact_scene_accuracy": mean(exact), "unchanged_preserved": mean(preserved),
         "by_kind": {kind: mean(hits) for kind, hits in sorted(by_kind.items())},
-        "decoding": params_record(EDIT_PARAMS),
+        "decoding": params_record(params),
     }
     grid = [
         [
@@ -162,16 +163,18 @@ def _miou(predicted: list[np.ndarray], truths: list[np.ndarray], world: object) 
 
 
 def evaluate_seg2img(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle
+    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
+    params: SamplingParams | None = None,
 ) -> TaskResult:
     fmt, world = formatter(checkpoint), checkpoint.world
+    params = params or load_decoding_defaults(checkpoint.directory)[STRUCTURE]
     prompts = [
         fmt.seg2img(seg, caption, None).prompt for seg, caption in zip(cases.segmentations, cases.captions, strict=True)
     ]
-    _, pixels = generate_image_outputs(checkpoint, prompts, STRUCTURE_PARAMS, config.batch_size, config.seed)
+    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     metrics = summarize_predictions(cases.scenes, predicted)
-    metrics["decoding"] = params_record(STRUCTURE_PARAMS)
+    metrics["decoding"] = params_record(params)
     grid = [
         [
             (render(cases.scenes[i], world).segmentation_image, f"map + caption: {cases.captions[i]}"),

@@ -5,7 +5,8 @@ guidance plausibility (0: plain CFG; > 0: guided sampling only among tokens the 
 plausible, see SamplingParams.guidance_plausibility); then CD-K's k (the candidate set's reference rank: with a
 confident expert, the k-th largest probability is tiny, so k > 1 lets in tokens that only the contrast between
 the streams favours; the shapes model drew no exact scene at k = 5 and 0.42 at k = 1 on validation), whose
-choice also sets the CD-K half of pooled decoding;
+choice also sets the CD-K half of pooled decoding; the text guidance scale of editing (three streams, image scale
+as the preset) and the CFG scale of structure-guided generation;
 captioning: temperature (0 = greedy). Every setting decodes the same val scenes with the same per-request seeds
 (common random numbers), so differences between settings are the settings', not the sampler's luck. The best
 setting (highest exact-scene accuracy; ties by attribute accuracy, then BLEU for captions, then the earlier
@@ -21,10 +22,12 @@ from typing import Any
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.world import Split
 from cm3leon.decoding import SamplingParams
-from cm3leon.decoding.defaults import CAPTION, TEXT_TO_IMAGE, preset_defaults
+from cm3leon.decoding.defaults import CAPTION, EDIT, STRUCTURE, TEXT_TO_IMAGE, preset_defaults
 from cm3leon.evaluation.caption_eval import run_captioning
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_seg2img
 from cm3leon.evaluation.t2i_eval import prompt_captions, run_method
+from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
 
 CONTRASTIVE = "contrastive"  # the report's CD-K section (its choice is saved with the text->image defaults)
 # Never the test split: the sweep chooses, the test split only reports.
@@ -42,10 +45,15 @@ class SweepConfig:
     guidance_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
     plausibilities: tuple[float, ...] = (0.0, 0.1)
     cdk_ks: tuple[int, ...] = (1, 5)
+    edit_scales: tuple[float, ...] = (1.5, 3.0, 7.5)
+    structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     caption_temperatures: tuple[float, ...] = (0.0, 0.7)
 
     def __post_init__(self) -> None:
-        axes = (self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.caption_temperatures)
+        axes = (
+            self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
+            self.structure_scales, self.caption_temperatures,
+        )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
 
@@ -55,7 +63,7 @@ class SweepConfig:
             "standard": {},
             "quick": dict(
                 n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
-                cdk_ks=(1,), caption_temperatures=(0.0,),
+                cdk_ks=(1,), edit_scales=(7.5,), structure_scales=(3.0,), caption_temperatures=(0.0,),
             ),
         }
         if name not in presets:
@@ -116,6 +124,32 @@ def sweep_contrastive(checkpoint: EvalCheckpoint, config: SweepConfig, base: Sam
     return {"exact_scene_accuracy": table, "runs": runs, "best": best}
 
 
+def sweep_image_tasks(
+    checkpoint: EvalCheckpoint, config: SweepConfig, defaults: dict[str, SamplingParams]
+) -> dict[str, dict[str, Any]]:
+    """Editing's text guidance scale and structure-guided generation's CFG scale on val cases; the best of each
+    (exact target scenes; ties by unchanged objects kept, for edits)."""
+    oracle = Oracle(checkpoint.world)
+    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
+    cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
+    edit_runs, structure_runs = [], []
+    for scale in config.edit_scales:
+        params = defaults[EDIT].replace(guidance_scale=scale)
+        metrics = evaluate_edits(checkpoint, cases, task_config, oracle, params).metrics
+        edit_runs.append({"guidance_scale": scale, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                          "unchanged_preserved": metrics["unchanged_preserved"] or 0.0})
+    for scale in config.structure_scales:
+        params = defaults[STRUCTURE].replace(guidance_scale=scale)
+        metrics = evaluate_seg2img(checkpoint, cases, task_config, oracle, params).metrics
+        structure_runs.append({"guidance_scale": scale, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                               "attribute_accuracy": metrics["attribute_accuracy"]})
+    def section(runs: list[dict[str, Any]], tie_break: str) -> dict[str, Any]:
+        table = {f"scale={run['guidance_scale']:g}": run["exact_scene_accuracy"] for run in runs}
+        return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", tie_break))}
+
+    return {EDIT: section(edit_runs, "unchanged_preserved"), STRUCTURE: section(structure_runs, "attribute_accuracy")}
+
+
 def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: SamplingParams) -> dict[str, Any]:
     """Captions of val images at every caption temperature; exact accuracy and BLEU-4 per temperature."""
     scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
@@ -137,9 +171,10 @@ def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: Samp
 
 
 def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig) -> dict[str, Any]:
-    """Both sweeps from the preset defaults (so a sweep never depends on an earlier sweep's choice)."""
+    """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice)."""
     base = preset_defaults()
     return {
+        **sweep_image_tasks(checkpoint, config, base),
         "split": SWEEP_SPLIT.value,
         "n": config.n,
         "seed": config.seed,
@@ -160,4 +195,8 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
             cdk_k=report[CONTRASTIVE]["best"]["cdk_k"] if CONTRASTIVE in report else base[TEXT_TO_IMAGE].cdk_k,
         ),
         CAPTION: base[CAPTION].replace(temperature=caption_best["temperature"]),
+        **{
+            task: base[task].replace(guidance_scale=report[task]["best"]["guidance_scale"])
+            for task in (EDIT, STRUCTURE) if task in report
+        },
     }

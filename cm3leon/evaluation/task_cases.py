@@ -69,8 +69,10 @@ def _as_codes(grids: np.ndarray) -> list[ImageCodes]:
     return [ImageCodes.of(grid.reshape(-1).tolist()) for grid in grids]
 
 
-def build_cases(checkpoint: EvalCheckpoint, config: TaskEvalConfig) -> TaskCases:
-    world, split = checkpoint.world, Split(config.split)
+def build_cases(checkpoint: EvalCheckpoint, config: TaskEvalConfig, split: Split | None = None) -> TaskCases:
+    """The evaluation's inputs on `config.split`; `split` overrides it for the decoding sweep (validation), which
+    `TaskEvalConfig` itself refuses so that a reported number can never come from the split that chose it."""
+    world, split = checkpoint.world, split or Split(config.split)
     scenes = eval_scenes(world, split, config.n, config.seed)
     sampler = World(world)
     edit_rng = random.Random(f"{config.seed}:{split.value}:edit-eval")

@@ -22,8 +22,8 @@ import numpy as np
 from cm3leon.data.questions import reasoning_final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.decoding import GenerationRequest, SamplingParams
-from cm3leon.decoding.defaults import TEXT_TO_IMAGE
-from cm3leon.evaluation.image_tasks_eval import EDIT_PARAMS, SEGMENTATION_PARAMS, STRUCTURE_PARAMS
+from cm3leon.decoding.defaults import EDIT, STRUCTURE, TEXT_TO_IMAGE
+from cm3leon.evaluation.image_tasks_eval import SEGMENTATION_PARAMS
 from cm3leon.evaluation.task_decode import decode_codes, generate_infills, infill_plan
 from cm3leon.inference.requests import (
     Edit,
@@ -97,7 +97,7 @@ def shown_answer(answer: str, explain: bool) -> str:
 def edit(context: RunContext, request: Edit) -> EngineResult:
     seed = base_seed(request.sampling)
     no_retrieval(request.sampling, "edit")
-    params = sampling_params(EDIT_PARAMS, request.sampling, seed)
+    params = sampling_params(context.engine.defaults[EDIT], request.sampling, seed)
     scales = {"guidance_scale": request.text_guidance_scale, "image_guidance_scale": request.image_guidance_scale}
     params = params.replace(**{name: value for name, value in scales.items() if value is not None})
     return image_job(context, edit_prompt(context.engine, request), params)
@@ -120,7 +120,7 @@ def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
 
 def structure_guided(context: RunContext, request: StructureGuided) -> EngineResult:
     no_retrieval(request.sampling, "structure_guided")
-    params = sampling_params(STRUCTURE_PARAMS, request.sampling, base_seed(request.sampling))
+    params = sampling_params(context.engine.defaults[STRUCTURE], request.sampling, base_seed(request.sampling))
     return image_job(context, structure_prompt(context.engine, request), params)
 
 

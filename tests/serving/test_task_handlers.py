@@ -4,6 +4,7 @@ progress to the end, reproducible by seed, and infilling can be cancelled betwee
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_legend
 from cm3leon.data.world import Split, World
-from cm3leon.decoding.params import GUIDED_PLAUSIBILITY
+from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT, STRUCTURE
+from cm3leon.decoding.params import GUIDED_PLAUSIBILITY, SamplingParams
 from cm3leon.evaluation.task_decode import infill_plan
 from cm3leon.inference import (
     Caption,
@@ -103,6 +105,27 @@ def test_guided_kinds_take_the_jobs_guidance_plausibility(
     assert (chosen.guidance_plausibility, chosen.guidance_scale, chosen.image_guidance_scale) == (0.5, 1.0, 0.5)
     assert unset.guidance_plausibility == structure_unset.guidance_plausibility == GUIDED_PLAUSIBILITY
     assert structure_off.guidance_plausibility == 0.0
+
+
+def test_edit_and_structure_scales_come_from_the_checkpoints_defaults(
+    tmp_path_factory: pytest.TempPathFactory, scene_images: tuple[np.ndarray, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `eval sweep --write-defaults` chose for editing and structure-guided generation is what jobs that set
+    no scale get; a job's own scale still wins."""
+    directory = build_tiny_sft_model_dir(tmp_path_factory.mktemp("swept"))
+    swept = {EDIT: {"guidance_scale": 1.5}, STRUCTURE: {"guidance_scale": 2.0}}
+    (directory / DEFAULTS_FILE).write_text(json.dumps(swept))
+    engine = Engine(directory, EngineConfig.preset("tiny"))
+    image, seg_map = scene_images
+    seen = record_decoded_params(monkeypatch)
+    engine.run(Edit(image, "remove the red circle", sampling=Sampling(seed=5)))
+    engine.run(Edit(image, "remove the red circle", 4.0, sampling=Sampling(seed=5)))
+    engine.run(StructureGuided(seg_map, "a large red circle", sampling=Sampling(seed=2)))
+    swept_edit, own_edit, swept_structure = seen
+    paper_image_scale = SamplingParams.preset("edit").image_guidance_scale
+    assert (swept_edit.guidance_scale, swept_edit.image_guidance_scale) == (1.5, paper_image_scale)
+    assert own_edit.guidance_scale == 4.0
+    assert swept_structure.guidance_scale == 2.0
 
 
 def test_infill_refuses_guidance_plausibility(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
