@@ -143,6 +143,7 @@ def sweep_image_tasks(
         metrics = evaluate_seg2img(checkpoint, cases, task_config, oracle, params).metrics
         structure_runs.append({"guidance_scale": scale, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
                                "attribute_accuracy": metrics["attribute_accuracy"]})
+
     def section(runs: list[dict[str, Any]], tie_break: str) -> dict[str, Any]:
         table = {f"scale={run['guidance_scale']:g}": run["exact_scene_accuracy"] for run in runs}
         return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", tie_break))}
@@ -174,12 +175,12 @@ def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig) -> dict[str, Any]
     """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice)."""
     base = preset_defaults()
     return {
-        **sweep_image_tasks(checkpoint, config, base),
         "split": SWEEP_SPLIT.value,
         "n": config.n,
         "seed": config.seed,
         TEXT_TO_IMAGE: sweep_text_to_image(checkpoint, config, base[TEXT_TO_IMAGE]),
         CONTRASTIVE: sweep_contrastive(checkpoint, config, base[TEXT_TO_IMAGE]),
+        **sweep_image_tasks(checkpoint, config, base),
         CAPTION: sweep_captioning(checkpoint, config, base[CAPTION]),
     }
 

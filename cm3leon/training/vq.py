@@ -165,7 +165,7 @@ class _Window:
 
 def freeze_codes(model: ImageTokenizer) -> None:
     """Freeze what decides the codes (encoder, codebook): no gradients, and eval mode so that the EMA codebook
-    neither updates nor restarts dead codes. Called after every `model.train()`."""
+    neither updates nor restarts dead codes. Must follow `model.train()`, which would switch them back."""
     for module in (model.encoder, model.quantizer):
         module.eval()
         module.requires_grad_(False)
