@@ -141,8 +141,12 @@ def submit(
     style: Annotated[str, typer.Option(help="caption: short or detailed.")] = "detailed",
     text: Annotated[str, typer.Option(help="infill: optional caption; grounded: the background ('on black').")] = "",
     explain: Annotated[bool, typer.Option(help="vqa: return the worked answer of a two-step question.")] = False,
-    text_guidance_scale: Annotated[float | None, typer.Option(help="edit: text guidance (default: the model's).")] = None,
-    image_guidance_scale: Annotated[float | None, typer.Option(help="edit: image guidance (default: the model's).")] = None,
+    text_guidance_scale: Annotated[
+        float | None, typer.Option(help="edit: text guidance (default: the model's).")
+    ] = None,
+    image_guidance_scale: Annotated[
+        float | None, typer.Option(help="edit: image guidance (default: the model's).")
+    ] = None,
     request_id: Annotated[str, typer.Option(help="Idempotency key: a retry returns the same job.")] = "",
     target: Target = DEFAULT_TARGET,
     api_key: ApiKey = DEFAULT_API_KEY,
