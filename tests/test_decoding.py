@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cm3leon.decoding import (
+    ChannelScorer,
     GenerationCancelled,
     GenerationRequest,
     LikelihoodScorer,
@@ -26,6 +27,7 @@ from cm3leon.decoding import (
     generate_image_codes,
     plan_batch,
     prompt_streams,
+    query_image,
     score_continuation,
     three_stream_guidance,
 )
@@ -411,3 +413,31 @@ def test_image_decoder_ids_prompts_and_length_limit(model: Transformer, vocab: V
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError):
         GenerationRequest(prompt=["a"], prompt_ids=[1, 2])
+
+
+def test_channel_scorer_adds_the_image_likelihood_and_skips_non_captions(model: Transformer, vocab: Vocabulary) -> None:
+    image = ImageCodes.of(range(vocab.codes_per_image))
+    other = ImageCodes.of([5] * vocab.codes_per_image)
+    # A retrieved document (with another image) comes before the query: the query's image is the one explained.
+    context = vocab.encode_document(["a small blue star", other])
+    prompt = context + vocab.encode_document([image], eos=False) + [vocab.break_id]
+    assert query_image(vocab, prompt) == image and query_image(vocab, vocab.encode_document(["text only"])) is None
+    red, blue = [*vocab.encode_text("a red circle"), vocab.eos_id], [*vocab.encode_text("a blue star"), vocab.eos_id]
+    unfinished = vocab.encode_text("a red")  # cut off by the token budget: no <eos>
+    candidates = [red, blue, red, unfinished, [vocab.eos_id]]
+    scorer = ChannelScorer(model, vocab, direct_weight=0.5)
+    scores = scorer(GenerationRequest(prompt_ids=prompt, target="text"), prompt, candidates)
+    image_ids = vocab.encode_image(image.codes)
+    for index, caption in ((0, "a red circle"), (1, "a blue star")):
+        caption_prompt = vocab.encode_document([caption], eos=False) + [vocab.break_id]
+        channel = score_continuation(model, vocab, caption_prompt, image_ids)
+        direct = score_continuation(model, vocab, prompt, candidates[index])
+        assert scores[index] == pytest.approx(channel + 0.5 * direct, abs=1e-3)
+    assert scores[2] == scores[0]  # duplicates score alike (and are scored once)
+    assert scores[3] == NEG_INF and scores[4] == NEG_INF
+    # Not a caption of an image: the fallback scores it.
+    text_prompt = vocab.encode_document(["a red"], eos=False)
+    fallback = ChannelScorer(model, vocab, fallback=lambda request, prompt_ids, cands: [7.0] * len(cands))
+    assert fallback(GenerationRequest(prompt_ids=text_prompt, target="text"), text_prompt, [red]) == [7.0]
+    with pytest.raises(ValueError, match="direct_weight"):
+        ChannelScorer(model, vocab, direct_weight=-1.0)

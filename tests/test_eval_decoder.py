@@ -279,6 +279,24 @@ def test_sweep_chooses_on_val_and_its_choice_becomes_the_default(checkpoint_dir:
     assert t2i["decoding"]["cfg"]["guidance_scale"] == best["guidance_scale"]
 
 
+def test_caption_sweep_crosses_temperature_with_reranked_candidates(checkpoint_dir: Path, tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    checkpoint = load_eval_checkpoint(directory)
+    config = SweepConfig.preset("quick", caption_temperatures=(0.0, 1.0), caption_candidates=(1, 2))
+    report = run_sweep(checkpoint, config)
+    section = report[CAPTION]
+    # Greedy decoding runs with one candidate only: its candidates would all be the same caption.
+    assert [(run["temperature"], run["num_candidates"]) for run in section["runs"]] == [(0.0, 1), (1.0, 1), (1.0, 2)]
+    assert set(section["exact_scene_accuracy"]) == {
+        "temperature=0,candidates=1", "temperature=1,candidates=1", "temperature=1,candidates=2"
+    }
+    best = dict(section["best"], num_candidates=2, temperature=1.0)  # as if reranking had won
+    save_decoding_defaults(directory, best_defaults({**report, CAPTION: {**section, "best": best}}), {"split": "val"})
+    assert load_decoding_defaults(directory)[CAPTION].num_candidates == 2
+    captions = evaluate_captioning(load_eval_checkpoint(directory), CaptionEvalConfig.preset("quick", n=2))
+    assert captions["decoding"]["num_candidates"] == 2 and captions["decoding"]["temperature"] == 1.0
+
+
 def test_sweep_plausibility_axis_names_its_cells_and_its_choice_is_saved(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
     checkpoint = load_eval_checkpoint(directory)
@@ -342,10 +360,11 @@ def test_cli_commands_write_reports(checkpoint_dir: Path, tmp_path: Path) -> Non
     assert "exact_scene_accuracy" in json.loads((tmp_path / "t2i.json").read_text())["cfg"]
     assert (tmp_path / "t2i.png").exists()
     sweep = runner.invoke(app, ["eval", "sweep", *common, "--n", "1", "--temperatures", "1.0", "--scales", "2",
-                                "--caption-temperatures", "0.7", "--write-defaults"])
+                                "--caption-temperatures", "0.7", "--caption-candidates", "2", "--write-defaults"])
     assert sweep.exit_code == 0, sweep.output
     defaults = load_decoding_defaults(directory)
     assert defaults[TEXT_TO_IMAGE].guidance_scale == 2.0 and defaults[CAPTION].temperature == 0.7
+    assert defaults[CAPTION].num_candidates == 2
     assert (Path(directory) / DEFAULTS_FILE).exists()
 
 

@@ -139,14 +139,17 @@ def eval_sweep(
     structure_scales: Annotated[
         str, typer.Option(help="Structure-guided generation CFG scales, comma-separated.")
     ] = "1.5,2,3",
-    caption_temperatures: Annotated[str, typer.Option(help="Caption temperatures (0 = greedy).")] = "0,0.7",
+    caption_temperatures: Annotated[str, typer.Option(help="Caption temperatures (0 = greedy).")] = "0,0.7,1",
+    caption_candidates: Annotated[
+        str, typer.Option(help="Captions sampled per image and reranked by the noisy channel, comma-separated.")
+    ] = "1,16",
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
     write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing and
-    structure-guided guidance scales, and caption temperature on the VALIDATION split."""
+    structure-guided guidance scales, and caption temperature x candidates on the VALIDATION split."""
     from cm3leon.decoding.defaults import save_decoding_defaults
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
@@ -161,6 +164,7 @@ def eval_sweep(
         plausibilities=floats(plausibilities), cdk_ks=tuple(int(k) for k in floats(cdk_ks)),
         edit_scales=floats(edit_scales), structure_scales=floats(structure_scales),
         caption_temperatures=floats(caption_temperatures),
+        caption_candidates=tuple(int(count) for count in floats(caption_candidates)),
     )
     report = run_sweep(load_eval_checkpoint(checkpoint), config)
     write_report(f"decoding sweep (val, n={n})", report, json_path)

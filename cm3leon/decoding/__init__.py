@@ -1,5 +1,6 @@
 """Decoding: batched generation with classifier-free guidance, contrastive decoding (CD-K) and reranking."""
 
+from cm3leon.decoding.channel import ChannelScorer, query_image
 from cm3leon.decoding.contrastive import cdk_candidates, cdk_scores
 from cm3leon.decoding.generate import (
     CancelCheck,
@@ -34,6 +35,7 @@ from cm3leon.decoding.selector import TokenSelector, draw_uniforms
 __all__ = [
     "BatchPlan",
     "CancelCheck",
+    "ChannelScorer",
     "CandidateResult",
     "DecodingConfig",
     "GenerationCancelled",
@@ -67,6 +69,7 @@ __all__ = [
     "mask_runs",
     "plan_batch",
     "prompt_streams",
+    "query_image",
     "score_continuation",
     "three_stream_guidance",
 ]

@@ -1,7 +1,8 @@
 """Captioning evaluation: the decoder describes held-out test images, and the captions are read back exactly.
 
 Prompt: `<bos> IMAGE <break>`, the pretraining direction `IMAGE <break> caption`, continued as text until
-`<eos>` (greedy or low temperature, per the checkpoint's caption default). Each caption is parsed with
+`<eos>` (per the checkpoint's caption default: greedy, or several samples reranked by the noisy channel,
+`cm3leon.decoding.channel`). Each caption is parsed with
 `parse_caption` into a Scene and compared with the truth (exact-scene and attribute accuracies); BLEU-4 is
 taken against every detailed paraphrase of the scene, since any of them is a correct caption.
 
@@ -22,7 +23,7 @@ from cm3leon.data.grid import Tile, save_grid
 from cm3leon.data.language import detailed_caption_variants, parse_caption
 from cm3leon.data.render import render
 from cm3leon.data.world import Scene, Split, WorldConfig
-from cm3leon.decoding import GenerationRequest, SamplingParams, generate
+from cm3leon.decoding import ChannelScorer, GenerationRequest, SamplingParams, generate
 from cm3leon.decoding.defaults import CAPTION, load_decoding_defaults, params_record
 from cm3leon.evaluation.bleu import corpus_bleu
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, request_seed
@@ -105,8 +106,9 @@ class CaptionRun:
 def generate_captions(
     checkpoint: EvalCheckpoint, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int
 ) -> CaptionRun:
-    """A caption per image (request i seeded by `request_seed(seed, i)`); decoding stops at `<eos>`."""
-    scorer = no_rerank if params.num_candidates == 1 else None
+    """A caption per image (request i seeded by `request_seed(seed, i)`); decoding stops at `<eos>`. With several
+    candidates per image the one that best explains the image is kept (`ChannelScorer`)."""
+    scorer = no_rerank if params.num_candidates == 1 else ChannelScorer(checkpoint.model, checkpoint.vocab)
     captions: list[str] = []
     tokens = 0
     start = time.perf_counter()

@@ -7,11 +7,12 @@ confident expert, the k-th largest probability is tiny, so k > 1 lets in tokens 
 the streams favours; the shapes model drew no exact scene at k = 5 and 0.42 at k = 1 on validation), whose
 choice also sets the CD-K half of pooled decoding; the text guidance scale of editing (three streams, image scale
 as the preset) and the CFG scale of structure-guided generation;
-captioning: temperature (0 = greedy). Every setting decodes the same val scenes with the same per-request seeds
-(common random numbers), so differences between settings are the settings', not the sampler's luck. The best
-setting (highest exact-scene accuracy; ties by attribute accuracy, then BLEU for captions, then the earlier
-setting) can be written as the checkpoint's decoding defaults, which the test-split evaluations then use:
-choosing on val and reporting on test keeps the reported numbers honest.
+captioning: temperature (0 = greedy) x candidates per image (several samples reranked by the noisy channel,
+cm3leon.decoding.channel; greedy decoding has only one candidate to offer). Every setting decodes the same val
+scenes with the same per-request seeds (common random numbers), so differences between settings are the settings',
+not the sampler's luck. The best setting (highest exact-scene accuracy; ties by attribute accuracy, then BLEU for
+captions, then the earlier setting) can be written as the checkpoint's decoding defaults, which the test-split
+evaluations then use: choosing on val and reporting on test keeps the reported numbers honest.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ class SweepConfig:
     cdk_ks: tuple[int, ...] = (1, 5)
     edit_scales: tuple[float, ...] = (1.5, 3.0, 7.5)
     structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
-    caption_temperatures: tuple[float, ...] = (0.0, 0.7)
+    caption_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)
+    caption_candidates: tuple[int, ...] = (1, 16)
 
     def __post_init__(self) -> None:
         axes = (
             self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
-            self.structure_scales, self.caption_temperatures,
+            self.structure_scales, self.caption_temperatures, self.caption_candidates,
         )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
@@ -64,6 +66,7 @@ class SweepConfig:
             "quick": dict(
                 n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
                 cdk_ks=(1,), edit_scales=(7.5,), structure_scales=(3.0,), caption_temperatures=(0.0,),
+                caption_candidates=(1,),
             ),
         }
         if name not in presets:
@@ -151,22 +154,37 @@ def sweep_image_tasks(
     return {EDIT: section(edit_runs, "unchanged_preserved"), STRUCTURE: section(structure_runs, "attribute_accuracy")}
 
 
+def caption_settings(config: SweepConfig) -> list[tuple[float, int]]:
+    """(temperature, candidates) pairs of the caption sweep; greedy decoding (0) is run with one candidate only,
+    since all its candidates would be the same caption."""
+    return [
+        (temperature, candidates)
+        for temperature in config.caption_temperatures
+        for candidates in config.caption_candidates
+        if temperature > 0 or candidates == 1
+    ]
+
+
 def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: SamplingParams) -> dict[str, Any]:
-    """Captions of val images at every caption temperature; exact accuracy and BLEU-4 per temperature."""
+    """Captions of val images for every caption setting; exact accuracy and BLEU-4 per setting."""
     scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
     runs: list[dict[str, Any]] = []
-    for temperature in config.caption_temperatures:
-        params = base.replace(method="sample", temperature=temperature)
+    for temperature, candidates in caption_settings(config):
+        params = base.replace(method="sample", temperature=temperature, num_candidates=candidates)
         _, metrics, _ = run_captioning(checkpoint, scenes, params, config.batch_size, config.seed)
         runs.append(
             {
                 "temperature": temperature,
+                "num_candidates": candidates,
                 "exact_scene_accuracy": metrics["exact_scene_accuracy"],
                 "attribute_accuracy": metrics["attribute_accuracy"],
                 "bleu4": metrics["bleu4"],
             }
         )
-    table = {f"temperature={run['temperature']:g}": run["exact_scene_accuracy"] for run in runs}
+    table = {
+        f"temperature={run['temperature']:g},candidates={run['num_candidates']}": run["exact_scene_accuracy"]
+        for run in runs
+    }
     best = _best(runs, ("exact_scene_accuracy", "attribute_accuracy", "bleu4"))
     return {"exact_scene_accuracy": table, "runs": runs, "best": best}
 
@@ -195,7 +213,9 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
             guidance_plausibility=t2i_best.get("guidance_plausibility", 0.0),
             cdk_k=report[CONTRASTIVE]["best"]["cdk_k"] if CONTRASTIVE in report else base[TEXT_TO_IMAGE].cdk_k,
         ),
-        CAPTION: base[CAPTION].replace(temperature=caption_best["temperature"]),
+        CAPTION: base[CAPTION].replace(
+            temperature=caption_best["temperature"], num_candidates=caption_best.get("num_candidates", 1)
+        ),
         **{
             task: base[task].replace(guidance_scale=report[task]["best"]["guidance_scale"])
             for task in (EDIT, STRUCTURE) if task in report

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cm3leon.decoding import GenerationRequest
+from cm3leon.decoding import ChannelScorer, GenerationRequest, Scorer
 from cm3leon.decoding.defaults import CAPTION, TEXT_TO_IMAGE
 from cm3leon.decoding.prompts import document_prompt_ids
 from cm3leon.inference.requests import Caption, EngineResult, TextToImage
@@ -79,13 +79,18 @@ def caption(context: RunContext, request: Caption) -> EngineResult:
             documents = retrieve(memory, engine.retriever, None, image, k)
     query = document_prompt_ids(vocab, [ImageCodes.of(engine.encode_image(image))], "text")
     base = engine.defaults[CAPTION]
-    scorer = None
-    if request.style == "short":
+    short = request.style == "short"
+    if short:
         # A pretrained model has no style control; it saw short and detailed captions, so sampling a few and
         # keeping the shortest complete one gives a short caption.
         base = base.replace(method="sample", temperature=1.0, num_candidates=engine.config.short_caption_candidates)
-        scorer = brevity_scorer(vocab.eos_id)
     params = sampling_params(base, request.sampling, seed)
+    scorer: Scorer | None = None
+    if short:
+        scorer = brevity_scorer(vocab.eos_id)
+    elif params.num_candidates > 1:
+        # Several detailed captions: keep the one from which the model best redraws the image (as evaluated).
+        scorer = ChannelScorer(engine.model, vocab)
     budget = engine.model.config.max_seq_len - params.max_new_tokens
     prompt_ids, used = with_context(vocab, documents, query, budget)
     params = fit_text_budget(engine, params, prompt_ids)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from cm3leon.decoding import SamplingParams
+from cm3leon.decoding import ChannelScorer, SamplingParams
 from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_TO_IMAGE
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY
 from cm3leon.inference import Caption, Edit, JobCancelled, Progress, Sampling, TextToImage, UnsupportedJobKind
@@ -104,6 +105,30 @@ def test_short_captions_are_complete_and_shortest(engine: Engine) -> None:
     detailed = engine.run(Caption(image, style="detailed", sampling=Sampling(seed=3)))
     assert short.seed == detailed.seed == 3
     assert short.generated_tokens >= 1 and detailed.generated_tokens >= 1
+
+
+def test_detailed_captions_from_several_candidates_keep_the_best_explanation_of_the_image(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cm3leon.inference import running
+
+    decoded: list[tuple[Any, Any]] = []  # (requests, results) of every decode; the real generate runs
+    real = running.generate
+
+    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
+        results = real(model, vocab, requests, **kwargs)
+        decoded.append((requests, results))
+        return results
+
+    monkeypatch.setattr(running, "generate", watched)
+    image = np.full((48, 48, 3), 90, np.uint8)
+    sampling = Sampling(seed=3, method="sample", temperature=1.0, num_candidates=4)
+    caption = engine.run(Caption(image, style="detailed", sampling=sampling))
+    (request,), (result,) = decoded[-1]
+    candidates = [candidate.token_ids for candidate in result.candidates]
+    assert len(candidates) == 4 and caption.text == result.text.strip()
+    scores = ChannelScorer(engine.model, engine.vocab)(request, request.prompt_ids, candidates)
+    assert result.best_index == max(range(4), key=lambda index: scores[index])
 
 
 def test_a_memory_with_another_tokenizers_codes_is_refused(artifacts: tuple[Path, Path, Path]) -> None:
