@@ -99,7 +99,7 @@ def encode_scene_images(checkpoint: EvalCheckpoint, scenes: Sequence[Scene], bat
 class CaptionRun:
     params: SamplingParams  # as decoded (max_new_tokens is the caption budget)
     captions: list[str]
-    generated_tokens: int  # every generated id, <eos> included
+    generated_tokens: int  # every generated id of every candidate, <eos> included
     seconds: float
 
 
@@ -119,7 +119,7 @@ def generate_captions(
         ]
         for result in generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer):
             captions.append(result.text.strip())
-            tokens += len(result.token_ids)
+            tokens += sum(len(candidate.token_ids) for candidate in result.candidates)
     return CaptionRun(params, captions, tokens, time.perf_counter() - start)
 
 
