@@ -24,12 +24,12 @@ from cm3leon.evaluation.image_tasks_eval import _miou
 from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
 from cm3leon.evaluation.t2i_task_eval import WITH_RETRIEVAL
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.evaluation.task_decode import generate_infills
 from cm3leon.evaluation.tasks_eval import GRID_TASKS, SUMMARY_KEYS, grid_path, summarize
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.corpus import build_memory
 from cm3leon.retrieval.documents import world_documents
 from cm3leon.retrieval.retriever import Retriever
+from cm3leon.tasks.decode import generate_infills
 from cm3leon.tasks.infill import infill_spans, span_lengths
 from cm3leon.tasks.parsing import infill_result
 

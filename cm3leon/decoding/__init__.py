@@ -28,6 +28,7 @@ from cm3leon.decoding.rerank import (
     Scorer,
     best_candidate,
     continuation_log_likelihoods,
+    no_rerank,
     score_continuation,
 )
 from cm3leon.decoding.selector import TokenSelector, draw_uniforms
@@ -67,6 +68,7 @@ __all__ = [
     "generate_image_codes",
     "left_pad",
     "mask_runs",
+    "no_rerank",
     "plan_batch",
     "prompt_streams",
     "query_image",

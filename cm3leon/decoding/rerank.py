@@ -3,6 +3,7 @@
 CM3Leon pools candidates (half TopP+CFG, half CD-K) and keeps the one a CLIP model scores best. The scorer is
 pluggable (`Scorer`); the default here is the decoder's own conditional log-likelihood of the candidate given
 the full prompt, which needs no other model. A retriever's text-image similarity can replace it later.
+`no_rerank` scores nothing, for requests of one candidate each (no likelihood pass to choose).
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ class LikelihoodScorer:
             lengths = torch.tensor([max(len(candidate), 1) for candidate in candidates], dtype=totals.dtype)
             totals = totals / lengths
         return totals.tolist()
+
+
+def no_rerank(
+    request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
+) -> list[float]:
+    """A Scorer for single-candidate requests: there is nothing to choose, so skip the likelihood pass."""
+    return [0.0] * len(candidates)
 
 
 def best_candidate(scores: Sequence[float]) -> int:

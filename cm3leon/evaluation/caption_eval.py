@@ -23,12 +23,12 @@ from cm3leon.data.grid import Tile, save_grid
 from cm3leon.data.language import detailed_caption_variants, parse_caption
 from cm3leon.data.render import render
 from cm3leon.data.world import Scene, Split, WorldConfig
-from cm3leon.decoding import ChannelScorer, GenerationRequest, SamplingParams, generate
+from cm3leon.decoding import ChannelScorer, GenerationRequest, SamplingParams, generate, no_rerank
 from cm3leon.decoding.defaults import CAPTION, load_decoding_defaults, params_record
 from cm3leon.evaluation.bleu import corpus_bleu
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, request_seed
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
 from cm3leon.evaluation.scene_metrics import UNREADABLE, summarize_predictions, verdict_label
-from cm3leon.evaluation.t2i_eval import no_rerank
+from cm3leon.tasks.decode import request_seed
 from cm3leon.tokenizers.vocab import ImageCodes
 
 

@@ -25,15 +25,13 @@ from cm3leon.decoding.defaults import EDIT, STRUCTURE, TEXT_TO_IMAGE, load_decod
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
-from cm3leon.evaluation.task_decode import decode_codes, generate_image_outputs, generate_infills
+from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_image_outputs, generate_infills
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tasks.parsing import infill_result, segmentation_map
 from cm3leon.tokenizers.vocab import Locations
 
 PIXEL_MAX = 255.0
 PSNR_CAP_DB = 100.0  # a perfect region (MSE 0) reports this instead of infinity (JSON has no infinity)
-# Segmentation has one right answer per pixel: decode greedily.
-SEGMENTATION_PARAMS = SamplingParams(method="sample", temperature=0.0)
 
 
 @dataclass

@@ -28,9 +28,10 @@ from cm3leon.data.render import render
 from cm3leon.data.world import Scene, Split
 from cm3leon.decoding import GenerationRequest, SamplingParams, generate
 from cm3leon.decoding.defaults import TEXT_TO_IMAGE, load_decoding_defaults, params_record
-from cm3leon.decoding.rerank import LikelihoodScorer, Scorer
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, request_seed
+from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, no_rerank
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
+from cm3leon.tasks.decode import request_seed
 
 if TYPE_CHECKING:
     from cm3leon.retrieval.retriever import Retriever
@@ -83,13 +84,6 @@ def method_params(method: str, default: SamplingParams) -> SamplingParams:
     if method == "pooled":
         params = params.replace(num_candidates=SamplingParams.preset("pooled").num_candidates)
     return params
-
-
-def no_rerank(
-    request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
-) -> list[float]:
-    """A Scorer for single-candidate requests: there is nothing to choose, so skip the likelihood pass."""
-    return [0.0] * len(candidates)
 
 
 def generate_images(

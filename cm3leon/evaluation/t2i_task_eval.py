@@ -32,7 +32,7 @@ from cm3leon.evaluation.t2i_eval import (
     score_generated_images,
 )
 from cm3leon.evaluation.task_cases import TaskEvalConfig
-from cm3leon.evaluation.task_decode import generate_image_outputs
+from cm3leon.tasks.decode import generate_image_outputs
 
 if TYPE_CHECKING:
     from cm3leon.retrieval.retriever import Retriever

@@ -27,8 +27,8 @@ from cm3leon.evaluation.image_tasks_eval import (
 )
 from cm3leon.evaluation.t2i_task_eval import RetrievalPrefix, evaluate_t2i_methods, load_fd_retriever
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases, mean
-from cm3leon.evaluation.task_decode import decode_codes
 from cm3leon.evaluation.text_tasks_eval import evaluate_questions
+from cm3leon.tasks.decode import decode_codes
 
 SUMMARY_KEYS: tuple[str, ...] = (
     "t2i_exact", "t2i_cfg_exact", "t2i_pooled_rerank_exact", "caption_exact", "vqa_accuracy", "edit_exact",

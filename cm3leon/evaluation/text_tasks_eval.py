@@ -15,7 +15,7 @@ from cm3leon.decoding.defaults import params_record
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import TaskResult
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
-from cm3leon.evaluation.task_decode import generate_text_outputs
+from cm3leon.tasks.decode import generate_text_outputs
 
 # Room beyond the longest true answer, so a slightly longer wrong answer is read whole rather than cut.
 ANSWER_SLACK_TOKENS = 8

@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, generate, plan_batch
+from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, generate, no_rerank, plan_batch
 from cm3leon.decoding.plan import SEED_BITS
-from cm3leon.evaluation.t2i_eval import no_rerank
 from cm3leon.inference.engine import CancelCheck, Engine, ProgressSink, StageHook
 from cm3leon.inference.preview import PreviewTap
 from cm3leon.inference.requests import Progress, Sampling

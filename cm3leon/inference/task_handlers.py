@@ -1,5 +1,6 @@
 """Handlers of the instruction-tuned job kinds: each builds its prompt with the training format (`task_prompts`)
-and decodes it as the evaluation does (`cm3leon.evaluation`), with progress, cancellation and previews:
+and decodes it as the evaluation does (the shared loops of `cm3leon.tasks.decode`), with progress, cancellation
+and previews:
 
     visual_question      greedy answer (a reasoning question's worked answer, or only its final answer)
     edit                 three-stream guidance, image 1.5 / text 7.5 (the request may override both)
@@ -23,8 +24,6 @@ from cm3leon.data.questions import reasoning_final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.decoding import GenerationRequest, SamplingParams
 from cm3leon.decoding.defaults import EDIT, STRUCTURE, TEXT_TO_IMAGE
-from cm3leon.evaluation.image_tasks_eval import SEGMENTATION_PARAMS
-from cm3leon.evaluation.task_decode import decode_codes, generate_infills, infill_plan
 from cm3leon.inference.requests import (
     Edit,
     EngineResult,
@@ -56,6 +55,7 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
+from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
 from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
 
 # Answers are decoded greedily, as the evaluation scores them (one right answer per question).

@@ -1,7 +1,7 @@
 """Prompts of the instruction-tuned job kinds: a request -> the prompt ids its training format builds
 (`cm3leon.tasks.formats`, fed the world's symbolic inputs by `task_inputs`), for the model's own world.
 
-The world comes from the model directory (`checkpoint_data_config`, as the evaluations find it), so a prompt
+The world comes from the model directory (`cm3leon.tasks.checkpoint`, as the evaluations find it), so a prompt
 here is the training prompt of the same case, id for id (tests/serving/test_task_prompts.py checks each kind).
 """
 
@@ -13,7 +13,6 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from cm3leon.data.world import WorldConfig
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, checkpoint_data_config
 from cm3leon.inference.engine import Engine
 from cm3leon.inference.requests import (
     Edit,
@@ -26,6 +25,7 @@ from cm3leon.inference.requests import (
     VisualQuestion,
 )
 from cm3leon.inference.task_inputs import grounded_spec_of, pixel_box, question_of, text_scene_of
+from cm3leon.tasks.checkpoint import LoadedCheckpoint, checkpoint_data_config
 from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tokenizers.vocab import ImageCodes
@@ -35,7 +35,7 @@ from cm3leon.tokenizers.vocab import ImageCodes
 class TaskSetup:
     """The engine's model, vocabulary and VQ with the world they were trained on, and that world's formatter."""
 
-    checkpoint: EvalCheckpoint
+    checkpoint: LoadedCheckpoint
     formatter: TaskFormatter
 
     @property
@@ -52,7 +52,7 @@ def task_setup(engine: Engine) -> TaskSetup:
         data = checkpoint_data_config(engine.directory, engine.model.config.max_seq_len, size)
         tokenizer = engine.image_tokenizer
         assert tokenizer is not None  # engine.image_size checked it
-        checkpoint = EvalCheckpoint(engine.directory, engine.model, engine.vocab, tokenizer, data)
+        checkpoint = LoadedCheckpoint(engine.directory, engine.model, engine.vocab, tokenizer, data)
         _SETUPS[engine] = TaskSetup(checkpoint, TaskFormatter(engine.vocab, checkpoint.world))
     return _SETUPS[engine]
 

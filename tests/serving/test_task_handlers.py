@@ -14,7 +14,6 @@ from cm3leon.data.render import colourise_segmentation, object_box, render, segm
 from cm3leon.data.world import Split, World
 from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT, STRUCTURE
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY, SamplingParams
-from cm3leon.evaluation.task_decode import infill_plan
 from cm3leon.inference import (
     Caption,
     Edit,
@@ -36,6 +35,7 @@ from cm3leon.inference import (
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.inference.task_handlers import shown_answer
 from cm3leon.inference.task_prompts import task_setup
+from cm3leon.tasks.decode import infill_plan
 from cm3leon.tasks.infill import span_lengths
 from tests.serving.fixtures import record_decoded_params
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir

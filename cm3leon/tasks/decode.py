@@ -1,14 +1,16 @@
-"""Decoding task prompts for the evaluations: image outputs, text answers and CM3 infilling.
+"""Decoding instruction-task prompts: image outputs, text answers and CM3 infilling (shared by the evaluations
+and the serving handlers).
 
 Image and text outputs go through the project's `generate` (guidance, seeded requests); infilling writes a known
 number of codes per `<mask:i>` span, which `generate` (one whole image block per image target) does not model,
 so it has its own small loop: every step re-reads the left-padded rows in full (no KV cache; an infill writes at
 most a few dozen tokens), takes the best image code where a code is due and forces the next sentinel where a
-span ends.
+span ends. The loops read only the checkpoint's model, vocabulary and VQ tokenizer.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,15 +24,23 @@ from cm3leon.decoding import (
     SamplingParams,
     generate,
     left_pad,
+    no_rerank,
 )
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, request_seed
-from cm3leon.evaluation.t2i_eval import no_rerank
+from cm3leon.tasks.checkpoint import LoadedCheckpoint
 from cm3leon.tasks.parsing import image_output, text_answer
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
 
+# Segmentation has one right answer per pixel: decode greedily.
+SEGMENTATION_PARAMS = SamplingParams(method="sample", temperature=0.0)
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The sampling seed of the `index`-th request of a run: reproducible, distinct per request."""
+    return int.from_bytes(random.Random(f"{seed}:{index}").randbytes(7), "big")
+
 
 def generate_image_outputs(
-    checkpoint: EvalCheckpoint, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
+    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
 ) -> tuple[list[ImageCodes | None], np.ndarray]:
     """Per prompt (ending with the `<break>` before an image): the generated codes and their decoded pixels
     (N, H, W, 3) uint8 (a white image where no whole block came out, so an unreadable output scores as wrong)."""
@@ -46,7 +56,7 @@ def generate_image_outputs(
     return codes, decode_codes(checkpoint, codes)
 
 
-def decode_codes(checkpoint: EvalCheckpoint, codes: Sequence[ImageCodes | None]) -> np.ndarray:
+def decode_codes(checkpoint: LoadedCheckpoint, codes: Sequence[ImageCodes | None]) -> np.ndarray:
     """Pixels of each code block (white for None), through the VQ decoder in one batch."""
     size = checkpoint.image_tokenizer.config.image_size
     pixels = np.full((len(codes), size, size, 3), 255, dtype=np.uint8)
@@ -59,7 +69,7 @@ def decode_codes(checkpoint: EvalCheckpoint, codes: Sequence[ImageCodes | None])
 
 
 def generate_text_outputs(
-    checkpoint: EvalCheckpoint, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
+    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
 ) -> list[str]:
     """The generated answer text of each prompt (decoding stops at `<eos>` or `params.max_new_tokens`)."""
     answers: list[str] = []
@@ -75,7 +85,7 @@ def generate_text_outputs(
 
 @torch.inference_mode()
 def generate_infills(
-    checkpoint: EvalCheckpoint,
+    checkpoint: LoadedCheckpoint,
     prompts: Sequence[Sequence[int]],
     span_lengths: Sequence[Sequence[int]],
     batch_size: int,
@@ -114,7 +124,7 @@ def infill_plan(vocab: Vocabulary, lengths: Sequence[int]) -> list[int | None]:
 
 
 def _decode_infill_batch(
-    checkpoint: EvalCheckpoint,
+    checkpoint: LoadedCheckpoint,
     prompts: Sequence[Sequence[int]],
     plans: Sequence[list[int | None]],
     progress: ProgressCallback,
