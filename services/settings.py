@@ -90,6 +90,10 @@ class WorkerSettings(StackSettings):
     soft_time_limit_s: int = Field(600, ge=1)
     hard_time_limit_s: int = Field(660, ge=1)
     visibility_timeout_s: int = Field(900, ge=1)
+    # A prefork pool process loads the model (worker_process_init) before it reports up; Celery kills a child
+    # that is not up within its default 4 s and starts another, forever, when loading takes longer (a cold
+    # `import torch` on a busy 2-core machine already does; a 7B checkpoint takes minutes).
+    process_start_timeout_s: float = Field(300.0, gt=0)
     # Deliveries of one job before it is dead-lettered (a poison message that kills its worker every time).
     max_deliveries: int = Field(3, ge=1)
     # Progressive previews per image (at each 1/N of the image block; the issue asks for at least 4).

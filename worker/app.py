@@ -5,7 +5,8 @@
 Importable without torch (the gateway uses it to send tasks by name). Reliability (BRIEF section 3):
 acks_late + reject_on_worker_lost (a job whose worker dies is redelivered, not lost), prefetch 1 (a worker
 holds no job it is not running), soft < hard time limit < the broker's visibility timeout (a slow job is failed
-before the broker would hand its message to another worker).
+before the broker would hand its message to another worker), and a pool process may take its time to load the
+model before it reports up (`process_start_timeout_s`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def make_celery(settings: StackSettings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_proc_alive_timeout=limits.process_start_timeout_s,
         task_soft_time_limit=limits.soft_time_limit_s,
         task_time_limit=limits.hard_time_limit_s,
         broker_transport_options={

@@ -80,6 +80,15 @@ def test_settings_are_validated_with_clear_errors() -> None:
         GatewaySettings(api_keys={})
 
 
+def test_pool_processes_may_take_their_time_to_load_the_model() -> None:
+    from worker.app import make_celery
+
+    assert make_celery(WorkerSettings()).conf.worker_proc_alive_timeout == 300.0  # Celery's own default is 4 s
+    assert make_celery(WorkerSettings(process_start_timeout_s=30)).conf.worker_proc_alive_timeout == 30
+    with pytest.raises(ValidationError, match="process_start_timeout_s"):
+        WorkerSettings(process_start_timeout_s=0)
+
+
 def test_a_poison_message_is_dead_lettered(stack: Stack) -> None:
     """A job whose worker died on every delivery is failed with DEAD_LETTER instead of being run again."""
     client = redis.Redis(port=stack.redis_port)
