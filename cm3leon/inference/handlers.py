@@ -48,7 +48,7 @@ def text_to_image(context: RunContext, request: TextToImage) -> EngineResult:
         )
         for i in range(request.num_images)
     ]
-    results, arrays = generate_images(context, requests)
+    results, arrays = generate_images(context, requests, engine.image_reranker)
     return EngineResult(
         images=arrays,
         retrieved=as_context(used),

@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, generate, no_rerank, plan_batch
+from cm3leon.decoding import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    Scorer,
+    generate,
+    no_rerank,
+    plan_batch,
+)
 from cm3leon.decoding.plan import SEED_BITS
 from cm3leon.inference.engine import CancelCheck, Engine, ProgressSink, StageHook
 from cm3leon.inference.preview import PreviewTap
@@ -49,7 +57,7 @@ def base_seed(sampling: Sampling) -> int:
 
 
 def decode(
-    context: RunContext, requests: Sequence[GenerationRequest], tap: Any = None, scorer: Any = None
+    context: RunContext, requests: Sequence[GenerationRequest], tap: Any = None, scorer: Scorer | None = None
 ) -> list[Any]:
     engine = context.engine
     if scorer is None and all(request.params.num_candidates == 1 for request in requests):
@@ -68,15 +76,16 @@ def decode(
 
 
 def generate_images(
-    context: RunContext, requests: Sequence[GenerationRequest]
+    context: RunContext, requests: Sequence[GenerationRequest], scorer: Scorer | None = None
 ) -> tuple[list[GenerationResult], list[np.ndarray]]:
     """Image requests decoded with progressive previews (candidate 0 of each request is watched); returns the
-    results and their images, uint8 (H, W, 3), in request order."""
+    results and their images, uint8 (H, W, 3), in request order. Several candidates are reranked by `scorer`
+    (default: the model's likelihood)."""
     engine, vocab = context.engine, context.engine.vocab
     plan = plan_batch(vocab, requests)
     watched = [plan.groups[groups[0]].full_row for groups in plan.request_groups]
     tap = PreviewTap(vocab, watched, engine.decode_codes, context.preview, engine.config.previews_per_image)
-    results = decode(context, requests, tap if engine.config.previews_per_image else None)
+    results = decode(context, requests, tap if engine.config.previews_per_image else None, scorer)
     arrays = [np.asarray(image) for result in results for image in result.images]
     if engine.config.previews_per_image:
         context.preview(np.concatenate(arrays[: len(requests)], axis=1))  # the last preview: the full images

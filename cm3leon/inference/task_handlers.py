@@ -22,7 +22,7 @@ import numpy as np
 
 from cm3leon.data.questions import reasoning_final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
-from cm3leon.decoding import GenerationRequest, SamplingParams
+from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
 from cm3leon.decoding.defaults import EDIT, STRUCTURE, TEXT_TO_IMAGE
 from cm3leon.inference.requests import (
     Edit,
@@ -71,9 +71,11 @@ def no_retrieval(sampling: Sampling, kind: str) -> None:
 # ----- handlers -----
 
 
-def image_job(context: RunContext, prompt: list[int], params: SamplingParams) -> EngineResult:
+def image_job(
+    context: RunContext, prompt: list[int], params: SamplingParams, scorer: Scorer | None = None
+) -> EngineResult:
     request = GenerationRequest(prompt_ids=prompt, target="image", params=params)
-    results, images = generate_images(context, [request])
+    results, images = generate_images(context, [request], scorer)
     generated = sum(len(result.token_ids) for result in results)
     return EngineResult(images=images, prompt_tokens=len(prompt), generated_tokens=generated, seed=params.seed or 0)
 
@@ -121,7 +123,8 @@ def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
 def structure_guided(context: RunContext, request: StructureGuided) -> EngineResult:
     no_retrieval(request.sampling, "structure_guided")
     params = sampling_params(context.engine.defaults[STRUCTURE], request.sampling, base_seed(request.sampling))
-    return image_job(context, structure_prompt(context.engine, request), params)
+    # The prompt ends with the caption: candidates are reranked against it, as for text->image.
+    return image_job(context, structure_prompt(context.engine, request), params, context.engine.image_reranker)
 
 
 def grounded_generation(context: RunContext, request: GroundedGeneration) -> EngineResult:

@@ -1,9 +1,10 @@
 """The retriever as the reranker of pooled candidates (CM3Leon reranks with CLIP; this is the same role).
 
 `RetrieverScorer` is a `cm3leon.decoding.Scorer`: each image candidate is decoded to pixels by the VQ decoder and
-scored by the retriever's text-image similarity with the prompt's caption (the last text of the prompt, which is
-the query document's even when retrieved documents come before it). Candidates of text targets, and prompts
-without text, fall back to another scorer (by default the model's own likelihood, through `generate`).
+scored by the retriever's text-image similarity (at the retriever's resolution) with the prompt's caption (the last
+text of the prompt, which is the query document's even when retrieved documents come before it). Candidates of text
+targets, and prompts without text, fall back to another scorer (by default the model's own likelihood, through
+`generate`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cm3leon.decoding.params import GenerationRequest
 from cm3leon.decoding.rerank import Scorer
@@ -35,11 +37,6 @@ class RetrieverScorer:
     def __init__(
         self, retriever: Retriever, vocab: Vocabulary, image_tokenizer: ImageTokenizer, fallback: Scorer
     ) -> None:
-        if retriever.config.image_size != image_tokenizer.config.image_size:
-            raise ValueError(
-                f"retriever sees {retriever.config.image_size}px images, the VQ makes "
-                f"{image_tokenizer.config.image_size}px"
-            )
         self.retriever = retriever
         self.vocab = vocab
         self.image_tokenizer = image_tokenizer
@@ -56,5 +53,13 @@ class RetrieverScorer:
         codes = [self.vocab.decode_image(candidate[:codes_per_image]).codes for candidate in candidates]
         with torch.inference_mode():
             images = self.image_tokenizer.decode(torch.tensor(codes, dtype=torch.long))
-        similarity: np.ndarray = self.retriever.similarity([caption], images)[0]
+        similarity: np.ndarray = self.retriever.similarity([caption], self._retriever_sized(np.asarray(images)))[0]
         return [float(score) for score in similarity]
+
+    def _retriever_sized(self, images: np.ndarray) -> np.ndarray:
+        """The VQ's images at the retriever's resolution (bicubic, as serving resizes image queries)."""
+        size = self.retriever.config.image_size
+        if images.shape[1:3] == (size, size):
+            return images
+        resample = Image.Resampling.BICUBIC
+        return np.stack([np.asarray(Image.fromarray(image).resize((size, size), resample)) for image in images])

@@ -77,3 +77,19 @@ def record_decoded_params(monkeypatch: pytest.MonkeyPatch) -> list[SamplingParam
 
     monkeypatch.setattr(running, "generate", watched)
     return seen
+
+
+def record_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
+    """(requests, results) of every decode the engine's handlers run from now on (the real `generate` runs)."""
+    from cm3leon.inference import running
+
+    decoded: list[tuple[Any, Any]] = []
+    real = running.generate
+
+    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
+        results = real(model, vocab, requests, **kwargs)
+        decoded.append((requests, results))
+        return results
+
+    monkeypatch.setattr(running, "generate", watched)
+    return decoded

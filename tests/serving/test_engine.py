@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,10 +18,17 @@ from cm3leon.inference import Caption, Edit, JobCancelled, Progress, Sampling, T
 from cm3leon.inference.engine import CAPABILITIES_FILE, Engine, EngineConfig
 from cm3leon.retrieval.config import MemoryConfig
 from cm3leon.retrieval.memory import Memory
+from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
 from services import client as api
 from services.convert import request_to_domain
-from tests.serving.fixtures import MEMORY_NAME, build_tiny_memory, build_tiny_model_dir, record_decoded_params
+from tests.serving.fixtures import (
+    MEMORY_NAME,
+    build_tiny_memory,
+    build_tiny_model_dir,
+    record_decoded_params,
+    record_decodes,
+)
 
 MODEL_FILES = ("model.safetensors", "model_config.json", "tokenizer.json", "vocab.json", "vq")
 
@@ -110,17 +116,7 @@ def test_short_captions_are_complete_and_shortest(engine: Engine) -> None:
 def test_detailed_captions_from_several_candidates_keep_the_best_explanation_of_the_image(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cm3leon.inference import running
-
-    decoded: list[tuple[Any, Any]] = []  # (requests, results) of every decode; the real generate runs
-    real = running.generate
-
-    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
-        results = real(model, vocab, requests, **kwargs)
-        decoded.append((requests, results))
-        return results
-
-    monkeypatch.setattr(running, "generate", watched)
+    decoded = record_decodes(monkeypatch)
     image = np.full((48, 48, 3), 90, np.uint8)
     sampling = Sampling(seed=3, method="sample", temperature=1.0, num_candidates=4)
     caption = engine.run(Caption(image, style="detailed", sampling=sampling))
@@ -129,6 +125,22 @@ def test_detailed_captions_from_several_candidates_keep_the_best_explanation_of_
     assert len(candidates) == 4 and caption.text == result.text.strip()
     scores = ChannelScorer(engine.model, engine.vocab)(request, request.prompt_ids, candidates)
     assert result.best_index == max(range(4), key=lambda index: scores[index])
+
+
+def test_pooled_images_are_reranked_by_the_retriever_as_evaluated(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(engine.image_reranker, RetrieverScorer)
+    decoded = record_decodes(monkeypatch)
+    sampling = Sampling(seed=2, method="pooled", num_candidates=4, retrieved_k=0)
+    job = engine.run(TextToImage("a large red circle at the top left on a white background", sampling=sampling))
+    (request,), (result,) = decoded[-1]
+    candidates = [candidate.token_ids for candidate in result.candidates]
+    scores = RetrieverScorer(engine.retriever, engine.vocab, engine.image_tokenizer, never_called)(
+        request, request.prompt_ids, candidates
+    )
+    assert result.best_index == max(range(4), key=lambda index: scores[index])
+    assert np.array_equal(job.images[0], np.asarray(result.images[0]))
 
 
 def test_a_memory_with_another_tokenizers_codes_is_refused(artifacts: tuple[Path, Path, Path]) -> None:
@@ -206,3 +218,7 @@ def test_a_jobs_guidance_plausibility_overrides_the_checkpoints_default(
     seen = record_decoded_params(monkeypatch)
     assert decoded_text_to_image_params(engine, seen).guidance_plausibility == 0.25
     assert decoded_text_to_image_params(engine, seen, guidance_plausibility=0.75).guidance_plausibility == 0.75
+
+
+def never_called(*_: object) -> list[float]:
+    raise AssertionError("captioned image candidates are scored by the retriever, never by the fallback")
