@@ -279,6 +279,26 @@ def test_sweep_chooses_on_val_and_its_choice_becomes_the_default(checkpoint_dir:
     assert t2i["decoding"]["cfg"]["guidance_scale"] == best["guidance_scale"]
 
 
+def test_structure_sweep_crosses_scale_with_reranked_candidates(checkpoint_dir: Path, tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    checkpoint = load_eval_checkpoint(directory)
+    chosen: list[int] = []
+
+    def first_candidate(request: object, prompt: object, candidates: list[list[int]]) -> list[float]:
+        chosen.append(len(candidates))
+        return [1.0] + [0.0] * (len(candidates) - 1)
+
+    config = SweepConfig.preset("quick", structure_scales=(3.0,), structure_candidates=(1, 2))
+    report = run_sweep(checkpoint, config, reranker=first_candidate)
+    section = report[STRUCTURE]
+    assert [(run["guidance_scale"], run["num_candidates"]) for run in section["runs"]] == [(3.0, 1), (3.0, 2)]
+    assert set(section["exact_scene_accuracy"]) == {"scale=3,candidates=1", "scale=3,candidates=2"}
+    assert chosen and set(chosen) == {2}, "the sweep's reranker chose among the two candidates of each map"
+    best = dict(section["best"], num_candidates=2)  # as if two candidates had won
+    save_decoding_defaults(directory, best_defaults({**report, STRUCTURE: {**section, "best": best}}), {})
+    assert load_decoding_defaults(directory)[STRUCTURE].num_candidates == 2
+
+
 def test_caption_sweep_crosses_temperature_with_reranked_candidates(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
     checkpoint = load_eval_checkpoint(directory)

@@ -139,6 +139,13 @@ def eval_sweep(
     structure_scales: Annotated[
         str, typer.Option(help="Structure-guided generation CFG scales, comma-separated.")
     ] = "1.5,2,3",
+    structure_candidates: Annotated[
+        str, typer.Option(help="Structure-guided candidates per map, comma-separated (several: reranked).")
+    ] = "1,8",
+    retriever: Annotated[
+        Path | None,
+        typer.Option(help="Retriever that reranks several structure-guided candidates (absent: the likelihood)."),
+    ] = Path("models/shapes/retriever"),
     caption_temperatures: Annotated[str, typer.Option(help="Caption temperatures (0 = greedy).")] = "0,0.7,1",
     caption_candidates: Annotated[
         str, typer.Option(help="Captions sampled per image and reranked by the noisy channel, comma-separated.")
@@ -149,11 +156,13 @@ def eval_sweep(
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing and
-    structure-guided guidance scales, and caption temperature x candidates on the VALIDATION split."""
+    structure-guided guidance scales (x candidates), and caption temperature x candidates on the VALIDATION split."""
     from cm3leon.decoding.defaults import save_decoding_defaults
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.sweep import SweepConfig, best_defaults, run_sweep
+    from cm3leon.evaluation.t2i_eval import retriever_reranker
+    from cm3leon.evaluation.t2i_task_eval import load_fd_retriever
 
     def floats(text: str) -> tuple[float, ...]:
         return tuple(float(value) for value in text.split(",") if value.strip())
@@ -163,10 +172,13 @@ def eval_sweep(
         n=n, batch_size=batch_size, seed=seed, temperatures=floats(temperatures), guidance_scales=floats(scales),
         plausibilities=floats(plausibilities), cdk_ks=tuple(int(k) for k in floats(cdk_ks)),
         edit_scales=floats(edit_scales), structure_scales=floats(structure_scales),
+        structure_candidates=tuple(int(count) for count in floats(structure_candidates)),
         caption_temperatures=floats(caption_temperatures),
         caption_candidates=tuple(int(count) for count in floats(caption_candidates)),
     )
-    report = run_sweep(load_eval_checkpoint(checkpoint), config)
+    loaded = load_eval_checkpoint(checkpoint)
+    reranker = retriever_reranker(loaded, load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size))
+    report = run_sweep(loaded, config, reranker)
     write_report(f"decoding sweep (val, n={n})", report, json_path)
     if write_defaults:
         provenance = {"source": "cm3leon eval sweep", "split": report["split"], "n": n, "seed": seed}

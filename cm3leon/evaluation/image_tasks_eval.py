@@ -20,7 +20,7 @@ from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_classes
 from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, edit_touched_cells, masked_image
 from cm3leon.data.tasks import quantise_box as quantise
-from cm3leon.decoding import SamplingParams
+from cm3leon.decoding import SamplingParams, Scorer
 from cm3leon.decoding.defaults import EDIT, STRUCTURE, TEXT_TO_IMAGE, load_decoding_defaults, params_record
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
@@ -162,14 +162,16 @@ def _miou(predicted: list[np.ndarray], truths: list[np.ndarray], world: object) 
 
 def evaluate_seg2img(
     checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
-    params: SamplingParams | None = None,
+    params: SamplingParams | None = None, reranker: Scorer | None = None,
 ) -> TaskResult:
+    """Structure-guided generation; several candidates (the defaults' `num_candidates`) are reranked by `reranker`
+    (the retriever against the prompt's caption, as serving does; None: the model's likelihood)."""
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[STRUCTURE]
     prompts = [
         fmt.seg2img(seg, caption, None).prompt for seg, caption in zip(cases.segmentations, cases.captions, strict=True)
     ]
-    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed)
+    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, reranker)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     metrics = summarize_predictions(cases.scenes, predicted)
     metrics["decoding"] = params_record(params)

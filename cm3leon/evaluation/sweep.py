@@ -6,7 +6,8 @@ plausible, see SamplingParams.guidance_plausibility); then CD-K's k (the candida
 confident expert, the k-th largest probability is tiny, so k > 1 lets in tokens that only the contrast between
 the streams favours; the shapes model drew no exact scene at k = 5 and 0.42 at k = 1 on validation), whose
 choice also sets the CD-K half of pooled decoding; the text guidance scale of editing (three streams, image scale
-as the preset) and the CFG scale of structure-guided generation;
+as the preset) and the CFG scale x candidates of structure-guided generation (several candidates are reranked by
+the retriever given to the sweep, as `eval all` and serving rerank them);
 captioning: temperature (0 = greedy) x candidates per image (several samples reranked by the noisy channel,
 cm3leon.decoding.channel; greedy decoding has only one candidate to offer). Every setting decodes the same val
 scenes with the same per-request seeds (common random numbers), so differences between settings are the settings',
@@ -22,7 +23,7 @@ from typing import Any
 
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.world import Split
-from cm3leon.decoding import SamplingParams
+from cm3leon.decoding import SamplingParams, Scorer
 from cm3leon.decoding.defaults import CAPTION, EDIT, STRUCTURE, TEXT_TO_IMAGE, preset_defaults
 from cm3leon.evaluation.caption_eval import run_captioning
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
@@ -48,13 +49,14 @@ class SweepConfig:
     cdk_ks: tuple[int, ...] = (1, 5)
     edit_scales: tuple[float, ...] = (1.5, 3.0, 7.5)
     structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
+    structure_candidates: tuple[int, ...] = (1, 8)  # several: reranked by the sweep's reranker
     caption_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)
     caption_candidates: tuple[int, ...] = (1, 16)
 
     def __post_init__(self) -> None:
         axes = (
             self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
-            self.structure_scales, self.caption_temperatures, self.caption_candidates,
+            self.structure_scales, self.structure_candidates, self.caption_temperatures, self.caption_candidates,
         )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
@@ -66,7 +68,7 @@ class SweepConfig:
             "quick": dict(
                 n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
                 cdk_ks=(1,), edit_scales=(7.5,), structure_scales=(3.0,), caption_temperatures=(0.0,),
-                caption_candidates=(1,),
+                caption_candidates=(1,), structure_candidates=(1,),
             ),
         }
         if name not in presets:
@@ -128,10 +130,14 @@ def sweep_contrastive(checkpoint: EvalCheckpoint, config: SweepConfig, base: Sam
 
 
 def sweep_image_tasks(
-    checkpoint: EvalCheckpoint, config: SweepConfig, defaults: dict[str, SamplingParams]
+    checkpoint: EvalCheckpoint,
+    config: SweepConfig,
+    defaults: dict[str, SamplingParams],
+    reranker: Scorer | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Editing's text guidance scale and structure-guided generation's CFG scale on val cases; the best of each
-    (exact target scenes; ties by unchanged objects kept, for edits)."""
+    """Editing's text guidance scale, and structure-guided generation's CFG scale x candidates (several are
+    reranked by `reranker`, as `eval all` and serving do), on val cases; the best of each (exact target scenes;
+    ties by unchanged objects kept, for edits)."""
     oracle = Oracle(checkpoint.world)
     task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
     cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
@@ -142,13 +148,19 @@ def sweep_image_tasks(
         edit_runs.append({"guidance_scale": scale, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
                           "unchanged_preserved": metrics["unchanged_preserved"] or 0.0})
     for scale in config.structure_scales:
-        params = defaults[STRUCTURE].replace(guidance_scale=scale)
-        metrics = evaluate_seg2img(checkpoint, cases, task_config, oracle, params).metrics
-        structure_runs.append({"guidance_scale": scale, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
-                               "attribute_accuracy": metrics["attribute_accuracy"]})
+        for candidates in config.structure_candidates:
+            params = defaults[STRUCTURE].replace(guidance_scale=scale, num_candidates=candidates)
+            metrics = evaluate_seg2img(checkpoint, cases, task_config, oracle, params, reranker).metrics
+            structure_runs.append({"guidance_scale": scale, "num_candidates": candidates,
+                                   "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                                   "attribute_accuracy": metrics["attribute_accuracy"]})
+
+    def cell(run: dict[str, Any]) -> str:
+        several = len(config.structure_candidates) > 1 and "num_candidates" in run
+        return f"scale={run['guidance_scale']:g}" + (f",candidates={run['num_candidates']}" if several else "")
 
     def section(runs: list[dict[str, Any]], tie_break: str) -> dict[str, Any]:
-        table = {f"scale={run['guidance_scale']:g}": run["exact_scene_accuracy"] for run in runs}
+        table = {cell(run): run["exact_scene_accuracy"] for run in runs}
         return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", tie_break))}
 
     return {EDIT: section(edit_runs, "unchanged_preserved"), STRUCTURE: section(structure_runs, "attribute_accuracy")}
@@ -189,8 +201,9 @@ def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: Samp
     return {"exact_scene_accuracy": table, "runs": runs, "best": best}
 
 
-def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig) -> dict[str, Any]:
-    """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice)."""
+def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer | None = None) -> dict[str, Any]:
+    """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice); `reranker`
+    chooses among several structure-guided candidates (None: the model's likelihood)."""
     base = preset_defaults()
     return {
         "split": SWEEP_SPLIT.value,
@@ -198,7 +211,7 @@ def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig) -> dict[str, Any]
         "seed": config.seed,
         TEXT_TO_IMAGE: sweep_text_to_image(checkpoint, config, base[TEXT_TO_IMAGE]),
         CONTRASTIVE: sweep_contrastive(checkpoint, config, base[TEXT_TO_IMAGE]),
-        **sweep_image_tasks(checkpoint, config, base),
+        **sweep_image_tasks(checkpoint, config, base, reranker),
         CAPTION: sweep_captioning(checkpoint, config, base[CAPTION]),
     }
 
@@ -217,7 +230,10 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
             temperature=caption_best["temperature"], num_candidates=caption_best.get("num_candidates", 1)
         ),
         **{
-            task: base[task].replace(guidance_scale=report[task]["best"]["guidance_scale"])
+            task: base[task].replace(
+                guidance_scale=report[task]["best"]["guidance_scale"],
+                num_candidates=report[task]["best"].get("num_candidates", 1),
+            )
             for task in (EDIT, STRUCTURE) if task in report
         },
     }

@@ -25,6 +25,7 @@ from cm3leon.evaluation.image_tasks_eval import (
     evaluate_segmentation,
     evaluate_text_render,
 )
+from cm3leon.evaluation.t2i_eval import retriever_reranker
 from cm3leon.evaluation.t2i_task_eval import RetrievalPrefix, evaluate_t2i_methods, load_fd_retriever
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases, mean
 from cm3leon.evaluation.text_tasks_eval import evaluate_questions
@@ -108,7 +109,8 @@ def evaluate_all(
     timed("edit", lambda: evaluate_edits(checkpoint, cases, config, oracle))
     timed("infill", lambda: evaluate_infill(checkpoint, cases, config, oracle))
     timed("segmentation", lambda: evaluate_segmentation(checkpoint, cases, config))
-    timed("seg2img", lambda: evaluate_seg2img(checkpoint, cases, config, oracle))
+    reranker = retriever_reranker(checkpoint, retriever)
+    timed("seg2img", lambda: evaluate_seg2img(checkpoint, cases, config, oracle, reranker=reranker))
     timed("grounded", lambda: evaluate_grounded(checkpoint, cases, config, oracle))
     timed("text_render", lambda: evaluate_text_render(checkpoint, cases, config, oracle))
     report["vq_ceiling"] = vq_ceiling(checkpoint, cases, oracle)

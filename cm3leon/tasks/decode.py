@@ -22,6 +22,7 @@ from cm3leon.decoding import (
     GenerationRequest,
     ProgressCallback,
     SamplingParams,
+    Scorer,
     generate,
     left_pad,
     no_rerank,
@@ -40,11 +41,17 @@ def request_seed(seed: int, index: int) -> int:
 
 
 def generate_image_outputs(
-    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
+    checkpoint: LoadedCheckpoint,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    batch_size: int,
+    seed: int,
+    scorer: Scorer | None = None,
 ) -> tuple[list[ImageCodes | None], np.ndarray]:
     """Per prompt (ending with the `<break>` before an image): the generated codes and their decoded pixels
-    (N, H, W, 3) uint8 (a white image where no whole block came out, so an unreadable output scores as wrong)."""
-    scorer = no_rerank if params.num_candidates == 1 else None
+    (N, H, W, 3) uint8 (a white image where no whole block came out, so an unreadable output scores as wrong).
+    Several candidates are reranked by `scorer` (default: the model's likelihood)."""
+    scorer = no_rerank if params.num_candidates == 1 else scorer
     codes: list[ImageCodes | None] = []
     for first in range(0, len(prompts), batch_size):
         requests = [
