@@ -4,6 +4,7 @@ it, and the metrics themselves on ground truth and on deliberately wrong inputs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -185,6 +186,11 @@ def test_t2i_eval_runs_cdk_and_pooled_behind_the_methods_flag(checkpoint: EvalCh
     assert report["decoding"]["pooled"]["num_candidates"] == SamplingParams.preset("pooled").num_candidates
     with pytest.raises(ValueError, match="methods"):
         T2IEvalConfig(methods=("beam",))
+    wide = evaluate_t2i(checkpoint, dataclasses.replace(config, methods=("pooled",), pooled_candidates=3))
+    assert wide["decoding"]["pooled"]["num_candidates"] == 3
+    for invalid in (T2IEvalConfig, TaskEvalConfig):
+        with pytest.raises(ValueError, match="at least 2 candidates"):
+            invalid(pooled_candidates=1)
 
 
 def test_t2i_eval_with_a_retriever_reports_fd_and_reranks_pooled_candidates(checkpoint: EvalCheckpoint) -> None:

@@ -57,6 +57,9 @@ def eval_t2i(
         Path | None,
         typer.Option(help="Retriever for `fd` and for reranking pooled candidates (skipped if absent or mismatched)."),
     ] = Path("models/shapes/retriever"),
+    pooled_candidates: Annotated[
+        int | None, typer.Option(help="Candidates of the pooled method (default: the `pooled` preset's, 8).")
+    ] = None,
     memory: Annotated[
         Path | None, typer.Option(help="Embedded Qdrant directory (`corpus build --path`): adds cfg_retrieval.")
     ] = None,
@@ -67,13 +70,14 @@ def eval_t2i(
     the JSON). Decoding parameters come from DIR/decoding_defaults.json (see `eval sweep`) or the presets."""
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
-    from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i
+    from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, T2IEvalConfig, evaluate_t2i
     from cm3leon.evaluation.t2i_task_eval import load_fd_retriever
 
     set_threads(threads)
     config = T2IEvalConfig(
         n=n, batch_size=batch_size, seed=seed, split=split, compositional=compositional,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        pooled_candidates=pooled_candidates or POOLED_CANDIDATES,
     )
     loaded = load_eval_checkpoint(checkpoint)
     fd_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
@@ -249,6 +253,9 @@ def eval_all(
     retriever: Annotated[
         Path | None, typer.Option(help="Retriever whose image features give t2i's Fréchet distance.")
     ] = Path("models/shapes/retriever"),
+    pooled_candidates: Annotated[
+        int | None, typer.Option(help="Candidates of the pooled method (default: the `pooled` preset's, 8).")
+    ] = None,
     memory: Annotated[
         Path | None, typer.Option(help="Embedded Qdrant directory (`corpus build --path`): adds t2i cfg_retrieval.")
     ] = None,
@@ -260,6 +267,7 @@ def eval_all(
     PNG per task beside it (<stem>_<task>.png). With --memory, t2i also decodes CFG with retrieved documents."""
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
+    from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES
     from cm3leon.evaluation.task_cases import TaskEvalConfig
     from cm3leon.evaluation.tasks_eval import evaluate_all
 
@@ -267,6 +275,7 @@ def eval_all(
     config = TaskEvalConfig(
         n=n, batch_size=batch_size, seed=seed, split=split,
         t2i_methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        pooled_candidates=pooled_candidates or POOLED_CANDIDATES,
     )
     loaded = load_eval_checkpoint(checkpoint, device=device)
     with _memory_retrieval(memory, memory_name, retriever, loaded) as retrieval:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 # Evaluation method -> the SamplingParams method it decodes with ("plain" is TopP sampling without guidance).
 T2I_METHODS: dict[str, str] = {"plain": "sample", "cfg": "cfg", "cdk": "cdk", "pooled": "pooled"}
+# Candidates of the pooled method unless a run asks for more: the `pooled` preset's (8, as the evaluation protocol).
+POOLED_CANDIDATES = SamplingParams.preset("pooled").num_candidates
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,10 @@ class T2IEvalConfig:
     compositional: bool = True
     compositional_fraction: float = 0.25
     grid_rows: int = 12  # scenes shown in the grid PNG
+    pooled_candidates: int = POOLED_CANDIDATES
 
     def __post_init__(self) -> None:
+        check_pooled_candidates(self.pooled_candidates)
         unknown = set(self.methods) - set(T2I_METHODS)
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {sorted(T2I_METHODS)}, got {self.methods}")
@@ -75,14 +79,19 @@ class T2IEvalConfig:
         return cls(**{**presets[name], **overrides})
 
 
-def method_params(method: str, default: SamplingParams) -> SamplingParams:
+def check_pooled_candidates(count: int) -> None:
+    if count < 2:
+        raise ValueError(f"pooled decoding needs at least 2 candidates (one per half), got {count}")
+
+
+def method_params(method: str, default: SamplingParams, pooled_candidates: int = POOLED_CANDIDATES) -> SamplingParams:
     """The SamplingParams of an evaluation method: the checkpoint's text->image default (temperature, top-p,
-    guidance scale) with the method swapped in; pooled takes its candidate count from the `pooled` preset."""
+    guidance scale) with the method swapped in; pooled decodes `pooled_candidates` (the issue's protocol: 8)."""
     if method not in T2I_METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(T2I_METHODS)}")
     params = default.replace(method=T2I_METHODS[method])
     if method == "pooled":
-        params = params.replace(num_candidates=SamplingParams.preset("pooled").num_candidates)
+        params = params.replace(num_candidates=pooled_candidates)
     return params
 
 
@@ -204,7 +213,7 @@ def evaluate_t2i(
 
     default = defaults or load_decoding_defaults(checkpoint.directory)[TEXT_TO_IMAGE]
     oracle = Oracle(checkpoint.world)
-    params = {method: method_params(method, default) for method in config.methods}
+    params = {method: method_params(method, default, config.pooled_candidates) for method in config.methods}
     report: dict[str, object] = {"split": config.split, "n": config.n, "seed": config.seed}
     splits = [(Split(config.split), config.n)]
     if config.compositional and Split(config.split) is not Split.TEST_COMPOSITIONAL:

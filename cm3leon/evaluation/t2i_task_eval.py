@@ -85,7 +85,7 @@ def evaluate_t2i_methods(
 ) -> tuple[dict[str, object], list[list[Tile]]]:
     """(section, grid rows): per split, per method the oracle's metrics and `fd`; `best_method` on the main split."""
     default = load_decoding_defaults(checkpoint.directory)[TEXT_TO_IMAGE]
-    params = {method: method_params(method, default) for method in config.t2i_methods}
+    params = {method: method_params(method, default, config.pooled_candidates) for method in config.t2i_methods}
     section: dict[str, object] = {"split": config.split, "n": config.n}
     splits = [(Split(config.split), config.n)]
     if config.compositional and Split(config.split) is not Split.TEST_COMPOSITIONAL:

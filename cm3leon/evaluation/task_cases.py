@@ -18,6 +18,7 @@ from cm3leon.data.language import detailed_caption
 from cm3leon.data.tasks import EditCase, make_edit
 from cm3leon.data.world import Scene, Split, World
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, check_pooled_candidates
 from cm3leon.tasks.corpus import encode_pictures
 from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tokenizers.vocab import ImageCodes
@@ -36,8 +37,10 @@ class TaskEvalConfig:
     t2i_methods: tuple[str, ...] = T2I_METHODS_ALL
     compositional: bool = True
     grid_rows: int = 8  # examples shown in each task's grid PNG
+    pooled_candidates: int = POOLED_CANDIDATES  # text->image pooled decoding
 
     def __post_init__(self) -> None:
+        check_pooled_candidates(self.pooled_candidates)
         if Split(self.split) in (Split.TRAIN, Split.VAL):
             raise ValueError(f"the evaluation reports held-out test splits; got {self.split}")
         if self.n < 1 or self.batch_size < 1:
