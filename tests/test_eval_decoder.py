@@ -28,6 +28,7 @@ from cm3leon.decoding.defaults import (
     CAPTION,
     DEFAULTS_FILE,
     EDIT,
+    GROUNDED,
     STRUCTURE,
     TEXT_TO_IMAGE,
     load_decoding_defaults,
@@ -155,6 +156,19 @@ def test_decoding_defaults_fall_back_to_presets_and_round_trip(tmp_path: Path) -
     path.write_text(json.dumps({TEXT_TO_IMAGE: {"top_p": 1.5}}))
     with pytest.raises(ValueError, match="top_p"):
         load_decoding_defaults(tmp_path)
+
+
+def test_grounded_generation_decodes_as_text_to_image_unless_the_file_says_otherwise(tmp_path: Path) -> None:
+    chosen = preset_defaults()[TEXT_TO_IMAGE].replace(guidance_scale=2.0, cdk_k=1)
+    path = save_decoding_defaults(tmp_path, {TEXT_TO_IMAGE: chosen}, {})
+    assert load_decoding_defaults(tmp_path)[GROUNDED] == chosen  # saved as text->image's when not given
+    record = json.loads(path.read_text())
+    del record[GROUNDED]  # a file written before grounded generation had its own entry
+    path.write_text(json.dumps(record))
+    assert load_decoding_defaults(tmp_path)[GROUNDED] == chosen
+    save_decoding_defaults(tmp_path, {TEXT_TO_IMAGE: chosen, GROUNDED: chosen.replace(num_candidates=8)}, {})
+    loaded = load_decoding_defaults(tmp_path)
+    assert loaded[GROUNDED].num_candidates == 8 and loaded[TEXT_TO_IMAGE].num_candidates == 1
 
 
 # --- evaluations on a tiny checkpoint ---------------------------------------------------------------------------
@@ -303,6 +317,26 @@ def test_structure_sweep_crosses_scale_with_reranked_candidates(checkpoint_dir: 
     best = dict(section["best"], num_candidates=2)  # as if two candidates had won
     save_decoding_defaults(directory, best_defaults({**report, STRUCTURE: {**section, "best": best}}), {})
     assert load_decoding_defaults(directory)[STRUCTURE].num_candidates == 2
+
+
+def test_grounded_sweep_chooses_candidates_at_the_text_to_image_setting(checkpoint_dir: Path, tmp_path: Path) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    checkpoint = load_eval_checkpoint(directory)
+    seen: list[int] = []
+
+    def last_candidate(request: object, prompt: object, candidates: list[list[int]]) -> list[float]:
+        seen.append(len(candidates))
+        return [0.0] * (len(candidates) - 1) + [1.0]
+
+    config = SweepConfig.preset("quick", grounded_candidates=(1, 2))
+    report = run_sweep(checkpoint, config, reranker=last_candidate)
+    section = report[GROUNDED]
+    assert [run["num_candidates"] for run in section["runs"]] == [1, 2]
+    assert set(section["exact_scene_accuracy"]) == {"candidates=1", "candidates=2"}
+    assert 2 in seen, "the sweep's reranker chose among the grounded candidates"
+    defaults = best_defaults({**report, GROUNDED: {**section, "best": {**section["best"], "num_candidates": 2}}})
+    assert defaults[GROUNDED] == defaults[TEXT_TO_IMAGE].replace(num_candidates=2)
+    assert best_defaults({k: v for k, v in report.items() if k != GROUNDED})[GROUNDED] == defaults[TEXT_TO_IMAGE]
 
 
 def test_caption_sweep_crosses_temperature_with_reranked_candidates(checkpoint_dir: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from cm3leon.retrieval.rerank import RetrieverScorer, prompt_caption
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.text import TextTokenizer
-from cm3leon.tokenizers.vocab import Vocabulary, VocabularyConfig
+from cm3leon.tokenizers.vocab import ImageCodes, Locations, Vocabulary, VocabularyConfig
 
 SHAPES = Path(__file__).resolve().parents[1] / "models" / "shapes"
 
@@ -53,6 +53,21 @@ def test_the_candidate_that_shows_the_caption_wins(shipped: tuple[Retriever, Ima
         scores = scorer(GenerationRequest(prompt_ids=prompt, target="image"), prompt, candidates)
         wins += scores[1] > scores[0]
     assert wins >= 9
+
+
+def test_the_caption_is_the_text_after_the_query_documents_last_image(
+    shipped: tuple[Retriever, ImageTokenizer, Vocabulary],
+) -> None:
+    _, _, vocab = shipped
+    image = ImageCodes.of([1] * vocab.codes_per_image)
+    structure = vocab.encode_document(["Make an image from this map", image, "a red circle"], eos=False)
+    assert prompt_caption(vocab, structure + [vocab.break_id]) == "a red circle"
+    # A grounded prompt: its words around the boxes (location tokens are no words).
+    grounded = vocab.encode_document(
+        ["a large red circle", Locations((0, 0, 4, 4)), " and a blue star", Locations((4, 4, 8, 8))], eos=False
+    )
+    assert prompt_caption(vocab, grounded + [vocab.break_id]) == "a large red circle and a blue star"
+    assert prompt_caption(vocab, vocab.encode_document([image], eos=False)) is None
 
 
 def test_text_targets_fall_back(shipped: tuple[Retriever, ImageTokenizer, Vocabulary]) -> None:

@@ -146,9 +146,12 @@ def eval_sweep(
     structure_candidates: Annotated[
         str, typer.Option(help="Structure-guided candidates per map, comma-separated (several: reranked).")
     ] = "1,8",
+    grounded_candidates: Annotated[
+        str, typer.Option(help="Grounded-generation candidates per prompt, comma-separated (several: reranked).")
+    ] = "1,8",
     retriever: Annotated[
         Path | None,
-        typer.Option(help="Retriever that reranks several structure-guided candidates (absent: the likelihood)."),
+        typer.Option(help="Retriever reranking several structure-guided or grounded candidates (else: likelihood)."),
     ] = Path("models/shapes/retriever"),
     caption_temperatures: Annotated[str, typer.Option(help="Caption temperatures (0 = greedy).")] = "0,0.7,1",
     caption_candidates: Annotated[
@@ -177,6 +180,7 @@ def eval_sweep(
         plausibilities=floats(plausibilities), cdk_ks=tuple(int(k) for k in floats(cdk_ks)),
         edit_scales=floats(edit_scales), structure_scales=floats(structure_scales),
         structure_candidates=tuple(int(count) for count in floats(structure_candidates)),
+        grounded_candidates=tuple(int(count) for count in floats(grounded_candidates)),
         caption_temperatures=floats(caption_temperatures),
         caption_candidates=tuple(int(count) for count in floats(caption_candidates)),
     )

@@ -8,7 +8,8 @@ presets apply. The file holds only the fields that differ from the preset, plus 
     {"text_to_image": {"temperature": 0.7, "guidance_scale": 5.0}, "caption": {}, "edit": {...},
      "structure": {...}, "provenance": {...}}
 
-A file written before a task had defaults simply lacks its key: that task keeps its preset.
+A file written before a task had defaults simply lacks its key: that task keeps its preset (grounded generation
+takes text->image's settings instead, `INHERITS`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ TEXT_TO_IMAGE = "text_to_image"
 CAPTION = "caption"
 EDIT = "edit"
 STRUCTURE = "structure"  # structure-guided generation (segmentation map + caption -> image)
-TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE)
+GROUNDED = "grounded"  # spatially grounded generation (objects with boxes -> image)
+TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE, GROUNDED)
 # Which SamplingParams preset each task falls back to.
 TASK_PRESETS: dict[str, str] = {
-    TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text", EDIT: "edit", STRUCTURE: "structure"
+    TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text", EDIT: "edit", STRUCTURE: "structure",
+    GROUNDED: "text_to_image",
 }
+# Tasks that decode as another task does unless the file says otherwise: grounded generation is text->image with
+# boxes in the prompt, so a file written before it had its own entry gives it text->image's settings.
+INHERITS: dict[str, str] = {GROUNDED: TEXT_TO_IMAGE}
 # A seed is per request, never a default: a fixed default seed would make every request draw the same sample.
 NOT_A_DEFAULT = frozenset({"seed"})
 
@@ -60,9 +66,15 @@ def save_decoding_defaults(
     if unknown:
         raise ValueError(f"unknown decoding tasks {sorted(unknown)}; tasks are {TASKS}")
     presets = preset_defaults()
-    record: dict[str, Any] = {
-        task: _overrides(defaults.get(task, presets[task]), presets[task]) for task in TASKS
-    }
+
+    def chosen(task: str) -> SamplingParams:
+        """The given params; for a task not given, its parent's (INHERITS) if given, else its preset."""
+        if task in defaults:
+            return defaults[task]
+        parent = INHERITS.get(task)
+        return defaults[parent] if parent is not None and parent in defaults else presets[task]
+
+    record: dict[str, Any] = {task: _overrides(chosen(task), presets[task]) for task in TASKS}
     record[PROVENANCE_KEY] = dict(provenance or {})
     path = Path(checkpoint_dir) / DEFAULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +97,9 @@ def load_decoding_defaults(checkpoint_dir: Path | str) -> dict[str, SamplingPara
         if unknown:
             raise ValueError(f"{path}: unknown sampling fields for {task}: {sorted(unknown)}")
         defaults[task] = defaults[task].replace(**overrides)  # SamplingParams validates the values
+    for task, parent in INHERITS.items():
+        if task not in record:
+            defaults[task] = defaults[parent]
     return defaults
 
 

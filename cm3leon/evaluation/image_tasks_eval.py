@@ -21,7 +21,14 @@ from cm3leon.data.render import colourise_segmentation, object_box, render, segm
 from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, edit_touched_cells, masked_image
 from cm3leon.data.tasks import quantise_box as quantise
 from cm3leon.decoding import SamplingParams, Scorer
-from cm3leon.decoding.defaults import EDIT, STRUCTURE, TEXT_TO_IMAGE, load_decoding_defaults, params_record
+from cm3leon.decoding.defaults import (
+    EDIT,
+    GROUNDED,
+    STRUCTURE,
+    TEXT_TO_IMAGE,
+    load_decoding_defaults,
+    params_record,
+)
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
@@ -195,14 +202,17 @@ def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
 
 
 def evaluate_grounded(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle
+    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
+    params: SamplingParams | None = None, reranker: Scorer | None = None,
 ) -> TaskResult:
-    """Exact scene, and box IoU: each true object's box against the box of what the oracle found in its cell."""
+    """Exact scene, and box IoU: each true object's box against the box of what the oracle found in its cell.
+    Several candidates (the defaults' `num_candidates`) are reranked by `reranker` (the retriever against the
+    prompt's words, as serving does; None: the model's likelihood)."""
     fmt, world = formatter(checkpoint), checkpoint.world
-    params = load_decoding_defaults(checkpoint.directory)[TEXT_TO_IMAGE]
+    params = params or load_decoding_defaults(checkpoint.directory)[GROUNDED]
     specs = [GroundedSpec(s, tuple(quantise(object_box(o, world), world) for o in s.objects)) for s in cases.scenes]
     prompts = [fmt.grounded(spec, None).prompt for spec in specs]
-    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed)
+    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, reranker)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     ious = []
     for truth, scene in zip(cases.scenes, predicted, strict=True):

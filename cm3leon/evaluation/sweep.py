@@ -7,7 +7,8 @@ confident expert, the k-th largest probability is tiny, so k > 1 lets in tokens 
 the streams favours; the shapes model drew no exact scene at k = 5 and 0.42 at k = 1 on validation), whose
 choice also sets the CD-K half of pooled decoding; the text guidance scale of editing (three streams, image scale
 as the preset) and the CFG scale x candidates of structure-guided generation (several candidates are reranked by
-the retriever given to the sweep, as `eval all` and serving rerank them);
+the retriever given to the sweep, as `eval all` and serving rerank them), and the candidates of grounded generation
+(which otherwise decodes with the text->image choice);
 captioning: temperature (0 = greedy) x candidates per image (several samples reranked by the noisy channel,
 cm3leon.decoding.channel; greedy decoding has only one candidate to offer). Every setting decodes the same val
 scenes with the same per-request seeds (common random numbers), so differences between settings are the settings',
@@ -24,10 +25,10 @@ from typing import Any
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.world import Split
 from cm3leon.decoding import SamplingParams, Scorer
-from cm3leon.decoding.defaults import CAPTION, EDIT, STRUCTURE, TEXT_TO_IMAGE, preset_defaults
+from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE, preset_defaults
 from cm3leon.evaluation.caption_eval import run_captioning
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
-from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_seg2img
+from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_grounded, evaluate_seg2img
 from cm3leon.evaluation.t2i_eval import prompt_captions, run_method
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
 
@@ -50,13 +51,15 @@ class SweepConfig:
     edit_scales: tuple[float, ...] = (1.5, 3.0, 7.5)
     structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     structure_candidates: tuple[int, ...] = (1, 8)  # several: reranked by the sweep's reranker
+    grounded_candidates: tuple[int, ...] = (1, 8)  # at the chosen text->image setting; reranked likewise
     caption_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)
     caption_candidates: tuple[int, ...] = (1, 16)
 
     def __post_init__(self) -> None:
         axes = (
             self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
-            self.structure_scales, self.structure_candidates, self.caption_temperatures, self.caption_candidates,
+            self.structure_scales, self.structure_candidates, self.grounded_candidates, self.caption_temperatures,
+            self.caption_candidates,
         )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
@@ -68,7 +71,7 @@ class SweepConfig:
             "quick": dict(
                 n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
                 cdk_ks=(1,), edit_scales=(7.5,), structure_scales=(3.0,), caption_temperatures=(0.0,),
-                caption_candidates=(1,), structure_candidates=(1,),
+                caption_candidates=(1,), structure_candidates=(1,), grounded_candidates=(1,),
             ),
         }
         if name not in presets:
@@ -166,6 +169,24 @@ def sweep_image_tasks(
     return {EDIT: section(edit_runs, "unchanged_preserved"), STRUCTURE: section(structure_runs, "attribute_accuracy")}
 
 
+def sweep_grounded(
+    checkpoint: EvalCheckpoint, config: SweepConfig, t2i_params: SamplingParams, reranker: Scorer | None
+) -> dict[str, Any]:
+    """Grounded generation decodes as text->image does (`t2i_params`, the sweep's choice); here only its number of
+    candidates (reranked by `reranker` against the prompt's words) is chosen, on val cases."""
+    oracle = Oracle(checkpoint.world)
+    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
+    cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
+    runs: list[dict[str, Any]] = []
+    for candidates in config.grounded_candidates:
+        params = t2i_params.replace(num_candidates=candidates)
+        metrics = evaluate_grounded(checkpoint, cases, task_config, oracle, params, reranker).metrics
+        runs.append({"num_candidates": candidates, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                     "box_iou": metrics["box_iou"]})
+    table = {f"candidates={run['num_candidates']}": run["exact_scene_accuracy"] for run in runs}
+    return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", "box_iou"))}
+
+
 def caption_settings(config: SweepConfig) -> list[tuple[float, int]]:
     """(temperature, candidates) pairs of the caption sweep; greedy decoding (0) is run with one candidate only,
     since all its candidates would be the same caption."""
@@ -205,7 +226,7 @@ def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer 
     """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice); `reranker`
     chooses among several structure-guided candidates (None: the model's likelihood)."""
     base = preset_defaults()
-    return {
+    report: dict[str, Any] = {
         "split": SWEEP_SPLIT.value,
         "n": config.n,
         "seed": config.seed,
@@ -214,13 +235,16 @@ def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer 
         **sweep_image_tasks(checkpoint, config, base, reranker),
         CAPTION: sweep_captioning(checkpoint, config, base[CAPTION]),
     }
+    t2i_params = best_defaults(report)[TEXT_TO_IMAGE]
+    report[GROUNDED] = sweep_grounded(checkpoint, config, t2i_params, reranker)
+    return report
 
 
 def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
     """The sweep's best settings laid over the presets: what `--write-defaults` saves."""
     base = preset_defaults()
     t2i_best, caption_best = report[TEXT_TO_IMAGE]["best"], report[CAPTION]["best"]
-    return {
+    defaults = {
         TEXT_TO_IMAGE: base[TEXT_TO_IMAGE].replace(
             method="cfg", temperature=t2i_best["temperature"], guidance_scale=t2i_best["guidance_scale"],
             guidance_plausibility=t2i_best.get("guidance_plausibility", 0.0),
@@ -237,3 +261,7 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
             for task in (EDIT, STRUCTURE) if task in report
         },
     }
+    # Grounded generation: text->image's setting with its own candidate count (the same without its section).
+    grounded_candidates = report[GROUNDED]["best"]["num_candidates"] if GROUNDED in report else 1
+    defaults[GROUNDED] = defaults[TEXT_TO_IMAGE].replace(num_candidates=grounded_candidates)
+    return defaults

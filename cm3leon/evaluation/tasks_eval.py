@@ -111,7 +111,7 @@ def evaluate_all(
     timed("segmentation", lambda: evaluate_segmentation(checkpoint, cases, config))
     reranker = retriever_reranker(checkpoint, retriever)
     timed("seg2img", lambda: evaluate_seg2img(checkpoint, cases, config, oracle, reranker=reranker))
-    timed("grounded", lambda: evaluate_grounded(checkpoint, cases, config, oracle))
+    timed("grounded", lambda: evaluate_grounded(checkpoint, cases, config, oracle, reranker=reranker))
     timed("text_render", lambda: evaluate_text_render(checkpoint, cases, config, oracle))
     report["vq_ceiling"] = vq_ceiling(checkpoint, cases, oracle)
     report["seconds"] = seconds

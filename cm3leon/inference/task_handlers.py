@@ -23,7 +23,7 @@ import numpy as np
 from cm3leon.data.questions import reasoning_final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
-from cm3leon.decoding.defaults import EDIT, STRUCTURE, TEXT_TO_IMAGE
+from cm3leon.decoding.defaults import EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE
 from cm3leon.inference.requests import (
     Edit,
     EngineResult,
@@ -129,9 +129,10 @@ def structure_guided(context: RunContext, request: StructureGuided) -> EngineRes
 
 def grounded_generation(context: RunContext, request: GroundedGeneration) -> EngineResult:
     no_retrieval(request.sampling, "grounded_generation")
-    base = context.engine.defaults[TEXT_TO_IMAGE]
+    base = context.engine.defaults[GROUNDED]
     params = sampling_params(base, request.sampling, base_seed(request.sampling))
-    return image_job(context, grounded_prompt(context.engine, request), params)
+    # Candidates are reranked against the prompt's words (its boxes aside), as for text->image.
+    return image_job(context, grounded_prompt(context.engine, request), params, context.engine.image_reranker)
 
 
 def text_rendering(context: RunContext, request: TextRendering) -> EngineResult:

@@ -1,8 +1,8 @@
 """The retriever as the reranker of pooled candidates (CM3Leon reranks with CLIP; this is the same role).
 
 `RetrieverScorer` is a `cm3leon.decoding.Scorer`: each image candidate is decoded to pixels by the VQ decoder and
-scored by the retriever's text-image similarity (at the retriever's resolution) with the prompt's caption (the last
-text of the prompt, which is the query document's even when retrieved documents come before it). Candidates of text
+scored by the retriever's text-image similarity (at the retriever's resolution) with the prompt's caption (the text
+after the last image of the query document, which comes after any retrieved documents). Candidates of text
 targets, and prompts without text, fall back to another scorer (by default the model's own likelihood, through
 `generate`).
 """
@@ -23,12 +23,15 @@ from cm3leon.tokenizers.vocab import Vocabulary
 
 
 def prompt_caption(vocab: Vocabulary, prompt_ids: Sequence[int]) -> str | None:
-    """The last text segment of the prompt's last document (the query), or None when it has no text."""
+    """The text after the last image of the prompt's last document (the query), or None when there is none: a
+    text->image caption, the caption after a structure-guided map, a grounded prompt's words without its boxes."""
     last_document = list(prompt_ids)
     if vocab.bos_id in last_document:
         last_document = last_document[len(last_document) - 1 - last_document[::-1].index(vocab.bos_id) :]
-    texts = [segment for segment in vocab.decode_document(last_document) if isinstance(segment, str)]
-    return texts[-1] if texts else None
+    image_positions = [index for index, token in enumerate(last_document) if token in vocab.image_ids]
+    after_images = last_document[image_positions[-1] + 1 :] if image_positions else last_document
+    text = vocab.decode_text(after_images).strip()  # special and location ids are skipped
+    return text or None
 
 
 class RetrieverScorer:
