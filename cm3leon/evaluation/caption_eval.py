@@ -1,10 +1,10 @@
 """Captioning evaluation: the decoder describes held-out test images, and the captions are read back exactly.
 
-Prompt: `<bos> IMAGE <break>`, the pretraining direction `IMAGE <break> caption`, continued as text until
-`<eos>` (per the checkpoint's caption default: greedy, or several samples reranked by the noisy channel,
-`cm3leon.decoding.channel`). Each caption is parsed with
-`parse_caption` into a Scene and compared with the truth (exact-scene and attribute accuracies); BLEU-4 is
-taken against every detailed paraphrase of the scene, since any of them is a correct caption.
+Prompt: `<bos> IMAGE <break>`, the pretraining direction `IMAGE <break> caption`, continued as text until `<eos>`
+(per the checkpoint's caption default: greedy, or several samples reranked by the noisy channel,
+`cm3leon.decoding.channel`). Each caption is parsed with `parse_caption` into a Scene and compared with the truth
+(exact-scene and attribute accuracies); BLEU-4 is taken against every detailed paraphrase of the scene, since any
+of them is a correct caption.
 
 Scoring given captions is the pure function `score_captions`, separate from generation.
 """

@@ -224,7 +224,7 @@ def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: Samp
 
 def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer | None = None) -> dict[str, Any]:
     """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice); `reranker`
-    chooses among several structure-guided candidates (None: the model's likelihood)."""
+    chooses among several structure-guided or grounded candidates (None: the model's likelihood)."""
     base = preset_defaults()
     report: dict[str, Any] = {
         "split": SWEEP_SPLIT.value,

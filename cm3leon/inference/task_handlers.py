@@ -3,11 +3,11 @@ and decodes it as the evaluation does (the shared loops of `cm3leon.tasks.decode
 and previews:
 
     visual_question      greedy answer (a reasoning question's worked answer, or only its final answer)
-    edit                 three-stream guidance, image 1.5 / text 7.5 (the request may override both)
+    edit                 three-stream guidance (the model's edit defaults; the request may override both scales)
     infill               CM3 sentinels, the evaluation's greedy span loop, one region after the other
     segmentation         greedy map -> per-pixel classes by the world's legend
-    structure_guided     CFG 3
-    grounded_generation  the model's text->image default
+    structure_guided     CFG (the model's structure defaults); several candidates reranked by the retriever
+    grounded_generation  the model's grounded defaults (text->image's, own candidate count), reranked likewise
     text_rendering       the model's text->image default
 
 Retrieval is only trained for text->image and captioning, so these kinds refuse `retrieved_k`.
