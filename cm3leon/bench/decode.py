@@ -61,7 +61,7 @@ def _best_seconds(work: Callable[[], float], repeats: int) -> float:
 
 def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) -> dict[str, Any]:
     """Flat results: `t{threads}_cfg_b{batch}_images_per_s` / `_ms_per_image`, `t{threads}_pooled{k}_b{batch}_...`,
-    `t{threads}_caption_b{batch}_tokens_per_s`."""
+    `t{threads}_caption_b{batch}_tokens_per_s` / `_captions_per_s`."""
     config = config or DecodeBenchConfig()
     checkpoint = load_eval_checkpoint(checkpoint_dir)
     defaults = load_decoding_defaults(checkpoint_dir)
@@ -82,6 +82,7 @@ def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) 
         "codes_per_image": checkpoint.vocab.codes_per_image,
         "cfg_guidance_scale": cfg.guidance_scale,
         "pooled_candidates": pooled.num_candidates,
+        "caption_candidates": caption_params.num_candidates,  # > 1: sampled and reranked by the noisy channel
     }
     threads_before = torch.get_num_threads()
     try:
@@ -106,9 +107,9 @@ def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) 
                 for _ in range(config.repeats + 1)  # the first run is the warm-up
             ]
             fastest = min(caption_runs[1:], key=lambda run: run.seconds)
-            results[f"{prefix}_caption_b{config.caption_batch_size}_tokens_per_s"] = (
-                fastest.generated_tokens / fastest.seconds
-            )
+            caption_name = f"{prefix}_caption_b{config.caption_batch_size}"
+            results[f"{caption_name}_tokens_per_s"] = fastest.generated_tokens / fastest.seconds  # all candidates'
+            results[f"{caption_name}_captions_per_s"] = len(fastest.captions) / fastest.seconds  # reranked, delivered
     finally:
         torch.set_num_threads(threads_before)
     return results
