@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from cm3leon.decoding.params import DEFAULT_SCORING_BATCH_SIZE, GenerationRequest
-from cm3leon.decoding.prompts import document_prompt_ids
+from cm3leon.decoding.prompts import document_prompt_ids, last_document
 from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, continuation_log_likelihoods
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
 
@@ -31,10 +31,8 @@ NOT_A_CAPTION = float("-inf")
 
 def query_image(vocab: Vocabulary, prompt_ids: Sequence[int]) -> ImageCodes | None:
     """The last image of the prompt's last document (after its last `<bos>`: retrieved documents come first)."""
-    ids = list(prompt_ids)
-    if vocab.bos_id in ids:
-        ids = ids[len(ids) - 1 - ids[::-1].index(vocab.bos_id) :]
-    images = [segment for segment in vocab.decode_document(ids) if isinstance(segment, ImageCodes)]
+    segments = vocab.decode_document(last_document(vocab, prompt_ids))
+    images = [segment for segment in segments if isinstance(segment, ImageCodes)]
     return images[-1] if images else None
 
 

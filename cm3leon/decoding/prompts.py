@@ -35,6 +35,14 @@ def document_prompt_ids(vocab: Vocabulary, document: Document, target: str) -> l
     return ids
 
 
+def last_document(vocab: Vocabulary, ids: Sequence[int]) -> list[int]:
+    """The ids from the prompt's last `<bos>` on: the query document, after any retrieved documents."""
+    ids = list(ids)
+    if vocab.bos_id not in ids:
+        return ids
+    return ids[len(ids) - 1 - ids[::-1].index(vocab.bos_id) :]
+
+
 def mask_runs(vocab: Vocabulary, ids: Sequence[int], kinds: frozenset[str]) -> list[int]:
     """Replace each maximal run of ids whose kind is in `kinds` by a single `<mask>`."""
     masked: list[int] = []

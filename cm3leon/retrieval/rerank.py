@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from cm3leon.decoding.params import GenerationRequest
+from cm3leon.decoding.prompts import last_document
 from cm3leon.decoding.rerank import Scorer
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tokenizers.image import ImageTokenizer
@@ -25,11 +26,9 @@ from cm3leon.tokenizers.vocab import Vocabulary
 def prompt_caption(vocab: Vocabulary, prompt_ids: Sequence[int]) -> str | None:
     """The text after the last image of the prompt's last document (the query), or None when there is none: a
     text->image caption, the caption after a structure-guided map, a grounded prompt's words without its boxes."""
-    last_document = list(prompt_ids)
-    if vocab.bos_id in last_document:
-        last_document = last_document[len(last_document) - 1 - last_document[::-1].index(vocab.bos_id) :]
-    image_positions = [index for index, token in enumerate(last_document) if token in vocab.image_ids]
-    after_images = last_document[image_positions[-1] + 1 :] if image_positions else last_document
+    query = last_document(vocab, prompt_ids)
+    image_positions = [index for index, token in enumerate(query) if token in vocab.image_ids]
+    after_images = query[image_positions[-1] + 1 :] if image_positions else query
     text = vocab.decode_text(after_images).strip()  # special and location ids are skipped
     return text or None
 

@@ -11,7 +11,7 @@ span ends. The loops read only the checkpoint's model, vocabulary and VQ tokeniz
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from cm3leon.decoding import (
     left_pad,
     no_rerank,
 )
+from cm3leon.decoding.params import Target
 from cm3leon.tasks.checkpoint import LoadedCheckpoint
 from cm3leon.tasks.parsing import image_output, text_answer
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
@@ -38,6 +39,18 @@ SEGMENTATION_PARAMS = SamplingParams(method="sample", temperature=0.0)
 def request_seed(seed: int, index: int) -> int:
     """The sampling seed of the `index`-th request of a run: reproducible, distinct per request."""
     return int.from_bytes(random.Random(f"{seed}:{index}").randbytes(7), "big")
+
+
+def seeded_batches(
+    prompts: Sequence[Sequence[int]], target: Target, params: SamplingParams, batch_size: int, seed: int
+) -> Iterator[list[GenerationRequest]]:
+    """The prompts as requests in batches of `batch_size`, request i seeded by `request_seed(seed, i)` (so every
+    setting sees the same random numbers whatever the batch size)."""
+    for first in range(0, len(prompts), batch_size):
+        yield [
+            GenerationRequest(prompt_ids=list(p), target=target, params=params.replace(seed=request_seed(seed, i)))
+            for i, p in enumerate(prompts[first : first + batch_size], start=first)
+        ]
 
 
 def generate_image_outputs(
@@ -53,11 +66,7 @@ def generate_image_outputs(
     Several candidates are reranked by `scorer` (default: the model's likelihood)."""
     scorer = no_rerank if params.num_candidates == 1 else scorer
     codes: list[ImageCodes | None] = []
-    for first in range(0, len(prompts), batch_size):
-        requests = [
-            GenerationRequest(prompt_ids=list(p), target="image", params=params.replace(seed=request_seed(seed, i)))
-            for i, p in enumerate(prompts[first : first + batch_size], start=first)
-        ]
+    for requests in seeded_batches(prompts, "image", params, batch_size, seed):
         results = generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer)
         codes.extend(image_output(result.token_ids, checkpoint.vocab) for result in results)
     return codes, decode_codes(checkpoint, codes)
@@ -80,11 +89,7 @@ def generate_text_outputs(
 ) -> list[str]:
     """The generated answer text of each prompt (decoding stops at `<eos>` or `params.max_new_tokens`)."""
     answers: list[str] = []
-    for first in range(0, len(prompts), batch_size):
-        requests = [
-            GenerationRequest(prompt_ids=list(p), target="text", params=params.replace(seed=request_seed(seed, i)))
-            for i, p in enumerate(prompts[first : first + batch_size], start=first)
-        ]
+    for requests in seeded_batches(prompts, "text", params, batch_size, seed):
         results = generate(checkpoint.model, checkpoint.vocab, requests, scorer=no_rerank)
         answers.extend(text_answer(result.token_ids, checkpoint.vocab) for result in results)
     return answers
