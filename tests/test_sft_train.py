@@ -114,7 +114,7 @@ def test_cli_sft_lowers_the_loss_writes_a_model_directory_and_resumes(tmp_path: 
     assert any("val_loss" in r for r in MetricsLogger.read(out / METRICS_FILE))
 
 
-def test_cli_sft_pool_sizes_replace_the_presets(tmp_path: Path) -> None:
+def test_cli_sft_pool_sizes_and_seed_replace_the_presets(tmp_path: Path) -> None:
     init = tiny_init_checkpoint(tmp_path)
     out = tmp_path / "sft"
     command = ["train", "sft", "--init", str(init), "--out", str(out), "--mix", str(MIX_FILE), "--device", "cpu"]
@@ -125,3 +125,19 @@ def test_cli_sft_pool_sizes_replace_the_presets(tmp_path: Path) -> None:
     assert (pools["scenes"], pools["words"], pools["edits"]) == (24, 5, 7)
     bad = CliRunner().invoke(app, [*command[:-6], "--scenes", "0"])
     assert bad.exit_code != 0 and "--scenes" in bad.output
+    # Another pool seed: other training examples, the same held-out pools (so held-out losses compare).
+    reseeded = tmp_path / "sft-seed-3"
+    command[command.index(str(out))] = str(reseeded)
+    result = CliRunner().invoke(app, [*command, "--pool-seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((reseeded / "final" / "training.json").read_text())["sft_data_config"]["corpus"]["seed"] == 3
+
+    def caches(run: Path, split: str) -> set[str]:
+        return {path.name for path in (run / "cache").glob(f"task_corpus-{split}-*.npz")}
+
+    assert caches(reseeded, "val") == caches(out, "val") and len(caches(out, "val")) == 1
+    assert caches(reseeded, "train").isdisjoint(caches(out, "train")) and len(caches(reseeded, "train")) == 1
+    scenes = [
+        TaskCorpus.load(run / "cache" / caches(run, "train").pop()).scenes.scenes for run in (out, reseeded)
+    ]
+    assert len(scenes[0]) == len(scenes[1]) == 24 and scenes[0] != scenes[1]

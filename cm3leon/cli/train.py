@@ -219,6 +219,11 @@ def train_sft(
     scenes: Annotated[int | None, typer.Option(help="Scenes in the task pool (default: preset, 20,000).")] = None,
     words: Annotated[int | None, typer.Option(help="Text-rendering scenes in the pool (default: 8,000).")] = None,
     edits: Annotated[int | None, typer.Option(help="Edit cases in the pool (default: 16,000).")] = None,
+    pool_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the pools' scenes, words and edits (default 0); another seed draws examples a "
+                     "model tuned on the default pools has never seen (held-out pools stay the same)."),
+    ] = None,
     retriever: Annotated[Path, typer.Option(help="Trained retriever directory (used when --retrieved > 0).")] = (
         DEFAULT_RETRIEVER_DIR
     ),
@@ -253,6 +258,8 @@ def train_sft(
     pools = {k: v for k, v in {"scenes": scenes, "words": words, "edits": edits}.items() if v is not None}
     if any(size < 1 for size in pools.values()):
         raise typer.BadParameter("--scenes, --words and --edits must be positive")
+    if pool_seed is not None:
+        pools["seed"] = pool_seed
     run = SFTRun(
         init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir, pools=pools
     )

@@ -47,9 +47,10 @@ class SFTRun:
     # Retrieved documents for t2i examples, found by this retriever over the scene pool (when no hook is given).
     retrieved: int = 0
     retriever_dir: Path | None = None
-    # Pool sizes that replace the preset's (`TaskCorpusConfig` fields: scenes, words, edits). Long runs need
+    # Pool fields that replace the preset's (`TaskCorpusConfig`: scenes, words, edits, seed). Long runs need
     # larger pools: a GPU run of ~400M tokens over the 20k-scene default saw each scene ~100 times and fitted
-    # the pool (train loss 0.25 vs 0.90 held out).
+    # the pool (train loss 0.25 vs 0.90 held out). Another seed draws other scenes: a model fine-tuned again
+    # from an SFT checkpoint can then learn from examples it has never seen.
     pools: dict[str, int] = field(default_factory=dict)
 
 
@@ -118,7 +119,9 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
         data = replace(data, corpus=replace(data.corpus, **run.pools))
     torch.manual_seed(trainer_config.seed)
     world = data.world()
-    heldout_pools = TaskCorpusConfig(**HELDOUT_POOLS[preset], seed=data.corpus.seed)
+    # The held-out pools keep the preset's seed whatever the training pools' seed, so held-out losses of runs
+    # on different pools compare.
+    heldout_pools = TaskCorpusConfig(**HELDOUT_POOLS[preset])
     cache_dir = run.out_dir / CACHE_DIR
     corpora = ((data.corpus, Split.TRAIN), (heldout_pools, Split.VAL))
     if context.is_main:  # slow, write-once work: one rank does it, the others read the result
