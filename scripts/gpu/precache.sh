@@ -7,7 +7,7 @@
 #   scripts/gpu/precache.sh DIR          # then: PRECACHE=DIR (carried to the GPU machine) scripts/gpu/pipeline.sh
 #
 # Settings (environment) must match the pipeline call: TRAIN_SCENES, PRE_K (one K; run again for others),
-# SFT_SCENES / SFT_WORDS / SFT_EDITS (empty: the preset's pools), VQ. About 10 CPU minutes per 100k images.
+# SFT_SCENES / SFT_WORDS / SFT_EDITS (empty: the preset's pools), SFT_POOL_SEED, VQ. About 10 CPU minutes per 100k images.
 set -euo pipefail
 DIR=${1:?usage: precache.sh DIR}
 TRAIN_SCENES=${TRAIN_SCENES:-100000}
@@ -21,6 +21,7 @@ POOLS=()
 [ -n "${SFT_SCENES:-}" ] && POOLS+=(--scenes "$SFT_SCENES")
 [ -n "${SFT_WORDS:-}" ] && POOLS+=(--words "$SFT_WORDS")
 [ -n "${SFT_EDITS:-}" ] && POOLS+=(--edits "$SFT_EDITS")
+[ -n "${SFT_POOL_SEED:-}" ] && POOLS+=(--pool-seed "$SFT_POOL_SEED")
 
 mkdir -p "$DIR/pretrain" "$DIR/sft"
 cm3 train pretrain --preset shapes --out "$SCRATCH/pretrain" --steps 1 --train-scenes "$TRAIN_SCENES" \
