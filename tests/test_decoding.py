@@ -15,6 +15,7 @@ from cm3leon.decoding import (
     LikelihoodScorer,
     ModalityConstraint,
     SamplingParams,
+    SourceCopyPrior,
     StopCriteria,
     TokenSelector,
     TopK,
@@ -25,6 +26,7 @@ from cm3leon.decoding import (
     continuation_log_likelihoods,
     generate,
     generate_image_codes,
+    last_image_ids,
     plan_batch,
     prompt_streams,
     query_image,
@@ -328,6 +330,53 @@ def test_full_guidance_plausibility_keeps_only_the_conditional_argmax(model: Tra
 def test_guidance_plausibility_is_validated() -> None:
     with pytest.raises(ValueError, match="guidance_plausibility"):
         SamplingParams(guidance_plausibility=1.5)
+
+
+def test_source_copy_prior_adds_its_bias_at_the_reference_code_of_the_position() -> None:
+    reference = torch.tensor([[3, 5, 7], [2, 2, 2]])
+    prior = SourceCopyPrior(reference, torch.tensor([2.0, 0.0]))
+    scores = torch.zeros((2, 8))
+    scores[0, 6] = NEG_INF
+    out = prior(scores, codes_written=torch.tensor([1, 0]), in_image=torch.tensor([True, True]))
+    assert out[0].tolist() == [0, 0, 0, 0, 0, 2.0, NEG_INF, 0]  # position 1 -> code 5
+    assert out[1].tolist() == [0.0] * 8  # bias 0: off
+    past_the_block = prior(scores, codes_written=torch.tensor([3, 0]), in_image=torch.tensor([False, True]))
+    assert torch.equal(past_the_block, scores)  # after the image (<eos> step) nothing is added
+    forbidden = prior(scores, codes_written=torch.tensor([2, 0]), in_image=torch.tensor([True, True]))
+    assert forbidden[0, 6] == NEG_INF and forbidden[0, 7] == 2.0
+
+
+def test_last_image_ids_finds_the_last_complete_image_block(vocab: Vocabulary) -> None:
+    first, second = ImageCodes.of([1] * vocab.codes_per_image), ImageCodes.of(list(range(vocab.codes_per_image)))
+    ids = vocab.encode_document(["edit", first, "make it blue", second, "then"], bos=True, eos=False)
+    assert last_image_ids(vocab, ids) == vocab.encode_image(second.codes)
+    image_only = vocab.encode_document([first], bos=False, eos=False)
+    assert last_image_ids(vocab, image_only) == vocab.encode_image(first.codes)
+    assert last_image_ids(vocab, vocab.encode_document(["no image"], bos=True, eos=False)) is None
+
+
+def test_a_large_source_copy_bias_copies_the_source_and_zero_is_off(model: Transformer, vocab: Vocabulary) -> None:
+    source = ImageCodes.of([(5 * i + 3) % vocab.config.codebook_size for i in range(vocab.codes_per_image)])
+    prompt = ["edit", source, "make it blue"]
+
+    def edit(**params: object) -> list[int]:
+        request = GenerationRequest(prompt=prompt, target="image", params=SamplingParams(  # type: ignore[arg-type]
+            method="cfg", image_guidance_scale=1.5, seed=3, **params))
+        return generate(model, vocab, [request])[0].token_ids[: vocab.codes_per_image]
+
+    assert edit(source_copy_bias=1e4) == vocab.encode_image(source.codes)
+    plain = edit()
+    assert plain != vocab.encode_image(source.codes)
+    assert edit(source_copy_bias=0.0) == plain
+    mild = edit(source_copy_bias=3.0)
+    copied = sum(a == b for a, b in zip(mild, vocab.encode_image(source.codes), strict=True))
+    # A mild bias tips near-ties only: more of the source than without it, not all of it.
+    assert sum(a == b for a, b in zip(plain, vocab.encode_image(source.codes), strict=True)) < copied
+    assert copied < vocab.codes_per_image
+    with pytest.raises(ValueError, match="source_copy_bias needs a prompt holding an image"):
+        generate(model, vocab, [image_request(source_copy_bias=1.0)])
+    with pytest.raises(ValueError, match="source_copy_bias"):
+        SamplingParams(source_copy_bias=-1.0)
 
 
 def test_progress_reaches_total_and_cancellation_stops(model: Transformer, vocab: Vocabulary) -> None:

@@ -389,13 +389,20 @@ def test_sweep_chooses_edit_and_structure_scales_on_val_and_the_evaluations_use_
 ) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
     checkpoint = load_eval_checkpoint(directory)
-    report = run_sweep(checkpoint, SweepConfig.preset("quick", edit_scales=(1.5, 7.5), structure_scales=(2.0, 3.0)))
+    report = run_sweep(checkpoint, SweepConfig.preset(
+        "quick", edit_scales=(1.5, 7.5), edit_copy_biases=(0.0, 2.0), structure_scales=(2.0, 3.0)
+    ))
+    assert [(run["guidance_scale"], run["source_copy_bias"]) for run in report[EDIT]["runs"]] == [
+        (1.5, 0.0), (1.5, 2.0), (7.5, 0.0), (7.5, 2.0)
+    ]
+    assert "scale=7.5,copy=2" in report[EDIT]["exact_scene_accuracy"]
     for task, scales in ((EDIT, [1.5, 7.5]), (STRUCTURE, [2.0, 3.0])):
-        assert [run["guidance_scale"] for run in report[task]["runs"]] == scales
+        assert set(run["guidance_scale"] for run in report[task]["runs"]) == set(scales)
         assert report[task]["best"]["guidance_scale"] in scales
     save_decoding_defaults(directory, best_defaults(report), {"split": "val"})
     defaults = load_decoding_defaults(directory)
     assert defaults[EDIT].guidance_scale == report[EDIT]["best"]["guidance_scale"]
+    assert defaults[EDIT].source_copy_bias == report[EDIT]["best"]["source_copy_bias"]
     assert defaults[STRUCTURE].guidance_scale == report[STRUCTURE]["best"]["guidance_scale"]
     cases = build_cases(checkpoint, TaskEvalConfig.preset("quick", n=1))
     oracle = Oracle(checkpoint.world)

@@ -140,6 +140,9 @@ def eval_sweep(
     ] = "0,0.1",
     cdk_ks: Annotated[str, typer.Option(help="CD-K reference ranks k, comma-separated.")] = "1,5",
     edit_scales: Annotated[str, typer.Option(help="Editing text guidance scales, comma-separated.")] = "1.5,3,7.5",
+    edit_copy_biases: Annotated[
+        str, typer.Option(help="Editing source-copy biases (0 = off), comma-separated, crossed with the scales.")
+    ] = "0,1,2",
     structure_scales: Annotated[
         str, typer.Option(help="Structure-guided generation CFG scales, comma-separated.")
     ] = "1.5,2,3",
@@ -162,8 +165,9 @@ def eval_sweep(
     write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,
     threads: DecoderThreadsOption = None,
 ) -> None:
-    """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing and
-    structure-guided guidance scales (x candidates), and caption temperature x candidates on the VALIDATION split."""
+    """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing guidance
+    scale x source-copy bias, the structure-guided guidance scale x candidates, and caption temperature x
+    candidates, on the VALIDATION split."""
     from cm3leon.decoding.defaults import save_decoding_defaults
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
@@ -178,7 +182,8 @@ def eval_sweep(
     config = SweepConfig(
         n=n, batch_size=batch_size, seed=seed, temperatures=floats(temperatures), guidance_scales=floats(scales),
         plausibilities=floats(plausibilities), cdk_ks=tuple(int(k) for k in floats(cdk_ks)),
-        edit_scales=floats(edit_scales), structure_scales=floats(structure_scales),
+        edit_scales=floats(edit_scales), edit_copy_biases=floats(edit_copy_biases),
+        structure_scales=floats(structure_scales),
         structure_candidates=tuple(int(count) for count in floats(structure_candidates)),
         grounded_candidates=tuple(int(count) for count in floats(grounded_candidates)),
         caption_temperatures=floats(caption_temperatures),

@@ -21,8 +21,8 @@ from cm3leon.decoding.params import (
     SamplingParams,
 )
 from cm3leon.decoding.plan import BatchPlan, GroupSpec, plan_batch
-from cm3leon.decoding.processors import ModalityConstraint, StopCriteria, Temperature, TopK, TopP
-from cm3leon.decoding.prompts import PromptStreams, document_prompt_ids, mask_runs, prompt_streams
+from cm3leon.decoding.processors import ModalityConstraint, SourceCopyPrior, StopCriteria, Temperature, TopK, TopP
+from cm3leon.decoding.prompts import PromptStreams, document_prompt_ids, last_image_ids, mask_runs, prompt_streams
 from cm3leon.decoding.rerank import (
     LikelihoodScorer,
     Scorer,
@@ -50,6 +50,7 @@ __all__ = [
     "PromptStreams",
     "SamplingParams",
     "Scorer",
+    "SourceCopyPrior",
     "StopCriteria",
     "StreamMixer",
     "Temperature",
@@ -66,6 +67,7 @@ __all__ = [
     "draw_uniforms",
     "generate",
     "generate_image_codes",
+    "last_image_ids",
     "left_pad",
     "mask_runs",
     "no_rerank",

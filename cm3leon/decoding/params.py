@@ -47,6 +47,9 @@ class SamplingParams:
     # largest p_cond (0: off). uncond + a * (cond - uncond) turns the gap between two tiny probabilities into a
     # large score; on a strong model that draws stray codes (blotches) at a >= 3. CD-K's candidate rule with k=1.
     guidance_plausibility: float = 0.0
+    # Image targets: added to the score of the prompt's last image's code at the position being written (editing:
+    # the source image), so what the instruction does not touch tends to be copied (0: off). See SourceCopyPrior.
+    source_copy_bias: float = 0.0
     num_candidates: int = 1
     max_new_tokens: int = 64  # text targets only; an image target is always exactly one image block
     seed: int | None = None  # None: a fresh random seed (reported in the result)
@@ -64,6 +67,8 @@ class SamplingParams:
             raise ValueError(f"cdk_alpha must lie in (0, 1], got {self.cdk_alpha}")
         if not 0 <= self.guidance_plausibility <= 1:
             raise ValueError(f"guidance_plausibility must lie in [0, 1], got {self.guidance_plausibility}")
+        if self.source_copy_bias < 0:
+            raise ValueError(f"source_copy_bias must be >= 0, got {self.source_copy_bias}")
         if self.cdk_k < 1:
             raise ValueError(f"cdk_k must be >= 1, got {self.cdk_k}")
         if self.num_candidates < 1:

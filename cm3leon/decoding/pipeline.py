@@ -1,5 +1,5 @@
-"""One decode step for every group of a batch: mix streams -> plausibility -> constrain -> CD-K -> warp -> select
--> stop.
+"""One decode step for every group of a batch: mix streams -> plausibility -> constrain -> CD-K -> copy prior ->
+warp -> select -> stop.
 
 Built once per `generate` call from the batch plan; every per-request parameter is a (G,) tensor, so a step is
 a fixed sequence of tensor operations with no host-device synchronisation.
@@ -16,7 +16,16 @@ from cm3leon.decoding.contrastive import cdk_candidates, cdk_scores
 from cm3leon.decoding.guidance import StreamMixer
 from cm3leon.decoding.params import GenerationRequest
 from cm3leon.decoding.plan import BatchPlan
-from cm3leon.decoding.processors import NEG_INF, ModalityConstraint, StopCriteria, Temperature, TopK, TopP
+from cm3leon.decoding.processors import (
+    NEG_INF,
+    ModalityConstraint,
+    SourceCopyPrior,
+    StopCriteria,
+    Temperature,
+    TopK,
+    TopP,
+)
+from cm3leon.decoding.prompts import last_image_ids
 from cm3leon.decoding.selector import TokenSelector, draw_uniforms
 from cm3leon.tokenizers.vocab import Vocabulary
 
@@ -32,6 +41,7 @@ class StepPipeline:
     cdk_ks: torch.Tensor
     plausibility: torch.Tensor  # (G,) guidance_plausibility; 0 keeps every allowed token
     any_plausibility: bool  # host-side: skip the mask when no group uses it
+    copy_prior: SourceCopyPrior | None  # None when no group asked for a source_copy_bias
     temperature: Temperature
     top_k: TopK
     top_p: TopP
@@ -53,6 +63,8 @@ class StepPipeline:
             guided = torch.where(self.is_cdk.unsqueeze(1), contrastive, guided)
         guide_now = (self.guide_text | self.constraint.in_image_block()).unsqueeze(1)
         scores = torch.where(guide_now, guided, full).masked_fill(~allowed, NEG_INF)
+        if self.copy_prior is not None:
+            scores = self.copy_prior(scores, self.constraint.codes_written, self.constraint.in_image_block())
         probs = self.top_p(self.top_k(self.temperature(scores))).softmax(dim=-1)
         tokens = self.stop.apply(self.selector(probs, step), step)
         self.constraint.update(tokens)
@@ -75,6 +87,7 @@ def build_pipeline(
         steps = groups[group_indices[0]].max_new
         uniforms[group_indices, :steps] = draw_uniforms(plan.seeds[request_index], len(group_indices), steps)
 
+    copy_prior = _copy_prior(vocab, plan, requests, device) if any(p.source_copy_bias > 0 for p in params) else None
     mixer = StreamMixer(
         full_rows=tensor([g.full_row for g in groups], torch.long),
         image_only_rows=tensor([g.image_only_row for g in groups], torch.long),
@@ -95,6 +108,7 @@ def build_pipeline(
         cdk_ks=tensor([p.cdk_k for p in params], torch.long),
         plausibility=tensor([p.guidance_plausibility for p in params], torch.float32),
         any_plausibility=any(p.guidance_plausibility > 0 for p in params),
+        copy_prior=copy_prior,
         temperature=Temperature(tensor([p.temperature for p in params], torch.float32)),
         # CD-K has its own truncation (the candidate set); top-k / top-p apply to the other groups only.
         top_k=TopK(tensor([0 if cdk else p.top_k for p, cdk in zip(params, is_cdk, strict=True)], torch.long)),
@@ -102,3 +116,20 @@ def build_pipeline(
         selector=TokenSelector(uniforms.to(device), tensor([p.temperature == 0 for p in params], torch.bool)),
         stop=StopCriteria(vocab, tensor([g.max_new for g in groups], torch.long)),
     )
+
+
+def _copy_prior(
+    vocab: Vocabulary, plan: BatchPlan, requests: Sequence[GenerationRequest], device: torch.device
+) -> SourceCopyPrior:
+    """Each group's reference codes: its request's last prompt image (requests without a bias point anywhere)."""
+    references, biases = [], []
+    for group in plan.groups:
+        request = requests[group.request]
+        bias = request.params.source_copy_bias if request.target == "image" else 0.0
+        reference = last_image_ids(vocab, plan.streams[group.request].full) if bias > 0 else None
+        if bias > 0 and reference is None:
+            raise ValueError("source_copy_bias needs a prompt holding an image to copy from (editing's source)")
+        references.append(reference or [vocab.image_ids.start] * vocab.codes_per_image)
+        biases.append(bias)
+    reference_ids = torch.tensor(references, dtype=torch.long, device=device)
+    return SourceCopyPrior(reference_ids, torch.tensor(biases, dtype=torch.float32, device=device))

@@ -93,6 +93,26 @@ class ModalityConstraint:
         self.codes_written += (self.image_ids[tokens] & self.image_target).long()
 
 
+class SourceCopyPrior:
+    """Image targets: add a bias to the score of the reference image's code at the grid position being written.
+
+    An edit re-writes the whole image although most of it should stay as it was, and a small model re-draws the
+    untouched objects imperfectly (a triangle comes back as a diamond). With the source image as the reference,
+    its own code wins ties and near-ties among the tokens the guided scores allow, while a code the instruction
+    changes still wins where the model is confident. Tokens already forbidden (-inf) stay forbidden.
+    """
+
+    def __init__(self, reference_ids: torch.Tensor, biases: torch.Tensor) -> None:
+        self.reference_ids = reference_ids  # (G, codes_per_image) image-code ids; any ids where the bias is 0
+        self.biases = biases  # (G,) float, 0 = off
+
+    def __call__(self, scores: torch.Tensor, codes_written: torch.Tensor, in_image: torch.Tensor) -> torch.Tensor:
+        position = codes_written.clamp(max=self.reference_ids.shape[1] - 1).unsqueeze(1)
+        reference = self.reference_ids.gather(1, position)
+        bias = torch.where(in_image, self.biases, torch.zeros_like(self.biases)).unsqueeze(1).to(scores.dtype)
+        return scores.scatter_add(1, reference, bias)
+
+
 class StopCriteria:
     """A group stops after emitting a stop id (`<eos>`, `<break>`) or `max_new` tokens; later tokens are pad."""
 

@@ -43,6 +43,22 @@ def last_document(vocab: Vocabulary, ids: Sequence[int]) -> list[int]:
     return ids[len(ids) - 1 - ids[::-1].index(vocab.bos_id) :]
 
 
+def last_image_ids(vocab: Vocabulary, ids: Sequence[int]) -> list[int] | None:
+    """The image-code ids of the prompt's last complete image block (editing: the source image), or None."""
+    run_end: int | None = None
+    for index in range(len(ids) - 1, -1, -1):
+        is_code = ids[index] in vocab.image_ids
+        if is_code and run_end is None:
+            run_end = index + 1
+        elif not is_code and run_end is not None:
+            if run_end - index - 1 == vocab.codes_per_image:
+                return [int(token) for token in ids[index + 1 : run_end]]
+            run_end = None
+    if run_end == vocab.codes_per_image:
+        return [int(token) for token in ids[:run_end]]
+    return None
+
+
 def mask_runs(vocab: Vocabulary, ids: Sequence[int], kinds: frozenset[str]) -> list[int]:
     """Replace each maximal run of ids whose kind is in `kinds` by a single `<mask>`."""
     masked: list[int] = []

@@ -6,9 +6,10 @@ plausible, see SamplingParams.guidance_plausibility); then CD-K's k (the candida
 confident expert, the k-th largest probability is tiny, so k > 1 lets in tokens that only the contrast between
 the streams favours; the shapes model drew no exact scene at k = 5 and 0.42 at k = 1 on validation), whose
 choice also sets the CD-K half of pooled decoding; the text guidance scale of editing (three streams, image scale
-as the preset) and the CFG scale x candidates of structure-guided generation (several candidates are reranked by
-the retriever given to the sweep, as `eval all` and serving rerank them), and the candidates of grounded generation
-(which otherwise decodes with the text->image choice);
+as the preset) x its source-copy bias (SamplingParams.source_copy_bias; 0 is off) and the CFG scale x candidates
+of structure-guided generation (several candidates are reranked by the retriever given to the sweep, as
+`eval all` and serving rerank them), and the candidates of grounded generation (which otherwise decodes with the
+text->image choice);
 captioning: temperature (0 = greedy) x candidates per image (several samples reranked by the noisy channel,
 cm3leon.decoding.channel; greedy decoding has only one candidate to offer). Every setting decodes the same val
 scenes with the same per-request seeds (common random numbers), so differences between settings are the settings',
@@ -49,6 +50,7 @@ class SweepConfig:
     plausibilities: tuple[float, ...] = (0.0, 0.1)
     cdk_ks: tuple[int, ...] = (1, 5)
     edit_scales: tuple[float, ...] = (1.5, 3.0, 7.5)
+    edit_copy_biases: tuple[float, ...] = (0.0, 1.0, 2.0)
     structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     structure_candidates: tuple[int, ...] = (1, 8)  # several: reranked by the sweep's reranker
     grounded_candidates: tuple[int, ...] = (1, 8)  # at the chosen text->image setting; reranked likewise
@@ -58,8 +60,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         axes = (
             self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
-            self.structure_scales, self.structure_candidates, self.grounded_candidates, self.caption_temperatures,
-            self.caption_candidates,
+            self.edit_copy_biases, self.structure_scales, self.structure_candidates, self.grounded_candidates,
+            self.caption_temperatures, self.caption_candidates,
         )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
@@ -70,8 +72,9 @@ class SweepConfig:
             "standard": {},
             "quick": dict(
                 n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
-                cdk_ks=(1,), edit_scales=(7.5,), structure_scales=(3.0,), caption_temperatures=(0.0,),
-                caption_candidates=(1,), structure_candidates=(1,), grounded_candidates=(1,),
+                cdk_ks=(1,), edit_scales=(7.5,), edit_copy_biases=(0.0,), structure_scales=(3.0,),
+                caption_temperatures=(0.0,), caption_candidates=(1,), structure_candidates=(1,),
+                grounded_candidates=(1,),
             ),
         }
         if name not in presets:
@@ -138,18 +141,20 @@ def sweep_image_tasks(
     defaults: dict[str, SamplingParams],
     reranker: Scorer | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Editing's text guidance scale, and structure-guided generation's CFG scale x candidates (several are
-    reranked by `reranker`, as `eval all` and serving do), on val cases; the best of each (exact target scenes;
-    ties by unchanged objects kept, for edits)."""
+    """Editing's text guidance scale x source-copy bias, and structure-guided generation's CFG scale x candidates
+    (several are reranked by `reranker`, as `eval all` and serving do), on val cases; the best of each (exact
+    target scenes; ties by unchanged objects kept, for edits)."""
     oracle = Oracle(checkpoint.world)
     task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
     cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
     edit_runs, structure_runs = [], []
     for scale in config.edit_scales:
-        params = defaults[EDIT].replace(guidance_scale=scale)
-        metrics = evaluate_edits(checkpoint, cases, task_config, oracle, params).metrics
-        edit_runs.append({"guidance_scale": scale, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
-                          "unchanged_preserved": metrics["unchanged_preserved"] or 0.0})
+        for bias in config.edit_copy_biases:
+            params = defaults[EDIT].replace(guidance_scale=scale, source_copy_bias=bias)
+            metrics = evaluate_edits(checkpoint, cases, task_config, oracle, params).metrics
+            edit_runs.append({"guidance_scale": scale, "source_copy_bias": bias,
+                              "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                              "unchanged_preserved": metrics["unchanged_preserved"] or 0.0})
     for scale in config.structure_scales:
         for candidates in config.structure_candidates:
             params = defaults[STRUCTURE].replace(guidance_scale=scale, num_candidates=candidates)
@@ -160,7 +165,12 @@ def sweep_image_tasks(
 
     def cell(run: dict[str, Any]) -> str:
         several = len(config.structure_candidates) > 1 and "num_candidates" in run
-        return f"scale={run['guidance_scale']:g}" + (f",candidates={run['num_candidates']}" if several else "")
+        copies = len(config.edit_copy_biases) > 1 and "source_copy_bias" in run
+        return (
+            f"scale={run['guidance_scale']:g}"
+            + (f",candidates={run['num_candidates']}" if several else "")
+            + (f",copy={run['source_copy_bias']:g}" if copies else "")
+        )
 
     def section(runs: list[dict[str, Any]], tie_break: str) -> dict[str, Any]:
         table = {cell(run): run["exact_scene_accuracy"] for run in runs}
@@ -257,6 +267,7 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
             task: base[task].replace(
                 guidance_scale=report[task]["best"]["guidance_scale"],
                 num_candidates=report[task]["best"].get("num_candidates", 1),
+                source_copy_bias=report[task]["best"].get("source_copy_bias", 0.0),
             )
             for task in (EDIT, STRUCTURE) if task in report
         },
