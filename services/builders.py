@@ -76,14 +76,17 @@ def edit(
     instruction: str,
     text_guidance_scale: float | None = None,
     image_guidance_scale: float | None = None,
+    source_copy_bias: float | None = None,
     **options: Any,
 ) -> jobs_pb2.JobRequest:
-    """Unset scales take the model's defaults (the paper's text 7.5, image 1.5)."""
+    """Unset scales and copy bias take the model's defaults (its sweep's; else the paper's text 7.5, image 1.5)."""
     body = jobs_pb2.Edit(image=image_input(image), instruction=instruction, sampling=sampling(**options))
     if text_guidance_scale is not None:
         body.text_guidance_scale = text_guidance_scale
     if image_guidance_scale is not None:
         body.image_guidance_scale = image_guidance_scale
+    if source_copy_bias is not None:
+        body.source_copy_bias = source_copy_bias
     return jobs_pb2.JobRequest(edit=body)
 
 

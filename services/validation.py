@@ -22,6 +22,7 @@ ALLOWED_FORMATS = ("PNG", "JPEG")
 # Ranges of the sampling parameters (beyond them decoding degenerates or the batch explodes).
 TEMPERATURE_RANGE = (0.0, 5.0)
 GUIDANCE_RANGE = (0.0, 20.0)
+COPY_BIAS_RANGE = (0.0, 20.0)  # a logit bonus: beyond ~10 the source is copied whatever the instruction says
 PLAUSIBILITY_RANGE = (0.0, 1.0)  # a fraction of the conditional stream's largest probability
 CANDIDATES_RANGE = (1, 16)
 RETRIEVED_K_RANGE = (0, 8)
@@ -142,6 +143,8 @@ def validate_request(request: jobs_pb2.JobRequest, settings: GatewaySettings) ->
         for name in ("text_guidance_scale", "image_guidance_scale"):
             if body.HasField(name):
                 check_range(f"{path}.{name}", getattr(body, name), *GUIDANCE_RANGE)
+        if body.HasField("source_copy_bias"):
+            check_range(f"{path}.source_copy_bias", body.source_copy_bias, *COPY_BIAS_RANGE)
     elif kind == "infill":
         images.append(check_image_field(f"{path}.image", body.image))
         if not 1 <= len(body.regions) <= MAX_REGIONS:

@@ -94,6 +94,7 @@ class Edit:
     text_guidance_scale: float | None = None
     image_guidance_scale: float | None = None
     sampling: Sampling = field(default_factory=Sampling)
+    source_copy_bias: float | None = None  # None: the checkpoint's default (SamplingParams.source_copy_bias)
 
 
 @dataclass(frozen=True, eq=False)

@@ -100,7 +100,11 @@ def edit(context: RunContext, request: Edit) -> EngineResult:
     seed = base_seed(request.sampling)
     no_retrieval(request.sampling, "edit")
     params = sampling_params(context.engine.defaults[EDIT], request.sampling, seed)
-    scales = {"guidance_scale": request.text_guidance_scale, "image_guidance_scale": request.image_guidance_scale}
+    scales = {
+        "guidance_scale": request.text_guidance_scale,
+        "image_guidance_scale": request.image_guidance_scale,
+        "source_copy_bias": request.source_copy_bias,
+    }
     params = params.replace(**{name: value for name, value in scales.items() if value is not None})
     return image_job(context, edit_prompt(context.engine, request), params)
 

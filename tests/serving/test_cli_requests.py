@@ -14,7 +14,7 @@ NO_OPTIONS = dict(
     seed=7, method=None, temperature=None, top_p=None, guidance_scale=None, guidance_plausibility=None,
     retrieved_k=None, memory=None,
 )
-NO_EXTRA = dict(text="", explain=False, text_guidance_scale=None, image_guidance_scale=None)
+NO_EXTRA = dict(text="", explain=False, text_guidance_scale=None, image_guidance_scale=None, source_copy_bias=None)
 
 
 @pytest.fixture()
@@ -50,9 +50,11 @@ def test_every_kind_builds_its_oneof(png: str) -> None:
     grounded = build_request("grounded", cases["grounded"], dict(NO_OPTIONS), "detailed", 1, background)
     assert [o.description for o in grounded.grounded_generation.objects] == ["large red circle", "small blue star"]
     assert grounded.grounded_generation.prompt == "on black"
-    scales = dict(NO_EXTRA, text_guidance_scale=5.0, image_guidance_scale=2.0)
+    scales = dict(NO_EXTRA, text_guidance_scale=5.0, image_guidance_scale=2.0, source_copy_bias=1.5)
     edit = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, scales).edit
-    assert (edit.text_guidance_scale, edit.image_guidance_scale) == (5.0, 2.0)
+    assert (edit.text_guidance_scale, edit.image_guidance_scale, edit.source_copy_bias) == (5.0, 2.0, 1.5)
+    unset = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, NO_EXTRA).edit
+    assert not unset.HasField("source_copy_bias")
     assert isinstance(edit, jobs_pb2.Edit)
 
 

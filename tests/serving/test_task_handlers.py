@@ -113,21 +113,22 @@ def test_edit_and_structure_scales_come_from_the_checkpoints_defaults(
     """What `eval sweep --write-defaults` chose for editing and structure-guided generation is what jobs that set
     no scale get; a job's own scale still wins."""
     directory = build_tiny_sft_model_dir(tmp_path_factory.mktemp("swept"))
-    swept = {EDIT: {"guidance_scale": 1.5}, STRUCTURE: {"guidance_scale": 2.0, "num_candidates": 2},
-             TEXT_TO_IMAGE: {"guidance_scale": 2.5}}
+    swept = {EDIT: {"guidance_scale": 1.5, "source_copy_bias": 2.0},
+             STRUCTURE: {"guidance_scale": 2.0, "num_candidates": 2}, TEXT_TO_IMAGE: {"guidance_scale": 2.5}}
     (directory / DEFAULTS_FILE).write_text(json.dumps(swept))
     engine = Engine(directory, EngineConfig.preset("tiny"))
     image, seg_map = scene_images
     seen = record_decoded_params(monkeypatch)
     engine.run(Edit(image, "remove the red circle", sampling=Sampling(seed=5)))
-    engine.run(Edit(image, "remove the red circle", 4.0, sampling=Sampling(seed=5)))
+    engine.run(Edit(image, "remove the red circle", 4.0, sampling=Sampling(seed=5), source_copy_bias=0.0))
     engine.run(StructureGuided(seg_map, "a large red circle", sampling=Sampling(seed=2)))
     grounded = GroundedGeneration((GroundedObject("large red circle", NormBox(0.0, 0.0, 0.3, 0.3)),))
     engine.run(grounded)
     swept_edit, own_edit, swept_structure, inherited_grounded = seen
     paper_image_scale = SamplingParams.preset("edit").image_guidance_scale
     assert (swept_edit.guidance_scale, swept_edit.image_guidance_scale) == (1.5, paper_image_scale)
-    assert own_edit.guidance_scale == 4.0
+    assert swept_edit.source_copy_bias == 2.0
+    assert (own_edit.guidance_scale, own_edit.source_copy_bias) == (4.0, 0.0)
     assert (swept_structure.guidance_scale, swept_structure.num_candidates) == (2.0, 2)
     # No grounded entry in this file: grounded generation decodes as text->image does.
     assert (inherited_grounded.guidance_scale, inherited_grounded.num_candidates) == (2.5, 1)

@@ -129,6 +129,8 @@ def test_edit_guidance_scales_travel_to_the_engine(sft_client: Client, world: Wo
     default = digest()
     assert digest(text_guidance_scale=7.5, image_guidance_scale=1.5) == default, "the paper's scales are the default"
     assert digest(text_guidance_scale=1.0, image_guidance_scale=0.5) != default
+    assert digest(source_copy_bias=0.0) == default, "the tiny model's defaults have no copy bias"
+    assert digest(source_copy_bias=20.0) != default
 
 
 def test_bad_inputs_are_refused_naming_the_field(sft_client: Client, world: World) -> None:
@@ -136,6 +138,7 @@ def test_bad_inputs_are_refused_naming_the_field(sft_client: Client, world: Worl
     for request, field in (
         (api.edit(case.png(), "make it blue", retrieved_k=2), "request.edit.sampling.retrieved_k"),
         (api.infill(case.png(), [(0.0, 0.0, 0.3, 0.3)], temperature=1.0), "request.infill.sampling"),
+        (api.edit(case.png(), "make it blue", source_copy_bias=-1.0), "request.edit.source_copy_bias"),
     ):
         with pytest.raises(grpc.RpcError) as raised:
             sft_client.submit(request)
