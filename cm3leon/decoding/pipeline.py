@@ -61,10 +61,11 @@ class StepPipeline:
             log_amateur = uncond.masked_fill(~allowed, NEG_INF).log_softmax(dim=-1)
             contrastive = cdk_scores(log_expert, log_amateur, self.cdk_alphas, self.cdk_ks)
             guided = torch.where(self.is_cdk.unsqueeze(1), contrastive, guided)
-        guide_now = (self.guide_text | self.constraint.in_image_block()).unsqueeze(1)
+        in_image = self.constraint.in_image_block()
+        guide_now = (self.guide_text | in_image).unsqueeze(1)
         scores = torch.where(guide_now, guided, full).masked_fill(~allowed, NEG_INF)
         if self.copy_prior is not None:
-            scores = self.copy_prior(scores, self.constraint.codes_written, self.constraint.in_image_block())
+            scores = self.copy_prior(scores, self.constraint.codes_written, in_image)
         probs = self.top_p(self.top_k(self.temperature(scores))).softmax(dim=-1)
         tokens = self.stop.apply(self.selector(probs, step), step)
         self.constraint.update(tokens)
