@@ -22,7 +22,7 @@ ALLOWED_FORMATS = ("PNG", "JPEG")
 # Ranges of the sampling parameters (beyond them decoding degenerates or the batch explodes).
 TEMPERATURE_RANGE = (0.0, 5.0)
 GUIDANCE_RANGE = (0.0, 20.0)
-COPY_BIAS_RANGE = (0.0, 20.0)  # a logit bonus: beyond ~10 the source is copied whatever the instruction says
+COPY_BIAS_RANGE = (0.0, 20.0)  # a logit bonus; a large one copies the source whatever the instruction says
 PLAUSIBILITY_RANGE = (0.0, 1.0)  # a fraction of the conditional stream's largest probability
 CANDIDATES_RANGE = (1, 16)
 RETRIEVED_K_RANGE = (0, 8)
