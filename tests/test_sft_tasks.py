@@ -5,12 +5,13 @@ from rendered ground-truth pictures where the untrained tiny VQ's reconstruction
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pretrain_helpers import tiny_image_tokenizer, tiny_vocabulary
-from sft_helpers import tiny_sft_source, tiny_task_corpus
+from sft_helpers import tiny_sft_config, tiny_sft_source, tiny_task_corpus
 
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
@@ -98,6 +99,35 @@ def test_prompts_decode_back_to_their_cases(source: SFTBatches) -> None:
         scene = corpus.words.scenes[index]
         segments = vocab.decode_document(fmt.text_render(scene, corpus.words.image_codes(index)).ids)
         assert parse_caption(segments[0], world) == scene
+
+
+def test_vqa_session_starts_as_the_single_question_document_and_trains_only_the_answers(
+    vocab_and_corpus: tuple[Vocabulary, TaskCorpus],
+) -> None:
+    vocab, corpus = vocab_and_corpus
+    source = tiny_sft_source(vocab, corpus, vqa_questions_per_image=4)
+    fmt, world = source.formatter, source.world
+    rng = random.Random(3)
+    for index in range(len(corpus.scenes)):
+        scene, image = corpus.scenes.scenes[index], corpus.scenes.image_codes(index)
+        qas = qa_pairs(scene, world, rng)[:4]
+        session, single = fmt.vqa_session(image, qas), fmt.vqa(image, qas[0])
+        # What inference decodes from and must answer is exactly the one-question document.
+        assert session.prompt == single.prompt and session.ids[: len(single.ids)] == single.ids
+        assert session.loss_mask[: len(single.ids)] == single.loss_mask
+        # Targets are the answers with their <eos>, nothing else: one <eos> per question.
+        targets = [t for t, m in zip(session.ids, session.loss_mask, strict=True) if m]
+        assert targets.count(vocab.eos_id) == len(qas) and session.output[-1] == vocab.eos_id
+        answers = vocab.decode_text(targets).split()
+        assert answers == [word for qa in qas for word in qa.answer.split()]
+        given = vocab.decode_text([t for t, m in zip(session.output, session.output_targets, strict=True) if not m])
+        assert given.count("Question:") == len(qas) - 1 and qas[-1].question in given
+    drawn = [source.example("vqa", random.Random(seed)) for seed in range(8)]
+    assert all(sum(e.loss_mask) > 0 and e.ids.count(vocab.eos_id) >= 3 for e in drawn)
+    with pytest.raises(ValueError, match="vqa_questions_per_image"):
+        tiny_sft_config(vqa_questions_per_image=0)
+    with pytest.raises(ValueError, match="output_targets"):
+        replace(drawn[0], output_targets=(True,))
 
 
 def test_infill_masks_each_code_row_of_the_region_and_reassembles(source: SFTBatches) -> None:

@@ -230,6 +230,9 @@ def train_sft(
     data_workers: Annotated[
         int | None, typer.Option(help="Processes that build batches ahead of the loop (0: in the loop).")
     ] = None,
+    vqa_per_image: Annotated[
+        int, typer.Option(help="Questions per VQA training document, all about its one image (1: one each).")
+    ] = 1,
     seed: int = 0,
 ) -> None:
     """Multi-task instruction tuning (the ten tasks of cm3leon.tasks + pretraining-style documents) from --init;
@@ -260,8 +263,11 @@ def train_sft(
         raise typer.BadParameter("--scenes, --words and --edits must be positive")
     if pool_seed is not None:
         pools["seed"] = pool_seed
+    if vqa_per_image < 1:
+        raise typer.BadParameter("--vqa-per-image must be 1 or more")
     run = SFTRun(
-        init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir, pools=pools
+        init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir, pools=pools,
+        vqa_questions_per_image=vqa_per_image,
     )
     summary = run_sft(run)
     typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")

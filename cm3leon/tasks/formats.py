@@ -12,6 +12,7 @@ Formats (instructions are text, images are image blocks, `encode_document` puts 
     t2i           caption <break> IMAGE                          (pretraining's SceneDocument, reused)
     caption       IMAGE <break> caption                          (pretraining's SceneDocument, reused)
     vqa           IMAGE <break> Question: q Answer: | a
+    vqa session   IMAGE <break> Question: q1 Answer: | a1 <eos> Question: q2 Answer: a2 <eos> ...  (training only)
     reasoning     IMAGE <break> Question: q Answer: | ... so the answer is N
     edit          EDIT_HEADER <break> IMAGE1 <break> instruction <break> | IMAGE2
     infill        [caption <break>] IMAGE with <mask:i> per code row <infill> <mask:0> | row0 <mask:1> row1 ...
@@ -23,6 +24,7 @@ Formats (instructions are text, images are image blocks, `encode_document` puts 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,6 +60,12 @@ class TaskExample:
     prompt: list[int]  # starts with <bos>, ends where generation starts
     output: list[int]  # ground-truth continuation, ends with <eos> (empty for a prompt-only example)
     target: Target
+    # Which output ids are targets; None: all of them. A VQA session's follow-up questions are given, not learnt.
+    output_targets: tuple[bool, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_targets is not None and len(self.output_targets) != len(self.output):
+            raise ValueError(f"{len(self.output_targets)} output_targets for {len(self.output)} output ids")
 
     @property
     def ids(self) -> list[int]:
@@ -66,7 +74,8 @@ class TaskExample:
     @property
     def loss_mask(self) -> list[bool]:
         """Loss on the output only (see the module docstring); `<eos>` included: the model must learn to stop."""
-        return [False] * len(self.prompt) + [True] * len(self.output)
+        targets = [True] * len(self.output) if self.output_targets is None else list(self.output_targets)
+        return [False] * len(self.prompt) + targets
 
 
 def question_text(qa: QA) -> str:
@@ -112,6 +121,26 @@ class TaskFormatter:
     def vqa(self, image: ImageCodes, qa: QA, with_answer: bool = True) -> TaskExample:
         task = "reasoning" if qa.kind == "reasoning" else "vqa"
         return self._text_output(task, [image, question_text(qa)], f" {qa.answer}" if with_answer else None)
+
+    def vqa_session(self, image: ImageCodes, qas: Sequence[QA]) -> TaskExample:
+        """Several questions about one image in one training document, each answer closed by `<eos>`.
+
+        Why: a single VQA document spends ~70 ids (the image, the question) of context on 1-3 answer ids, so
+        binding questions ("is there a red star?") were seen rarely per token of compute. A session's first
+        question is exactly `vqa()`'s document, the form inference decodes; the follow-ups ask about the same
+        image and are context (no loss), their answers and `<eos>` are targets. Follow-up questions come after
+        `<eos>` as plain text: inference stops at `<eos>`, so it never sees or needs a separator there.
+        """
+        if not qas or any(qa.kind == "reasoning" for qa in qas):
+            raise ValueError("a VQA session needs one or more non-reasoning questions")
+        first = self.vqa(image, qas[0])
+        output, targets = list(first.output), [True] * len(first.output)
+        for qa in qas[1:]:
+            question = self.vocab.encode_text(question_text(qa))
+            answer = [*self.vocab.encode_text(f" {qa.answer}"), self.vocab.eos_id]
+            output += [*question, *answer]
+            targets += [False] * len(question) + [True] * len(answer)
+        return TaskExample("vqa", first.prompt, output, "text", tuple(targets))
 
     def edit(self, case: EditCase, source: ImageCodes, target: ImageCodes | None) -> TaskExample:
         return self.edit_instruction(case.instruction, source, target)

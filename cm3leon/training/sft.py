@@ -52,6 +52,9 @@ class SFTRun:
     # the pool (train loss 0.25 vs 0.90 held out). Another seed draws other scenes: a model fine-tuned again
     # from an SFT checkpoint can then learn from examples it has never seen.
     pools: dict[str, int] = field(default_factory=dict)
+    # Questions per training VQA document (`SFTDataConfig.vqa_questions_per_image`); held-out batches keep 1,
+    # so their losses compare with runs trained one question at a time.
+    vqa_questions_per_image: int = 1
 
 
 def sft_trainer_config(preset: str, **overrides: object) -> TrainerConfig:
@@ -117,6 +120,7 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
     )
     if run.pools:
         data = replace(data, corpus=replace(data.corpus, **run.pools))
+    data = replace(data, vqa_questions_per_image=run.vqa_questions_per_image)
     torch.manual_seed(trainer_config.seed)
     world = data.world()
     # The held-out pools keep the preset's seed whatever the training pools' seed, so held-out losses of runs
@@ -135,7 +139,7 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
     model.train()
     hook = run.retrieval_hook or scene_pool_retrieval(run, data, train_corpus.scenes, context, trainer_config.progress)
     source = SFTBatches(data, vocab, train_corpus, run.mixture, trainer_config.batch_size, hook)
-    heldout_data = replace(data, text_dropout=0.0, all_dropout=0.0)
+    heldout_data = replace(data, text_dropout=0.0, all_dropout=0.0, vqa_questions_per_image=1)
     heldout_source = SFTBatches(heldout_data, vocab, val_corpus, run.mixture, trainer_config.batch_size,
                                 seed_salt="heldout")
     heldout = [heldout_source.batch(i) for i in range(data.pretrain.heldout_batch_count)] if context.is_main else []

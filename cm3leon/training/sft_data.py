@@ -83,6 +83,8 @@ class SFTDataConfig:
     all_dropout: float = 0.05
     # Infill examples that also give the scene's caption ("optional text").
     infill_caption_fraction: float = 0.5
+    # Questions per VQA document (a "session" about one image, see `TaskFormatter.vqa_session`); 1: one each.
+    vqa_questions_per_image: int = 1
     seed: int = 0
 
     @classmethod
@@ -90,6 +92,10 @@ class SFTDataConfig:
         world_override = {"world_preset": world_preset} if world_preset else {}
         pretrain = PretrainDataConfig.preset(name, seq_len=seq_len, **world_override)
         return cls(**{"seq_len": seq_len, "pretrain": pretrain, "corpus": TaskCorpusConfig.preset(name), **overrides})
+
+    def __post_init__(self) -> None:
+        if self.vqa_questions_per_image < 1:
+            raise ValueError(f"vqa_questions_per_image must be >= 1, got {self.vqa_questions_per_image}")
 
     def world(self) -> WorldConfig:
         return self.pretrain.world()
@@ -153,6 +159,10 @@ class SFTBatches:
         scene, image = corpus.scenes.scenes[index], corpus.scenes.image_codes(index)
         if task == "caption":
             return fmt.caption(image, self._caption(index, rng))
+        if task == "vqa" and self.config.vqa_questions_per_image > 1:
+            questions = qa_pairs(scene, world, rng)
+            rng.shuffle(questions)
+            return fmt.vqa_session(image, questions[: self.config.vqa_questions_per_image])
         if task in ("vqa", "reasoning"):
             pairs = qa_pairs if task == "vqa" else reasoning_pairs
             return fmt.vqa(image, rng.choice(pairs(scene, world, rng)))
