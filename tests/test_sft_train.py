@@ -55,6 +55,9 @@ def test_shipped_mixture_keeps_a_fifth_pretraining_and_every_task() -> None:
     assert set(probabilities) == set(MIXTURE_ENTRIES)
     assert probabilities[PRETRAIN] == pytest.approx(0.2, abs=0.02)
     assert all(p > 0 for p in probabilities.values())
+    for later_stage in sorted(MIX_FILE.parent.glob("sft_mix_*.json")):  # continuation mixtures: every task kept
+        later = TaskMixture.load(later_stage).probabilities()
+        assert set(later) == set(MIXTURE_ENTRIES) and all(p > 0 for p in later.values()), later_stage.name
     with pytest.raises(ValueError, match="unknown mixture"):
         TaskMixture.from_mapping({"t2i": 1.0, "dance": 1.0})
 
@@ -128,9 +131,14 @@ def test_cli_sft_pool_sizes_and_seed_replace_the_presets(tmp_path: Path) -> None
     # Another pool seed: other training examples, the same held-out pools (so held-out losses compare).
     reseeded = tmp_path / "sft-seed-3"
     command[command.index(str(out))] = str(reseeded)
-    result = CliRunner().invoke(app, [*command, "--pool-seed", "3"])
+    result = CliRunner().invoke(app, [*command, "--pool-seed", "3", "--vqa-per-image", "4"])
     assert result.exit_code == 0, result.output
-    assert json.loads((reseeded / "final" / "training.json").read_text())["sft_data_config"]["corpus"]["seed"] == 3
+    reseeded_data = json.loads((reseeded / "final" / "training.json").read_text())["sft_data_config"]
+    assert reseeded_data["corpus"]["seed"] == 3 and reseeded_data["vqa_questions_per_image"] == 4
+    first_data = json.loads((out / "final" / "training.json").read_text())["sft_data_config"]
+    assert first_data["vqa_questions_per_image"] == 1
+    bad = CliRunner().invoke(app, [*command, "--vqa-per-image", "0"])
+    assert bad.exit_code != 0 and "--vqa-per-image" in bad.output
 
     def caches(run: Path, split: str) -> set[str]:
         return {path.name for path in (run / "cache").glob(f"task_corpus-{split}-*.npz")}
