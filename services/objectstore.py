@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 from PIL import Image
@@ -29,6 +30,9 @@ PNG = "image/png"
 # checked against the caller's tenant before use.
 REFERENCEABLE_KEY = re.compile(r"^(?:inputs|jobs)/([0-9a-f]{32})/[a-z0-9_.-]{1,64}$")
 READY_TIMEOUT_S = 30.0
+# Per connect and per read. The MinIO client's own default is 5 minutes each, so a server that accepts connections
+# but never answers would hold a worker (or a readiness probe) that long per request.
+REQUEST_TIMEOUT_S = 30.0
 
 
 def input_key(job_id: str, field: str) -> str:
@@ -57,13 +61,20 @@ class ObjectStore:
     presign_expiry_s: int
 
     @classmethod
-    def from_settings(cls, settings: StackSettings) -> ObjectStore:
+    def from_settings(cls, settings: StackSettings, timeout_s: float = REQUEST_TIMEOUT_S) -> ObjectStore:
+        # The MinIO client's retry policy (5 tries, backoff, on 5xx), with `timeout_s` instead of its 5 minutes.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+            maxsize=10,
+            retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
         client = Minio(
             settings.s3_endpoint,
             access_key=settings.s3_access_key,
             secret_key=settings.s3_secret_key,
             secure=settings.s3_secure,
             region=settings.s3_region,
+            http_client=http,
         )
         return cls(client, settings.s3_bucket, settings.presign_expiry_s)
 

@@ -8,6 +8,7 @@ in local mode inside the worker (no server to start).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +43,26 @@ WEED_PORT_FLAGS = (
 )
 # weed mini's own plugin worker dials the admin server at its http port + this offset, whatever the grpc flag says.
 WEED_GRPC_OFFSET = 10000
+# A port found free can be taken by another process before the server binds it (two steps, not one): a server
+# that exits saying so is started again on new ports, this many times in all.
+PORT_RACE_ATTEMPTS = 3
+# What the servers log then (lower-cased): redis-server and weed's listeners; weed mini's own port check.
+PORT_TAKEN = ("address already in use", "is not available")
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket stays bound until all are picked, so none is handed out twice."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def free_port_pair(offset: int) -> tuple[int, int]:
@@ -141,6 +157,20 @@ class Stack:
             time.sleep(0.1)
         raise TimeoutError(f"{child.name}: {what} not ready after {timeout_s} s:\n{child.log_tail()}")
 
+    def start_on_free_ports(self, start: Callable[[], tuple[Child, Callable[[], object], str]]) -> None:
+        """Call `start` (pick ports, spawn; returns the child, its readiness check and what it is) until the child
+        is ready; a child that exited because one of its ports was taken meanwhile is started again on new ports."""
+        for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+            child, ready, what = start()
+            try:
+                self.wait_until(child, ready, what)
+                return
+            except RuntimeError:  # the child exited (a timeout is a TimeoutError, and is not retried)
+                log = child.log_tail().lower()
+                if attempt == PORT_RACE_ATTEMPTS or not any(marker in log for marker in PORT_TAKEN):
+                    raise
+                self.children.remove(child)
+
     # ----- services -----
 
     @property
@@ -168,29 +198,38 @@ class Stack:
         )
 
     def start_redis(self) -> None:
-        self.redis_port = free_port()
         data = self.workdir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        args = [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
-        child = self.spawn("redis", [*args, "--appendonly", "no", "--dir", str(data)])
-        client = redis.Redis(port=self.redis_port)
-        self.wait_until(child, client.ping, "redis")
+
+        def start() -> tuple[Child, Callable[[], object], str]:
+            self.redis_port = free_port()
+            args = [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+            child = self.spawn("redis", [*args, "--appendonly", "no", "--dir", str(data)])
+            # Timeouts: until the child exits, a taken port may belong to a process that never answers.
+            client = redis.Redis(port=self.redis_port, socket_timeout=1.0, socket_connect_timeout=1.0)
+            return child, client.ping, "redis"
+
+        self.start_on_free_ports(start)
 
     def start_s3(self) -> None:
-        data = self.workdir / "s3"
-        data.mkdir(parents=True, exist_ok=True)
-        ports = {flag: free_port() for flag in WEED_PORT_FLAGS}
-        ports["admin.port"], ports["admin.port.grpc"] = free_port_pair(WEED_GRPC_OFFSET)
-        self.s3_port = ports["s3.port"]
-        args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
-        args += [f"-{flag}={port}" for flag, port in ports.items()]
-        args += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
-        env = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
-        child = self.spawn("s3", args, env)
         from services.objectstore import ObjectStore
 
-        store = ObjectStore.from_settings(self.settings())
-        self.wait_until(child, lambda: store.ensure_bucket(timeout_s=1.0) is None, "S3")
+        data = self.workdir / "s3"
+        data.mkdir(parents=True, exist_ok=True)
+
+        def start() -> tuple[Child, Callable[[], object], str]:
+            ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS)), strict=True))
+            ports["admin.port"], ports["admin.port.grpc"] = free_port_pair(WEED_GRPC_OFFSET)
+            self.s3_port = ports["s3.port"]
+            args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+            args += [f"-{flag}={port}" for flag, port in ports.items()]
+            args += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
+            env = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+            child = self.spawn("s3", args, env)
+            store = ObjectStore.from_settings(self.settings(), timeout_s=1.0)  # see start_redis on timeouts
+            return child, lambda: store.ensure_bucket(timeout_s=1.0) is None, "S3"
+
+        self.start_on_free_ports(start)
 
     def start_worker(self, name: str, env: dict[str, str] | None = None, queues: list[str] | None = None) -> Child:
         """A Celery worker (prefork, one pool process holding the model); ready once its model has loaded."""
