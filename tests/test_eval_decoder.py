@@ -8,7 +8,9 @@ import dataclasses
 import json
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -43,6 +45,7 @@ from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_he
 from cm3leon.evaluation.sweep import CONTRASTIVE, SweepConfig, best_defaults, run_sweep
 from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i, score_generated_images
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
+from cm3leon.evaluation.text_tasks_eval import _questions, _vqa_hit
 
 SCENE_METRICS = ("exact_scene_accuracy", "single_object_exact", "multi_object_exact", "attribute_accuracy")
 
@@ -116,6 +119,18 @@ def test_image_scoring_is_one_on_ground_truth_and_zero_on_wrong_scenes() -> None
     mixed, _ = score_generated_images(oracle, scenes, half)
     assert mixed["single_object_exact"] == 1.0 and mixed["multi_object_exact"] == 0.0
     assert mixed["exact_scene_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_vqa_question_kinds_are_balanced_within_every_object_count(checkpoint: EvalCheckpoint) -> None:
+    scenes = eval_scenes(checkpoint.world, Split.TEST, 360, seed=0)
+    questions = _questions(SimpleNamespace(scenes=scenes), checkpoint, seed=0, reasoning=False)  # type: ignore[arg-type]
+    for objects in (1, 2, 3):
+        kinds = Counter(qa.kind for qa, s in zip(questions, scenes, strict=True) if len(s.objects) == objects)
+        # Single-object scenes can be asked six kinds (not left_of); each count gets near-equal shares of each.
+        assert len(kinds) >= 6, (objects, kinds)
+        assert max(kinds.values()) - min(kinds.values()) <= 0.5 * max(kinds.values()), (objects, kinds)
+    assert _vqa_hit("blue", "blue") and _vqa_hit("a blue star at the center, so the answer is top left", "top left")
+    assert not _vqa_hit("a blue star, so the answer is red", "blue") and not _vqa_hit("a blue star", "blue")
 
 
 def test_caption_scoring_is_one_on_ground_truth_and_zero_on_wrong_captions() -> None:

@@ -15,16 +15,16 @@ from cm3leon.data.language import (
     QA,
     detailed_caption,
     detailed_caption_variants,
+    final_answer,
     parse_caption,
     qa_pairs,
-    reasoning_final_answer,
     reasoning_pairs,
     short_caption,
     short_caption_variants,
     text_render_prompt,
     world_text_corpus,
 )
-from cm3leon.data.questions import QA_KINDS, REASONING_KIND
+from cm3leon.data.questions import QA_KINDS, REASONING_KIND, worked_answer
 from cm3leon.data.render import render, segmentation_classes
 from cm3leon.data.world import Scene, SceneObject, Split, World, WorldConfig
 
@@ -218,7 +218,7 @@ def test_reasoning_answers_are_correct_and_extractable() -> None:
             expected = _symbolic_reasoning_answer(qa.question, scene)
             assert expected >= 0
             assert qa.answer.endswith(f"so the answer is {expected}")
-            assert reasoning_final_answer(qa.answer) == str(expected)
+            assert final_answer(qa.answer) == str(expected)
             seen_forms.add(qa.question.split()[2])
     assert seen_forms == {"more", "objects"} | {f"{s}s" for s in CONFIG.shapes}
     worked = reasoning_pairs(
@@ -234,9 +234,27 @@ def test_reasoning_answers_are_correct_and_extractable() -> None:
         random.Random(0),
     )
     assert all(isinstance(qa, QA) for qa in worked)
-    assert reasoning_final_answer("there are 2 circles and 1 square, so the answer is 1.") == "1"
-    assert reasoning_final_answer("so the answer is 3 ... so the answer is 4") == "4"
-    assert reasoning_final_answer("I think it is 3") is None
+    assert final_answer("there are 2 circles and 1 square, so the answer is 1.") == "1"
+    assert final_answer("so the answer is 3 ... so the answer is 4") == "4"
+    assert final_answer("I think it is 3") is None
+
+
+def test_worked_answers_describe_the_image_then_give_the_exact_answer() -> None:
+    rng = random.Random(11)
+    answers = []
+    for scene in _scenes(400, seed=12, text_fraction=0.15):
+        description = detailed_caption(scene, CONFIG)
+        for qa in qa_pairs(scene, CONFIG, rng):
+            worked = worked_answer(qa, description)
+            assert (worked.question, worked.kind) == (qa.question, qa.kind)
+            assert worked.answer == f"{description}, so the answer is {qa.answer}"
+            assert final_answer(worked.answer) == qa.answer
+            answers.append(qa.answer)
+    # Several-word positions and upper-case rendered words come back whole, as exact match needs them.
+    assert any(" " in answer for answer in answers) and any(answer.isupper() for answer in answers)
+    assert final_answer("a red circle at the top left, so the answer is top left.") == "top left"
+    with pytest.raises(ValueError, match="already worked"):
+        worked_answer(reasoning_pairs(_scenes(1, seed=13)[0], CONFIG, rng)[0], "a red circle")
 
 
 def test_world_text_corpus_covers_every_kind_of_text_and_is_deterministic() -> None:

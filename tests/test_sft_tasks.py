@@ -15,7 +15,7 @@ from sft_helpers import tiny_sft_config, tiny_sft_source, tiny_task_corpus
 
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
-from cm3leon.data.questions import qa_pairs, reasoning_final_answer, reasoning_pairs
+from cm3leon.data.questions import final_answer, qa_pairs, reasoning_pairs
 from cm3leon.data.render import object_box, render
 from cm3leon.data.tasks import GroundedSpec, parse_edit_instruction, quantise_box
 from cm3leon.decoding.prompts import document_prompt_ids
@@ -130,6 +130,30 @@ def test_vqa_session_starts_as_the_single_question_document_and_trains_only_the_
         replace(drawn[0], output_targets=(True,))
 
 
+def test_worked_vqa_documents_describe_the_image_then_answer_right(
+    vocab_and_corpus: tuple[Vocabulary, TaskCorpus],
+) -> None:
+    vocab, corpus = vocab_and_corpus
+    for per_image in (1, 3):
+        source = tiny_sft_source(vocab, corpus, vqa_questions_per_image=per_image, vqa_worked_answers=True)
+        world = source.world
+        for seed in range(6):
+            example = source.example("vqa", random.Random(seed))
+            # `example` draws the scene first, as here.
+            scene = corpus.scenes.scenes[random.Random(seed).randrange(len(corpus.scenes))]
+            # A scene's answers do not depend on which subject the rng picked: collect them by question.
+            truth = {qa.question: qa.answer for s in range(40) for qa in qa_pairs(scene, world, random.Random(s))}
+            question = vocab.decode_document(example.prompt)[-1]
+            targets = [t for t, m in zip(example.ids, example.loss_mask, strict=True) if m]
+            ends = [i for i, t in enumerate(targets) if t == vocab.eos_id]
+            worked = [vocab.decode_text(targets[a + 1 : b]).strip() for a, b in zip([-1, *ends], ends, strict=False)]
+            assert len(worked) == min(per_image, len(truth))
+            description = detailed_caption(scene, world)
+            assert all(a.startswith(f"{description}, so the answer is ") for a in worked)
+            first_question = next(q for q in truth if q in question)
+            assert final_answer(worked[0]) == truth[first_question]
+
+
 def test_infill_masks_each_code_row_of_the_region_and_reassembles(source: SFTBatches) -> None:
     vocab, corpus, fmt, world = source.vocab, source.corpus, source.formatter, source.world
     for cell in range(world.num_cells):
@@ -159,7 +183,7 @@ def test_text_parsers_recover_ground_truth_answers(source: SFTBatches) -> None:
             assert text_answer(fmt.vqa(image, qa).output, vocab) == qa.answer
         for qa in reasoning_pairs(scene, world, rng):
             answer = text_answer(fmt.vqa(image, qa).output, vocab)
-            assert reasoning_final_answer(answer) == reasoning_final_answer(qa.answer) is not None
+            assert final_answer(answer) == final_answer(qa.answer) is not None
         caption = detailed_caption(scene, world, rng)
         assert parse_caption(text_answer(fmt.caption(image, caption).output, vocab), world) == scene
     assert image_output([vocab.eos_id], vocab) is None

@@ -233,6 +233,10 @@ def train_sft(
     vqa_per_image: Annotated[
         int, typer.Option(help="Questions per VQA training document, all about its one image (1: one each).")
     ] = 1,
+    vqa_worked: Annotated[
+        bool,
+        typer.Option(help="Train VQA answers worked out: the image's description, then \"so the answer is X\"."),
+    ] = False,
     seed: int = 0,
 ) -> None:
     """Multi-task instruction tuning (the ten tasks of cm3leon.tasks + pretraining-style documents) from --init;
@@ -267,7 +271,7 @@ def train_sft(
         raise typer.BadParameter("--vqa-per-image must be 1 or more")
     run = SFTRun(
         init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir, pools=pools,
-        vqa_questions_per_image=vqa_per_image,
+        vqa_questions_per_image=vqa_per_image, vqa_worked_answers=vqa_worked,
     )
     summary = run_sft(run)
     typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")

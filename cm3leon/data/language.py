@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from cm3leon.data.questions import QA, article, plural, qa_pairs, reasoning_final_answer, reasoning_pairs
+from cm3leon.data.questions import QA, article, final_answer, plural, qa_pairs, reasoning_pairs
 from cm3leon.data.world import Scene, SceneObject, Split, World, WorldConfig
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
     "parse_caption",
     "qa_pairs",
     "reasoning_pairs",
-    "reasoning_final_answer",
+    "final_answer",
     "world_text_corpus",
     "position_phrase",
     "article",

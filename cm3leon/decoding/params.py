@@ -101,7 +101,9 @@ class SamplingParams:
             "pooled": cls(method="pooled", guidance_scale=3.0, num_candidates=8, **guided),
             "edit": cls(method="cfg", guidance_scale=7.5, image_guidance_scale=1.5, **guided),
             "structure": cls(method="cfg", guidance_scale=3.0, **guided),
-            "greedy_text": cls(method="sample", temperature=0.0, max_new_tokens=32),
+            # Room for a worked VQA answer (a 3-object description, then "so the answer is X": up to 38 tokens with
+            # `<eos>` in the shapes world); decoding stops at `<eos>`, so short answers cost no more.
+            "greedy_text": cls(method="sample", temperature=0.0, max_new_tokens=64),
         }
         if name not in presets:
             raise ValueError(f"unknown sampling preset {name!r}; choose from {sorted(presets)}")

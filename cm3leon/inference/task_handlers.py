@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cm3leon.data.questions import reasoning_final_answer
+from cm3leon.data.questions import final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
 from cm3leon.decoding.defaults import EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE
@@ -92,7 +92,7 @@ def visual_question(context: RunContext, request: VisualQuestion) -> EngineResul
 
 def shown_answer(answer: str, explain: bool) -> str:
     """A worked answer ("... so the answer is N") whole when `explain`, else only its N; other answers as is."""
-    final = reasoning_final_answer(answer)
+    final = final_answer(answer)
     return answer if explain or final is None else final
 
 

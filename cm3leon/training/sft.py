@@ -55,6 +55,8 @@ class SFTRun:
     # Questions per training VQA document (`SFTDataConfig.vqa_questions_per_image`); held-out batches keep 1,
     # so their losses compare with runs trained one question at a time.
     vqa_questions_per_image: int = 1
+    # VQA answers worked out (`SFTDataConfig.vqa_worked_answers`); held-out batches use the same form.
+    vqa_worked_answers: bool = False
 
 
 def sft_trainer_config(preset: str, **overrides: object) -> TrainerConfig:
@@ -120,7 +122,9 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
     )
     if run.pools:
         data = replace(data, corpus=replace(data.corpus, **run.pools))
-    data = replace(data, vqa_questions_per_image=run.vqa_questions_per_image)
+    data = replace(
+        data, vqa_questions_per_image=run.vqa_questions_per_image, vqa_worked_answers=run.vqa_worked_answers
+    )
     torch.manual_seed(trainer_config.seed)
     world = data.world()
     # The held-out pools keep the preset's seed whatever the training pools' seed, so held-out losses of runs

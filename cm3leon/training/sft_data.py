@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from cm3leon.data.language import detailed_caption, short_caption
-from cm3leon.data.questions import qa_pairs, reasoning_pairs
+from cm3leon.data.questions import QA, qa_pairs, reasoning_pairs, worked_answer
 from cm3leon.data.render import object_box
 from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, quantise_box
-from cm3leon.data.world import WorldConfig
+from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding.prompts import CONTENT_KINDS, TEXT_KINDS, mask_runs
 from cm3leon.tasks.corpus import TaskCorpus, TaskCorpusConfig
 from cm3leon.tasks.formats import IMAGE_TASKS, TASKS, TaskExample, TaskFormatter
@@ -85,6 +85,8 @@ class SFTDataConfig:
     infill_caption_fraction: float = 0.5
     # Questions per VQA document (a "session" about one image, see `TaskFormatter.vqa_session`); 1: one each.
     vqa_questions_per_image: int = 1
+    # VQA answers worked out: the image's canonical detailed caption, then "so the answer is X" (`worked_answer`).
+    vqa_worked_answers: bool = False
     seed: int = 0
 
     @classmethod
@@ -159,13 +161,13 @@ class SFTBatches:
         scene, image = corpus.scenes.scenes[index], corpus.scenes.image_codes(index)
         if task == "caption":
             return fmt.caption(image, self._caption(index, rng))
-        if task == "vqa" and self.config.vqa_questions_per_image > 1:
-            questions = qa_pairs(scene, world, rng)
-            rng.shuffle(questions)
-            return fmt.vqa_session(image, questions[: self.config.vqa_questions_per_image])
-        if task in ("vqa", "reasoning"):
-            pairs = qa_pairs if task == "vqa" else reasoning_pairs
-            return fmt.vqa(image, rng.choice(pairs(scene, world, rng)))
+        if task == "vqa":
+            questions = self._vqa_questions(scene, rng)
+            if self.config.vqa_questions_per_image > 1:
+                return fmt.vqa_session(image, questions[: self.config.vqa_questions_per_image])
+            return fmt.vqa(image, questions[0])
+        if task == "reasoning":
+            return fmt.vqa(image, rng.choice(reasoning_pairs(scene, world, rng)))
         if task == "segmentation":
             return fmt.segmentation(image, corpus.segmentation(index))
         if task == "seg2img":
@@ -181,6 +183,15 @@ class SFTBatches:
             caption = detailed_caption(scene, world, rng) if with_caption else None
             return fmt.infill(image, world.cell_box(cell), caption)
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+
+    def _vqa_questions(self, scene: Scene, rng: random.Random) -> list[QA]:
+        """The scene's questions in random order, answers worked out when the config asks for it."""
+        questions = qa_pairs(scene, self.world, rng)
+        rng.shuffle(questions)
+        if self.config.vqa_worked_answers:
+            description = detailed_caption(scene, self.world)  # canonical: one description per image to learn
+            questions = [worked_answer(qa, description) for qa in questions]
+        return questions
 
     def guidance_dropout(self, example: TaskExample, rng: random.Random) -> TaskExample:
         """Maybe replace the prompt by one of the decoder's unconditional streams (same output)."""
