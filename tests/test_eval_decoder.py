@@ -45,7 +45,7 @@ from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_he
 from cm3leon.evaluation.sweep import CONTRASTIVE, SweepConfig, best_defaults, run_sweep
 from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i, score_generated_images
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
-from cm3leon.evaluation.text_tasks_eval import _questions, _vqa_hit
+from cm3leon.evaluation.text_tasks_eval import _questions, _vqa_hit, evaluate_questions
 
 SCENE_METRICS = ("exact_scene_accuracy", "single_object_exact", "multi_object_exact", "attribute_accuracy")
 
@@ -131,6 +131,22 @@ def test_vqa_question_kinds_are_balanced_within_every_object_count(checkpoint: E
         assert max(kinds.values()) - min(kinds.values()) <= 0.5 * max(kinds.values()), (objects, kinds)
     assert _vqa_hit("blue", "blue") and _vqa_hit("a blue star at the center, so the answer is top left", "top left")
     assert not _vqa_hit("a blue star, so the answer is red", "blue") and not _vqa_hit("a blue star", "blue")
+
+
+def test_vqa_of_a_model_tuned_with_worked_answers_decodes_in_two_steps(
+    checkpoint_dir: Path, checkpoint: EvalCheckpoint, tmp_path: Path
+) -> None:
+    worked_dir = tmp_path / "worked"
+    shutil.copytree(checkpoint_dir, worked_dir)
+    (worked_dir / "training.json").write_text(json.dumps({"sft_data_config": {"vqa_worked_answers": True}}))
+    caption_defaults = {"caption": {"temperature": 1.0, "num_candidates": 2}}
+    (worked_dir / "decoding_defaults.json").write_text(json.dumps(caption_defaults))
+    config = TaskEvalConfig.preset("quick")
+    worked = load_eval_checkpoint(worked_dir)
+    decoding = evaluate_questions(worked, build_cases(worked, config), config, reasoning=False).metrics["decoding"]
+    assert decoding["two_step"] is True and decoding["num_candidates"] == 2  # type: ignore[index]
+    plain = evaluate_questions(checkpoint, build_cases(checkpoint, config), config, reasoning=False)
+    assert "two_step" not in plain.metrics["decoding"]  # type: ignore[operator]
 
 
 def test_caption_scoring_is_one_on_ground_truth_and_zero_on_wrong_captions() -> None:

@@ -2,8 +2,11 @@
 
 VQA balances the question kinds within each object count (a scene gets, among the kinds it can answer
 unambiguously, the one its object count has been asked least), so accuracy by kind rests on balanced counts and
-is not mixed up with the scenes' object counts (which `eval_scenes` cycles too). Reasoning is judged on the final answer of
-"... so the answer is N"; so is VQA when the model works its answers out (`worked_answer`), else the whole answer.
+is not mixed up with the scenes' object counts (which `eval_scenes` cycles too). Reasoning is judged on the final
+answer of "... so the answer is N"; so is VQA when the model works its answers out (`worked_answer`), else the
+whole answer.
+A model tuned to work its answers out is decoded in two steps (`cm3leon.tasks.worked`): its description chosen
+among samples as captions are (the checkpoint's caption defaults), then the answer greedily.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from cm3leon.data.questions import (
 )
 from cm3leon.data.render import render
 from cm3leon.decoding import SamplingParams
-from cm3leon.decoding.defaults import params_record
+from cm3leon.decoding.defaults import CAPTION, load_decoding_defaults, params_record
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import TaskResult
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
-from cm3leon.tasks.decode import generate_text_outputs
+from cm3leon.tasks.checkpoint import answers_worked
+from cm3leon.tasks.decode import generate_text_outputs, request_seed
+from cm3leon.tasks.worked import DescriptionScorer, answer_worked, plain_runner
 
 # Room beyond the longest true answer, so a slightly longer wrong answer is read whole rather than cut.
 ANSWER_SLACK_TOKENS = 8
@@ -69,6 +74,21 @@ def _worked_metrics(checkpoint: EvalCheckpoint, cases: TaskCases, answers: list[
     return {"worked_fraction": len(worked) / len(answers), "description_exact": mean(described) if worked else 0.0}
 
 
+def _worked_answers(
+    checkpoint: EvalCheckpoint, prompts: list[list[int]], params: SamplingParams, config: TaskEvalConfig
+) -> list[str]:
+    run, scorer = (
+        plain_runner(checkpoint.model, checkpoint.vocab),
+        DescriptionScorer(checkpoint.model, checkpoint.vocab),
+    )
+    answers: list[str] = []
+    for first in range(0, len(prompts), config.batch_size):
+        batch = prompts[first : first + config.batch_size]
+        seeds = [request_seed(config.seed, i) for i in range(first, first + len(batch))]
+        answers += [a.text for a in answer_worked(checkpoint.vocab, batch, params, seeds, run, scorer)]
+    return answers
+
+
 def _params(
     checkpoint: EvalCheckpoint, cases: TaskCases, questions: list[QA], prompt_lengths: list[int]
 ) -> SamplingParams:
@@ -92,7 +112,13 @@ def evaluate_questions(
     questions = _questions(cases, checkpoint, config.seed, reasoning)
     prompts = [fmt.vqa(image, qa, with_answer=False).prompt for image, qa in zip(cases.images, questions, strict=True)]
     params = _params(checkpoint, cases, questions, [len(p) for p in prompts])
-    answers = generate_text_outputs(checkpoint, prompts, params, config.batch_size, config.seed)
+    two_step = not reasoning and answers_worked(checkpoint.directory)
+    if two_step:
+        # Description candidates sampled and reranked as captions are (the checkpoint's caption defaults).
+        params = load_decoding_defaults(checkpoint.directory)[CAPTION].replace(max_new_tokens=params.max_new_tokens)
+        answers = _worked_answers(checkpoint, prompts, params, config)
+    else:
+        answers = generate_text_outputs(checkpoint, prompts, params, config.batch_size, config.seed)
     if reasoning:
         hits = [final_answer(answer) == final_answer(qa.answer) for answer, qa in zip(answers, questions, strict=True)]
     else:
@@ -102,7 +128,8 @@ def evaluate_questions(
     for qa, scene, hit in zip(questions, cases.scenes, hits, strict=True):
         by_kind.setdefault(qa.kind, []).append(hit)
         by_objects.setdefault(len(scene.objects), []).append(hit)
-    metrics: dict[str, object] = {"n": len(hits), "accuracy": mean(hits), "decoding": params_record(params)}
+    decoding = {**params_record(params), "two_step": True} if two_step else params_record(params)
+    metrics: dict[str, object] = {"n": len(hits), "accuracy": mean(hits), "decoding": decoding}
     if not reasoning:
         metrics["by_kind"] = {kind: mean(values) for kind, values in sorted(by_kind.items())}
         metrics["by_objects"] = {str(n): mean(values) for n, values in sorted(by_objects.items())}

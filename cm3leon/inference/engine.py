@@ -38,6 +38,7 @@ from cm3leon.inference.requests import (
     UnsupportedJobKind,
     kind_of,
 )
+from cm3leon.tasks.checkpoint import answers_worked
 
 if TYPE_CHECKING:
     from cm3leon.retrieval.memory import Memory
@@ -102,6 +103,7 @@ class Engine:
         self.model, self.vocab, self.image_tokenizer = load_checkpoint(self.directory, device=self.device)
         self.model.eval()
         self.defaults = load_decoding_defaults(self.directory)
+        self.answers_worked = answers_worked(self.directory)  # VQA decodes in two steps (cm3leon.tasks.worked)
         self.declared = declared_kinds(self.directory)
         self.model_id = model_id_of(self.directory)
         self.memory = memory

@@ -2,7 +2,8 @@
 and decodes it as the evaluation does (the shared loops of `cm3leon.tasks.decode`), with progress, cancellation
 and previews:
 
-    visual_question      greedy answer (a reasoning question's worked answer, or only its final answer)
+    visual_question      greedy answer (a reasoning question's worked answer, or only its final answer); a model
+                         tuned with worked VQA answers: the description reranked as captions are, then the answer
     edit                 three-stream guidance (the model's edit defaults; the request may override both scales)
     infill               CM3 sentinels, the evaluation's greedy span loop, one region after the other
     segmentation         greedy map -> per-pixel classes by the world's legend
@@ -23,7 +24,7 @@ import numpy as np
 from cm3leon.data.questions import final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
-from cm3leon.decoding.defaults import EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE
+from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE
 from cm3leon.inference.requests import (
     Edit,
     EngineResult,
@@ -57,6 +58,7 @@ from cm3leon.inference.task_prompts import (
 )
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
 from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
+from cm3leon.tasks.worked import DescriptionScorer, answer_worked
 
 # Answers are decoded greedily, as the evaluation scores them (one right answer per question).
 ANSWER_PARAMS = SamplingParams.preset("greedy_text")
@@ -84,10 +86,26 @@ def visual_question(context: RunContext, request: VisualQuestion) -> EngineResul
     engine, seed = context.engine, base_seed(request.sampling)
     no_retrieval(request.sampling, "visual_question")
     prompt = visual_question_prompt(engine, request)
+    if engine.answers_worked:
+        return worked_question(context, request, prompt, seed)
     params = fit_text_budget(engine, sampling_params(ANSWER_PARAMS, request.sampling, seed), prompt)
     [result] = decode(context, [GenerationRequest(prompt_ids=prompt, target="text", params=params)])
     text = shown_answer(text_answer(result.token_ids, engine.vocab), request.explain)
     return EngineResult(text=text, prompt_tokens=len(prompt), generated_tokens=len(result.token_ids), seed=seed)
+
+
+def worked_question(context: RunContext, request: VisualQuestion, prompt: list[int], seed: int) -> EngineResult:
+    """A model tuned with worked VQA answers: the description chosen among samples as captions are (the model's
+    caption defaults), then the answer greedily (`cm3leon.tasks.worked`). A reasoning question's worked steps
+    take the description's place (the evaluation measures this two-step decoding on VQA questions only)."""
+    engine = context.engine
+    params = fit_text_budget(engine, sampling_params(engine.defaults[CAPTION], request.sampling, seed), prompt)
+    [answer] = answer_worked(
+        engine.vocab, [prompt], params, [seed], lambda requests, scorer: decode(context, requests, scorer=scorer),
+        DescriptionScorer(engine.model, engine.vocab),
+    )
+    text = shown_answer(answer.text, request.explain)
+    return EngineResult(text=text, prompt_tokens=len(prompt), generated_tokens=answer.generated_tokens, seed=seed)
 
 
 def shown_answer(answer: str, explain: bool) -> str:

@@ -40,6 +40,16 @@ class LoadedCheckpoint:
         return self.data_config.world()
 
 
+def answers_worked(directory: Path | str) -> bool:
+    """Whether the model was tuned to work its VQA answers out (`cm3leon train sft --vqa-worked`: a description
+    of the image, then "so the answer is X"), as its training.json records; such answers decode in two steps
+    (`cm3leon.tasks.worked`)."""
+    path = Path(directory) / SUMMARY_FILE
+    if not path.exists():
+        return False
+    return bool(json.loads(path.read_text()).get("sft_data_config", {}).get("vqa_worked_answers", False))
+
+
 def _recorded_data_config(directory: Path) -> PretrainDataConfig | None:
     """The data config `cm3leon train pretrain` recorded in DIR/training.json, if there is one."""
     path = directory / SUMMARY_FILE

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_legend
 from cm3leon.data.world import Split, World
-from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE
+from cm3leon.decoding.defaults import CAPTION, DEFAULTS_FILE, EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY, SamplingParams
 from cm3leon.inference import (
     Caption,
@@ -37,6 +39,7 @@ from cm3leon.inference.task_handlers import shown_answer
 from cm3leon.inference.task_prompts import task_setup
 from cm3leon.tasks.decode import infill_plan
 from cm3leon.tasks.infill import span_lengths
+from cm3leon.training.pretrain import SUMMARY_FILE
 from tests.serving.fixtures import record_decoded_params
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
@@ -164,6 +167,23 @@ def test_visual_questions_answer_in_text(engine: Engine, scene_images: tuple[np.
         result, _ = run(engine, request)
         assert not result.images and isinstance(result.text, str) and result.generated_tokens >= 1
         assert result.seed == 6 and result.prompt_tokens > engine.vocab.codes_per_image
+
+
+def test_a_model_tuned_with_worked_answers_samples_its_description_as_captions_are(
+    engine: Engine, scene_images: tuple[np.ndarray, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worked_dir = tmp_path / "worked"
+    shutil.copytree(engine.directory, worked_dir)
+    record = json.loads((worked_dir / SUMMARY_FILE).read_text())
+    record["sft_data_config"]["vqa_worked_answers"] = True
+    (worked_dir / SUMMARY_FILE).write_text(json.dumps(record))
+    (worked_dir / DEFAULTS_FILE).write_text(json.dumps({CAPTION: {"temperature": 1.0, "num_candidates": 3}}))
+    worked = Engine(worked_dir, EngineConfig.preset("tiny"))
+    assert worked.answers_worked and not engine.answers_worked
+    seen = record_decoded_params(monkeypatch)
+    result, _ = run(worked, VisualQuestion(scene_images[0], "how many objects are there?", False, Sampling(seed=6)))
+    assert (seen[0].num_candidates, seen[0].temperature, seen[0].seed) == (3, 1.0, 6)
+    assert isinstance(result.text, str) and result.generated_tokens >= 3  # every candidate's ids are counted
 
 
 def test_explain_keeps_a_worked_answer_whole_else_only_its_final_answer() -> None:

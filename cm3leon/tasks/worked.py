@@ -1,0 +1,119 @@
+"""Worked VQA answers ("<description>, so the answer is X") decoded in two steps: describe, then answer.
+
+A model tuned with `--vqa-worked` first describes the image, then reads its own description back. Greedy
+decoding gets the description right less often than captioning with several samples reranked by the noisy
+channel (`ChannelScorer`), and the answer can be no better than the description. So: sample worked answers,
+keep the one whose description best explains the image (the caption reranker applied to the text before
+", so the answer is"), then decode the answer greedily after that description, as training taught it to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from cm3leon.data.questions import FINAL_ANSWER_PREFIX
+from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, Scorer, generate
+from cm3leon.decoding.channel import DEFAULT_DIRECT_WEIGHT, NOT_A_CAPTION, ChannelScorer
+from cm3leon.decoding.params import DEFAULT_SCORING_BATCH_SIZE
+from cm3leon.decoding.rerank import continuation_log_likelihoods, no_rerank
+from cm3leon.tasks.parsing import text_answer
+from cm3leon.tokenizers.vocab import Vocabulary
+
+WORKED_SEPARATOR = f", {FINAL_ANSWER_PREFIX}"
+# Tokens for the answer after the description: the world's longest answer ("middle right") is a few tokens.
+ANSWER_TOKENS = 8
+
+
+def description_of(answer: str) -> str | None:
+    """The description of a worked answer (the text before its last ", so the answer is"), else None."""
+    head, separator, _ = answer.rpartition(WORKED_SEPARATOR)
+    return head.strip() or None if separator else None
+
+
+class DescriptionScorer:
+    """Scores worked answers by their description read as a caption of the prompt's image (the noisy channel,
+    log p(image | description)) plus `direct_weight` x the answer's own log-likelihood; an answer with no
+    description, or cut off before `<eos>`, scores `NOT_A_CAPTION`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vocab: Vocabulary,
+        *,
+        direct_weight: float = DEFAULT_DIRECT_WEIGHT,
+        batch_size: int = DEFAULT_SCORING_BATCH_SIZE,
+    ) -> None:
+        self.model, self.vocab, self.direct_weight, self.batch_size = model, vocab, direct_weight, batch_size
+        self.channel = ChannelScorer(model, vocab, direct_weight=0.0, batch_size=batch_size)
+
+    def description_ids(self, candidate: Sequence[int]) -> list[int]:
+        """The candidate's description as a complete caption candidate (text + `<eos>`), or [] if it has none."""
+        if not candidate or candidate[-1] != self.vocab.eos_id:
+            return []
+        description = description_of(self.vocab.decode_text(candidate[:-1]))
+        return [*self.vocab.encode_text(f" {description}"), self.vocab.eos_id] if description else []
+
+    def __call__(
+        self, request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
+    ) -> list[float]:
+        channel = self.channel(request, prompt_ids, [self.description_ids(c) for c in candidates])
+        if not self.direct_weight:
+            return list(channel)
+        direct = continuation_log_likelihoods(
+            self.model, self.vocab, [prompt_ids] * len(candidates), candidates, batch_size=self.batch_size
+        ).tolist()
+        return [c if c == NOT_A_CAPTION else c + self.direct_weight * d for c, d in zip(channel, direct, strict=True)]
+
+
+@dataclass(frozen=True)
+class WorkedAnswer:
+    text: str  # "<description>, so the answer is X" (or whatever the model wrote when it gave no description)
+    generated_tokens: int  # every id generated for it: all sampled candidates and the answer
+
+
+# Runs a batch of requests with a candidate scorer: `generate` in evaluations; serving's traced, cancellable loop.
+RunRequests = Callable[[Sequence[GenerationRequest], Scorer], list[GenerationResult]]
+
+
+def plain_runner(model: nn.Module, vocab: Vocabulary) -> RunRequests:
+    return lambda requests, scorer: generate(model, vocab, requests, scorer=scorer)
+
+
+def answer_worked(
+    vocab: Vocabulary,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    seeds: Sequence[int],
+    run: RunRequests,
+    scorer: Scorer,
+) -> list[WorkedAnswer]:
+    """One worked answer per VQA prompt (ids ending where the answer starts). `params` samples the candidates
+    (its `num_candidates`, temperature, budget), `scorer` (a `DescriptionScorer`) picks one; the answer after
+    the picked description is then decoded again, greedily. With one candidate: plain decoding with `params`."""
+    requests = [
+        GenerationRequest(prompt_ids=list(p), target="text", params=params.replace(seed=s))
+        for p, s in zip(prompts, seeds, strict=True)
+    ]
+    two_step = params.num_candidates > 1
+    sampled = run(requests, scorer if two_step else no_rerank)
+    answers: list[WorkedAnswer] = []
+    followups: list[tuple[int, str, list[int]]] = []  # (index, description, prompt for the answer)
+    for index, (prompt, result) in enumerate(zip(prompts, sampled, strict=True)):
+        text = text_answer(result.token_ids, vocab)
+        answers.append(WorkedAnswer(text, sum(len(candidate.token_ids) for candidate in result.candidates)))
+        description = description_of(text)
+        if two_step and description:
+            followups.append((index, description, [*prompt, *vocab.encode_text(f" {description}{WORKED_SEPARATOR}")]))
+    if followups:
+        greedy = SamplingParams(method="sample", temperature=0.0, max_new_tokens=ANSWER_TOKENS)
+        again = run(
+            [GenerationRequest(prompt_ids=stem, target="text", params=greedy) for *_, stem in followups], no_rerank
+        )
+        for (index, description, _), result in zip(followups, again, strict=True):
+            tokens = answers[index].generated_tokens + len(result.token_ids)
+            answer = text_answer(result.token_ids, vocab)
+            answers[index] = WorkedAnswer(f"{description}{WORKED_SEPARATOR} {answer}", tokens)
+    return answers
