@@ -154,6 +154,26 @@ def test_worked_vqa_documents_describe_the_image_then_answer_right(
             assert final_answer(worked[0]) == truth[first_question]
 
 
+def test_read_vqa_documents_hide_the_image_and_train_only_the_final_answer(
+    vocab_and_corpus: tuple[Vocabulary, TaskCorpus],
+) -> None:
+    vocab, corpus = vocab_and_corpus
+    source = tiny_sft_source(vocab, corpus, vqa_worked_answers=True, vqa_read_fraction=1.0)
+    image_ids = set(vocab.encode_image(corpus.scenes.image_codes(0).codes))
+    for seed in range(8):
+        example = source.example("vqa", random.Random(seed))
+        scene = corpus.scenes.scenes[random.Random(seed).randrange(len(corpus.scenes))]
+        assert not image_ids & set(example.prompt) and vocab.mask_id in example.prompt
+        output = vocab.decode_text(example.output[:-1]).strip()
+        assert output.startswith(f"{detailed_caption(scene, source.world)}, so the answer is ")
+        targets = [t for t, m in zip(example.ids, example.loss_mask, strict=True) if m]
+        assert targets[-1] == vocab.eos_id and vocab.decode_text(targets[:-1]).strip() == final_answer(output)
+    with pytest.raises(ValueError, match="vqa_worked_answers"):
+        tiny_sft_config(vqa_read_fraction=0.5)
+    with pytest.raises(ValueError, match="vqa_read_fraction"):
+        tiny_sft_config(vqa_worked_answers=True, vqa_read_fraction=1.5)
+
+
 def test_infill_masks_each_code_row_of_the_region_and_reassembles(source: SFTBatches) -> None:
     vocab, corpus, fmt, world = source.vocab, source.corpus, source.formatter, source.world
     for cell in range(world.num_cells):

@@ -237,6 +237,11 @@ def train_sft(
         bool,
         typer.Option(help="Train VQA answers worked out: the image's description, then \"so the answer is X\"."),
     ] = False,
+    vqa_read: Annotated[
+        float,
+        typer.Option(help="With --vqa-worked: fraction of VQA documents with the image masked out, trained only on "
+                     "the final answer (teaches reading it from the description)."),
+    ] = 0.0,
     seed: int = 0,
 ) -> None:
     """Multi-task instruction tuning (the ten tasks of cm3leon.tasks + pretraining-style documents) from --init;
@@ -269,9 +274,13 @@ def train_sft(
         pools["seed"] = pool_seed
     if vqa_per_image < 1:
         raise typer.BadParameter("--vqa-per-image must be 1 or more")
+    if vqa_read and not vqa_worked:
+        raise typer.BadParameter("--vqa-read needs --vqa-worked")
+    if not 0.0 <= vqa_read <= 1.0:
+        raise typer.BadParameter("--vqa-read is a fraction in [0, 1]")
     run = SFTRun(
         init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir, pools=pools,
-        vqa_questions_per_image=vqa_per_image, vqa_worked_answers=vqa_worked,
+        vqa_questions_per_image=vqa_per_image, vqa_worked_answers=vqa_worked, vqa_read_fraction=vqa_read,
     )
     summary = run_sft(run)
     typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")

@@ -57,6 +57,8 @@ class SFTRun:
     vqa_questions_per_image: int = 1
     # VQA answers worked out (`SFTDataConfig.vqa_worked_answers`); held-out batches use the same form.
     vqa_worked_answers: bool = False
+    # Worked VQA documents with the image masked out (`SFTDataConfig.vqa_read_fraction`).
+    vqa_read_fraction: float = 0.0
 
 
 def sft_trainer_config(preset: str, **overrides: object) -> TrainerConfig:
@@ -123,7 +125,10 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
     if run.pools:
         data = replace(data, corpus=replace(data.corpus, **run.pools))
     data = replace(
-        data, vqa_questions_per_image=run.vqa_questions_per_image, vqa_worked_answers=run.vqa_worked_answers
+        data,
+        vqa_questions_per_image=run.vqa_questions_per_image,
+        vqa_worked_answers=run.vqa_worked_answers,
+        vqa_read_fraction=run.vqa_read_fraction,
     )
     torch.manual_seed(trainer_config.seed)
     world = data.world()

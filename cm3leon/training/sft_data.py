@@ -87,6 +87,9 @@ class SFTDataConfig:
     vqa_questions_per_image: int = 1
     # VQA answers worked out: the image's canonical detailed caption, then "so the answer is X" (`worked_answer`).
     vqa_worked_answers: bool = False
+    # Of the worked VQA documents, those with the image masked out and only the final answer as target
+    # (`TaskFormatter.vqa_read`): they teach reading the answer from the description.
+    vqa_read_fraction: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -98,6 +101,10 @@ class SFTDataConfig:
     def __post_init__(self) -> None:
         if self.vqa_questions_per_image < 1:
             raise ValueError(f"vqa_questions_per_image must be >= 1, got {self.vqa_questions_per_image}")
+        if not 0.0 <= self.vqa_read_fraction <= 1.0:
+            raise ValueError(f"vqa_read_fraction must be in [0, 1], got {self.vqa_read_fraction}")
+        if self.vqa_read_fraction and not self.vqa_worked_answers:
+            raise ValueError("vqa_read_fraction needs vqa_worked_answers: only a worked answer can be read")
 
     def world(self) -> WorldConfig:
         return self.pretrain.world()
@@ -162,6 +169,9 @@ class SFTBatches:
         if task == "caption":
             return fmt.caption(image, self._caption(index, rng))
         if task == "vqa":
+            if self.config.vqa_read_fraction and rng.random() < self.config.vqa_read_fraction:
+                qa = rng.choice(qa_pairs(scene, world, rng))
+                return fmt.vqa_read(image, worked_answer(qa, detailed_caption(scene, world)), qa.answer)
             questions = self._vqa_questions(scene, rng)
             if self.config.vqa_questions_per_image > 1:
                 return fmt.vqa_session(image, questions[: self.config.vqa_questions_per_image])

@@ -11,7 +11,8 @@
 #   3. multi-task instruction tuning (SFT) from that model (or, with SFT_INIT=DIR, from DIR alone: stages 1-2
 #      are skipped). SFT_SCENES / SFT_WORDS / SFT_EDITS set the task pools (default: the preset's), SFT_POOL_SEED
 #      their seed (another seed: examples an SFT init never saw), SFT_VQA_PER_IMAGE the questions per VQA document,
-#      SFT_VQA_WORKED=1 worked VQA answers (description, then "so the answer is X").
+#      SFT_VQA_WORKED=1 worked VQA answers (description, then "so the answer is X"), SFT_VQA_READ=F the fraction
+#      of VQA documents with the image masked out (the answer read from the description).
 # Budgets (minutes) come from the environment: VQ_MIN, PRE_MIN, SFT_MIN, VQ_FT_MIN. Needs a CUDA GPU
 # (DEVICE=cpu: a dry run of the whole script with tiny budgets). PRECACHE=DIR copies image-code and neighbour
 # caches built beforehand on a CPU by scripts/gpu/precache.sh (DIR/pretrain, DIR/sft; the file names carry the
@@ -43,6 +44,7 @@ SFT_POOLS=()
 [ -n "${SFT_POOL_SEED:-}" ] && SFT_POOLS+=(--pool-seed "$SFT_POOL_SEED")
 [ -n "${SFT_VQA_PER_IMAGE:-}" ] && SFT_POOLS+=(--vqa-per-image "$SFT_VQA_PER_IMAGE")
 [ -n "${SFT_VQA_WORKED:-}" ] && SFT_POOLS+=(--vqa-worked)
+[ -n "${SFT_VQA_READ:-}" ] && SFT_POOLS+=(--vqa-read "$SFT_VQA_READ")
 DEVICE=${DEVICE:-cuda}
 VQ_TRAINING=${VQ_TRAINING:-gpu}
 mkdir -p "$OUT" "$RUNS"
