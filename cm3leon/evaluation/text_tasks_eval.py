@@ -16,7 +16,6 @@ from collections import Counter
 
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.questions import (
-    FINAL_ANSWER_PREFIX,
     QA,
     QA_KINDS,
     REASONING_KIND,
@@ -33,7 +32,7 @@ from cm3leon.evaluation.image_tasks_eval import TaskResult
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
 from cm3leon.tasks.checkpoint import answers_worked
 from cm3leon.tasks.decode import generate_text_outputs, request_seed
-from cm3leon.tasks.worked import DescriptionScorer, answer_worked, plain_runner
+from cm3leon.tasks.worked import DescriptionScorer, answer_worked, description_of, plain_runner
 
 # Room beyond the longest true answer, so a slightly longer wrong answer is read whole rather than cut.
 ANSWER_SLACK_TOKENS = 8
@@ -67,10 +66,7 @@ def _worked_metrics(checkpoint: EvalCheckpoint, cases: TaskCases, answers: list[
     """How often the model worked its answer out, and how often its description was the scene's canonical one:
     separates "saw the scene wrong" from "read its own description wrong"."""
     worked = [(answer, scene) for answer, scene in zip(answers, cases.scenes, strict=True) if final_answer(answer)]
-    separator = f", {FINAL_ANSWER_PREFIX}"
-    described = [
-        answer.rsplit(separator, 1)[0] == detailed_caption(scene, checkpoint.world) for answer, scene in worked
-    ]
+    described = [description_of(answer) == detailed_caption(scene, checkpoint.world) for answer, scene in worked]
     return {"worked_fraction": len(worked) / len(answers), "description_exact": mean(described) if worked else 0.0}
 
 
