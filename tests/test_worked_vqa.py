@@ -57,7 +57,7 @@ def test_description_scorer_reads_the_description_as_a_caption_of_the_image(
     image, description, qa, prompt = _case(vocab)
     worked = [*vocab.encode_text(f" {worked_answer(qa, description).answer}"), vocab.eos_id]
     unworked = [*vocab.encode_text(f" {qa.answer}"), vocab.eos_id]
-    candidates = [worked, unworked, worked[:-1]]
+    candidates = [worked, unworked, worked[:-1], list(worked)]
     request = GenerationRequest(prompt_ids=prompt, target="text")
     scores = DescriptionScorer(model, vocab)(request, prompt, candidates)
     # Channel: log p(image | description) as a text->image document; direct: the whole answer given the prompt.
@@ -66,6 +66,7 @@ def test_description_scorer_reads_the_description_as_a_caption_of_the_image(
     direct = continuation_log_likelihoods(model, vocab, [prompt], [worked])
     assert scores[0] == pytest.approx(float(channel[0] + DEFAULT_DIRECT_WEIGHT * direct[0]), rel=1e-4)
     assert scores[1] == scores[2] == NOT_A_CAPTION  # no description; cut off before <eos>
+    assert scores[3] == scores[0]  # a repeated sample scores the same (scored once)
 
 
 def _result(vocab: Vocabulary, texts: Sequence[str], best: int) -> GenerationResult:

@@ -62,10 +62,18 @@ class DescriptionScorer:
         channel = self.channel(request, prompt_ids, [self.description_ids(c) for c in candidates])
         if not self.direct_weight:
             return list(channel)
-        direct = continuation_log_likelihoods(
-            self.model, self.vocab, [prompt_ids] * len(candidates), candidates, batch_size=self.batch_size
+        # Samples repeat one another often: each distinct described candidate is scored once.
+        unique = list(dict.fromkeys(tuple(c) for c, s in zip(candidates, channel, strict=True) if s != NOT_A_CAPTION))
+        if not unique:
+            return list(channel)
+        scores = continuation_log_likelihoods(
+            self.model, self.vocab, [prompt_ids] * len(unique), unique, batch_size=self.batch_size
         ).tolist()
-        return [c if c == NOT_A_CAPTION else c + self.direct_weight * d for c, d in zip(channel, direct, strict=True)]
+        direct = dict(zip(unique, scores, strict=True))
+        return [
+            s if s == NOT_A_CAPTION else s + self.direct_weight * direct[tuple(c)]
+            for c, s in zip(candidates, channel, strict=True)
+        ]
 
 
 @dataclass(frozen=True)
