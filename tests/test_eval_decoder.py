@@ -31,6 +31,7 @@ from cm3leon.decoding.defaults import (
     DEFAULTS_FILE,
     EDIT,
     GROUNDED,
+    SEGMENTATION,
     STRUCTURE,
     TEXT_TO_IMAGE,
     load_decoding_defaults,
@@ -40,7 +41,7 @@ from cm3leon.decoding.defaults import (
 from cm3leon.evaluation.bleu import corpus_bleu
 from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning, score_captions
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
-from cm3leon.evaluation.image_tasks_eval import evaluate_edits
+from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_segmentation
 from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
 from cm3leon.evaluation.sweep import CONTRASTIVE, SweepConfig, best_defaults, run_sweep
 from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i, score_generated_images
@@ -386,6 +387,30 @@ def test_caption_sweep_crosses_temperature_with_reranked_candidates(checkpoint_d
     assert load_decoding_defaults(directory)[CAPTION].num_candidates == 2
     captions = evaluate_captioning(load_eval_checkpoint(directory), CaptionEvalConfig.preset("quick", n=2))
     assert captions["decoding"]["num_candidates"] == 2 and captions["decoding"]["temperature"] == 1.0
+
+
+def test_segmentation_sweep_runs_each_setting_and_the_evaluation_decodes_with_its_choice(
+    checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    checkpoint = load_eval_checkpoint(directory)
+    report = run_sweep(checkpoint, SweepConfig.preset("quick"))
+    section = report[SEGMENTATION]
+    assert [(run["temperature"], run["num_candidates"]) for run in section["runs"]] == [(0.0, 1), (1.0, 2)]
+    assert set(section["miou"]) == {"temperature=0,candidates=1", "temperature=1,candidates=2"}
+    assert section["best"]["miou"] == max(run["miou"] for run in section["runs"])
+    best = dict(section["best"], temperature=1.0, num_candidates=2)  # as if the caption check had won
+    save_decoding_defaults(directory, best_defaults({**report, SEGMENTATION: {**section, "best": best}}), {})
+    chosen = load_decoding_defaults(directory)[SEGMENTATION]
+    assert (chosen.temperature, chosen.num_candidates) == (1.0, 2)
+    config = TaskEvalConfig.preset("quick", n=2)
+    metrics = evaluate_segmentation(load_eval_checkpoint(directory), build_cases(checkpoint, config), config).metrics
+    assert metrics["decoding"]["num_candidates"] == 2 and "caption_check" in metrics
+    assert 0.0 <= metrics["caption_check"]["resampled"] <= metrics["caption_check"]["readable_captions"]
+    # Greedy only (the preset): the chosen maps are the greedy maps.
+    greedy = evaluate_segmentation(checkpoint, build_cases(checkpoint, config), config,
+                                   SamplingParams.preset("segmentation")).metrics
+    assert greedy["miou"] == greedy["greedy"]["miou"] and "caption_check" not in greedy
 
 
 def test_sweep_plausibility_axis_names_its_cells_and_its_choice_is_saved(checkpoint_dir: Path, tmp_path: Path) -> None:

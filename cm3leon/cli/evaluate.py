@@ -160,14 +160,19 @@ def eval_sweep(
     caption_candidates: Annotated[
         str, typer.Option(help="Captions sampled per image and reranked by the noisy channel, comma-separated.")
     ] = "1,16",
+    segmentation_settings: Annotated[
+        str,
+        typer.Option(help="Segmentation temperature:candidates pairs, comma-separated (0:1 = greedy; more "
+                     "candidates: maps redrawn where the greedy one disagrees with the caption)."),
+    ] = "0:1,0.7:8,1:8",
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
     write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing guidance
-    scale x source-copy bias, the structure-guided guidance scale x candidates, and caption temperature x
-    candidates, on the VALIDATION split."""
+    scale x source-copy bias, the structure-guided guidance scale x candidates, caption temperature x
+    candidates and the segmentation maps' caption check, on the VALIDATION split."""
     from cm3leon.decoding.defaults import save_decoding_defaults
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
@@ -177,6 +182,13 @@ def eval_sweep(
 
     def floats(text: str) -> tuple[float, ...]:
         return tuple(float(value) for value in text.split(",") if value.strip())
+
+    def pairs(text: str) -> tuple[tuple[float, int], ...]:
+        try:
+            return tuple((float(t), int(k)) for t, k in (p.split(":") for p in text.split(",") if p.strip()))
+        except ValueError as error:
+            hint = "--segmentation-settings"
+            raise typer.BadParameter(f"{text!r}: expected temperature:candidates pairs", param_hint=hint) from error
 
     set_threads(threads)
     config = SweepConfig(
@@ -188,6 +200,7 @@ def eval_sweep(
         grounded_candidates=tuple(int(count) for count in floats(grounded_candidates)),
         caption_temperatures=floats(caption_temperatures),
         caption_candidates=tuple(int(count) for count in floats(caption_candidates)),
+        segmentation_settings=pairs(segmentation_settings),
     )
     loaded = load_eval_checkpoint(checkpoint)
     reranker = retriever_reranker(loaded, load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size))

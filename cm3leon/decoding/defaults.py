@@ -29,11 +29,14 @@ CAPTION = "caption"
 EDIT = "edit"
 STRUCTURE = "structure"  # structure-guided generation (segmentation map + caption -> image)
 GROUNDED = "grounded"  # spatially grounded generation (objects with boxes -> image)
-TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE, GROUNDED)
+# Segmentation maps: greedy; with num_candidates > 1, a map that disagrees with the image's caption is redrawn from
+# that many samples at `temperature` (cm3leon.tasks.segmentation).
+SEGMENTATION = "segmentation"
+TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE, GROUNDED, SEGMENTATION)
 # Which SamplingParams preset each task falls back to.
 TASK_PRESETS: dict[str, str] = {
     TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text", EDIT: "edit", STRUCTURE: "structure",
-    GROUNDED: "text_to_image",
+    GROUNDED: "text_to_image", SEGMENTATION: "segmentation",
 }
 # Tasks that decode as another task does unless the file says otherwise: grounded generation is text->image with
 # boxes in the prompt, so a file written before it had its own entry gives it text->image's settings.

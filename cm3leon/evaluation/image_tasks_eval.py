@@ -22,8 +22,10 @@ from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, edit
 from cm3leon.data.tasks import quantise_box as quantise
 from cm3leon.decoding import SamplingParams, Scorer
 from cm3leon.decoding.defaults import (
+    CAPTION,
     EDIT,
     GROUNDED,
+    SEGMENTATION,
     STRUCTURE,
     TEXT_TO_IMAGE,
     load_decoding_defaults,
@@ -32,9 +34,10 @@ from cm3leon.decoding.defaults import (
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
-from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_image_outputs, generate_infills
+from cm3leon.tasks.decode import decode_codes, generate_image_outputs, generate_infills
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tasks.parsing import infill_result, segmentation_map
+from cm3leon.tasks.segmentation import SegmentationParams, segment_images
 from cm3leon.tokenizers.vocab import Locations
 
 PIXEL_MAX = 255.0
@@ -130,21 +133,39 @@ def evaluate_infill(
     return TaskResult(metrics, grid)
 
 
-def evaluate_segmentation(checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig) -> TaskResult:
+def evaluate_segmentation(
+    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, params: SamplingParams | None = None,
+    caption_params: SamplingParams | None = None,
+) -> TaskResult:
     """mIoU over the legend's classes (intersections and unions summed over all images), pixel accuracy, and
-    the same for the VQ round trip of the true map (the ceiling the image tokenizer allows)."""
+    the same for the greedy maps and for the VQ round trip of the true map (the ceiling the image tokenizer
+    allows). Maps are decoded as served (`segment_images`, the checkpoint's segmentation and caption defaults)."""
     fmt, world = formatter(checkpoint), checkpoint.world
+    defaults = load_decoding_defaults(checkpoint.directory)
+    settings = SegmentationParams(maps=params or defaults[SEGMENTATION], caption=caption_params or defaults[CAPTION])
     prompts = [fmt.segmentation(image, None).prompt for image in cases.images]
-    _, pixels = generate_image_outputs(checkpoint, prompts, SEGMENTATION_PARAMS, config.batch_size, config.seed)
+    run = segment_images(checkpoint, prompts, cases.images, settings, config.batch_size, config.seed)
     truths = [render(scene, world).segmentation for scene in cases.scenes]
-    predicted = [segmentation_map(p, world) for p in pixels]
     ceiling = [segmentation_map(p, world) for p in decode_codes(checkpoint, cases.segmentations)]
-    metrics: dict[str, object] = {"n": len(truths), **_miou(predicted, truths, world)}
+    metrics: dict[str, object] = {"n": len(truths), **_miou(run.maps, truths, world)}
+    metrics["greedy"] = _miou(run.greedy_maps, truths, world)
+    if settings.checks_caption:
+        checked = [agreed for agreed in run.agreed if agreed is not None]
+        metrics["caption_check"] = {
+            "readable_captions": len(checked) / len(truths),
+            "resampled": mean(run.resampled),
+            "agreeing_after": mean(checked) if checked else None,
+        }
     metrics["vq_ceiling"] = _miou(ceiling, truths, world)
+    metrics["decoding"] = params_record(settings.maps)
     grid = [
         [
             (render(cases.scenes[i], world).image, "input"),
-            (pixels[i], f"predicted map, pixel accuracy {float((predicted[i] == truths[i]).mean()):.3f}"),
+            (
+                colourise_segmentation(run.maps[i], world),
+                f"predicted map{' (resampled)' if run.resampled[i] else ''}, pixel accuracy "
+                f"{float((run.maps[i] == truths[i]).mean()):.3f}",
+            ),
             (colourise_segmentation(truths[i], world), "ground truth"),
         ]
         for i in _rows(config, len(truths))

@@ -26,10 +26,23 @@ from typing import Any
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.world import Split
 from cm3leon.decoding import SamplingParams, Scorer
-from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE, preset_defaults
+from cm3leon.decoding.defaults import (
+    CAPTION,
+    EDIT,
+    GROUNDED,
+    SEGMENTATION,
+    STRUCTURE,
+    TEXT_TO_IMAGE,
+    preset_defaults,
+)
 from cm3leon.evaluation.caption_eval import run_captioning
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
-from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_grounded, evaluate_seg2img
+from cm3leon.evaluation.image_tasks_eval import (
+    evaluate_edits,
+    evaluate_grounded,
+    evaluate_seg2img,
+    evaluate_segmentation,
+)
 from cm3leon.evaluation.t2i_eval import prompt_captions, run_method
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
 
@@ -56,12 +69,15 @@ class SweepConfig:
     grounded_candidates: tuple[int, ...] = (1, 8)  # at the chosen text->image setting; reranked likewise
     caption_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)
     caption_candidates: tuple[int, ...] = (1, 16)
+    # Segmentation maps: (temperature, candidates) of the maps redrawn where the greedy one disagrees with the
+    # caption; (0, 1) is greedy alone.
+    segmentation_settings: tuple[tuple[float, int], ...] = ((0.0, 1), (0.7, 8), (1.0, 8))
 
     def __post_init__(self) -> None:
         axes = (
             self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
             self.edit_copy_biases, self.structure_scales, self.structure_candidates, self.grounded_candidates,
-            self.caption_temperatures, self.caption_candidates,
+            self.caption_temperatures, self.caption_candidates, self.segmentation_settings,
         )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
@@ -74,7 +90,7 @@ class SweepConfig:
                 n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
                 cdk_ks=(1,), edit_scales=(7.5,), edit_copy_biases=(0.0,), structure_scales=(3.0,),
                 caption_temperatures=(0.0,), caption_candidates=(1,), structure_candidates=(1,),
-                grounded_candidates=(1,),
+                grounded_candidates=(1,), segmentation_settings=((0.0, 1), (1.0, 2)),
             ),
         }
         if name not in presets:
@@ -197,6 +213,24 @@ def sweep_grounded(
     return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", "box_iou"))}
 
 
+def sweep_segmentation(
+    checkpoint: EvalCheckpoint, config: SweepConfig, caption_params: SamplingParams
+) -> dict[str, Any]:
+    """mIoU of each segmentation setting on val cases (the caption check reads captions decoded with
+    `caption_params`, the sweep's caption choice); ties go to the earlier, cheaper setting."""
+    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
+    cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
+    base = preset_defaults()[SEGMENTATION]
+    runs: list[dict[str, Any]] = []
+    for temperature, candidates in config.segmentation_settings:
+        params = base.replace(temperature=temperature, num_candidates=candidates)
+        metrics = evaluate_segmentation(checkpoint, cases, task_config, params, caption_params).metrics
+        runs.append({"temperature": temperature, "num_candidates": candidates, "miou": metrics["miou"],
+                     "pixel_accuracy": metrics["pixel_accuracy"]})
+    table = {f"temperature={run['temperature']:g},candidates={run['num_candidates']}": run["miou"] for run in runs}
+    return {"miou": table, "runs": runs, "best": _best(runs, ("miou", "pixel_accuracy"))}
+
+
 def caption_settings(config: SweepConfig) -> list[tuple[float, int]]:
     """(temperature, candidates) pairs of the caption sweep; greedy decoding (0) is run with one candidate only,
     since all its candidates would be the same caption."""
@@ -245,8 +279,9 @@ def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer 
         **sweep_image_tasks(checkpoint, config, base, reranker),
         CAPTION: sweep_captioning(checkpoint, config, base[CAPTION]),
     }
-    t2i_params = best_defaults(report)[TEXT_TO_IMAGE]
-    report[GROUNDED] = sweep_grounded(checkpoint, config, t2i_params, reranker)
+    chosen = best_defaults(report)
+    report[GROUNDED] = sweep_grounded(checkpoint, config, chosen[TEXT_TO_IMAGE], reranker)
+    report[SEGMENTATION] = sweep_segmentation(checkpoint, config, chosen[CAPTION])
     return report
 
 
@@ -275,4 +310,9 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
     # Grounded generation: text->image's setting with its own candidate count (the same without its section).
     grounded_candidates = report[GROUNDED]["best"]["num_candidates"] if GROUNDED in report else 1
     defaults[GROUNDED] = defaults[TEXT_TO_IMAGE].replace(num_candidates=grounded_candidates)
+    if SEGMENTATION in report:
+        best = report[SEGMENTATION]["best"]
+        defaults[SEGMENTATION] = base[SEGMENTATION].replace(
+            temperature=best["temperature"], num_candidates=best["num_candidates"]
+        )
     return defaults

@@ -6,7 +6,7 @@ and previews:
                          tuned with worked VQA answers: the description reranked as captions are, then the answer
     edit                 three-stream guidance (the model's edit defaults; the request may override both scales)
     infill               CM3 sentinels, the evaluation's greedy span loop, one region after the other
-    segmentation         greedy map -> per-pixel classes by the world's legend
+    segmentation         greedy map (redrawn where it disagrees with the caption) -> classes by the world's legend
     structure_guided     CFG (the model's structure defaults); several candidates reranked by the retriever
     grounded_generation  the model's grounded defaults (text->image's, own candidate count), reranked likewise
     text_rendering       the model's text->image default
@@ -24,7 +24,7 @@ import numpy as np
 from cm3leon.data.questions import final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
-from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE
+from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED, SEGMENTATION, STRUCTURE, TEXT_TO_IMAGE
 from cm3leon.inference.requests import (
     Edit,
     EngineResult,
@@ -56,12 +56,16 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
-from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
-from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
+from cm3leon.tasks.decode import decode_codes, generate_infills, infill_plan
+from cm3leon.tasks.parsing import infill_result, text_answer
+from cm3leon.tasks.segmentation import SegmentationParams, segment_images
 from cm3leon.tasks.worked import DescriptionScorer, answer_worked
 
 # Answers are decoded greedily, as the evaluation scores them (one right answer per question).
 ANSWER_PARAMS = SamplingParams.preset("greedy_text")
+# A segmentation request has no sampling options: its caption and any redrawn maps use this seed, so one image
+# always gets one map.
+SEGMENTATION_SEED = 0
 
 
 def no_retrieval(sampling: Sampling, kind: str) -> None:
@@ -129,17 +133,26 @@ def edit(context: RunContext, request: Edit) -> EngineResult:
 
 def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
     """images: [the colour-coded map in the legend's exact colours, the class-id map (grey level = legend index)];
-    legend: (class, colour) by index; text: the share of the image of each class present."""
-    world = task_setup(context.engine).world
-    result = image_job(context, segmentation_prompt(context.engine, request), SEGMENTATION_PARAMS.replace(seed=0))
-    classes = segmentation_map(result.images[0], world)
+    legend: (class, colour) by index; text: the share of the image of each class present. The map is decoded as
+    evaluated: greedily, and redrawn where it disagrees with the model's caption of the image when the model's
+    segmentation defaults say so (`cm3leon.tasks.segmentation`). Deterministic: no sampling options."""
+    engine = context.engine
+    setup, prompt = task_setup(engine), segmentation_prompt(engine, request)
+    codes = image_codes(engine, request.image)  # what the caption check describes
+    settings = SegmentationParams(maps=engine.defaults[SEGMENTATION], caption=engine.defaults[CAPTION])
+    with context.stage("decoding", {"requests": 1, "target": "segmentation", "caption_check": settings.checks_caption}):
+        run = segment_images(
+            setup.checkpoint, [prompt], [codes], settings, 1, SEGMENTATION_SEED, context.step, context.should_cancel
+        )
+    classes, world = run.maps[0], setup.checkpoint.world
     legend = list(segmentation_legend(world).items())
     counts = np.bincount(classes.ravel(), minlength=len(legend))[: len(legend)]
-    result.images = [colourise_segmentation(classes, world), np.repeat(classes[..., None], 3, axis=-1)]
-    result.legend = legend
     shares = [f"{name}: {n / classes.size:.1%}" for (name, _), n in zip(legend, counts, strict=True) if n]
-    result.text = "; ".join(shares)
-    return result
+    return EngineResult(
+        images=[colourise_segmentation(classes, world), np.repeat(classes[..., None], 3, axis=-1)],
+        legend=legend, text="; ".join(shares), prompt_tokens=len(prompt), generated_tokens=run.generated_tokens,
+        seed=SEGMENTATION_SEED,
+    )
 
 
 def structure_guided(context: RunContext, request: StructureGuided) -> EngineResult:

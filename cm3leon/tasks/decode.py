@@ -32,8 +32,8 @@ from cm3leon.tasks.checkpoint import LoadedCheckpoint
 from cm3leon.tasks.parsing import image_output, text_answer
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
 
-# Segmentation has one right answer per pixel: decode greedily.
-SEGMENTATION_PARAMS = SamplingParams(method="sample", temperature=0.0)
+# Segmentation has one right answer per pixel: the first map is decoded greedily.
+SEGMENTATION_PARAMS = SamplingParams.preset("segmentation")
 
 
 def request_seed(seed: int, index: int) -> int:

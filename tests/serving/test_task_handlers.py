@@ -14,7 +14,15 @@ import pytest
 
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_legend
 from cm3leon.data.world import Split, World
-from cm3leon.decoding.defaults import CAPTION, DEFAULTS_FILE, EDIT, GROUNDED, STRUCTURE, TEXT_TO_IMAGE
+from cm3leon.decoding.defaults import (
+    CAPTION,
+    DEFAULTS_FILE,
+    EDIT,
+    GROUNDED,
+    SEGMENTATION,
+    STRUCTURE,
+    TEXT_TO_IMAGE,
+)
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY, SamplingParams
 from cm3leon.inference import (
     Caption,
@@ -159,6 +167,21 @@ def test_segmentation_returns_the_map_its_class_ids_and_the_legend(
     shares = dict(re.findall(r"(\w+): ([\d.]+)%", result.text))
     present = {name for index, (name, _) in enumerate(result.legend) if (classes == index).any()}
     assert set(shares) == present and sum(map(float, shares.values())) == pytest.approx(100, abs=0.1 * len(shares))
+
+
+def test_segmentation_checks_its_map_against_the_caption_when_the_defaults_say_so(
+    engine: Engine, scene_images: tuple[np.ndarray, ...], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory = build_tiny_sft_model_dir(tmp_path_factory.mktemp("segcheck"))
+    (directory / DEFAULTS_FILE).write_text(json.dumps({SEGMENTATION: {"temperature": 1.0, "num_candidates": 2}}))
+    checking = Engine(directory, EngineConfig.preset("tiny"))
+    greedy, _ = run(engine, Segmentation(scene_images[0]))
+    first, _ = run(checking, Segmentation(scene_images[0]))
+    second, _ = run(checking, Segmentation(scene_images[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(first.images, second.images, strict=True)), "one image, one map"
+    # The check decoded a caption too (and maybe redrew the map): more tokens than the greedy map alone.
+    assert first.generated_tokens > greedy.generated_tokens >= checking.vocab.codes_per_image
+    assert first.seed == greedy.seed == 0 and first.legend == greedy.legend
 
 
 def test_visual_questions_answer_in_text(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
