@@ -164,7 +164,7 @@ def eval_sweep(
         str,
         typer.Option(help="Segmentation temperature:candidates pairs, comma-separated (0:1 = greedy; more "
                      "candidates: maps redrawn where the greedy one disagrees with the caption)."),
-    ] = "0:1,0.7:8,1:8",
+    ] = "0:1,0.7:8,1:8,0.7:16",
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
     write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,

@@ -23,12 +23,12 @@ from cm3leon.data.grid import Tile, save_grid
 from cm3leon.data.language import detailed_caption_variants, parse_caption
 from cm3leon.data.render import render
 from cm3leon.data.world import Scene, Split, WorldConfig
-from cm3leon.decoding import ChannelScorer, GenerationRequest, SamplingParams, generate, no_rerank
+from cm3leon.decoding import SamplingParams
 from cm3leon.decoding.defaults import CAPTION, load_decoding_defaults, params_record
 from cm3leon.evaluation.bleu import corpus_bleu
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
 from cm3leon.evaluation.scene_metrics import UNREADABLE, summarize_predictions, verdict_label
-from cm3leon.tasks.decode import request_seed
+from cm3leon.tasks.decode import caption_images
 from cm3leon.tokenizers.vocab import ImageCodes
 
 
@@ -106,20 +106,10 @@ class CaptionRun:
 def generate_captions(
     checkpoint: EvalCheckpoint, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int
 ) -> CaptionRun:
-    """A caption per image (request i seeded by `request_seed(seed, i)`); decoding stops at `<eos>`. With several
-    candidates per image the one that best explains the image is kept (`ChannelScorer`)."""
-    scorer = no_rerank if params.num_candidates == 1 else ChannelScorer(checkpoint.model, checkpoint.vocab)
-    captions: list[str] = []
-    tokens = 0
+    """A caption per image, timed (`caption_images`: request i seeded by `request_seed(seed, i)`, decoding stops at
+    `<eos>`, several candidates per image reranked by `ChannelScorer`)."""
     start = time.perf_counter()
-    for first in range(0, len(images), batch_size):
-        requests = [
-            GenerationRequest(prompt=[codes], target="text", params=params.replace(seed=request_seed(seed, i)))
-            for i, codes in enumerate(images[first : first + batch_size], start=first)
-        ]
-        for result in generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer):
-            captions.append(result.text.strip())
-            tokens += sum(len(candidate.token_ids) for candidate in result.candidates)
+    captions, tokens = caption_images(checkpoint, images, params, batch_size, seed)
     return CaptionRun(params, captions, tokens, time.perf_counter() - start)
 
 

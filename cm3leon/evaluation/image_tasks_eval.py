@@ -1,10 +1,11 @@
 """Evaluations of the image-writing instruction tasks, each judged against the world's exact ground truth.
 
 editing (three-stream guidance; the checkpoint's edit defaults, the paper's image 1.5 / text 7.5 unless a sweep
-chose others), infilling (CM3 sentinels, greedy codes), segmentation (greedy map, decoded to classes by the
-legend), structure-guided generation (the checkpoint's structure defaults, CFG 3 by the preset), grounded
-generation and text rendering (the checkpoint's text->image default); `params` replaces a default (the sweep).
-Each returns its metrics and its grid rows (inputs, output with the oracle's verdict, ground truth).
+chose others), infilling (CM3 sentinels, greedy codes), segmentation (greedy map, redrawn where it disagrees with
+the model's caption when the checkpoint's segmentation defaults say so; decoded to classes by the legend),
+structure-guided generation (the checkpoint's structure defaults, CFG 3 by the preset), grounded generation and
+text rendering (the checkpoint's text->image default); `params` replaces a default (the sweep). Each returns its
+metrics and its grid rows (inputs, output with the oracle's verdict, ground truth).
 """
 
 from __future__ import annotations

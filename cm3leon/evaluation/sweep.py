@@ -11,7 +11,9 @@ of structure-guided generation (several candidates are reranked by the retriever
 `eval all` and serving rerank them), and the candidates of grounded generation (which otherwise decodes with the
 text->image choice);
 captioning: temperature (0 = greedy) x candidates per image (several samples reranked by the noisy channel,
-cm3leon.decoding.channel; greedy decoding has only one candidate to offer). Every setting decodes the same val
+cm3leon.decoding.channel; greedy decoding has only one candidate to offer); segmentation: greedy maps alone, or
+maps redrawn from (temperature, candidates) samples where the greedy one disagrees with the caption (decoded with
+the sweep's caption choice; cm3leon.tasks.segmentation), chosen by mIoU. Every setting decodes the same val
 scenes with the same per-request seeds (common random numbers), so differences between settings are the settings',
 not the sampler's luck. The best setting (highest exact-scene accuracy; ties by attribute accuracy, then BLEU for
 captions, then the earlier setting) can be written as the checkpoint's decoding defaults, which the test-split
@@ -71,7 +73,7 @@ class SweepConfig:
     caption_candidates: tuple[int, ...] = (1, 16)
     # Segmentation maps: (temperature, candidates) of the maps redrawn where the greedy one disagrees with the
     # caption; (0, 1) is greedy alone.
-    segmentation_settings: tuple[tuple[float, int], ...] = ((0.0, 1), (0.7, 8), (1.0, 8))
+    segmentation_settings: tuple[tuple[float, int], ...] = ((0.0, 1), (0.7, 8), (1.0, 8), (0.7, 16))
 
     def __post_init__(self) -> None:
         axes = (

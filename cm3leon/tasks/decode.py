@@ -18,6 +18,7 @@ import torch
 
 from cm3leon.decoding import (
     CancelCheck,
+    ChannelScorer,
     GenerationCancelled,
     GenerationRequest,
     ProgressCallback,
@@ -70,6 +71,30 @@ def generate_image_outputs(
         results = generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer)
         codes.extend(image_output(result.token_ids, checkpoint.vocab) for result in results)
     return codes, decode_codes(checkpoint, codes)
+
+
+def caption_images(
+    checkpoint: LoadedCheckpoint, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int,
+    progress: ProgressCallback | None = None, should_cancel: CancelCheck | None = None,
+) -> tuple[list[str], int]:
+    """A caption per image, as the caption job decodes it (several samples: the noisy channel chooses), within
+    what the context leaves after the image."""
+    scorer = no_rerank if params.num_candidates == 1 else ChannelScorer(checkpoint.model, checkpoint.vocab)
+    prompt_length = checkpoint.vocab.codes_per_image + 2  # <bos> IMAGE <break>
+    room = checkpoint.model.config.max_seq_len - prompt_length + 1  # the last token is never fed back
+    params = params.replace(max_new_tokens=max(1, min(params.max_new_tokens, room)))
+    captions, tokens = [], 0
+    for first in range(0, len(images), batch_size):
+        requests = [
+            GenerationRequest(prompt=[codes], target="text", params=params.replace(seed=request_seed(seed, i)))
+            for i, codes in enumerate(images[first : first + batch_size], start=first)
+        ]
+        results = generate(
+            checkpoint.model, checkpoint.vocab, requests, scorer=scorer, progress=progress, should_cancel=should_cancel
+        )
+        captions += [result.text.strip() for result in results]
+        tokens += sum(len(c.token_ids) for result in results for c in result.candidates)
+    return captions, tokens
 
 
 def decode_codes(checkpoint: LoadedCheckpoint, codes: Sequence[ImageCodes | None]) -> np.ndarray:

@@ -24,17 +24,9 @@ from scipy import ndimage
 from cm3leon.data.language import parse_caption
 from cm3leon.data.render import segmentation_classes
 from cm3leon.data.world import WorldConfig
-from cm3leon.decoding import (
-    CancelCheck,
-    ChannelScorer,
-    GenerationRequest,
-    ProgressCallback,
-    SamplingParams,
-    generate,
-    no_rerank,
-)
+from cm3leon.decoding import CancelCheck, GenerationRequest, ProgressCallback, SamplingParams, generate, no_rerank
 from cm3leon.tasks.checkpoint import LoadedCheckpoint
-from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, request_seed
+from cm3leon.tasks.decode import SEGMENTATION_PARAMS, caption_images, decode_codes, request_seed
 from cm3leon.tasks.parsing import image_output, segmentation_map
 from cm3leon.tokenizers.vocab import ImageCodes
 
@@ -113,30 +105,6 @@ class AgreementScorer:
         return [AGREES if region_counts(self.classes_of(c), self.world) == want else DISAGREES for c in candidates]
 
 
-def describe(
-    checkpoint: LoadedCheckpoint, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int,
-    progress: ProgressCallback | None = None, should_cancel: CancelCheck | None = None,
-) -> tuple[list[str], int]:
-    """A caption per image, as the caption job decodes it (several samples: the noisy channel chooses), within
-    what the context leaves after the image."""
-    scorer = no_rerank if params.num_candidates == 1 else ChannelScorer(checkpoint.model, checkpoint.vocab)
-    prompt_length = checkpoint.vocab.codes_per_image + 2  # <bos> IMAGE <break>
-    room = checkpoint.model.config.max_seq_len - prompt_length + 1  # the last token is never fed back
-    params = params.replace(max_new_tokens=max(1, min(params.max_new_tokens, room)))
-    captions, tokens = [], 0
-    for first in range(0, len(images), batch_size):
-        requests = [
-            GenerationRequest(prompt=[codes], target="text", params=params.replace(seed=request_seed(seed, i)))
-            for i, codes in enumerate(images[first : first + batch_size], start=first)
-        ]
-        results = generate(
-            checkpoint.model, checkpoint.vocab, requests, scorer=scorer, progress=progress, should_cancel=should_cancel
-        )
-        captions += [result.text.strip() for result in results]
-        tokens += sum(len(c.token_ids) for result in results for c in result.candidates)
-    return captions, tokens
-
-
 def segment_images(
     checkpoint: LoadedCheckpoint,
     prompts: Sequence[Sequence[int]],
@@ -149,7 +117,7 @@ def segment_images(
     captions: Sequence[str] | None = None,
 ) -> SegmentationRun:
     """Per segmentation prompt (the map's `<break>` last) of image `images[i]`: the chosen class map. The caption
-    check reads `captions` where the caller has them, else the model's own (`describe`)."""
+    check reads `captions` where the caller has them, else the model's own (`caption_images`)."""
     world, vocab = checkpoint.world, checkpoint.vocab
 
     def classes_of(ids: Sequence[int]) -> np.ndarray:
@@ -181,7 +149,7 @@ def segment_images(
         return run
     caption_tokens = 0
     if captions is None:
-        captions, caption_tokens = describe(
+        captions, caption_tokens = caption_images(
             checkpoint, images, params.caption, batch_size, seed, progress, should_cancel
         )
     run.captions = list(captions)
