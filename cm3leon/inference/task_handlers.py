@@ -56,9 +56,9 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
-from cm3leon.tasks.decode import decode_codes, generate_infills, infill_plan
-from cm3leon.tasks.parsing import infill_result, text_answer
-from cm3leon.tasks.segmentation import SegmentationParams, segment_images
+from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
+from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
+from cm3leon.tasks.segmentation import MapDecoder, SegmentationParams, check_maps
 from cm3leon.tasks.worked import DescriptionScorer, answer_worked
 
 # Answers are decoded greedily, as the evaluation scores them (one right answer per question).
@@ -138,20 +138,21 @@ def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
     segmentation defaults say so (`cm3leon.tasks.segmentation`). Deterministic: no sampling options."""
     engine = context.engine
     setup, prompt = task_setup(engine), segmentation_prompt(engine, request)
-    codes = image_codes(engine, request.image)  # what the caption check describes
     settings = SegmentationParams(maps=engine.defaults[SEGMENTATION], caption=engine.defaults[CAPTION])
-    with context.stage("decoding", {"requests": 1, "target": "segmentation", "caption_check": settings.checks_caption}):
-        run = segment_images(
-            setup.checkpoint, [prompt], [codes], settings, 1, SEGMENTATION_SEED, context.step, context.should_cancel
-        )
-    classes, world = run.maps[0], setup.checkpoint.world
+    greedy = image_job(context, prompt, SEGMENTATION_PARAMS.replace(seed=SEGMENTATION_SEED))  # with previews
+    world = setup.checkpoint.world
+    decoder = MapDecoder(setup.checkpoint, [prompt], 1, SEGMENTATION_SEED, context.step, context.should_cancel)
+    codes = image_codes(engine, request.image)  # what the caption check describes
+    with context.stage("caption_check", {"enabled": settings.checks_caption}):
+        run = check_maps(decoder, [codes], [segmentation_map(greedy.images[0], world)], settings)
+    classes = run.maps[0]
     legend = list(segmentation_legend(world).items())
     counts = np.bincount(classes.ravel(), minlength=len(legend))[: len(legend)]
     shares = [f"{name}: {n / classes.size:.1%}" for (name, _), n in zip(legend, counts, strict=True) if n]
     return EngineResult(
         images=[colourise_segmentation(classes, world), np.repeat(classes[..., None], 3, axis=-1)],
-        legend=legend, text="; ".join(shares), prompt_tokens=len(prompt), generated_tokens=run.generated_tokens,
-        seed=SEGMENTATION_SEED,
+        legend=legend, text="; ".join(shares), prompt_tokens=len(prompt),
+        generated_tokens=greedy.generated_tokens + run.generated_tokens, seed=SEGMENTATION_SEED,
     )
 
 

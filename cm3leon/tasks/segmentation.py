@@ -105,6 +105,39 @@ class AgreementScorer:
         return [AGREES if region_counts(self.classes_of(c), self.world) == want else DISAGREES for c in candidates]
 
 
+@dataclass
+class MapDecoder:
+    """Decodes segmentation prompts on one checkpoint: request i seeded by `request_seed(seed, i)`."""
+
+    checkpoint: LoadedCheckpoint
+    prompts: Sequence[Sequence[int]]
+    batch_size: int
+    seed: int
+    progress: ProgressCallback | None = None
+    should_cancel: CancelCheck | None = None
+
+    def classes_of(self, ids: Sequence[int]) -> np.ndarray:
+        picture = decode_codes(self.checkpoint, [image_output(ids, self.checkpoint.vocab)])[0]
+        return segmentation_map(picture, self.checkpoint.world)
+
+    def run(self, indices: Sequence[int], sampling: SamplingParams, scorer: AgreementScorer | None) -> list[list[int]]:
+        outputs: list[list[int]] = []
+        for first in range(0, len(indices), self.batch_size):
+            requests = [
+                GenerationRequest(
+                    prompt_ids=list(self.prompts[i]), target="image",
+                    params=sampling.replace(seed=request_seed(self.seed, i)),
+                )
+                for i in indices[first : first + self.batch_size]
+            ]
+            results = generate(
+                self.checkpoint.model, self.checkpoint.vocab, requests, scorer=scorer or no_rerank,
+                progress=self.progress, should_cancel=self.should_cancel,
+            )
+            outputs += [result.token_ids for result in results]
+        return outputs
+
+
 def segment_images(
     checkpoint: LoadedCheckpoint,
     prompts: Sequence[Sequence[int]],
@@ -116,41 +149,35 @@ def segment_images(
     should_cancel: CancelCheck | None = None,
     captions: Sequence[str] | None = None,
 ) -> SegmentationRun:
-    """Per segmentation prompt (the map's `<break>` last) of image `images[i]`: the chosen class map. The caption
-    check reads `captions` where the caller has them, else the model's own (`caption_images`)."""
-    world, vocab = checkpoint.world, checkpoint.vocab
+    """Per segmentation prompt (the map's `<break>` last) of image `images[i]`: the greedy map, then the caption
+    check (`check_maps`)."""
+    decoder = MapDecoder(checkpoint, prompts, batch_size, seed, progress, should_cancel)
+    greedy_ids = decoder.run(range(len(prompts)), SEGMENTATION_PARAMS, None)
+    greedy = [decoder.classes_of(ids) for ids in greedy_ids]
+    run = check_maps(decoder, images, greedy, params, captions)
+    run.generated_tokens += sum(len(ids) for ids in greedy_ids)
+    return run
 
-    def classes_of(ids: Sequence[int]) -> np.ndarray:
-        return segmentation_map(decode_codes(checkpoint, [image_output(ids, vocab)])[0], world)
 
-    def run_maps(indices: list[int], sampling: SamplingParams, scorer: AgreementScorer | None) -> list[list[int]]:
-        outputs: list[list[int]] = []
-        for first in range(0, len(indices), batch_size):
-            requests = [
-                GenerationRequest(
-                    prompt_ids=list(prompts[i]), target="image", params=sampling.replace(seed=request_seed(seed, i))
-                )
-                for i in indices[first : first + batch_size]
-            ]
-            results = generate(
-                checkpoint.model, vocab, requests, scorer=scorer or no_rerank, progress=progress,
-                should_cancel=should_cancel,
-            )
-            outputs += [result.token_ids for result in results]
-        return outputs
-
-    everyone = list(range(len(prompts)))
-    greedy_ids = run_maps(everyone, SEGMENTATION_PARAMS, None)
-    greedy = [classes_of(ids) for ids in greedy_ids]
-    tokens = sum(len(ids) for ids in greedy_ids)
-    run = SegmentationRun(list(greedy), greedy, [None] * len(greedy), [False] * len(greedy), [None] * len(greedy), 0)
+def check_maps(
+    decoder: MapDecoder,
+    images: Sequence[ImageCodes],
+    greedy: Sequence[np.ndarray],
+    params: SegmentationParams,
+    captions: Sequence[str] | None = None,
+) -> SegmentationRun:
+    """The caption check of greedy class maps already decoded (the server decodes them with previews): reads
+    `captions` where the caller has them, else the model's own (`caption_images`); `generated_tokens` counts only
+    the check's own tokens."""
+    count = len(greedy)
+    run = SegmentationRun(list(greedy), list(greedy), [None] * count, [False] * count, [None] * count, 0)
     if not params.checks_caption:
-        run.generated_tokens = tokens
         return run
-    caption_tokens = 0
+    checkpoint, world = decoder.checkpoint, decoder.checkpoint.world
     if captions is None:
-        captions, caption_tokens = caption_images(
-            checkpoint, images, params.caption, batch_size, seed, progress, should_cancel
+        captions, run.generated_tokens = caption_images(
+            checkpoint, images, params.caption, decoder.batch_size, decoder.seed, decoder.progress,
+            decoder.should_cancel,
         )
     run.captions = list(captions)
     expected = [caption_shapes(caption, world) for caption in captions]
@@ -158,12 +185,12 @@ def segment_images(
         if want is not None:
             run.agreed[i] = region_counts(greedy[i], world) == want
     redo = [i for i, agreed in enumerate(run.agreed) if agreed is False]
-    scorer = AgreementScorer({tuple(prompts[i]): expected[i] for i in redo}, classes_of, world)  # type: ignore[misc]
-    for i, ids in zip(redo, run_maps(redo, params.maps, scorer), strict=True):
+    wanted = {tuple(decoder.prompts[i]): expected[i] for i in redo}
+    scorer = AgreementScorer(wanted, decoder.classes_of, world)  # type: ignore[arg-type]
+    for i, ids in zip(redo, decoder.run(redo, params.maps, scorer), strict=True):
         run.resampled[i] = True
-        tokens += len(ids) * params.maps.num_candidates
-        sampled = classes_of(ids)
+        run.generated_tokens += len(ids) * params.maps.num_candidates
+        sampled = decoder.classes_of(ids)
         if region_counts(sampled, world) == expected[i]:
             run.maps[i], run.agreed[i] = sampled, True
-    run.generated_tokens = tokens + caption_tokens
     return run
