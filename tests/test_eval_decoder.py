@@ -494,7 +494,8 @@ def test_cli_commands_write_reports(checkpoint_dir: Path, tmp_path: Path) -> Non
 def test_decode_bench_reports_positive_rates(checkpoint_dir: Path) -> None:
     results = bench_decode(checkpoint_dir, DecodeBenchConfig.preset("quick"))
     keys = ["t1_cfg_b1_images_per_s", "t1_cfg_b2_images_per_s", "t1_pooled8_b1_images_per_s",
-            "t1_caption_b2_tokens_per_s", "t1_caption_b2_captions_per_s"]
+            "t1_caption_b2_tokens_per_s", "t1_caption_b2_captions_per_s",
+            "t1_segmentation_greedy_b2_maps_per_s", "t1_segmentation_checked_b2_maps_per_s"]
     for key in keys:
         assert results[key] > 0, key
     assert results["t1_cfg_b2_ms_per_image"] == pytest.approx(1000 / results["t1_cfg_b2_images_per_s"])

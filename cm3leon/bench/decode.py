@@ -1,4 +1,5 @@
-"""Decoding speed of a checkpoint: CFG images at several batch sizes, pooled reranking, and captioning.
+"""Decoding speed of a checkpoint: CFG images at several batch sizes, pooled reranking, captioning, and
+segmentation maps greedy and checked against the caption (the checkpoint's segmentation default).
 
 Each measurement generates real prompts of held-out scenes end to end (`generate`, VQ decode included for
 images) after one warm-up call, best of `repeats` passes (the machine is shared: the best pass is the one least
@@ -8,6 +9,7 @@ reported so the serving default can be chosen from numbers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import torch
 
 from cm3leon.data.world import Split
 from cm3leon.decoding import SamplingParams
-from cm3leon.decoding.defaults import CAPTION, TEXT_TO_IMAGE, load_decoding_defaults
+from cm3leon.decoding.defaults import CAPTION, SEGMENTATION, TEXT_TO_IMAGE, load_decoding_defaults
 from cm3leon.evaluation.caption_eval import (
     caption_token_budget,
     encode_scene_images,
@@ -26,6 +28,8 @@ from cm3leon.evaluation.caption_eval import (
 )
 from cm3leon.evaluation.decoder_setup import eval_scenes, load_eval_checkpoint
 from cm3leon.evaluation.t2i_eval import generate_images, method_params, prompt_captions
+from cm3leon.evaluation.task_cases import formatter
+from cm3leon.tasks.segmentation import SegmentationParams, segment_images
 
 # Benchmark prompts come from the validation split: speed does not depend on the split, and test stays unseen.
 BENCH_SPLIT = Split.VAL
@@ -38,6 +42,7 @@ class DecodeBenchConfig:
     cfg_batch_sizes: tuple[int, ...] = (1, 8, 32)
     pooled_batch_size: int = 1
     caption_batch_size: int = 8
+    segmentation_batch_size: int = 8
     threads: tuple[int, ...] = (1, 2)
     repeats: int = 2
     seed: int = 0
@@ -46,7 +51,9 @@ class DecodeBenchConfig:
     def preset(cls, name: str, **overrides: Any) -> DecodeBenchConfig:
         presets: dict[str, dict[str, Any]] = {
             "standard": {},
-            "quick": dict(cfg_batch_sizes=(1, 2), caption_batch_size=2, threads=(1,), repeats=1),
+            "quick": dict(
+                cfg_batch_sizes=(1, 2), caption_batch_size=2, segmentation_batch_size=2, threads=(1,), repeats=1
+            ),
         }
         if name not in presets:
             raise ValueError(f"unknown decode bench preset {name!r}; choose from {sorted(presets)}")
@@ -61,13 +68,16 @@ def _best_seconds(work: Callable[[], float], repeats: int) -> float:
 
 def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) -> dict[str, Any]:
     """Flat results: `t{threads}_cfg_b{batch}_images_per_s` / `_ms_per_image`, `t{threads}_pooled{k}_b{batch}_...`,
-    `t{threads}_caption_b{batch}_tokens_per_s` / `_captions_per_s`."""
+    `t{threads}_caption_b{batch}_tokens_per_s` / `_captions_per_s`, `t{threads}_segmentation_{greedy,checked}_b{batch}
+    _maps_per_s`."""
     config = config or DecodeBenchConfig()
     checkpoint = load_eval_checkpoint(checkpoint_dir)
     defaults = load_decoding_defaults(checkpoint_dir)
     cfg = method_params("cfg", defaults[TEXT_TO_IMAGE])
     pooled = method_params("pooled", defaults[TEXT_TO_IMAGE])
-    most_prompts = max(*config.cfg_batch_sizes, config.pooled_batch_size, config.caption_batch_size)
+    most_prompts = max(
+        *config.cfg_batch_sizes, config.pooled_batch_size, config.caption_batch_size, config.segmentation_batch_size
+    )
     scenes = eval_scenes(checkpoint.world, BENCH_SPLIT, most_prompts, config.seed)
     captions = prompt_captions(scenes, checkpoint, config.seed)
     caption_scenes = scenes[: config.caption_batch_size]
@@ -75,6 +85,18 @@ def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) 
         max_new_tokens=caption_token_budget(checkpoint, reference_captions(caption_scenes, checkpoint.world))
     )
     caption_images = encode_scene_images(checkpoint, caption_scenes, config.caption_batch_size)
+    segmentation_batch = config.segmentation_batch_size
+    map_images = encode_scene_images(checkpoint, scenes[:segmentation_batch], segmentation_batch)
+    map_prompts = [formatter(checkpoint).segmentation(image, None).prompt for image in map_images]
+    map_settings = {
+        "greedy": SegmentationParams(SamplingParams.preset("segmentation"), defaults[CAPTION]),
+        "checked": SegmentationParams(defaults[SEGMENTATION], defaults[CAPTION]),
+    }
+
+    def segment(settings: SegmentationParams) -> float:
+        start = time.perf_counter()
+        segment_images(checkpoint, map_prompts, map_images, settings, segmentation_batch, config.seed)
+        return time.perf_counter() - start
 
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint_dir),
@@ -83,6 +105,7 @@ def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) 
         "cfg_guidance_scale": cfg.guidance_scale,
         "pooled_candidates": pooled.num_candidates,
         "caption_candidates": caption_params.num_candidates,  # > 1: sampled and reranked by the noisy channel
+        "segmentation_check_candidates": defaults[SEGMENTATION].num_candidates,  # 1: the check is off
     }
     threads_before = torch.get_num_threads()
     try:
@@ -110,6 +133,9 @@ def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) 
             caption_name = f"{prefix}_caption_b{config.caption_batch_size}"
             results[f"{caption_name}_tokens_per_s"] = fastest.generated_tokens / fastest.seconds  # all candidates'
             results[f"{caption_name}_captions_per_s"] = len(fastest.captions) / fastest.seconds  # reranked, delivered
+            for name, settings in map_settings.items():
+                seconds = _best_seconds(lambda s=settings: segment(s), config.repeats)
+                results[f"{prefix}_segmentation_{name}_b{segmentation_batch}_maps_per_s"] = segmentation_batch / seconds
     finally:
         torch.set_num_threads(threads_before)
     return results

@@ -42,7 +42,8 @@ def decode(
     checkpoint: Annotated[Path, typer.Option(help="Complete model directory (decoder, vq/).")] = DEFAULT_MODEL_DIR,
     preset: Annotated[str, typer.Option(help="standard (cfg batch 1/8/32, 1 and 2 threads) or quick.")] = "standard",
 ) -> None:
-    """Decoding speed: CFG images at batch 1, 8, 32, pooled-8 at batch 1, caption tokens/s, at 1 and 2 threads."""
+    """Decoding speed: CFG images at batch 1, 8, 32, pooled-8 at batch 1, caption tokens/s, segmentation maps
+    (greedy, caption-checked), at 1 and 2 threads."""
     from cm3leon.bench.decode import DecodeBenchConfig, bench_decode
 
     _write(out, "decode", bench_decode(checkpoint, DecodeBenchConfig.preset(preset)))

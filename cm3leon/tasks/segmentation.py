@@ -3,13 +3,14 @@
 The shapes model's segmentation errors are mostly whole objects drawn in the wrong class (a circle mapped as a
 square: 93 of 399 validation objects for the stage-8b weights), while its captions name the shapes of a scene
 right far more often (0.84 of validation scenes exactly). So one skill checks the other: the map is decoded
-greedily; where its objects (connected regions of one class) are not the shapes the caption names, up to
+greedily; where its objects (connected regions of one class) are not the shapes the caption names,
 `num_candidates` maps are sampled at `temperature` and the first that agrees is kept; where none does, or the
 caption names no shapes (a word scene, an unreadable caption), the greedy map stands. The agreement check is
 the candidate scorer (`AgreementScorer`), so sampling and choosing use `generate`'s own reranking.
 
 The caption is decoded with the checkpoint's caption defaults (several samples reranked by the noisy channel);
-`SegmentationParams` holds both settings.
+`SegmentationParams` holds both settings. `segment_images` does it all (the evaluation); `check_maps` is the check
+alone, for greedy maps decoded elsewhere (the server decodes them with progressive previews).
 """
 
 from __future__ import annotations
