@@ -143,6 +143,10 @@ def eval_sweep(
     edit_copy_biases: Annotated[
         str, typer.Option(help="Editing source-copy biases (0 = off), comma-separated, crossed with the scales.")
     ] = "0,1,2",
+    edit_candidates: Annotated[
+        str, typer.Option(help="Edit candidates at the best scale and bias, comma-separated (several: the caption "
+                          "check chooses).")
+    ] = "1,8",
     structure_scales: Annotated[
         str, typer.Option(help="Structure-guided generation CFG scales, comma-separated.")
     ] = "1.5,2,3",
@@ -195,6 +199,7 @@ def eval_sweep(
         n=n, batch_size=batch_size, seed=seed, temperatures=floats(temperatures), guidance_scales=floats(scales),
         plausibilities=floats(plausibilities), cdk_ks=tuple(int(k) for k in floats(cdk_ks)),
         edit_scales=floats(edit_scales), edit_copy_biases=floats(edit_copy_biases),
+        edit_candidates=tuple(int(count) for count in floats(edit_candidates)),
         structure_scales=floats(structure_scales),
         structure_candidates=tuple(int(count) for count in floats(structure_candidates)),
         grounded_candidates=tuple(int(count) for count in floats(grounded_candidates)),

@@ -1,11 +1,12 @@
 """Evaluations of the image-writing instruction tasks, each judged against the world's exact ground truth.
 
 editing (three-stream guidance; the checkpoint's edit defaults, the paper's image 1.5 / text 7.5 unless a sweep
-chose others), infilling (CM3 sentinels, greedy codes), segmentation (greedy map, redrawn where it disagrees with
-the model's caption when the checkpoint's segmentation defaults say so; decoded to classes by the legend),
-structure-guided generation (the checkpoint's structure defaults, CFG 3 by the preset), grounded generation and
-text rendering (the checkpoint's text->image default); `params` replaces a default (the sweep). Each returns its
-metrics and its grid rows (inputs, output with the oracle's verdict, ground truth).
+chose others; several candidates: the first the caption check accepts, `cm3leon.tasks.edit_check`), infilling
+(CM3 sentinels, greedy codes), segmentation (greedy map, redrawn where it disagrees with the model's caption when
+the checkpoint's segmentation defaults say so; decoded to classes by the legend), structure-guided generation (the
+checkpoint's structure defaults, CFG 3 by the preset), grounded generation and text rendering (the checkpoint's
+text->image default); `params` replaces a default (the sweep). Each returns its metrics and its grid rows
+(inputs, output with the oracle's verdict, ground truth).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
 from cm3leon.tasks.decode import decode_codes, generate_image_outputs, generate_infills
+from cm3leon.tasks.edit_check import edit_check_scorer
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tasks.parsing import infill_result, segmentation_map
 from cm3leon.tasks.segmentation import SegmentationParams, segment_images
@@ -62,7 +64,11 @@ def evaluate_edits(
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[EDIT]
     prompts = [fmt.edit(e, src, None).prompt for e, src in zip(cases.edits, cases.edit_sources, strict=True)]
-    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed)
+    scorer = None
+    if params.num_candidates > 1:  # several samples: the caption check chooses (cm3leon.tasks.edit_check)
+        instructions = [case.instruction for case in cases.edits]
+        scorer = edit_check_scorer(checkpoint, prompts, cases.edit_sources, instructions, config.batch_size)
+    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     exact, preserved, by_kind = [], [], {}
     for case, scene in zip(cases.edits, predicted, strict=True):

@@ -66,6 +66,7 @@ class SweepConfig:
     cdk_ks: tuple[int, ...] = (1, 5)
     edit_scales: tuple[float, ...] = (1.5, 3.0, 7.5)
     edit_copy_biases: tuple[float, ...] = (0.0, 1.0, 2.0)
+    edit_candidates: tuple[int, ...] = (1, 8)  # at the best scale and bias; several: the caption check chooses
     structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     structure_candidates: tuple[int, ...] = (1, 8)  # several: reranked by the sweep's reranker
     grounded_candidates: tuple[int, ...] = (1, 8)  # at the chosen text->image setting; reranked likewise
@@ -78,8 +79,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         axes = (
             self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
-            self.edit_copy_biases, self.structure_scales, self.structure_candidates, self.grounded_candidates,
-            self.caption_temperatures, self.caption_candidates, self.segmentation_settings,
+            self.edit_copy_biases, self.edit_candidates, self.structure_scales, self.structure_candidates,
+            self.grounded_candidates, self.caption_temperatures, self.caption_candidates, self.segmentation_settings,
         )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
@@ -90,7 +91,7 @@ class SweepConfig:
             "standard": {},
             "quick": dict(
                 n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
-                cdk_ks=(1,), edit_scales=(7.5,), edit_copy_biases=(0.0,), structure_scales=(3.0,),
+                cdk_ks=(1,), edit_scales=(7.5,), edit_copy_biases=(0.0,), edit_candidates=(1,), structure_scales=(3.0,),
                 caption_temperatures=(0.0,), caption_candidates=(1,), structure_candidates=(1,),
                 grounded_candidates=(1,), segmentation_settings=((0.0, 1), (1.0, 2)),
             ),
@@ -159,9 +160,10 @@ def sweep_image_tasks(
     defaults: dict[str, SamplingParams],
     reranker: Scorer | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Editing's text guidance scale x source-copy bias, and structure-guided generation's CFG scale x candidates
-    (several are reranked by `reranker`, as `eval all` and serving do), on val cases; the best of each (exact
-    target scenes; ties by unchanged objects kept, for edits)."""
+    """Editing's text guidance scale x source-copy bias, then the best of those with several candidates (the
+    caption check chooses), and structure-guided generation's CFG scale x candidates (several are reranked by
+    `reranker`, as `eval all` and serving do), on val cases; the best of each (exact target scenes; ties by
+    unchanged objects kept, for edits)."""
     oracle = Oracle(checkpoint.world)
     task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
     cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
@@ -170,9 +172,17 @@ def sweep_image_tasks(
         for bias in config.edit_copy_biases:
             params = defaults[EDIT].replace(guidance_scale=scale, source_copy_bias=bias)
             metrics = evaluate_edits(checkpoint, cases, task_config, oracle, params).metrics
-            edit_runs.append({"guidance_scale": scale, "source_copy_bias": bias,
+            edit_runs.append({"guidance_scale": scale, "source_copy_bias": bias, "num_candidates": 1,
                               "exact_scene_accuracy": metrics["exact_scene_accuracy"],
                               "unchanged_preserved": metrics["unchanged_preserved"] or 0.0})
+    best_edit = _best(edit_runs, ("exact_scene_accuracy", "unchanged_preserved"))
+    for candidates in (count for count in config.edit_candidates if count > 1):
+        params = defaults[EDIT].replace(guidance_scale=best_edit["guidance_scale"],
+                                        source_copy_bias=best_edit["source_copy_bias"], num_candidates=candidates)
+        metrics = evaluate_edits(checkpoint, cases, task_config, oracle, params).metrics
+        edit_runs.append({**best_edit, "num_candidates": candidates,
+                          "exact_scene_accuracy": metrics["exact_scene_accuracy"],
+                          "unchanged_preserved": metrics["unchanged_preserved"] or 0.0})
     for scale in config.structure_scales:
         for candidates in config.structure_candidates:
             params = defaults[STRUCTURE].replace(guidance_scale=scale, num_candidates=candidates)
@@ -182,8 +192,10 @@ def sweep_image_tasks(
                                    "attribute_accuracy": metrics["attribute_accuracy"]})
 
     def cell(run: dict[str, Any]) -> str:
-        several = len(config.structure_candidates) > 1 and "num_candidates" in run
-        copies = len(config.edit_copy_biases) > 1 and "source_copy_bias" in run
+        is_edit = "source_copy_bias" in run
+        axis = config.edit_candidates if is_edit else config.structure_candidates
+        several = len(axis) > 1 and "num_candidates" in run
+        copies = len(config.edit_copy_biases) > 1 and is_edit
         return (
             f"scale={run['guidance_scale']:g}"
             + (f",candidates={run['num_candidates']}" if several else "")

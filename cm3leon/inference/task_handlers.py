@@ -4,7 +4,8 @@ and previews:
 
     visual_question      greedy answer (a reasoning question's worked answer, or only its final answer); a model
                          tuned with worked VQA answers: the description reranked as captions are, then the answer
-    edit                 three-stream guidance (the model's edit defaults; the request may override both scales)
+    edit                 three-stream guidance (the model's edit defaults; the request may override both scales);
+                         several candidates: the first whose caption shows the instruction done
     infill               CM3 sentinels, the evaluation's greedy span loop, one region after the other
     segmentation         greedy map (redrawn where it disagrees with the caption) -> classes by the world's legend
     structure_guided     CFG (the model's structure defaults); several candidates reranked by the retriever
@@ -57,6 +58,7 @@ from cm3leon.inference.task_prompts import (
     visual_question_prompt,
 )
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
+from cm3leon.tasks.edit_check import edit_check_scorer
 from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
 from cm3leon.tasks.segmentation import MapDecoder, SegmentationParams, check_maps
 from cm3leon.tasks.worked import DescriptionScorer, answer_worked
@@ -128,7 +130,13 @@ def edit(context: RunContext, request: Edit) -> EngineResult:
         "source_copy_bias": request.source_copy_bias,
     }
     params = params.replace(**{name: value for name, value in scales.items() if value is not None})
-    return image_job(context, edit_prompt(context.engine, request), params)
+    prompt = edit_prompt(context.engine, request)
+    scorer = None
+    if params.num_candidates > 1:  # several samples: the caption check chooses, as evaluated
+        setup, source = task_setup(context.engine), image_codes(context.engine, request.image)
+        with context.stage("edit_check", {"candidates": params.num_candidates}):
+            scorer = edit_check_scorer(setup.checkpoint, [prompt], [source], [request.instruction.strip()], 1)
+    return image_job(context, prompt, params, scorer)
 
 
 def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
