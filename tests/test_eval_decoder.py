@@ -413,6 +413,21 @@ def test_segmentation_sweep_runs_each_setting_and_the_evaluation_decodes_with_it
     assert greedy["miou"] == greedy["greedy"]["miou"] and "caption_check" not in greedy
 
 
+def test_edit_sweep_tries_the_caption_check_at_the_best_scale_and_saves_its_candidates(
+    checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    report = run_sweep(load_eval_checkpoint(directory), SweepConfig.preset("quick", edit_candidates=(1, 2)))
+    runs = report[EDIT]["runs"]
+    assert [run["num_candidates"] for run in runs] == [1, 2]
+    assert (runs[1]["guidance_scale"], runs[1]["source_copy_bias"]) == (runs[0]["guidance_scale"],
+                                                                      runs[0]["source_copy_bias"])
+    assert set(report[EDIT]["exact_scene_accuracy"]) == {"scale=7.5,candidates=1", "scale=7.5,candidates=2"}
+    best = dict(report[EDIT]["best"], num_candidates=2)  # as if the check had won
+    save_decoding_defaults(directory, best_defaults({**report, EDIT: {**report[EDIT], "best": best}}), {})
+    assert load_decoding_defaults(directory)[EDIT].num_candidates == 2
+
+
 def test_sweep_plausibility_axis_names_its_cells_and_its_choice_is_saved(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
     checkpoint = load_eval_checkpoint(directory)

@@ -13,11 +13,11 @@ scorer); one candidate decodes as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cm3leon.data.language import parse_caption
 from cm3leon.data.tasks import parse_edit_instruction
-from cm3leon.data.world import Scene
+from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding import GenerationRequest, SamplingParams
 from cm3leon.tasks.checkpoint import LoadedCheckpoint
 from cm3leon.tasks.decode import caption_images
@@ -33,25 +33,39 @@ AGREES, DISAGREES = 1.0, 0.0
 def expected_edits(
     checkpoint: LoadedCheckpoint, sources: Sequence[ImageCodes], instructions: Sequence[str], batch_size: int,
 ) -> list[Scene | None]:
-    """Per edit: the scene its instruction makes of the model's caption of the source (None where the caption is
-    unreadable or a word scene, or the instruction names no unique object of it)."""
+    """Per edit: the scene its instruction makes of the model's caption of the source."""
     captions, _ = caption_images(checkpoint, sources, CHECK_CAPTION_PARAMS, batch_size, seed=0)
+    return expected_scenes(captions, instructions, checkpoint.world)
+
+
+def expected_scenes(captions: Sequence[str], instructions: Sequence[str], world: WorldConfig) -> list[Scene | None]:
+    """Each instruction applied to its source's caption; None where the caption is unreadable or a word scene, or
+    the instruction names no unique object of it."""
     expected: list[Scene | None] = []
     for caption, instruction in zip(captions, instructions, strict=True):
-        scene = parse_caption(caption, checkpoint.world)
-        if scene is None or scene.word is not None:
-            expected.append(None)
-        else:
-            expected.append(parse_edit_instruction(instruction, scene, checkpoint.world))
+        scene = parse_caption(caption, world)
+        valid = scene is not None and scene.word is None
+        expected.append(parse_edit_instruction(instruction, scene, world) if valid else None)  # type: ignore[arg-type]
     return expected
 
 
-class EditCheckScorer:
-    """Scores each candidate output 1 where the model's caption of it is the expected scene of its request (keyed
-    by the request's `prompt_ids`), else 0; `generate` keeps the first best, so the first agreeing sample."""
+Describer = Callable[[Sequence[ImageCodes]], list[str]]
 
-    def __init__(self, checkpoint: LoadedCheckpoint, expected: dict[tuple[int, ...], Scene | None]) -> None:
+
+class EditCheckScorer:
+    """Scores each candidate output 1 where its caption (`describe`, default: the model's greedy caption) is the
+    expected scene of its request (keyed by the request's `prompt_ids`), else 0; `generate` keeps the first best,
+    so the first agreeing sample."""
+
+    def __init__(
+        self, checkpoint: LoadedCheckpoint, expected: dict[tuple[int, ...], Scene | None],
+        describe: Describer | None = None,
+    ) -> None:
         self.checkpoint, self.expected = checkpoint, expected
+        self.describe = describe or self._greedy_captions
+
+    def _greedy_captions(self, images: Sequence[ImageCodes]) -> list[str]:
+        return caption_images(self.checkpoint, images, CHECK_CAPTION_PARAMS, len(images), seed=0)[0]
 
     def __call__(
         self, request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
@@ -59,12 +73,10 @@ class EditCheckScorer:
         want = self.expected.get(tuple(request.prompt_ids or ()))
         codes = [image_output(ids, self.checkpoint.vocab) for ids in candidates]
         readable = [i for i, c in enumerate(codes) if c is not None]
-        if want is None or not readable:
-            return [DISAGREES] * len(candidates)
-        captions, _ = caption_images(
-            self.checkpoint, [codes[i] for i in readable], CHECK_CAPTION_PARAMS, len(readable), seed=0  # type: ignore[misc]
-        )
         scores = [DISAGREES] * len(candidates)
+        if want is None or not readable:
+            return scores
+        captions = self.describe([codes[i] for i in readable])  # type: ignore[misc]
         for i, caption in zip(readable, captions, strict=True):
             scene = parse_caption(caption, self.checkpoint.world)
             scores[i] = AGREES if scene is not None and scene.key() == want.key() else DISAGREES
