@@ -100,6 +100,16 @@ class Child:
     name: str
     process: subprocess.Popen
     log_path: Path
+    # Where this child's output starts: logs are appended across restarts and runs (a workdir may be reused), so
+    # readiness lines must be read from here on, never from an earlier process's output.
+    log_offset: int = 0
+
+    def own_log(self) -> str:
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as handle:
+            handle.seek(self.log_offset)
+            return handle.read().decode(errors="replace")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM to the child's process group (Celery's pool children too), SIGKILL after the timeout."""
@@ -115,8 +125,7 @@ class Child:
             pass
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.own_log().splitlines()[-lines:])
 
 
 @dataclass
@@ -134,13 +143,14 @@ class Stack:
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / f"{name}.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
         handle = open(log_path, "ab")
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         process = subprocess.Popen(
             args, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env, start_new_session=True
         )
         handle.close()
-        child = Child(name, process, log_path)
+        child = Child(name, process, log_path, offset)
         self.children.append(child)
         return child
 
@@ -254,7 +264,7 @@ class Stack:
         port: list[int] = []
 
         def listening() -> bool:
-            for line in child.log_path.read_text(errors="replace").splitlines():
+            for line in child.own_log().splitlines():
                 if line.startswith("GATEWAY_PORT="):
                     port.append(int(line.split("=", 1)[1]))
                     return True

@@ -64,3 +64,19 @@ def test_servers_whose_port_was_taken_meanwhile_start_again_on_others(
         assert [child.name for child in stack.children] == ["redis", "s3"]
     finally:
         stack.stop()
+
+
+def test_a_reused_workdir_reads_the_new_gateway_port_not_an_old_log_line(tmp_path: Path) -> None:
+    """Logs are appended across runs (`make demo` twice in one checkout): the port must come from this gateway."""
+    (tmp_path / "gateway.log").write_text("GATEWAY_PORT=1\nan earlier run's output\n")
+    stack = Stack(tmp_path)
+    try:
+        stack.start_redis()
+        stack.start_s3()
+        _, port = stack.start_gateway()
+        assert port != 1 and port == stack.gateway_port
+        with socket.create_connection(("127.0.0.1", port), timeout=5.0):
+            pass  # the gateway really listens there
+        assert "GATEWAY_PORT=1\n" not in stack.children[-1].own_log()
+    finally:
+        stack.stop()
