@@ -150,9 +150,10 @@ def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
     greedy = image_job(context, prompt, SEGMENTATION_PARAMS.replace(seed=SEGMENTATION_SEED))  # with previews
     world = setup.checkpoint.world
     decoder = MapDecoder(setup.checkpoint, [prompt], 1, SEGMENTATION_SEED, context.step, context.should_cancel)
-    codes = image_codes(engine, request.image)  # what the caption check describes
+    # The caption check describes the image's codes; without the check nothing reads them, so none are encoded.
+    codes = [image_codes(engine, request.image)] if settings.checks_caption else []
     with context.stage("caption_check", {"enabled": settings.checks_caption}):
-        run = check_maps(decoder, [codes], [segmentation_map(greedy.images[0], world)], settings)
+        run = check_maps(decoder, codes, [segmentation_map(greedy.images[0], world)], settings)
     classes = run.maps[0]
     legend = list(segmentation_legend(world).items())
     counts = np.bincount(classes.ravel(), minlength=len(legend))[: len(legend)]
