@@ -22,7 +22,8 @@ from cm3leon.evaluation.image_tasks_eval import evaluate_edits
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference import Edit, Sampling
 from cm3leon.inference.engine import Engine, EngineConfig
-from cm3leon.tasks.edit_check import AGREES, DISAGREES, EditCheckScorer, expected_scenes
+from cm3leon.tasks.caption_check import AGREES, DISAGREES, CaptionCheckScorer
+from cm3leon.tasks.edit_check import expected_scenes
 from cm3leon.tokenizers.vocab import ImageCodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
@@ -56,7 +57,7 @@ def test_the_scorer_accepts_only_candidates_whose_caption_shows_the_edit(checkpo
     captions = {tuple(source.codes): detailed_caption_variants(case.source, world)[0],
                 tuple(target.codes): detailed_caption_variants(case.target, world)[0]}
     prompt = formatter(checkpoint).edit(case, source, None).prompt
-    scorer = EditCheckScorer(checkpoint, {tuple(prompt): case.target},
+    scorer = CaptionCheckScorer(checkpoint, {tuple(prompt): case.target},
                              describe=lambda images: [captions[tuple(image.codes)] for image in images])
     vocab = checkpoint.vocab
     as_output = [vocab.encode_image(codes.codes) for codes in (source, target)]

@@ -33,6 +33,7 @@ from cm3leon.decoding.defaults import (
     GROUNDED,
     SEGMENTATION,
     STRUCTURE,
+    TEXT_RENDER,
     TEXT_TO_IMAGE,
     load_decoding_defaults,
     preset_defaults,
@@ -370,6 +371,22 @@ def test_grounded_sweep_chooses_candidates_at_the_text_to_image_setting(checkpoi
     assert defaults[GROUNDED] == defaults[TEXT_TO_IMAGE].replace(num_candidates=2)
     assert best_defaults({k: v for k, v in report.items() if k != GROUNDED})[GROUNDED] == defaults[TEXT_TO_IMAGE]
 
+
+
+def test_text_render_sweep_chooses_candidates_at_the_text_to_image_setting(
+    checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
+    config = SweepConfig.preset("quick", text_render_candidates=(1, 2))
+    report = run_sweep(load_eval_checkpoint(directory), config)
+    section = report[TEXT_RENDER]
+    assert [run["num_candidates"] for run in section["runs"]] == [1, 2]
+    assert set(section["exact_word_accuracy"]) == {"candidates=1", "candidates=2"}
+    defaults = best_defaults({**report, TEXT_RENDER: {**section, "best": {**section["best"], "num_candidates": 2}}})
+    assert defaults[TEXT_RENDER] == defaults[TEXT_TO_IMAGE].replace(num_candidates=2)
+    assert best_defaults({k: v for k, v in report.items() if k != TEXT_RENDER})[TEXT_RENDER] == defaults[TEXT_TO_IMAGE]
+    save_decoding_defaults(directory, defaults, {})
+    assert load_decoding_defaults(directory)[TEXT_RENDER].num_candidates == 2
 
 def test_caption_sweep_crosses_temperature_with_reranked_candidates(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))

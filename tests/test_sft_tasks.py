@@ -31,7 +31,7 @@ from cm3leon.tasks.parsing import (
     segmentation_scores,
     text_answer,
 )
-from cm3leon.tokenizers.vocab import Vocabulary
+from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
 from cm3leon.training.pretrain_data import SceneDocument
 from cm3leon.training.sft_data import SFTBatches
 
@@ -250,3 +250,27 @@ def test_corpus_cache_is_reused_and_keyed_by_the_vq(tmp_path: Path) -> None:
     assert first.scenes.scenes == again.scenes.scenes and first.words.scenes == again.words.scenes
     tiny_task_corpus(tiny_image_tokenizer(seed=1), tmp_path)
     assert len(list(tmp_path.glob("task_corpus-*.npz"))) == 2
+
+
+
+def _prompt_image(vocab: Vocabulary, prompt: list[int]) -> tuple[int, ...]:
+    return next(tuple(part.codes) for part in vocab.decode_document(prompt) if isinstance(part, ImageCodes))
+
+
+def test_word_captions_read_a_word_image_from_the_word_pool(vocab_and_corpus: tuple[Vocabulary, TaskCorpus]) -> None:
+    vocab, corpus = vocab_and_corpus
+    source = tiny_sft_source(vocab, corpus, caption_word_fraction=1.0)
+    words = {tuple(corpus.words.image_codes(i).codes): s for i, s in enumerate(corpus.words.scenes)}
+    for seed in range(8):
+        example = source.example("caption", random.Random(seed))
+        scene = words[_prompt_image(vocab, example.prompt)]
+        read = parse_caption(vocab.decode_text(example.output[:-1]).strip(), source.world)
+        assert read is not None and read.key() == scene.key()
+    # Without the fraction, captions describe the scene pool as before.
+    scenes = {tuple(corpus.scenes.image_codes(i).codes) for i in range(len(corpus.scenes))}
+    plain = tiny_sft_source(vocab, corpus)
+    for seed in range(8):
+        example = plain.example("caption", random.Random(seed))
+        assert _prompt_image(vocab, example.prompt) in scenes and '"' not in vocab.decode_text(example.output)
+    with pytest.raises(ValueError, match="caption_word_fraction"):
+        tiny_sft_config(caption_word_fraction=1.5)

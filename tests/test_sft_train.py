@@ -131,14 +131,17 @@ def test_cli_sft_pool_sizes_and_seed_replace_the_presets(tmp_path: Path) -> None
     # Another pool seed: other training examples, the same held-out pools (so held-out losses compare).
     reseeded = tmp_path / "sft-seed-3"
     command[command.index(str(out))] = str(reseeded)
-    result = CliRunner().invoke(app, [*command, "--pool-seed", "3", "--vqa-per-image", "4"])
+    result = CliRunner().invoke(app, [*command, "--pool-seed", "3", "--vqa-per-image", "4", "--caption-words", "0.5"])
     assert result.exit_code == 0, result.output
     reseeded_data = json.loads((reseeded / "final" / "training.json").read_text())["sft_data_config"]
     assert reseeded_data["corpus"]["seed"] == 3 and reseeded_data["vqa_questions_per_image"] == 4
+    assert reseeded_data["caption_word_fraction"] == 0.5
     first_data = json.loads((out / "final" / "training.json").read_text())["sft_data_config"]
-    assert first_data["vqa_questions_per_image"] == 1
+    assert first_data["vqa_questions_per_image"] == 1 and first_data["caption_word_fraction"] == 0.0
     bad = CliRunner().invoke(app, [*command, "--vqa-per-image", "0"])
     assert bad.exit_code != 0 and "--vqa-per-image" in bad.output
+    bad = CliRunner().invoke(app, [*command, "--caption-words", "2"])
+    assert bad.exit_code != 0 and "--caption-words" in bad.output
 
     def caches(run: Path, split: str) -> set[str]:
         return {path.name for path in (run / "cache").glob(f"task_corpus-{split}-*.npz")}

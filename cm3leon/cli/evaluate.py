@@ -156,6 +156,10 @@ def eval_sweep(
     grounded_candidates: Annotated[
         str, typer.Option(help="Grounded-generation candidates per prompt, comma-separated (several: reranked).")
     ] = "1,8",
+    text_render_candidates: Annotated[
+        str, typer.Option(help="Text-rendering candidates per word, comma-separated (several: the first the model "
+                          "reads back as the word asked for).")
+    ] = "1,8,16",
     retriever: Annotated[
         Path | None,
         typer.Option(help="Retriever reranking several structure-guided or grounded candidates (else: likelihood)."),
@@ -175,8 +179,8 @@ def eval_sweep(
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing guidance
-    scale x source-copy bias, the structure-guided guidance scale x candidates, caption temperature x
-    candidates and the segmentation maps' caption check, on the VALIDATION split."""
+    scale x source-copy bias, the structure-guided guidance scale x candidates, the grounded and text-rendering
+    candidates, caption temperature x candidates and the segmentation maps' caption check, on the VALIDATION split."""
     from cm3leon.decoding.defaults import save_decoding_defaults
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
@@ -203,6 +207,7 @@ def eval_sweep(
         structure_scales=floats(structure_scales),
         structure_candidates=tuple(int(count) for count in floats(structure_candidates)),
         grounded_candidates=tuple(int(count) for count in floats(grounded_candidates)),
+        text_render_candidates=tuple(int(count) for count in floats(text_render_candidates)),
         caption_temperatures=floats(caption_temperatures),
         caption_candidates=tuple(int(count) for count in floats(caption_candidates)),
         segmentation_settings=pairs(segmentation_settings),

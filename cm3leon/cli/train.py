@@ -242,6 +242,11 @@ def train_sft(
         typer.Option(help="With --vqa-worked: fraction of VQA documents with the image masked out, trained only on "
                      "the final answer (teaches reading it from the description)."),
     ] = 0.0,
+    caption_words: Annotated[
+        float,
+        typer.Option(help="Fraction of caption examples that read a word image from the word pool (the inverse "
+                     "of text rendering; lets a rendered word be checked by the model's own reading)."),
+    ] = 0.0,
     seed: int = 0,
 ) -> None:
     """Multi-task instruction tuning (the ten tasks of cm3leon.tasks + pretraining-style documents) from --init;
@@ -278,9 +283,12 @@ def train_sft(
         raise typer.BadParameter("--vqa-read needs --vqa-worked")
     if not 0.0 <= vqa_read <= 1.0:
         raise typer.BadParameter("--vqa-read is a fraction in [0, 1]")
+    if not 0.0 <= caption_words <= 1.0:
+        raise typer.BadParameter("--caption-words is a fraction in [0, 1]")
     run = SFTRun(
         init, out, mixture, trainer, device=device, retrieved=retrieved, retriever_dir=retriever_dir, pools=pools,
         vqa_questions_per_image=vqa_per_image, vqa_worked_answers=vqa_worked, vqa_read_fraction=vqa_read,
+        caption_word_fraction=caption_words,
     )
     summary = run_sft(run)
     typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")

@@ -9,7 +9,7 @@ presets apply. The file holds only the fields that differ from the preset, plus 
      "structure": {...}, "provenance": {...}}
 
 A file written before a task had defaults simply lacks its key: that task keeps its preset (grounded generation
-takes text->image's settings instead, `INHERITS`).
+and text rendering take text->image's settings instead, `INHERITS`).
 """
 
 from __future__ import annotations
@@ -32,15 +32,19 @@ GROUNDED = "grounded"  # spatially grounded generation (objects with boxes -> im
 # Segmentation maps: greedy; with num_candidates > 1, a map that disagrees with the image's caption is redrawn from
 # that many samples at `temperature` (cm3leon.tasks.segmentation).
 SEGMENTATION = "segmentation"
-TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE, GROUNDED, SEGMENTATION)
+# Text rendering decodes as text->image does; with num_candidates > 1 the first sample the model reads back as the
+# asked-for word is kept (cm3leon.tasks.caption_check).
+TEXT_RENDER = "text_render"
+TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE, GROUNDED, SEGMENTATION, TEXT_RENDER)
 # Which SamplingParams preset each task falls back to.
 TASK_PRESETS: dict[str, str] = {
     TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text", EDIT: "edit", STRUCTURE: "structure",
-    GROUNDED: "text_to_image", SEGMENTATION: "segmentation",
+    GROUNDED: "text_to_image", SEGMENTATION: "segmentation", TEXT_RENDER: "text_to_image",
 }
 # Tasks that decode as another task does unless the file says otherwise: grounded generation is text->image with
-# boxes in the prompt, so a file written before it had its own entry gives it text->image's settings.
-INHERITS: dict[str, str] = {GROUNDED: TEXT_TO_IMAGE}
+# boxes in the prompt and text rendering text->image of a word, so a file written before they had their own entry
+# gives them text->image's settings.
+INHERITS: dict[str, str] = {GROUNDED: TEXT_TO_IMAGE, TEXT_RENDER: TEXT_TO_IMAGE}
 # A seed is per request, never a default: a fixed default seed would make every request draw the same sample.
 NOT_A_DEFAULT = frozenset({"seed"})
 

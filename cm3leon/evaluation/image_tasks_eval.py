@@ -4,9 +4,10 @@ editing (three-stream guidance; the checkpoint's edit defaults, the paper's imag
 chose others; several candidates: the first the caption check accepts, `cm3leon.tasks.edit_check`), infilling
 (CM3 sentinels, greedy codes), segmentation (greedy map, redrawn where it disagrees with the model's caption when
 the checkpoint's segmentation defaults say so; decoded to classes by the legend), structure-guided generation (the
-checkpoint's structure defaults, CFG 3 by the preset), grounded generation and text rendering (the checkpoint's
-text->image default); `params` replaces a default (the sweep). Each returns its metrics and its grid rows
-(inputs, output with the oracle's verdict, ground truth).
+checkpoint's structure defaults, CFG 3 by the preset), grounded generation and text rendering (their own defaults,
+text->image's unless a sweep chose a number of candidates; several text-rendering candidates: the first the model
+reads back as the word asked for, `cm3leon.tasks.caption_check`); `params` replaces a default (the sweep). Each
+returns its metrics and its grid rows (inputs, output with the oracle's verdict, ground truth).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cm3leon.data.grid import Tile
+from cm3leon.data.language import parse_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_classes
 from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, edit_touched_cells, masked_image
@@ -29,14 +31,15 @@ from cm3leon.decoding.defaults import (
     GROUNDED,
     SEGMENTATION,
     STRUCTURE,
-    TEXT_TO_IMAGE,
+    TEXT_RENDER,
     load_decoding_defaults,
     params_record,
 )
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
-from cm3leon.tasks.decode import decode_codes, generate_image_outputs, generate_infills
+from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, text_render_check_scorer
+from cm3leon.tasks.decode import caption_images, decode_codes, generate_image_outputs, generate_infills
 from cm3leon.tasks.edit_check import edit_check_scorer
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tasks.parsing import infill_result, segmentation_map
@@ -268,17 +271,25 @@ def _grounded_label(checkpoint: EvalCheckpoint, prompt: list[int]) -> str:
 
 
 def evaluate_text_render(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle
+    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
+    params: SamplingParams | None = None,
 ) -> TaskResult:
+    """Exact words (and scenes: colour and background too) read by the oracle from the rendered images; and
+    `reading_exact`, how often the model's own greedy caption of the true word image names its scene exactly, which
+    bounds what the check among several candidates can find."""
     fmt, world = formatter(checkpoint), checkpoint.world
-    params = load_decoding_defaults(checkpoint.directory)[TEXT_TO_IMAGE]
+    params = params or load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
     prompts = [fmt.text_render(scene, None).prompt for scene in cases.words]
-    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed)
+    scorer = text_render_check_scorer(checkpoint, prompts, cases.words) if params.num_candidates > 1 else None
+    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
     predicted = [oracle.parse(p, expect_text=True) for p in pixels]
     words = [p.word == t.word for p, t in zip(predicted, cases.words, strict=True)]
     exact = [p.key() == t.key() for p, t in zip(predicted, cases.words, strict=True)]
+    readings, _ = caption_images(checkpoint, cases.word_images, CHECK_CAPTION_PARAMS, config.batch_size, config.seed)
+    read = [parse_caption(text, world) for text in readings]
     metrics: dict[str, object] = {
         "n": len(words), "exact_word_accuracy": mean(words), "exact_scene_accuracy": mean(exact),
+        "reading_exact": mean([r is not None and r.key() == t.key() for r, t in zip(read, cases.words, strict=True)]),
         "decoding": params_record(params),
     }
     grid = [

@@ -8,8 +8,9 @@ the streams favours; the shapes model drew no exact scene at k = 5 and 0.42 at k
 choice also sets the CD-K half of pooled decoding; the text guidance scale of editing (three streams, image scale
 as the preset) x its source-copy bias (SamplingParams.source_copy_bias; 0 is off) and the CFG scale x candidates
 of structure-guided generation (several candidates are reranked by the retriever given to the sweep, as
-`eval all` and serving rerank them), and the candidates of grounded generation (which otherwise decodes with the
-text->image choice);
+`eval all` and serving rerank them), and the candidates of grounded generation and of text rendering (both decode
+with the text->image choice; several text-rendering candidates: the first the model reads back as the word asked
+for, cm3leon.tasks.caption_check);
 captioning: temperature (0 = greedy) x candidates per image (several samples reranked by the noisy channel,
 cm3leon.decoding.channel; greedy decoding has only one candidate to offer); segmentation: greedy maps alone, or
 maps redrawn from (temperature, candidates) samples where the greedy one disagrees with the caption (decoded with
@@ -34,6 +35,7 @@ from cm3leon.decoding.defaults import (
     GROUNDED,
     SEGMENTATION,
     STRUCTURE,
+    TEXT_RENDER,
     TEXT_TO_IMAGE,
     preset_defaults,
 )
@@ -44,6 +46,7 @@ from cm3leon.evaluation.image_tasks_eval import (
     evaluate_grounded,
     evaluate_seg2img,
     evaluate_segmentation,
+    evaluate_text_render,
 )
 from cm3leon.evaluation.t2i_eval import prompt_captions, run_method
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
@@ -70,6 +73,7 @@ class SweepConfig:
     structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     structure_candidates: tuple[int, ...] = (1, 8)  # several: reranked by the sweep's reranker
     grounded_candidates: tuple[int, ...] = (1, 8)  # at the chosen text->image setting; reranked likewise
+    text_render_candidates: tuple[int, ...] = (1, 8, 16)  # at the chosen text->image setting; several: read back
     caption_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)
     caption_candidates: tuple[int, ...] = (1, 16)
     # Segmentation maps: (temperature, candidates) of the maps redrawn where the greedy one disagrees with the
@@ -80,7 +84,8 @@ class SweepConfig:
         axes = (
             self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
             self.edit_copy_biases, self.edit_candidates, self.structure_scales, self.structure_candidates,
-            self.grounded_candidates, self.caption_temperatures, self.caption_candidates, self.segmentation_settings,
+            self.grounded_candidates, self.text_render_candidates, self.caption_temperatures, self.caption_candidates,
+            self.segmentation_settings,
         )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
@@ -93,7 +98,7 @@ class SweepConfig:
                 n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
                 cdk_ks=(1,), edit_scales=(7.5,), edit_copy_biases=(0.0,), edit_candidates=(1,), structure_scales=(3.0,),
                 caption_temperatures=(0.0,), caption_candidates=(1,), structure_candidates=(1,),
-                grounded_candidates=(1,), segmentation_settings=((0.0, 1), (1.0, 2)),
+                grounded_candidates=(1,), text_render_candidates=(1,), segmentation_settings=((0.0, 1), (1.0, 2)),
             ),
         }
         if name not in presets:
@@ -227,6 +232,23 @@ def sweep_grounded(
     return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", "box_iou"))}
 
 
+def sweep_text_render(checkpoint: EvalCheckpoint, config: SweepConfig, t2i_params: SamplingParams) -> dict[str, Any]:
+    """Text rendering decodes as text->image does (`t2i_params`, the sweep's choice); here only its number of
+    candidates (several: the first the model reads back as the word asked for) is chosen, on val words."""
+    oracle = Oracle(checkpoint.world)
+    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
+    cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
+    runs: list[dict[str, Any]] = []
+    for candidates in config.text_render_candidates:
+        params = t2i_params.replace(num_candidates=candidates)
+        metrics = evaluate_text_render(checkpoint, cases, task_config, oracle, params).metrics
+        runs.append({"num_candidates": candidates, "exact_word_accuracy": metrics["exact_word_accuracy"],
+                     "exact_scene_accuracy": metrics["exact_scene_accuracy"]})
+    table = {f"candidates={run['num_candidates']}": run["exact_word_accuracy"] for run in runs}
+    best = _best(runs, ("exact_word_accuracy", "exact_scene_accuracy"))
+    return {"exact_word_accuracy": table, "runs": runs, "best": best}
+
+
 def sweep_segmentation(
     checkpoint: EvalCheckpoint, config: SweepConfig, caption_params: SamplingParams
 ) -> dict[str, Any]:
@@ -295,6 +317,7 @@ def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer 
     }
     chosen = best_defaults(report)
     report[GROUNDED] = sweep_grounded(checkpoint, config, chosen[TEXT_TO_IMAGE], reranker)
+    report[TEXT_RENDER] = sweep_text_render(checkpoint, config, chosen[TEXT_TO_IMAGE])
     report[SEGMENTATION] = sweep_segmentation(checkpoint, config, chosen[CAPTION])
     return report
 
@@ -321,9 +344,12 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
             for task in (EDIT, STRUCTURE) if task in report
         },
     }
-    # Grounded generation: text->image's setting with its own candidate count (the same without its section).
+    # Grounded generation and text rendering: text->image's setting with their own candidate counts (the same
+    # without their sections).
     grounded_candidates = report[GROUNDED]["best"]["num_candidates"] if GROUNDED in report else 1
     defaults[GROUNDED] = defaults[TEXT_TO_IMAGE].replace(num_candidates=grounded_candidates)
+    text_render_candidates = report[TEXT_RENDER]["best"]["num_candidates"] if TEXT_RENDER in report else 1
+    defaults[TEXT_RENDER] = defaults[TEXT_TO_IMAGE].replace(num_candidates=text_render_candidates)
     if SEGMENTATION in report:
         best = report[SEGMENTATION]["best"]
         defaults[SEGMENTATION] = base[SEGMENTATION].replace(

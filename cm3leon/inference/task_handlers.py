@@ -25,7 +25,7 @@ import numpy as np
 from cm3leon.data.questions import final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
-from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED, SEGMENTATION, STRUCTURE, TEXT_TO_IMAGE
+from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED, SEGMENTATION, STRUCTURE, TEXT_RENDER
 from cm3leon.inference.requests import (
     Edit,
     EngineResult,
@@ -46,6 +46,7 @@ from cm3leon.inference.running import (
     generate_images,
     sampling_params,
 )
+from cm3leon.inference.task_inputs import text_scene_of
 from cm3leon.inference.task_prompts import (
     edit_prompt,
     grounded_prompt,
@@ -57,6 +58,7 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
+from cm3leon.tasks.caption_check import text_render_check_scorer
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
 from cm3leon.tasks.edit_check import edit_check_scorer
 from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
@@ -182,9 +184,12 @@ def grounded_generation(context: RunContext, request: GroundedGeneration) -> Eng
 
 def text_rendering(context: RunContext, request: TextRendering) -> EngineResult:
     no_retrieval(request.sampling, "text_rendering")
-    base = context.engine.defaults[TEXT_TO_IMAGE]
-    params = sampling_params(base, request.sampling, base_seed(request.sampling))
-    return image_job(context, text_rendering_prompt(context.engine, request), params)
+    params = sampling_params(context.engine.defaults[TEXT_RENDER], request.sampling, base_seed(request.sampling))
+    prompt, scorer = text_rendering_prompt(context.engine, request), None
+    if params.num_candidates > 1:  # several samples: the first the model reads back as the word asked for
+        setup = task_setup(context.engine)
+        scorer = text_render_check_scorer(setup.checkpoint, [prompt], [text_scene_of(request.text, setup.world)])
+    return image_job(context, prompt, params, scorer)
 
 
 def infill(context: RunContext, request: Infill) -> EngineResult:

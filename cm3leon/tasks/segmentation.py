@@ -26,6 +26,7 @@ from cm3leon.data.language import parse_caption
 from cm3leon.data.render import segmentation_classes
 from cm3leon.data.world import WorldConfig
 from cm3leon.decoding import CancelCheck, GenerationRequest, ProgressCallback, SamplingParams, generate, no_rerank
+from cm3leon.tasks.caption_check import AGREES, DISAGREES
 from cm3leon.tasks.checkpoint import LoadedCheckpoint
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, caption_images, decode_codes, request_seed
 from cm3leon.tasks.parsing import image_output, segmentation_map
@@ -33,7 +34,6 @@ from cm3leon.tokenizers.vocab import ImageCodes
 
 # A region smaller than this share of the smallest object's box is a speck of stray colour, not an object.
 MIN_REGION_SHARE_OF_SMALLEST_OBJECT = 0.1
-AGREES, DISAGREES = 1.0, 0.0
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class SFTRun:
     vqa_worked_answers: bool = False
     # Worked VQA documents with the image masked out (`SFTDataConfig.vqa_read_fraction`).
     vqa_read_fraction: float = 0.0
+    # Caption examples that read a word image (`SFTDataConfig.caption_word_fraction`).
+    caption_word_fraction: float = 0.0
 
 
 def sft_trainer_config(preset: str, **overrides: object) -> TrainerConfig:
@@ -129,6 +131,7 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
         vqa_questions_per_image=run.vqa_questions_per_image,
         vqa_worked_answers=run.vqa_worked_answers,
         vqa_read_fraction=run.vqa_read_fraction,
+        caption_word_fraction=run.caption_word_fraction,
     )
     torch.manual_seed(trainer_config.seed)
     world = data.world()
@@ -148,7 +151,9 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
     model.train()
     hook = run.retrieval_hook or scene_pool_retrieval(run, data, train_corpus.scenes, context, trainer_config.progress)
     source = SFTBatches(data, vocab, train_corpus, run.mixture, trainer_config.batch_size, hook)
-    heldout_data = replace(data, text_dropout=0.0, all_dropout=0.0, vqa_questions_per_image=1)
+    heldout_data = replace(
+        data, text_dropout=0.0, all_dropout=0.0, vqa_questions_per_image=1, caption_word_fraction=0.0
+    )
     heldout_source = SFTBatches(heldout_data, vocab, val_corpus, run.mixture, trainer_config.batch_size,
                                 seed_salt="heldout")
     heldout = [heldout_source.batch(i) for i in range(data.pretrain.heldout_batch_count)] if context.is_main else []

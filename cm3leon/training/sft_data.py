@@ -90,6 +90,9 @@ class SFTDataConfig:
     # Of the worked VQA documents, those with the image masked out and only the final answer as target
     # (`TaskFormatter.vqa_read`): they teach reading the answer from the description.
     vqa_read_fraction: float = 0.0
+    # Caption examples drawn from the word pool instead ("the word \"AB\" in red on ..."): reading, the inverse of
+    # text rendering, so a rendered word can be checked by the model's own reading of it (`cm3leon.tasks`).
+    caption_word_fraction: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -105,6 +108,8 @@ class SFTDataConfig:
             raise ValueError(f"vqa_read_fraction must be in [0, 1], got {self.vqa_read_fraction}")
         if self.vqa_read_fraction and not self.vqa_worked_answers:
             raise ValueError("vqa_read_fraction needs vqa_worked_answers: only a worked answer can be read")
+        if not 0.0 <= self.caption_word_fraction <= 1.0:
+            raise ValueError(f"caption_word_fraction must be in [0, 1], got {self.caption_word_fraction}")
 
     def world(self) -> WorldConfig:
         return self.pretrain.world()
@@ -164,6 +169,12 @@ class SFTBatches:
         if task == "edit":
             index = rng.randrange(len(corpus.edits))
             return fmt.edit(corpus.edits[index], *corpus.edit_images(index))
+        # The fraction is tested first only when set, so runs without it draw exactly the documents they did.
+        if task == "caption" and self.config.caption_word_fraction and rng.random() < self.config.caption_word_fraction:
+            index = rng.randrange(len(corpus.words))
+            # Always a full description: the short form leaves out the background, which the check compares.
+            word = corpus.words.scenes[index]
+            return fmt.caption(corpus.words.image_codes(index), detailed_caption(word, world, rng))
         index = rng.randrange(len(corpus.scenes))
         scene, image = corpus.scenes.scenes[index], corpus.scenes.image_codes(index)
         if task == "caption":

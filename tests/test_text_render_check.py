@@ -1,0 +1,108 @@
+"""Text rendering checked by the model's own reading (cm3leon.tasks.caption_check): the scorer accepts exactly the
+candidates read back as the word scene asked for, and several candidates switch the check on in the evaluation, the
+sweep's defaults and serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sft_helpers import tiny_init_checkpoint
+
+from cm3leon.data.language import detailed_caption_variants
+from cm3leon.data.oracle import Oracle
+from cm3leon.decoding import GenerationRequest, SamplingParams
+from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_RENDER, TEXT_TO_IMAGE, load_decoding_defaults
+from cm3leon.evaluation import image_tasks_eval
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
+from cm3leon.inference import Sampling, TextRendering, running
+from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.tasks.caption_check import AGREES, DISAGREES, CaptionCheckScorer, text_render_check_scorer
+from tests.serving.sft_fixtures import build_tiny_sft_model_dir
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> EvalCheckpoint:
+    return load_eval_checkpoint(tiny_init_checkpoint(tmp_path_factory.mktemp("textcheck")))
+
+
+def test_the_scorer_accepts_only_candidates_read_as_the_word_asked_for(checkpoint: EvalCheckpoint) -> None:
+    """The reader is given (each word image's true caption, looked up by its codes) so that the choice is exact."""
+    cases = build_cases(checkpoint, TaskEvalConfig(n=6, batch_size=6))
+    world, vocab = checkpoint.world, checkpoint.vocab
+    wanted, other = 0, next(i for i, w in enumerate(cases.words) if w.key() != cases.words[0].key())
+    captions = {tuple(cases.word_images[i].codes): detailed_caption_variants(cases.words[i], world)[0]
+                for i in (wanted, other)}
+    prompt = formatter(checkpoint).text_render(cases.words[wanted], None).prompt
+    scorer = text_render_check_scorer(checkpoint, [prompt], [cases.words[wanted]],
+                                      describe=lambda images: [captions[tuple(image.codes)] for image in images])
+    as_output = [vocab.encode_image(cases.word_images[i].codes) for i in (other, wanted, other)]
+    request = GenerationRequest(prompt_ids=prompt, target="image", params=SamplingParams())
+    assert scorer(request, prompt, as_output) == [DISAGREES, AGREES, DISAGREES]
+    assert scorer(request, prompt, [[vocab.eos_id]]) == [DISAGREES], "no image came out: nothing to read"
+    with pytest.raises(ValueError, match="word scenes"):
+        text_render_check_scorer(checkpoint, [prompt], [cases.scenes[0]])
+
+
+def test_several_candidates_decode_through_the_check_and_reading_is_measured(
+    checkpoint: EvalCheckpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TaskEvalConfig(n=3, batch_size=3)
+    cases, oracle = build_cases(checkpoint, config), Oracle(checkpoint.world)
+    built: list[int] = []
+    real = image_tasks_eval.text_render_check_scorer
+
+    def watched(ckpt: Any, prompts: Any, words: Any, describe: Any = None) -> CaptionCheckScorer:
+        built.append(len(prompts))
+        return real(ckpt, prompts, words, describe)
+
+    monkeypatch.setattr(image_tasks_eval, "text_render_check_scorer", watched)
+    # The model's reading replaced by the true captions: reading_exact must then be 1.
+    truth = {tuple(codes.codes): detailed_caption_variants(w, checkpoint.world)[0]
+             for codes, w in zip(cases.word_images, cases.words, strict=True)}
+    monkeypatch.setattr(image_tasks_eval, "caption_images",
+                        lambda ckpt, images, *args: ([truth[tuple(i.codes)] for i in images], 0))
+    one = SamplingParams.preset("text_to_image")
+    single = image_tasks_eval.evaluate_text_render(checkpoint, cases, config, oracle, one).metrics
+    assert built == [] and single["reading_exact"] == 1.0
+    checked = image_tasks_eval.evaluate_text_render(
+        checkpoint, cases, config, oracle, one.replace(num_candidates=2)
+    ).metrics
+    assert built == [3] and checked["decoding"]["num_candidates"] == 2 and checked["n"] == 3
+
+
+def test_text_rendering_decodes_as_text_to_image_unless_the_file_says_otherwise(tmp_path: Path) -> None:
+    (tmp_path / DEFAULTS_FILE).write_text(json.dumps({TEXT_TO_IMAGE: {"guidance_scale": 2.0}}))
+    inherited = load_decoding_defaults(tmp_path)
+    assert inherited[TEXT_RENDER] == inherited[TEXT_TO_IMAGE]
+    (tmp_path / DEFAULTS_FILE).write_text(
+        json.dumps({TEXT_TO_IMAGE: {"guidance_scale": 2.0}, TEXT_RENDER: {"guidance_scale": 2.0, "num_candidates": 8}})
+    )
+    own = load_decoding_defaults(tmp_path)
+    assert own[TEXT_RENDER] == own[TEXT_TO_IMAGE].replace(num_candidates=8)
+
+
+def test_text_rendering_jobs_with_several_candidates_are_checked_against_the_word_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = build_tiny_sft_model_dir(tmp_path / "sft")
+    scorers: list[Any] = []
+    real = running.generate
+
+    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
+        scorers.append(kwargs.get("scorer"))
+        return real(model, vocab, requests, **kwargs)
+
+    monkeypatch.setattr(running, "generate", watched)
+    request = TextRendering("AB in blue on black", sampling=Sampling(seed=4))
+    Engine(directory, EngineConfig.preset("tiny")).run(request)
+    assert not isinstance(scorers[-1], CaptionCheckScorer), "one candidate: nothing to check"
+    (directory / DEFAULTS_FILE).write_text(json.dumps({TEXT_RENDER: {"num_candidates": 2}}))
+    Engine(directory, EngineConfig.preset("tiny")).run(request)
+    scorer = scorers[-1]
+    assert isinstance(scorer, CaptionCheckScorer)
+    (scene,) = scorer.expected.values()
+    assert (scene.word, scene.word_colour, scene.background) == ("AB", "blue", "black")
