@@ -81,6 +81,9 @@ def test_edit_jobs_with_several_candidates_run_the_check(tmp_path: Path) -> None
     (directory / DEFAULTS_FILE).write_text(json.dumps({EDIT: {"num_candidates": 2}}))
     engine = Engine(directory, EngineConfig.preset("tiny"))
     stages: list[str] = []
+    encoded: list[int] = []
+    encode = engine.encode_image
+    engine.encode_image = lambda image: encoded.append(1) or encode(image)  # type: ignore[method-assign]
 
     def stage(name: str, attributes: object) -> contextlib.AbstractContextManager:
         stages.append(name)
@@ -89,3 +92,4 @@ def test_edit_jobs_with_several_candidates_run_the_check(tmp_path: Path) -> None
     image = np.full((engine.image_size, engine.image_size, 3), 255, dtype=np.uint8)
     result = engine.run(Edit(image, "remove the red circle", sampling=Sampling(seed=3)), stage=stage)
     assert "edit_check" in stages and result.images[0].shape == (engine.image_size, engine.image_size, 3)
+    assert len(encoded) == 1, "the source is encoded once, for the prompt and the check"

@@ -132,10 +132,11 @@ def edit(context: RunContext, request: Edit) -> EngineResult:
         "source_copy_bias": request.source_copy_bias,
     }
     params = params.replace(**{name: value for name, value in scales.items() if value is not None})
-    prompt = edit_prompt(context.engine, request)
+    source = image_codes(context.engine, request.image)  # encoded once: the prompt and the check read it
+    prompt = edit_prompt(context.engine, request, source)
     scorer = None
     if params.num_candidates > 1:  # several samples: the caption check chooses, as evaluated
-        setup, source = task_setup(context.engine), image_codes(context.engine, request.image)
+        setup = task_setup(context.engine)
         with context.stage("edit_check", {"candidates": params.num_candidates}):
             scorer = edit_check_scorer(setup.checkpoint, [prompt], [source], [request.instruction.strip()], 1)
     return image_job(context, prompt, params, scorer)
@@ -147,15 +148,14 @@ def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
     evaluated: greedily, and redrawn where it disagrees with the model's caption of the image when the model's
     segmentation defaults say so (`cm3leon.tasks.segmentation`). Deterministic: no sampling options."""
     engine = context.engine
-    setup, prompt = task_setup(engine), segmentation_prompt(engine, request)
+    codes = image_codes(engine, request.image)  # encoded once: the prompt and the caption check read it
+    setup, prompt = task_setup(engine), segmentation_prompt(engine, request, codes)
     settings = SegmentationParams(maps=engine.defaults[SEGMENTATION], caption=engine.defaults[CAPTION])
     greedy = image_job(context, prompt, SEGMENTATION_PARAMS.replace(seed=SEGMENTATION_SEED))  # with previews
     world = setup.checkpoint.world
     decoder = MapDecoder(setup.checkpoint, [prompt], 1, SEGMENTATION_SEED, context.step, context.should_cancel)
-    # The caption check describes the image's codes; without the check nothing reads them, so none are encoded.
-    codes = [image_codes(engine, request.image)] if settings.checks_caption else []
     with context.stage("caption_check", {"enabled": settings.checks_caption}):
-        run = check_maps(decoder, codes, [segmentation_map(greedy.images[0], world)], settings)
+        run = check_maps(decoder, [codes], [segmentation_map(greedy.images[0], world)], settings)
     classes = run.maps[0]
     legend = list(segmentation_legend(world).items())
     counts = np.bincount(classes.ravel(), minlength=len(legend))[: len(legend)]

@@ -68,13 +68,15 @@ def visual_question_prompt(engine: Engine, request: VisualQuestion) -> list[int]
     return fmt.vqa(image_codes(engine, request.image), question_of(request), with_answer=False).prompt
 
 
-def edit_prompt(engine: Engine, request: Edit) -> list[int]:
-    fmt = task_setup(engine).formatter
-    return fmt.edit_instruction(request.instruction.strip(), image_codes(engine, request.image), None).prompt
+def edit_prompt(engine: Engine, request: Edit, source: ImageCodes | None = None) -> list[int]:
+    """`source`: the request image's codes when the caller already has them (the caption check reads them too)."""
+    fmt, source = task_setup(engine).formatter, source or image_codes(engine, request.image)
+    return fmt.edit_instruction(request.instruction.strip(), source, None).prompt
 
 
-def segmentation_prompt(engine: Engine, request: Segmentation) -> list[int]:
-    return task_setup(engine).formatter.segmentation(image_codes(engine, request.image), None).prompt
+def segmentation_prompt(engine: Engine, request: Segmentation, codes: ImageCodes | None = None) -> list[int]:
+    """`codes`: the request image's codes when the caller already has them (the caption check reads them too)."""
+    return task_setup(engine).formatter.segmentation(codes or image_codes(engine, request.image), None).prompt
 
 
 def structure_prompt(engine: Engine, request: StructureGuided) -> list[int]:
