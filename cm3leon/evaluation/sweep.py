@@ -49,7 +49,7 @@ from cm3leon.evaluation.image_tasks_eval import (
     evaluate_text_render,
 )
 from cm3leon.evaluation.t2i_eval import prompt_captions, run_method
-from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
+from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases
 
 CONTRASTIVE = "contrastive"  # the report's CD-K section (its choice is saved with the text->image defaults)
 # Never the test split: the sweep chooses, the test split only reports.
@@ -104,6 +104,12 @@ class SweepConfig:
         if name not in presets:
             raise ValueError(f"unknown sweep preset {name!r}; choose from {sorted(presets)}")
         return cls(**{**presets[name], **overrides})
+
+
+def sweep_cases(checkpoint: EvalCheckpoint, config: SweepConfig) -> tuple[TaskEvalConfig, TaskCases]:
+    """The instruction tasks' validation cases every image-task sweep decodes (the same for each setting)."""
+    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
+    return task_config, build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
 
 
 def _best(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -170,8 +176,7 @@ def sweep_image_tasks(
     `reranker`, as `eval all` and serving do), on val cases; the best of each (exact target scenes; ties by
     unchanged objects kept, for edits)."""
     oracle = Oracle(checkpoint.world)
-    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
-    cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
+    task_config, cases = sweep_cases(checkpoint, config)
     edit_runs, structure_runs = [], []
     for scale in config.edit_scales:
         for bias in config.edit_copy_biases:
@@ -220,8 +225,7 @@ def sweep_grounded(
     """Grounded generation decodes as text->image does (`t2i_params`, the sweep's choice); here only its number of
     candidates (reranked by `reranker` against the prompt's words) is chosen, on val cases."""
     oracle = Oracle(checkpoint.world)
-    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
-    cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
+    task_config, cases = sweep_cases(checkpoint, config)
     runs: list[dict[str, Any]] = []
     for candidates in config.grounded_candidates:
         params = t2i_params.replace(num_candidates=candidates)
@@ -236,8 +240,7 @@ def sweep_text_render(checkpoint: EvalCheckpoint, config: SweepConfig, t2i_param
     """Text rendering decodes as text->image does (`t2i_params`, the sweep's choice); here only its number of
     candidates (several: the first the model reads back as the word asked for) is chosen, on val words."""
     oracle = Oracle(checkpoint.world)
-    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
-    cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
+    task_config, cases = sweep_cases(checkpoint, config)
     runs: list[dict[str, Any]] = []
     for candidates in config.text_render_candidates:
         params = t2i_params.replace(num_candidates=candidates)
@@ -254,8 +257,7 @@ def sweep_segmentation(
 ) -> dict[str, Any]:
     """mIoU of each segmentation setting on val cases (the caption check reads captions decoded with
     `caption_params`, the sweep's caption choice); ties go to the earlier, cheaper setting."""
-    task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
-    cases = build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
+    task_config, cases = sweep_cases(checkpoint, config)
     base = preset_defaults()[SEGMENTATION]
     runs: list[dict[str, Any]] = []
     for temperature, candidates in config.segmentation_settings:
