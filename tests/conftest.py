@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from sft_helpers import tiny_init_checkpoint
+
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -17,3 +21,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete tiny model directory with random weights, one per test module (a module may define its own)."""
+    return tiny_init_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_dir: Path) -> EvalCheckpoint:
+    return load_eval_checkpoint(checkpoint_dir)

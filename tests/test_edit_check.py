@@ -9,15 +9,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-from sft_helpers import tiny_init_checkpoint
 
 from cm3leon.data.language import detailed_caption_variants
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import render
 from cm3leon.decoding import GenerationRequest, SamplingParams
 from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import evaluate_edits
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference import Edit, Sampling
@@ -26,16 +24,6 @@ from cm3leon.tasks.caption_check import AGREES, DISAGREES, CaptionCheckScorer
 from cm3leon.tasks.edit_check import expected_scenes
 from cm3leon.tokenizers.vocab import ImageCodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_init_checkpoint(tmp_path_factory.mktemp("editcheck"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(checkpoint_dir: Path) -> EvalCheckpoint:
-    return load_eval_checkpoint(checkpoint_dir)
 
 
 def test_the_instruction_applied_to_the_source_caption_is_the_target(checkpoint: EvalCheckpoint) -> None:

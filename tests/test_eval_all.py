@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sft_helpers import tiny_init_checkpoint
 from typer.testing import CliRunner
 
 from cm3leon.cli import app
@@ -19,7 +18,7 @@ from cm3leon.data.render import render
 from cm3leon.data.tasks import EDIT_KINDS
 from cm3leon.data.world import Split, World
 from cm3leon.decoding import document_prompt_ids
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import _miou
 from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
 from cm3leon.evaluation.t2i_task_eval import WITH_RETRIEVAL
@@ -32,16 +31,6 @@ from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.decode import generate_infills
 from cm3leon.tasks.infill import infill_spans, span_lengths
 from cm3leon.tasks.parsing import infill_result
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_init_checkpoint(tmp_path_factory.mktemp("eval_all"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(checkpoint_dir: Path) -> EvalCheckpoint:
-    return load_eval_checkpoint(checkpoint_dir)
 
 
 def test_cli_eval_all_writes_every_summary_key_section_and_grid(

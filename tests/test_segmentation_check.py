@@ -8,13 +8,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from sft_helpers import tiny_init_checkpoint
 
 from cm3leon.data.language import detailed_caption_variants, text_render_prompt
 from cm3leon.data.render import render, segmentation_classes
 from cm3leon.data.world import Split, World, WorldConfig
 from cm3leon.decoding import GenerationRequest, SamplingParams
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.tasks.segmentation import (
     AgreementScorer,
@@ -80,11 +79,6 @@ def test_agreement_scorer_prefers_maps_showing_the_expected_shapes() -> None:
     request = GenerationRequest(prompt_ids=[7, 8], target="image", params=SamplingParams())
     agrees = shape_counts(scenes[0]) == shape_counts(scenes[1])
     assert scorer(request, [7, 8], [[1], [2]]) == [float(agrees), 1.0]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> EvalCheckpoint:
-    return load_eval_checkpoint(tiny_init_checkpoint(tmp_path_factory.mktemp("seg")))
 
 
 def test_segment_images_redraws_only_disagreeing_maps_and_keeps_agreeing_ones(checkpoint: EvalCheckpoint) -> None:

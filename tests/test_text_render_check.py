@@ -9,24 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sft_helpers import tiny_init_checkpoint
 
 from cm3leon.data.language import detailed_caption_variants
 from cm3leon.data.oracle import Oracle
 from cm3leon.decoding import GenerationRequest, SamplingParams
 from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_RENDER, TEXT_TO_IMAGE, load_decoding_defaults
 from cm3leon.evaluation import image_tasks_eval
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference import Sampling, TextRendering, running
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.tasks.caption_check import AGREES, DISAGREES, CaptionCheckScorer, text_render_check_scorer
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> EvalCheckpoint:
-    return load_eval_checkpoint(tiny_init_checkpoint(tmp_path_factory.mktemp("textcheck")))
 
 
 def test_the_scorer_accepts_only_candidates_read_as_the_word_asked_for(checkpoint: EvalCheckpoint) -> None:
