@@ -62,6 +62,8 @@ def test_several_candidates_decode_through_the_check_and_reading_is_measured(
     one = SamplingParams.preset("text_to_image")
     single = image_tasks_eval.evaluate_text_render(checkpoint, cases, config, oracle, one).metrics
     assert built == [] and single["reading_exact"] == 1.0
+    slots = {f"{i + 1} of {len(w.word or '')}" for w in cases.words for i in range(len(w.word or ""))}
+    assert set(single["letter_accuracy_by_slot"]) == slots
     checked = image_tasks_eval.evaluate_text_render(
         checkpoint, cases, config, oracle, one.replace(num_candidates=2)
     ).metrics

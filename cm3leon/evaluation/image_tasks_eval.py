@@ -36,7 +36,7 @@ from cm3leon.decoding.defaults import (
     params_record,
 )
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
-from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
+from cm3leon.evaluation.scene_metrics import letter_accuracy_by_slot, summarize_predictions, verdict_label
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
 from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, text_render_check_scorer
 from cm3leon.tasks.decode import caption_images, decode_codes, generate_image_outputs, generate_infills
@@ -274,9 +274,10 @@ def evaluate_text_render(
     checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
     params: SamplingParams | None = None,
 ) -> TaskResult:
-    """Exact words (and scenes: colour and background too) read by the oracle from the rendered images; and
-    `reading_exact`, how often the model's own greedy caption of the true word image names its scene exactly, which
-    bounds what the check among several candidates can find."""
+    """Exact words (and scenes: colour and background too) read by the oracle from the rendered images, how often
+    each letter slot was drawn right (`letter_accuracy_by_slot`); and `reading_exact`, how often the model's own
+    greedy caption of the true word image names its scene exactly, which bounds what the check among several
+    candidates can find."""
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
     prompts = [fmt.text_render(scene, None).prompt for scene in cases.words]
@@ -290,6 +291,9 @@ def evaluate_text_render(
     metrics: dict[str, object] = {
         "n": len(words), "exact_word_accuracy": mean(words), "exact_scene_accuracy": mean(exact),
         "reading_exact": mean([r is not None and r.key() == t.key() for r, t in zip(read, cases.words, strict=True)]),
+        "letter_accuracy_by_slot": letter_accuracy_by_slot(
+            [t.word or "" for t in cases.words], [p.word for p in predicted]
+        ),
         "decoding": params_record(params),
     }
     grid = [

@@ -60,3 +60,19 @@ def verdict_label(predicted: Scene, truth: Scene, world: WorldConfig) -> str:
     if predicted.key() == truth.key():
         return "verdict: exact"
     return f"verdict: WRONG, reads as {describe_scene(predicted, world)}"
+
+
+def letter_accuracy_by_slot(truths: Sequence[str], predicted: Sequence[str | None]) -> dict[str, float]:
+    """How often each letter slot was drawn right, keyed "<position> of <length>" (1-based), e.g. "2 of 3".
+
+    Words of each length are laid out in fixed slots (`render.word_layout`), so a slot is a place in the image:
+    this separates letters that are hard from places that are hard (the middle slot, shared by single letters and
+    the middle of three-letter words, is centred on a boundary between code columns). A letter counts as right
+    only when the word read back has the true length, since otherwise its letters sit in other slots.
+    """
+    hits: dict[tuple[int, int], list[bool]] = {}
+    for truth, word in zip(truths, predicted, strict=True):
+        for position, letter in enumerate(truth):
+            same_layout = word is not None and len(word) == len(truth)
+            hits.setdefault((len(truth), position), []).append(same_layout and word[position] == letter)
+    return {f"{position + 1} of {length}": sum(v) / len(v) for (length, position), v in sorted(hits.items())}
