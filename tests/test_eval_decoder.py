@@ -527,7 +527,12 @@ def test_decode_bench_reports_positive_rates(checkpoint_dir: Path) -> None:
     results = bench_decode(checkpoint_dir, DecodeBenchConfig.preset("quick"))
     keys = ["t1_cfg_b1_images_per_s", "t1_cfg_b2_images_per_s", "t1_pooled8_b1_images_per_s",
             "t1_caption_b2_tokens_per_s", "t1_caption_b2_captions_per_s",
-            "t1_segmentation_greedy_b2_maps_per_s", "t1_segmentation_checked_b2_maps_per_s"]
+            "t1_segmentation_greedy_b2_maps_per_s", "t1_segmentation_checked_b2_maps_per_s",
+            "t1_edit_single_b2_images_per_s", "t1_text_render_single_b2_images_per_s"]
+    defaults = load_decoding_defaults(checkpoint_dir)
+    for task, name in ((EDIT, "edit"), (TEXT_RENDER, "text_render")):  # the shipped number of samples, else 2
+        checked = defaults[task].num_candidates if defaults[task].num_candidates > 1 else 2
+        keys.append(f"t1_{name}_checked{checked}_b2_images_per_s")
     for key in keys:
         assert results[key] > 0, key
     assert results["t1_cfg_b2_ms_per_image"] == pytest.approx(1000 / results["t1_cfg_b2_images_per_s"])

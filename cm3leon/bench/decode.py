@@ -1,5 +1,6 @@
-"""Decoding speed of a checkpoint: CFG images at several batch sizes, pooled reranking, captioning, and
-segmentation maps greedy and checked against the caption (the checkpoint's segmentation default).
+"""Decoding speed of a checkpoint: CFG images at several batch sizes, pooled reranking, captioning, segmentation
+maps greedy and checked against the caption (the checkpoint's segmentation default), and edits and rendered words
+from one sample and checked among several (the model's caption of each sample against what was asked for).
 
 Each measurement generates real prompts of held-out scenes end to end (`generate`, VQ decode included for
 images) after one warm-up call, best of `repeats` passes (the machine is shared: the best pass is the one least
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,19 @@ import torch
 
 from cm3leon.data.world import Split
 from cm3leon.decoding import SamplingParams
-from cm3leon.decoding.defaults import CAPTION, SEGMENTATION, TEXT_TO_IMAGE, load_decoding_defaults
+from cm3leon.decoding.defaults import CAPTION, EDIT, SEGMENTATION, TEXT_RENDER, TEXT_TO_IMAGE, load_decoding_defaults
 from cm3leon.evaluation.caption_eval import (
     caption_token_budget,
     encode_scene_images,
     generate_captions,
     reference_captions,
 )
-from cm3leon.evaluation.decoder_setup import eval_scenes, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
 from cm3leon.evaluation.t2i_eval import generate_images, method_params, prompt_captions
-from cm3leon.evaluation.task_cases import formatter
+from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases, formatter
+from cm3leon.tasks.caption_check import CaptionCheckScorer, text_render_check_scorer
+from cm3leon.tasks.decode import generate_image_outputs
+from cm3leon.tasks.edit_check import edit_check_scorer
 from cm3leon.tasks.segmentation import SegmentationParams, segment_images
 
 # Benchmark prompts come from the validation split: speed does not depend on the split, and test stays unseen.
@@ -43,6 +48,9 @@ class DecodeBenchConfig:
     pooled_batch_size: int = 1
     caption_batch_size: int = 8
     segmentation_batch_size: int = 8
+    checked_batch_size: int = 8  # edits and rendered words
+    # Samples per checked edit or word when the checkpoint's own default draws one (the check is then off there).
+    check_candidates: int = 8
     threads: tuple[int, ...] = (1, 2)
     repeats: int = 2
     seed: int = 0
@@ -52,7 +60,8 @@ class DecodeBenchConfig:
         presets: dict[str, dict[str, Any]] = {
             "standard": {},
             "quick": dict(
-                cfg_batch_sizes=(1, 2), caption_batch_size=2, segmentation_batch_size=2, threads=(1,), repeats=1
+                cfg_batch_sizes=(1, 2), caption_batch_size=2, segmentation_batch_size=2, checked_batch_size=2,
+                check_candidates=2, threads=(1,), repeats=1,
             ),
         }
         if name not in presets:
@@ -66,10 +75,40 @@ def _best_seconds(work: Callable[[], float], repeats: int) -> float:
     return min(work() for _ in range(repeats))
 
 
+def _checked_task_runs(
+    checkpoint: EvalCheckpoint, defaults: dict[str, SamplingParams], cases: TaskCases, config: DecodeBenchConfig
+) -> dict[str, Callable[[], float]]:
+    """Timed runs of the checked image tasks, `<task>_{single,checked}` -> seconds for the batch. A checked run
+    includes building its scorer (editing captions the source images first), as a job does."""
+    fmt, batch = formatter(checkpoint), config.checked_batch_size
+    edit_prompts = [fmt.edit(e, s, None).prompt for e, s in zip(cases.edits, cases.edit_sources, strict=True)]
+    word_prompts = [fmt.text_render(word, None).prompt for word in cases.words]
+
+    def edit_scorer() -> CaptionCheckScorer:
+        instructions = [case.instruction for case in cases.edits]
+        return edit_check_scorer(checkpoint, edit_prompts, cases.edit_sources, instructions, batch)
+
+    def word_scorer() -> CaptionCheckScorer:
+        return text_render_check_scorer(checkpoint, word_prompts, cases.words)
+
+    def timed(prompts: list[list[int]], params: SamplingParams, scorer: Callable[[], Any] | None) -> float:
+        start = time.perf_counter()
+        generate_image_outputs(checkpoint, prompts, params, batch, config.seed, scorer() if scorer else None)
+        return time.perf_counter() - start
+
+    runs: dict[str, Callable[[], float]] = {}
+    for task, prompts, scorer in (("edit", edit_prompts, edit_scorer), ("text_render", word_prompts, word_scorer)):
+        params = defaults[EDIT if task == "edit" else TEXT_RENDER]
+        checked = params if params.num_candidates > 1 else params.replace(num_candidates=config.check_candidates)
+        runs[f"{task}_single"] = partial(timed, prompts, params.replace(num_candidates=1), None)
+        runs[f"{task}_checked{checked.num_candidates}"] = partial(timed, prompts, checked, scorer)
+    return runs
+
+
 def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) -> dict[str, Any]:
     """Flat results: `t{threads}_cfg_b{batch}_images_per_s` / `_ms_per_image`, `t{threads}_pooled{k}_b{batch}_...`,
     `t{threads}_caption_b{batch}_tokens_per_s` / `_captions_per_s`, `t{threads}_segmentation_{greedy,checked}_b{batch}
-    _maps_per_s`."""
+    _maps_per_s`, `t{threads}_{edit,text_render}_{single,checked<k>}_b{batch}_images_per_s` (delivered images)."""
     config = config or DecodeBenchConfig()
     checkpoint = load_eval_checkpoint(checkpoint_dir)
     defaults = load_decoding_defaults(checkpoint_dir)
@@ -98,6 +137,9 @@ def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) 
         segment_images(checkpoint, map_prompts, map_images, settings, segmentation_batch, config.seed)
         return time.perf_counter() - start
 
+    checked_runs = _checked_task_runs(
+        checkpoint, defaults, build_cases(checkpoint, TaskEvalConfig(n=config.checked_batch_size), BENCH_SPLIT), config
+    )
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint_dir),
         "parameters": checkpoint.model.num_parameters(),
@@ -136,6 +178,9 @@ def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) 
             for name, settings in map_settings.items():
                 seconds = _best_seconds(lambda s=settings: segment(s), config.repeats)
                 results[f"{prefix}_segmentation_{name}_b{segmentation_batch}_maps_per_s"] = segmentation_batch / seconds
+            for name, run in checked_runs.items():
+                images = config.checked_batch_size
+                results[f"{prefix}_{name}_b{images}_images_per_s"] = images / _best_seconds(run, config.repeats)
     finally:
         torch.set_num_threads(threads_before)
     return results
