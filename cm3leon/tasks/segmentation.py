@@ -3,9 +3,12 @@
 The shapes model's segmentation errors are mostly whole objects drawn in the wrong class (a circle mapped as a
 square: 93 of 399 validation objects for the stage-8b weights), while its captions name the shapes of a scene
 right far more often (0.84 of validation scenes exactly). So one skill checks the other: the map is decoded
-greedily; where its objects (connected regions of one class) are not the shapes the caption names,
-`num_candidates` maps are sampled at `temperature` and the first that agrees is kept; where none does, or the
-caption names no shapes (a word scene, an unreadable caption), the greedy map stands. The agreement check is
+greedily; where its objects (connected regions of one class, each placed in the grid cell of its centre) are
+not the shapes the caption names in the cells it names, `num_candidates` maps are sampled at `temperature` and
+the first that agrees is kept; where none does, or the caption names no shapes (a word scene, an unreadable
+caption), the greedy map stands. Checking places as well as shapes matters: with shape counts alone a sample
+that drew the right shapes in the wrong cells passed (validation mIoU, stage-12 weights: 0.828 by counts, 0.860
+by places, the same 200 scenes). The agreement check is
 the candidate scorer (`AgreementScorer`), so sampling and choosing use `generate`'s own reranking.
 
 The caption is decoded with the checkpoint's caption defaults (several samples reranked by the noisy channel);
@@ -67,34 +70,50 @@ def min_region_pixels(world: WorldConfig) -> int:
     return max(1, round(MIN_REGION_SHARE_OF_SMALLEST_OBJECT * smallest_side**2))
 
 
-def region_counts(classes: np.ndarray, world: WorldConfig) -> Counter[str]:
-    """How many objects of each shape a class map shows: connected regions of a shape's class, specks aside."""
+# An object as the check compares it: (grid cell, shape).
+PlacedShape = tuple[int, str]
+
+
+def cell_at(x: float, y: float, world: WorldConfig) -> int:
+    """The grid cell holding pixel position (x, y)."""
+    column = min(int(x // world.cell_size), world.grid - 1)
+    row = min(int(y // world.cell_size), world.grid - 1)
+    return row * world.grid + column
+
+
+def region_objects(classes: np.ndarray, world: WorldConfig) -> Counter[PlacedShape]:
+    """The objects a class map shows: connected regions of a shape's class, specks aside, each in the cell of its
+    centre (a region split in two counts twice, so a torn object disagrees with the caption too)."""
     names, least = segmentation_classes(world), min_region_pixels(world)
-    counts: Counter[str] = Counter()
+    objects: Counter[PlacedShape] = Counter()
     for index, name in enumerate(names):
         if name not in world.shapes:
             continue
-        labels, found = ndimage.label(classes == index)
-        if found:
-            sizes = np.bincount(labels.ravel())[1:]
-            counts[name] += int((sizes >= least).sum())
-    return +counts
+        mask = classes == index
+        labels, found = ndimage.label(mask)
+        if not found:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        kept = [region for region in range(1, found + 1) if sizes[region - 1] >= least]
+        for y, x in ndimage.center_of_mass(mask, labels, kept):
+            objects[(cell_at(x, y, world), name)] += 1
+    return objects
 
 
-def caption_shapes(caption: str, world: WorldConfig) -> Counter[str] | None:
-    """The shapes a caption names, with counts; None when it names none (unreadable, or a word scene)."""
+def caption_objects(caption: str, world: WorldConfig) -> Counter[PlacedShape] | None:
+    """The shapes a caption names in their cells; None when it names none (unreadable, or a word scene)."""
     scene = parse_caption(caption, world)
     if scene is None or scene.word is not None or not scene.objects:
         return None
-    return Counter(obj.shape for obj in scene.objects)
+    return Counter((obj.cell, obj.shape) for obj in scene.objects)
 
 
 class AgreementScorer:
-    """Scores candidate maps 1 where their objects are the shapes expected for the request (keyed by its
+    """Scores candidate maps 1 where their objects are the placed shapes expected for the request (keyed by its
     `prompt_ids`), else 0; `generate` keeps the first best, so the first agreeing sample."""
 
     def __init__(
-        self, expected: dict[tuple[int, ...], Counter[str]], classes_of: Callable[[Sequence[int]], np.ndarray],
+        self, expected: dict[tuple[int, ...], Counter[PlacedShape]], classes_of: Callable[[Sequence[int]], np.ndarray],
         world: WorldConfig,
     ) -> None:
         self.expected, self.classes_of, self.world = expected, classes_of, world
@@ -103,7 +122,7 @@ class AgreementScorer:
         self, request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
     ) -> list[float]:
         want = self.expected[tuple(request.prompt_ids or ())]
-        return [AGREES if region_counts(self.classes_of(c), self.world) == want else DISAGREES for c in candidates]
+        return [AGREES if region_objects(self.classes_of(c), self.world) == want else DISAGREES for c in candidates]
 
 
 @dataclass
@@ -181,10 +200,10 @@ def check_maps(
             decoder.should_cancel,
         )
     run.captions = list(captions)
-    expected = [caption_shapes(caption, world) for caption in captions]
+    expected = [caption_objects(caption, world) for caption in captions]
     for i, want in enumerate(expected):
         if want is not None:
-            run.agreed[i] = region_counts(greedy[i], world) == want
+            run.agreed[i] = region_objects(greedy[i], world) == want
     redo = [i for i, agreed in enumerate(run.agreed) if agreed is False]
     wanted = {tuple(decoder.prompts[i]): expected[i] for i in redo}
     scorer = AgreementScorer(wanted, decoder.classes_of, world)  # type: ignore[arg-type]
@@ -192,6 +211,6 @@ def check_maps(
         run.resampled[i] = True
         run.generated_tokens += len(ids) * params.maps.num_candidates
         sampled = decoder.classes_of(ids)
-        if region_counts(sampled, world) == expected[i]:
+        if region_objects(sampled, world) == expected[i]:
             run.maps[i], run.agreed[i] = sampled, True
     return run
