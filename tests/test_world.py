@@ -67,6 +67,13 @@ def test_val_and_test_take_their_configured_share_of_the_scene_space() -> None:
     assert counts[Split.TEST] / non_compositional == pytest.approx(CONFIG.test_percent / 100, abs=0.025)
 
 
+def test_cell_of_pixel_finds_the_cell_of_every_pixel_of_its_box() -> None:
+    for cell in range(CONFIG.num_cells):
+        x0, y0, x1, y1 = CONFIG.cell_box(cell)
+        assert {CONFIG.cell_of_pixel(x, y) for x in range(x0, x1) for y in range(y0, y1)} == {cell}
+        assert CONFIG.cell_of_pixel((x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2) == cell  # a centre of mass in the middle
+
+
 def _cell_slices(cell: int) -> tuple[slice, slice]:
     x0, y0, x1, y1 = CONFIG.cell_box(cell)
     return slice(y0, y1), slice(x0, x1)

@@ -122,6 +122,13 @@ class WorldConfig:
         row, col = divmod(cell, self.grid)
         return (col + 0.5) * self.cell_size, (row + 0.5) * self.cell_size
 
+    def cell_of_pixel(self, x: float, y: float) -> int:
+        """The grid cell holding the pixel at column x, row y (fractional, e.g. a region's centre of mass), as
+        `cell_box` assigns pixels: a pixel belongs where its centre (index + 0.5) lies."""
+        col = min(max(int((x + 0.5) // self.cell_size), 0), self.grid - 1)
+        row = min(max(int((y + 0.5) // self.cell_size), 0), self.grid - 1)
+        return row * self.grid + col
+
     def position_name(self, cell: int) -> str:
         row, col = divmod(cell, self.grid)
         if self.grid != 3:

@@ -74,13 +74,6 @@ def min_region_pixels(world: WorldConfig) -> int:
 PlacedShape = tuple[int, str]
 
 
-def cell_at(x: float, y: float, world: WorldConfig) -> int:
-    """The grid cell holding pixel position (x, y)."""
-    column = min(int(x // world.cell_size), world.grid - 1)
-    row = min(int(y // world.cell_size), world.grid - 1)
-    return row * world.grid + column
-
-
 def region_objects(classes: np.ndarray, world: WorldConfig) -> Counter[PlacedShape]:
     """The objects a class map shows: connected regions of a shape's class, specks aside, each in the cell of its
     centre (a region split in two counts twice, so a torn object disagrees with the caption too)."""
@@ -96,7 +89,7 @@ def region_objects(classes: np.ndarray, world: WorldConfig) -> Counter[PlacedSha
         sizes = np.bincount(labels.ravel())[1:]
         kept = [region for region in range(1, found + 1) if sizes[region - 1] >= least]
         for y, x in ndimage.center_of_mass(mask, labels, kept):
-            objects[(cell_at(x, y, world), name)] += 1
+            objects[(world.cell_of_pixel(x, y), name)] += 1
     return objects
 
 
