@@ -13,7 +13,13 @@ import torch
 from cm3leon.data.image_bank import ImageBank, ImageBankConfig, ImageKind
 from cm3leon.data.render import render
 from cm3leon.data.world import World, WorldConfig
-from cm3leon.evaluation.vq_eval import VQEvalConfig, evaluate_vq, psnr_per_image
+from cm3leon.evaluation.vq_eval import (
+    VQEvalConfig,
+    code_distances_from_box,
+    codes_changed_by_removal,
+    evaluate_vq,
+    psnr_per_image,
+)
 from cm3leon.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, images_to_tensor
 from cm3leon.training.checkpoint import MetricsLogger
 from cm3leon.training.vq import FINAL_SUBDIR, METRICS_FILE, VQTrainConfig, train_vq
@@ -45,6 +51,13 @@ def test_presets_have_the_documented_code_grids() -> None:
     with pytest.raises(ValueError, match="not a multiple"):
         replace(shapes, downsample_factor=7)
     assert ImageTokenizerConfig.from_json(shapes.to_json()) == shapes
+    # A field added later is written only when it differs from what shipped tokenizers had: their config files
+    # (and so their fingerprints, which hash the config) stay byte for byte.
+    local = ImageTokenizerConfig.preset("shapes-local")
+    assert '"norm"' not in shapes.to_json() and '"norm": "channel"' in local.to_json()
+    assert ImageTokenizerConfig.from_json(local.to_json()) == local and replace(local, norm="group") == shapes
+    with pytest.raises(ValueError, match="norm"):
+        replace(shapes, norm="batch")
 
 
 def test_encode_decode_shapes_dtypes_and_ranges(world_images: np.ndarray) -> None:
@@ -147,7 +160,7 @@ def test_evaluation_reports_every_metric_and_writes_a_grid(tmp_path: Path) -> No
     config = VQEvalConfig(n=6, world_preset=TINY_WORLD, batch_size=4, grid_examples=2)
     metrics = evaluate_vq(tiny_tokenizer(), config, grid_path=tmp_path / "vq.png")
     for key in ("psnr", "oracle_accuracy", "codebook_usage", "segmentation_pixel_accuracy", "word_accuracy",
-                "encode_images_per_s", "decode_images_per_s"):
+                "encode_images_per_s", "decode_images_per_s", "codes_changed_by_removal"):
         assert key in metrics, key
     # An untrained tokenizer cannot keep the scenes; the oracle still reads every original exactly.
     assert metrics["psnr"] < 25 and metrics["oracle_accuracy"] < 1.0
@@ -199,6 +212,53 @@ def test_fingerprint_follows_the_codes_not_the_pixel_decoder() -> None:
     with torch.no_grad():
         next(tokenizer.encoder.parameters()).add_(1.0)
     assert tokenizer.fingerprint() != fingerprint
+
+
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_only_channel_norm_keeps_codes_and_pixels_local(norm: str) -> None:
+    """Changing the pixels of one corner patch moves encoder features beyond the convs' reach only under GroupNorm
+    (its statistics span the image), and likewise changing one code moves far pixels: why editing copies badly."""
+    torch.manual_seed(0)
+    config = replace(ImageTokenizerConfig.preset("tiny"), norm=norm)
+    tokenizer = ImageTokenizer(config).eval()
+    f, grid = config.downsample_factor, config.grid
+    images = torch.rand(1, 3, config.image_size, config.image_size) * 2 - 1
+    changed = images.clone()
+    changed[:, :, :f, :f] = -changed[:, :, :f, :f]  # the top-left patch only
+    with torch.no_grad():
+        latents, latents_changed = tokenizer.encoder(images), tokenizer.encoder(changed)
+        reach = config.encoder_blocks  # each residual 3x3 conv reaches one code further
+        far_latents = (latents - latents_changed)[..., reach + 1 :, reach + 1 :].abs().max().item()
+        codes = torch.randn(1, config.code_dim, grid, grid)
+        codes_changed = codes.clone()
+        codes_changed[..., 0, 0] += 3.0
+        pixels, pixels_changed = tokenizer.decoder(codes), tokenizer.decoder(codes_changed)
+        reach = 1 + config.decoder_blocks  # the input 3x3 conv and each residual unit
+        far_pixels = (pixels - pixels_changed)[..., (reach + 1) * f :, (reach + 1) * f :].abs().max().item()
+    assert (latents - latents_changed)[..., 0, 0].abs().max().item() > 1e-3  # the change is seen where it is
+    if norm == "channel":
+        assert far_latents < 1e-5 and far_pixels < 1e-5
+    else:
+        assert far_latents > 1e-4 and far_pixels > 1e-4
+
+
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_removing_an_object_changes_far_codes_only_under_group_norm(norm: str) -> None:
+    torch.manual_seed(0)
+    tokenizer = ImageTokenizer(replace(ImageTokenizerConfig.preset("tiny"), norm=norm)).eval()
+    world = WorldConfig.preset(TINY_WORLD)
+    scenes = World(world).scenes(seed=0, split="test", n=24)
+    changed = codes_changed_by_removal(tokenizer, world, scenes, seed=0, batch_size=8)
+    assert 0.0 < changed["outside_cell"] <= 1.0  # the codes within the convs' reach of the cell see the change
+    if norm == "channel":
+        assert changed["beyond_encoder_reach"] == 0.0
+    else:
+        assert changed["beyond_encoder_reach"] > 0.01
+
+
+def test_code_distances_from_a_box() -> None:
+    distance = code_distances_from_box(4, (1, 1, 2, 3))  # column 1, rows 1-2
+    assert distance.tolist() == [[1, 1, 1, 2], [1, 0, 1, 2], [1, 0, 1, 2], [1, 1, 1, 2]]
 
 
 def test_freeze_codes_needs_a_tokenizer_to_start_from(tmp_path: Path) -> None:

@@ -142,7 +142,7 @@ def eval_sweep(
     edit_scales: Annotated[str, typer.Option(help="Editing text guidance scales, comma-separated.")] = "1.5,3,7.5",
     edit_copy_biases: Annotated[
         str, typer.Option(help="Editing source-copy biases (0 = off), comma-separated, crossed with the scales.")
-    ] = "0,1,2",
+    ] = "0,1,2,3,4",
     edit_candidates: Annotated[
         str, typer.Option(help="Edit candidates at the best scale and bias, comma-separated (several: the caption "
                           "check chooses).")

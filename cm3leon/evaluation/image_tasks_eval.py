@@ -22,7 +22,7 @@ from cm3leon.data.grid import Tile
 from cm3leon.data.language import parse_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_classes
-from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, edit_touched_cells, masked_image
+from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, masked_image
 from cm3leon.data.tasks import quantise_box as quantise
 from cm3leon.decoding import SamplingParams, Scorer
 from cm3leon.decoding.defaults import (
@@ -36,7 +36,12 @@ from cm3leon.decoding.defaults import (
     params_record,
 )
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
-from cm3leon.evaluation.scene_metrics import letter_accuracy_by_slot, summarize_predictions, verdict_label
+from cm3leon.evaluation.scene_metrics import (
+    letter_accuracy_by_slot,
+    summarize_edits,
+    summarize_predictions,
+    verdict_label,
+)
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
 from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, text_render_check_scorer
 from cm3leon.tasks.decode import caption_images, decode_codes, generate_image_outputs, generate_infills
@@ -73,17 +78,8 @@ def evaluate_edits(
         scorer = edit_check_scorer(checkpoint, prompts, cases.edit_sources, instructions, config.batch_size)
     _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
-    exact, preserved, by_kind = [], [], {}
-    for case, scene in zip(cases.edits, predicted, strict=True):
-        hit = scene.key() == case.target.key()
-        exact.append(hit)
-        by_kind.setdefault(case.kind, []).append(hit)
-        touched = edit_touched_cells(case.source, case.target, world)
-        kept = [o for o in case.source.objects if o.cell not in touched]
-        preserved.extend(o in scene.objects for o in kept)
     metrics: dict[str, object] = {
-        "n": len(exact), "exact_scene_accuracy": mean(exact), "unchanged_preserved": mean(preserved),
-        "by_kind": {kind: mean(hits) for kind, hits in sorted(by_kind.items())},
+        **summarize_edits(cases.edits, predicted, world),
         "decoding": params_record(params),
     }
     grid = [
@@ -92,7 +88,7 @@ def evaluate_edits(
             (pixels[i], verdict_label(predicted[i], cases.edits[i].target, world)),
             (render(cases.edits[i].target, world).image, "ground truth"),
         ]
-        for i in _rows(config, len(exact))
+        for i in _rows(config, len(predicted))
     ]
     return TaskResult(metrics, grid)
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.scene_score import aggregate_scores, score_scene
+from cm3leon.data.tasks import EditCase, edit_touched_cells
 from cm3leon.data.world import Scene, WorldConfig
 
 # The attribute accuracies averaged into `attribute_accuracy` (names as in `score_scene`).
@@ -76,3 +77,32 @@ def letter_accuracy_by_slot(truths: Sequence[str], predicted: Sequence[str | Non
             same_layout = word is not None and len(word) == len(truth)
             hits.setdefault((len(truth), position), []).append(same_layout and word[position] == letter)
     return {f"{position + 1} of {length}": sum(v) / len(v) for (length, position), v in sorted(hits.items())}
+
+
+def summarize_edits(edits: Sequence[EditCase], predicted: Sequence[Scene], world: WorldConfig) -> dict[str, object]:
+    """Edit metrics that say *which half* of an edit failed: `edit_applied` (every cell the edit touches holds the
+    target's content, whatever happened elsewhere) and `unchanged_preserved` (the untouched source objects that
+    reappear, pooled over objects), beside `exact_scene_accuracy` split by kind and by the source's object count
+    (a scene with more objects has more to copy, so splits with different object mixes are not comparable)."""
+    if len(edits) != len(predicted):
+        raise ValueError(f"{len(edits)} edits but {len(predicted)} predictions")
+    exact, applied, preserved = [], [], []
+    by_kind: dict[str, list[bool]] = {}
+    by_objects: dict[int, list[bool]] = {}
+    for edit, scene in zip(edits, predicted, strict=True):
+        source, target = edit.source, edit.target
+        hit = scene.key() == target.key()
+        exact.append(hit)
+        by_kind.setdefault(edit.kind, []).append(hit)
+        by_objects.setdefault(len(source.objects), []).append(hit)
+        touched = edit_touched_cells(source, target, world)
+        applied.append(all(scene.object_at(c) == target.object_at(c) for c in touched))
+        preserved.extend(o in scene.objects for o in source.objects if o.cell not in touched)
+    return {
+        "n": len(exact),
+        "exact_scene_accuracy": _mean(exact),
+        "edit_applied": _mean(applied),
+        "unchanged_preserved": _mean(preserved),
+        "by_kind": {kind: _mean(hits) for kind, hits in sorted(by_kind.items())},
+        "by_source_objects": {str(count): _mean(hits) for count, hits in sorted(by_objects.items())},
+    }

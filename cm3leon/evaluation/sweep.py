@@ -68,7 +68,7 @@ class SweepConfig:
     plausibilities: tuple[float, ...] = (0.0, 0.1)
     cdk_ks: tuple[int, ...] = (1, 5)
     edit_scales: tuple[float, ...] = (1.5, 3.0, 7.5)
-    edit_copy_biases: tuple[float, ...] = (0.0, 1.0, 2.0)
+    edit_copy_biases: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0)  # stage 12 chose 2, the old edge
     edit_candidates: tuple[int, ...] = (1, 8)  # at the best scale and bias; several: the caption check chooses
     structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     structure_candidates: tuple[int, ...] = (1, 8)  # several: reranked by the sweep's reranker

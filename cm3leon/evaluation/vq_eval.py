@@ -14,6 +14,10 @@ Metrics (all on the test split):
     codebook_usage                fraction of the codebook used by all test pictures; codebook_perplexity
     segmentation_pixel_accuracy   class map of reconstructed segmentation pictures vs the exact one
     word_accuracy, text_exact_accuracy   word read from reconstructed word scenes; word, colour and background
+    codes_changed_by_removal      with one object removed from each scene, the fraction of codes that change
+                                  outside its cell, and beyond the encoder convs' reach of it (0 for a local
+                                  tokenizer; GroupNorm's image-wide statistics make it large, and every edit
+                                  then rewrites codes far from what it touches)
     encode_images_per_s, decode_images_per_s
 """
 
@@ -88,6 +92,41 @@ def _usage(codes: np.ndarray, codebook_size: int) -> tuple[float, float]:
     return float((counts > 0).mean()), float(math.exp(-(probabilities * np.log(probabilities)).sum()))
 
 
+def code_distances_from_box(grid: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """(grid, grid) code distances (in codes, max over axes) from the code box (col0, row0, col1, row1), 0 inside."""
+    col0, row0, col1, row1 = box
+    index = np.arange(grid)
+    rows = np.maximum(np.maximum(row0 - index, index - (row1 - 1)), 0)
+    cols = np.maximum(np.maximum(col0 - index, index - (col1 - 1)), 0)
+    return np.maximum(rows[:, None], cols[None, :])
+
+
+def codes_changed_by_removal(
+    tokenizer: ImageTokenizer, world_config: WorldConfig, scenes: list[Scene], seed: int, batch_size: int
+) -> dict[str, float]:
+    """Remove one random object of each scene and compare the two code grids outside the object's cell: all of
+    it, and only the codes beyond the encoder's reach (`encoder_blocks` residual 3x3 convs, one code each), each
+    pooled over codes."""
+    rng = random.Random(f"{seed}:vq-locality")
+    f, grid, reach = tokenizer.config.downsample_factor, tokenizer.config.grid, tokenizer.config.encoder_blocks
+    pairs = [(scene, rng.choice(scene.objects)) for scene in scenes if scene.objects]
+    if not pairs:
+        raise ValueError("no scene has an object to remove")
+    before = np.stack([render(scene, world_config).image for scene, _ in pairs])
+    after = np.stack([
+        render(scene.with_objects(tuple(o for o in scene.objects if o is not gone)), world_config).image
+        for scene, gone in pairs
+    ])
+    changed = round_trip(tokenizer, before, batch_size).codes != round_trip(tokenizer, after, batch_size).codes
+    outside, beyond = [], []
+    for flips, (_, gone) in zip(changed, pairs, strict=True):
+        x0, y0, x1, y1 = world_config.cell_box(gone.cell)
+        distance = code_distances_from_box(grid, (x0 // f, y0 // f, -(-x1 // f), -(-y1 // f)))
+        outside.extend(flips[distance > 0].tolist())
+        beyond.extend(flips[distance > reach].tolist())  # none when the cell is central: every code is in reach
+    return {"outside_cell": float(np.mean(outside)), "beyond_encoder_reach": float(np.mean(beyond)) if beyond else 0.0}
+
+
 def _scores(parse: Callable[[np.ndarray], Scene], images: np.ndarray, scenes: list[Scene]) -> list[dict[str, Any]]:
     return [score_scene(parse(image), scene) for image, scene in zip(images, scenes, strict=True)]
 
@@ -134,6 +173,9 @@ def evaluate_vq(tokenizer: ImageTokenizer, config: VQEvalConfig, grid_path: Path
         "segmentation_pixel_accuracy": float((class_maps == true_maps).mean()),
         "word_accuracy": float(np.mean([s["word"] for s in word_scores])),
         "text_exact_accuracy": float(np.mean([s["exact"] for s in word_scores])),
+        "codes_changed_by_removal": codes_changed_by_removal(
+            tokenizer, world_config, scenes, config.seed, config.batch_size
+        ),
         "encode_images_per_s": len(all_images) / trip.encode_seconds,
         "decode_images_per_s": len(all_images) / trip.decode_seconds,
         "n_scenes": n,
