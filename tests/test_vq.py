@@ -95,15 +95,16 @@ def test_save_and_load_give_identical_codes(tmp_path: Path, world_images: np.nda
     assert np.array_equal(loaded.decode(codes), tokenizer.decode(codes))
 
 
-def tiny_run(out: Path, steps: int, stop_at_step: int | None = None):  # noqa: ANN201 (VQRunResult)
+def tiny_run(out: Path, steps: int, stop_at_step: int | None = None, norm: str = "group"):  # noqa: ANN201
     return train_vq(
-        out, ImageTokenizerConfig.preset("tiny"), VQTrainConfig.preset("tiny"),
+        out, replace(ImageTokenizerConfig.preset("tiny"), norm=norm), VQTrainConfig.preset("tiny"),
         steps=steps, stop_at_step=stop_at_step, progress=False,
     )
 
 
-def test_a_short_training_run_lowers_the_loss(tmp_path: Path) -> None:
-    result = tiny_run(tmp_path / "run", steps=40)
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_a_short_training_run_lowers_the_loss(tmp_path: Path, norm: str) -> None:
+    result = tiny_run(tmp_path / "run", steps=40, norm=norm)
     assert result.finished and result.step == 40
     records = MetricsLogger.read(tmp_path / "run" / METRICS_FILE)
     assert [r["step"] for r in records] == list(range(1, 41))
@@ -112,7 +113,7 @@ def test_a_short_training_run_lowers_the_loss(tmp_path: Path) -> None:
     assert last < 0.7 * first, (first, last)
     assert records[-1]["psnr"] > records[0]["psnr"]
     assert 0 < records[-1]["codebook_usage"] <= 1 and records[-1]["images_per_s"] > 0
-    assert ImageTokenizer.from_pretrained(tmp_path / "run" / FINAL_SUBDIR).config == ImageTokenizerConfig.preset("tiny")
+    assert ImageTokenizer.from_pretrained(tmp_path / "run" / FINAL_SUBDIR).config == replace(ImageTokenizerConfig.preset("tiny"), norm=norm)
 
 
 def test_resume_continues_from_the_saved_step_exactly(tmp_path: Path, world_images: np.ndarray) -> None:

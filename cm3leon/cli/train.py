@@ -149,7 +149,9 @@ def train_retriever_command(
 @train_app.command("vq")
 def train_vq_command(
     out: Annotated[Path, typer.Option(help="Run directory; the tokenizer is written to OUT/final. Re-run resumes.")],
-    preset: Annotated[str, typer.Option(help="Image tokenizer preset: tiny, shapes.")] = "shapes",
+    preset: Annotated[str, typer.Option(
+        help="Image tokenizer preset: tiny, shapes, shapes-local (local codes), shapes-patch, 256px."
+    )] = "shapes",
     minutes: Annotated[float | None, typer.Option(help="Training time budget (summed over resumes).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (the cosine schedule's horizon).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step (default: preset).")] = None,

@@ -91,7 +91,7 @@ class VQTrainConfig:
                 refresh_every_steps=2, log_every_steps=1,
                 world_preset="shapes32", bank_preset="tiny",
             )
-        if name in ("shapes", "shapes-patch", "256px"):
+        if name in ("shapes", "shapes-local", "shapes-patch", "256px"):
             return cls()
         if name == "gpu":
             # One GPU: batches 16x larger (the EMA codebook and k-means see many more vectors per step), a bank
@@ -100,7 +100,7 @@ class VQTrainConfig:
                 batch_size=256, warmup_steps=200, codebook_init_images=8192, refresh_every_steps=10**9,
                 log_every_steps=50, checkpoint_every_seconds=60.0, bank_preset="gpu", render_workers=12,
             )
-        raise ValueError(f"unknown vq training preset {name!r}; choose from: tiny, shapes, gpu, 256px")
+        raise ValueError(f"unknown vq training preset {name!r}; choose from: tiny, shapes, shapes-local, gpu, 256px")
 
 
 def learning_rate(config: VQTrainConfig, step: int, progress: float) -> float:

@@ -5,6 +5,7 @@
 #   1. the VQ tokenizer: either two runs from scratch side by side (learning rates 2e-3 and 1e-3), evaluated, the
 #      better one kept; or, with VQ=DIR, that tokenizer, and with VQ_FT_MIN also a fine-tune of its pixel decoder
 #      alone (`--freeze-codes`: every code stays valid) that runs beside stages 2-3 on the same GPU;
+#      VQ_PRESET names the tokenizer preset (default shapes; shapes-local: codes that an edit elsewhere leaves alone);
 #      optionally (PREFLIGHT=1) a short preflight of every later stage on the GPU;
 #   2. CM3 pretraining with each K of PRE_KS retrieved documents side by side (equal wall-clock on one GPU: the
 #      retrieval ablation); the largest K is the model that goes on;
@@ -22,6 +23,7 @@ set -uo pipefail
 OUT=${OUT:-out/gpu}
 RUNS=${RUNS:-runs/gpu}
 VQ_MIN=${VQ_MIN:-2.3}
+VQ_PRESET=${VQ_PRESET:-shapes}
 VQ_FT_MIN=${VQ_FT_MIN:-}
 VQ_FT_LR=${VQ_FT_LR:-5e-4}
 PRE_MIN=${PRE_MIN:-2.5}
@@ -90,12 +92,12 @@ VQ_PIDS=()
 if [ -z "$GIVEN_VQ" ]; then
     for variant in a:2e-3 b:1e-3; do
         name=${variant%%:*} lr=${variant#*:}
-        cm3 train vq --preset shapes --training "$VQ_TRAINING" --lr "$lr" --minutes "$VQ_MIN" --device "$DEVICE" \
+        cm3 train vq --preset "$VQ_PRESET" --training "$VQ_TRAINING" --lr "$lr" --minutes "$VQ_MIN" --device "$DEVICE" \
             --out "$RUNS/vq-$name" > "$RUNS/vq-$name.log" 2>&1 &
         VQ_PIDS+=($!)
     done
 elif [ -n "$VQ_FT_MIN" ]; then
-    cm3 train vq --preset shapes --training "$VQ_TRAINING" --init "$GIVEN_VQ" --freeze-codes --lr "$VQ_FT_LR" \
+    cm3 train vq --preset "$VQ_PRESET" --training "$VQ_TRAINING" --init "$GIVEN_VQ" --freeze-codes --lr "$VQ_FT_LR" \
         --minutes "$VQ_FT_MIN" --device "$DEVICE" --out "$RUNS/vq-ft" > "$RUNS/vq-ft.log" 2>&1 &
     VQ_FT_PID=$!
     log "fine-tuning the pixel decoder of $GIVEN_VQ for $VQ_FT_MIN min beside the decoder's training"
