@@ -113,7 +113,8 @@ def test_a_short_training_run_lowers_the_loss(tmp_path: Path, norm: str) -> None
     assert last < 0.7 * first, (first, last)
     assert records[-1]["psnr"] > records[0]["psnr"]
     assert 0 < records[-1]["codebook_usage"] <= 1 and records[-1]["images_per_s"] > 0
-    assert ImageTokenizer.from_pretrained(tmp_path / "run" / FINAL_SUBDIR).config == replace(ImageTokenizerConfig.preset("tiny"), norm=norm)
+    trained = ImageTokenizer.from_pretrained(tmp_path / "run" / FINAL_SUBDIR)
+    assert trained.config == replace(ImageTokenizerConfig.preset("tiny"), norm=norm)
 
 
 def test_resume_continues_from_the_saved_step_exactly(tmp_path: Path, world_images: np.ndarray) -> None:
