@@ -114,8 +114,8 @@ class ImageTokenizerConfig:
             return cls(encoder_blocks=2, refine_blocks=2, refine_width=128, refine_levels=3)
         if name == "shapes-local":
             # `shapes` with local codes (per-position channel norm): an edit or a hidden region leaves the other
-            # codes as they were. Not yet trained (it needs the GPU round that made `shapes`, and a decoder model
-            # trained on its codes): the shipped shapes tokenizer's GroupNorm codes are the reason editing is hard.
+            # codes as they were. Not trained to quality yet (it needs a GPU round like the one that made `shapes`,
+            # and a decoder model on its codes): we read the shipped tokenizer's GroupNorm codes as editing's limit.
             return replace(cls.preset("shapes"), norm="channel")
         if name == "shapes-patch":
             # The first shipped tokenizer's shape: every conv at code resolution; ~3x faster to train on a CPU.
