@@ -108,7 +108,27 @@ def test_summary_reads_the_best_method_and_leaves_missing_numbers_empty() -> Non
     assert summary["vqa_accuracy"] == 0.25 and summary["t2i_pooled_rerank_exact"] is None
 
 
-def test_eval_refuses_the_training_and_validation_splits() -> None:
-    for split in ("train", "val"):
-        with pytest.raises(ValueError, match="held-out"):
-            TaskEvalConfig(split=split)
+def test_eval_refuses_the_training_split_and_compositional_test_data_in_a_validation_run() -> None:
+    with pytest.raises(ValueError, match="held-out"):
+        TaskEvalConfig(split="train")
+    with pytest.raises(ValueError, match="compositional"):
+        TaskEvalConfig(split="val")  # compositional defaults on: its cases would be test data
+    with pytest.raises(ValueError, match="subset"):
+        TaskEvalConfig(tasks=("t2i", "captioning"))
+    assert TaskEvalConfig(split="val", compositional=False, question_n=7).questions == 7
+
+
+def test_cli_eval_all_on_validation_runs_only_the_named_tasks_with_more_questions(
+    checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    json_path = tmp_path / "val.json"
+    command = ["eval", "all", "--checkpoint", str(checkpoint_dir), "--n", "2", "--json", str(json_path)]
+    command += ["--split", "val", "--tasks", "vqa,edit", "--question-n", "5", "--batch-size", "4"]
+    result = CliRunner().invoke(app, [*command, "--retriever", str(tmp_path / "none")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(json_path.read_text())
+    assert report["split"] == "val" and set(report["seconds"]) == {"vqa", "edit"}
+    assert report["vqa"]["n"] == 5 and report["edit"]["n"] == 2  # questions from their own, longer case list
+    assert "t2i" not in report and report["summary"]["t2i_exact"] is None
+    assert isinstance(report["summary"]["vqa_accuracy"], float) and report["summary"]["caption_exact"] is None
+    assert grid_path(json_path, "vqa").exists() and not grid_path(json_path, "t2i").exists()

@@ -278,10 +278,16 @@ def eval_all(
     checkpoint: DecoderCheckpointOption,
     n: Annotated[int, typer.Option(help="Held-out cases per task (t2i's compositional section gets n/4).")] = 200,
     json_path: DecoderJsonOption = None,
-    split: Annotated[str, typer.Option(help="test (or test_compositional).")] = "test",
+    split: Annotated[
+        str, typer.Option(help="test (or test_compositional); val to choose between checkpoints (no compositional).")
+    ] = "test",
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the cases and samples.")] = 0,
     methods: Annotated[str, typer.Option(help="t2i methods, comma-separated.")] = "plain,cfg,cdk,pooled",
+    tasks: Annotated[str, typer.Option(help="Tasks to run, comma-separated (t2i, caption, vqa, ...), or all.")] = "all",
+    question_n: Annotated[
+        int | None, typer.Option(help="VQA and reasoning questions (default n); more narrows their noise.")
+    ] = None,
     retriever: Annotated[
         Path | None, typer.Option(help="Retriever whose image features give t2i's Fréchet distance.")
     ] = Path("models/shapes/retriever"),
@@ -297,10 +303,11 @@ def eval_all(
 ) -> None:
     """Every instruction task on held-out cases: one JSON (a section per task + `summary`) and a labelled grid
     PNG per task beside it (<stem>_<task>.png). With --memory, t2i also decodes CFG with retrieved documents."""
+    from cm3leon.data.world import Split
     from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES
-    from cm3leon.evaluation.task_cases import TaskEvalConfig
+    from cm3leon.evaluation.task_cases import EVAL_TASKS, TaskEvalConfig
     from cm3leon.evaluation.tasks_eval import evaluate_all
 
     set_threads(threads)
@@ -308,6 +315,9 @@ def eval_all(
         n=n, batch_size=batch_size, seed=seed, split=split,
         t2i_methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         pooled_candidates=pooled_candidates or POOLED_CANDIDATES,
+        compositional=Split(split) is not Split.VAL,
+        tasks=EVAL_TASKS if tasks == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip()),
+        question_n=question_n,
     )
     loaded = load_eval_checkpoint(checkpoint, device=device)
     with _memory_retrieval(memory, memory_name, retriever, loaded) as retrieval:

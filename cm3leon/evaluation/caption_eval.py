@@ -44,8 +44,8 @@ class CaptionEvalConfig:
     grid_columns: int = 4
 
     def __post_init__(self) -> None:
-        if Split(self.split) in (Split.TRAIN, Split.VAL):
-            raise ValueError(f"the evaluation reports held-out test splits; got {self.split} (the sweep uses val)")
+        if Split(self.split) is Split.TRAIN:
+            raise ValueError("the evaluation runs on held-out splits (test, test_compositional, val); got train")
         if self.n < 1 or self.batch_size < 1:
             raise ValueError("n and batch_size must be >= 1")
 

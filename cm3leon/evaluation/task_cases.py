@@ -1,8 +1,9 @@
 """Held-out cases of every instruction task, a fixed function of (world, split, n, seed), and their input codes.
 
-Never the train split: `TaskEvalConfig` refuses train and val. Shapes scenes come from `eval_scenes` (object
-counts cycle 1..max, as the t2i and caption evaluations use); edits and word scenes are drawn from their own
-seeded streams of the same split.
+Never the train split. Reported numbers come from test (and test_compositional); `val` is for choosing between
+checkpoints or decodings, and a validation run skips the compositional split, which is test data. Shapes scenes
+come from `eval_scenes` (object counts cycle 1..max, as the t2i and caption evaluations use); edits and word
+scenes are drawn from their own seeded streams of the same split.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tokenizers.vocab import ImageCodes
 
 T2I_METHODS_ALL: tuple[str, ...] = ("plain", "cfg", "cdk", "pooled")
+EVAL_TASKS: tuple[str, ...] = (
+    "t2i", "caption", "vqa", "reasoning", "edit", "infill", "segmentation", "seg2img", "grounded", "text_render",
+)
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,25 @@ class TaskEvalConfig:
     compositional: bool = True
     grid_rows: int = 8  # examples shown in each task's grid PNG
     pooled_candidates: int = POOLED_CANDIDATES  # text->image pooled decoding
+    tasks: tuple[str, ...] = EVAL_TASKS  # a subset runs only those sections (the summary's others stay None)
+    # VQA and reasoning questions (default n): checkpoints often differ there by less than n = 200's noise.
+    question_n: int | None = None
 
     def __post_init__(self) -> None:
         check_pooled_candidates(self.pooled_candidates)
-        if Split(self.split) in (Split.TRAIN, Split.VAL):
-            raise ValueError(f"the evaluation reports held-out test splits; got {self.split}")
-        if self.n < 1 or self.batch_size < 1:
-            raise ValueError("n and batch_size must be >= 1")
+        if Split(self.split) is Split.TRAIN:
+            raise ValueError("the evaluation runs on held-out splits (test, test_compositional, val); got train")
+        if Split(self.split) is Split.VAL and self.compositional:
+            raise ValueError("a validation run must set compositional=False: the compositional split is test data")
+        unknown = set(self.tasks) - set(EVAL_TASKS)
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {list(EVAL_TASKS)}, got {list(self.tasks)}")
+        if self.n < 1 or self.batch_size < 1 or (self.question_n is not None and self.question_n < 1):
+            raise ValueError("n, question_n and batch_size must be >= 1")
+
+    @property
+    def questions(self) -> int:
+        return self.question_n or self.n
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> TaskEvalConfig:
@@ -73,8 +89,7 @@ def _as_codes(grids: np.ndarray) -> list[ImageCodes]:
 
 
 def build_cases(checkpoint: EvalCheckpoint, config: TaskEvalConfig, split: Split | None = None) -> TaskCases:
-    """The evaluation's inputs on `config.split`; `split` overrides it for the decoding sweep (validation), which
-    `TaskEvalConfig` itself refuses so that a reported number can never come from the split that chose it."""
+    """The evaluation's inputs on `config.split`; `split` overrides it (the decoding sweep's validation cases)."""
     world, split = checkpoint.world, split or Split(config.split)
     scenes = eval_scenes(world, split, config.n, config.seed)
     sampler = World(world)

@@ -10,6 +10,7 @@ evaluators; the other tasks live in `image_tasks_eval` and `text_tasks_eval`. Gr
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cm3leon.data.grid import Tile, save_grid
@@ -27,7 +28,7 @@ from cm3leon.evaluation.image_tasks_eval import (
 )
 from cm3leon.evaluation.t2i_eval import retriever_reranker
 from cm3leon.evaluation.t2i_task_eval import RetrievalPrefix, evaluate_t2i_methods, load_fd_retriever
-from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases, mean
+from cm3leon.evaluation.task_cases import EVAL_TASKS, TaskCases, TaskEvalConfig, build_cases, mean
 from cm3leon.evaluation.text_tasks_eval import evaluate_questions
 from cm3leon.tasks.decode import decode_codes
 
@@ -36,9 +37,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "infill_exact", "segmentation_miou", "seg2img_exact", "grounded_exact", "text_render_exact",
     "reasoning_accuracy", "t2i_fd",
 )
-GRID_TASKS: tuple[str, ...] = (
-    "t2i", "caption", "vqa", "reasoning", "edit", "infill", "segmentation", "seg2img", "grounded", "text_render",
-)
+GRID_TASKS: tuple[str, ...] = EVAL_TASKS
 CAPTION_GRID_COLUMNS = 4
 
 
@@ -52,7 +51,7 @@ def _get(section: object, *path: str) -> object:
 
 def summarize(report: dict[str, object], split: str) -> dict[str, object]:
     """The flat summary (exactly SUMMARY_KEYS) from the task sections."""
-    t2i = report["t2i"]
+    t2i = report.get("t2i")
     best = _get(t2i, "best_method")
     return {
         "t2i_exact": _get(t2i, split, str(best), "exact_scene_accuracy"),
@@ -92,6 +91,8 @@ def evaluate_all(
     seconds: dict[str, float] = {}
 
     def timed(task: str, run: object) -> None:
+        if task not in config.tasks:
+            return
         start = time.perf_counter()
         result: TaskResult = run()  # type: ignore[operator]
         seconds[task] = time.perf_counter() - start
@@ -102,10 +103,12 @@ def evaluate_all(
     def t2i() -> TaskResult:
         return TaskResult(*evaluate_t2i_methods(checkpoint, config, oracle, retriever, retrieval))
 
+    # More questions than cases: their own (longer) case list, whose first n scenes are the other tasks'.
+    questions = cases if config.questions == config.n else build_cases(checkpoint, replace(config, n=config.questions))
     timed("t2i", t2i)
     timed("caption", lambda: _caption(checkpoint, config, json_path))
-    timed("vqa", lambda: evaluate_questions(checkpoint, cases, config, reasoning=False))
-    timed("reasoning", lambda: evaluate_questions(checkpoint, cases, config, reasoning=True))
+    timed("vqa", lambda: evaluate_questions(checkpoint, questions, config, reasoning=False))
+    timed("reasoning", lambda: evaluate_questions(checkpoint, questions, config, reasoning=True))
     timed("edit", lambda: evaluate_edits(checkpoint, cases, config, oracle))
     timed("infill", lambda: evaluate_infill(checkpoint, cases, config, oracle))
     timed("segmentation", lambda: evaluate_segmentation(checkpoint, cases, config))
