@@ -22,8 +22,8 @@ from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import _miou
 from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
 from cm3leon.evaluation.t2i_task_eval import WITH_RETRIEVAL
-from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.evaluation.tasks_eval import GRID_TASKS, SUMMARY_KEYS, grid_path, summarize
+from cm3leon.evaluation.task_cases import EVAL_TASKS, TaskEvalConfig, build_cases, formatter
+from cm3leon.evaluation.tasks_eval import SUMMARY_KEYS, grid_path, summarize
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.corpus import build_memory
 from cm3leon.retrieval.documents import world_documents
@@ -63,7 +63,7 @@ def test_cli_eval_all_writes_every_summary_key_section_and_grid(
             assert isinstance(value, float) and math.isfinite(value) and value >= 0
         else:
             assert isinstance(value, float) and 0.0 <= value <= 1.0, (key, value)
-    for task in GRID_TASKS:
+    for task in EVAL_TASKS:
         assert task in report and grid_path(json_path, task).exists(), task
     t2i = report["t2i"]
     assert set(t2i["test"]) == {"plain", "cfg", "cdk", "pooled", WITH_RETRIEVAL} and "test_compositional" in t2i

@@ -28,7 +28,7 @@ from cm3leon.evaluation.image_tasks_eval import (
 )
 from cm3leon.evaluation.t2i_eval import retriever_reranker
 from cm3leon.evaluation.t2i_task_eval import RetrievalPrefix, evaluate_t2i_methods, load_fd_retriever
-from cm3leon.evaluation.task_cases import EVAL_TASKS, TaskCases, TaskEvalConfig, build_cases, mean
+from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases, mean
 from cm3leon.evaluation.text_tasks_eval import evaluate_questions
 from cm3leon.tasks.decode import decode_codes
 
@@ -37,7 +37,6 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "infill_exact", "segmentation_miou", "seg2img_exact", "grounded_exact", "text_render_exact",
     "reasoning_accuracy", "t2i_fd",
 )
-GRID_TASKS: tuple[str, ...] = EVAL_TASKS
 CAPTION_GRID_COLUMNS = 4
 
 
@@ -103,8 +102,11 @@ def evaluate_all(
     def t2i() -> TaskResult:
         return TaskResult(*evaluate_t2i_methods(checkpoint, config, oracle, retriever, retrieval))
 
-    # More questions than cases: their own (longer) case list, whose first n scenes are the other tasks'.
-    questions = cases if config.questions == config.n else build_cases(checkpoint, replace(config, n=config.questions))
+    # More questions than cases: their own (longer) case list, whose first n scenes are the other tasks'; built
+    # only when a question task runs.
+    asks = {"vqa", "reasoning"} & set(config.tasks)
+    more = config.questions != config.n and asks
+    questions = build_cases(checkpoint, replace(config, n=config.questions)) if more else cases
     timed("t2i", t2i)
     timed("caption", lambda: _caption(checkpoint, config, json_path))
     timed("vqa", lambda: evaluate_questions(checkpoint, questions, config, reasoning=False))
@@ -120,7 +122,7 @@ def evaluate_all(
     report["seconds"] = seconds
     report["summary"] = summarize(report, config.split)
     if json_path is not None:
-        for task in GRID_TASKS:
+        for task in config.tasks:
             if grids.get(task):
                 title = f"{task}, {config.split} split: {checkpoint.directory.name}"
                 save_grid(grids[task], grid_path(json_path, task), title=title)
