@@ -26,7 +26,12 @@ from safetensors.torch import load_file, save_file
 
 from cm3leon.tokenizers.vocab import Vocabulary
 from cm3leon.training.checkpoint import MetricsLogger
-from cm3leon.training.distributed import init_distributed, shutdown_distributed
+from cm3leon.training.distributed import (
+    DistributedContext,
+    distributed_context,
+    init_distributed,
+    shutdown_distributed,
+)
 from cm3leon.training.image_corpus import ImageCodeCorpus
 from cm3leon.training.losses import vocabulary_modalities
 from cm3leon.training.pretrain_data import PretrainBatches
@@ -117,3 +122,11 @@ def test_torchrun_runs_the_pretrain_command_on_two_ranks(workdir: Path, tmp_path
     assert record["world_size"] == WORLD_SIZE and record["summary"]["steps"] == 2
     assert record["summary"]["tokens_seen"] == 2 * WORLD_SIZE * 4 * 256  # steps x ranks x rows x seq_len
     assert [r["step"] for r in MetricsLogger.read(out / METRICS_FILE) if "loss" in r] == [1, 2]
+
+
+def test_distributed_context_passes_a_given_context_through_and_makes_its_own_otherwise() -> None:
+    given = DistributedContext(rank=1, world_size=1, local_rank=1)
+    with distributed_context("cpu", given) as active:
+        assert active is given
+    with distributed_context("cpu") as own:  # a plain process: rank 0 of 1, no process group
+        assert (own.rank, own.world_size, own.device) == (0, 1, torch.device("cpu"))

@@ -36,6 +36,14 @@ DecoderThreadsOption = Annotated[
     int | None, typer.Option(help="Torch intra-op threads (default: leave torch's choice; 1 on a busy 2-core box).")
 ]
 DecoderJsonOption = Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")]
+# Text->image's options, shared by `eval t2i` and `eval all`.
+PooledCandidatesOption = Annotated[
+    int | None, typer.Option(help="Candidates of the pooled method (default: the `pooled` preset's, 8).")
+]
+MemoryOption = Annotated[
+    Path | None, typer.Option(help="Embedded Qdrant directory (`corpus build --path`): adds t2i cfg_retrieval.")
+]
+MemoryNameOption = Annotated[str, typer.Option(help="Memory (collection) name.")]
 
 
 def _grid_beside(json_path: Path | None) -> Path | None:
@@ -57,13 +65,9 @@ def eval_t2i(
         Path | None,
         typer.Option(help="Retriever for `fd` and for reranking pooled candidates (skipped if absent or mismatched)."),
     ] = Path("models/shapes/retriever"),
-    pooled_candidates: Annotated[
-        int | None, typer.Option(help="Candidates of the pooled method (default: the `pooled` preset's, 8).")
-    ] = None,
-    memory: Annotated[
-        Path | None, typer.Option(help="Embedded Qdrant directory (`corpus build --path`): adds cfg_retrieval.")
-    ] = None,
-    memory_name: Annotated[str, typer.Option(help="Memory (collection) name.")] = "shapes",
+    pooled_candidates: PooledCandidatesOption = None,
+    memory: MemoryOption = None,
+    memory_name: MemoryNameOption = "shapes",
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Text->image: generate from held-out detailed captions, the oracle judges each image (grid PNG beside
@@ -291,13 +295,9 @@ def eval_all(
     retriever: Annotated[
         Path | None, typer.Option(help="Retriever whose image features give t2i's Fréchet distance.")
     ] = Path("models/shapes/retriever"),
-    pooled_candidates: Annotated[
-        int | None, typer.Option(help="Candidates of the pooled method (default: the `pooled` preset's, 8).")
-    ] = None,
-    memory: Annotated[
-        Path | None, typer.Option(help="Embedded Qdrant directory (`corpus build --path`): adds t2i cfg_retrieval.")
-    ] = None,
-    memory_name: Annotated[str, typer.Option(help="Memory (collection) name.")] = "shapes",
+    pooled_candidates: PooledCandidatesOption = None,
+    memory: MemoryOption = None,
+    memory_name: MemoryNameOption = "shapes",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: DecoderThreadsOption = None,
 ) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:  # the CLI imports torch-backed modules only inside the command that needs them
+    from cm3leon.training.trainer import TrainSummary
+    from cm3leon.training.trainer_config import TrainerConfig
 
 train_app = typer.Typer(no_args_is_help=True)
 
@@ -32,13 +36,54 @@ DEFAULT_VQ_DIR = Path("models/shapes/vq")
 DEFAULT_TOKENIZER_DIR = Path("models/shapes")
 DEFAULT_RETRIEVER_DIR = Path("models/shapes/retriever")
 
+# The options the decoder's two training commands (pretrain, sft) share, declared once so their help agrees.
+MinutesOption = Annotated[float | None, typer.Option(help="Training time budget (summed over resumes).")]
+StepsOption = Annotated[int | None, typer.Option(help="Optimizer steps (the cosine schedule's horizon).")]
+BatchSizeOption = Annotated[int | None, typer.Option(help="Rows per micro-batch per rank (default: preset).")]
+GradAccumOption = Annotated[int | None, typer.Option(help="Micro-batches per optimizer step (default: preset).")]
+LearningRateOption = Annotated[float | None, typer.Option(help="Peak learning rate (default: preset).")]
+CheckpointMinutesOption = Annotated[float | None, typer.Option(help="Minutes between checkpoints.")]
+HorizonFollowsSpeedOption = Annotated[
+    bool | None,
+    typer.Option(help="With --minutes: re-estimate the cosine horizon from the speed at every step (shared GPU)."),
+]
+Bf16Option = Annotated[
+    bool | None,
+    typer.Option("--bf16/--no-bf16", help="bf16 autocast; default: on only where the device has native bf16."),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda (a torchrun rank takes its LOCAL_RANK GPU).")]
+DataWorkersOption = Annotated[
+    int | None, typer.Option(help="Processes that build batches ahead of the loop (0: in the loop).")
+]
+RetrieverOption = Annotated[Path, typer.Option(help="Trained retriever directory (used when --retrieved > 0).")]
+
+
+def _with_cli_flags(
+    trainer: TrainerConfig, *, steps: int | None, minutes: float | None, **overrides: Any
+) -> TrainerConfig:
+    """The preset's trainer config with the decoder commands' flags applied: --steps and --minutes replace the
+    preset's budget together (giving one clears the other), every other flag overrides only where it was given."""
+    from dataclasses import replace
+
+    from cm3leon.training.trainer_config import with_overrides
+
+    if steps is not None or minutes is not None:
+        trainer = replace(trainer, max_steps=steps, max_minutes=minutes)
+    return with_overrides(trainer, **overrides)
+
+
+def _echo_summary(summary: TrainSummary) -> None:
+    typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")
+    if summary.eval_metrics:
+        typer.echo("held-out " + ", ".join(f"{k} {v:.4f}" for k, v in summary.eval_metrics.items()))
+
 
 @train_app.command("pretrain")
 def train_pretrain(
     out: Annotated[Path, typer.Option(help="Run directory; running again with the same --out resumes.")],
     preset: Annotated[str, typer.Option(help="Model preset: tiny, shapes, 350m, 760m, 7b.")] = "shapes",
-    minutes: Annotated[float | None, typer.Option(help="Training time budget (summed over resumes).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps (the cosine schedule's horizon).")] = None,
+    minutes: MinutesOption = None,
+    steps: StepsOption = None,
     vq: Annotated[Path, typer.Option(help="Trained VQ image tokenizer directory.")] = DEFAULT_VQ_DIR,
     tokenizer_dir: Annotated[
         Path, typer.Option(help="Shared text tokenizer (tokenizer.json, vocab.json) used when OUT has none.")
@@ -46,47 +91,32 @@ def train_pretrain(
     retrieved: Annotated[
         int, typer.Option(help="Retrieved documents prepended to each training document (CM3Leon: 2).")
     ] = 0,
-    retriever: Annotated[Path, typer.Option(help="Trained retriever directory (used when --retrieved > 0).")] = (
-        DEFAULT_RETRIEVER_DIR
-    ),
-    data_workers: Annotated[
-        int | None, typer.Option(help="Processes that build batches ahead of the loop (0: in the loop).")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per micro-batch per rank (default: preset).")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step (default: preset).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: preset).")] = None,
+    retriever: RetrieverOption = DEFAULT_RETRIEVER_DIR,
+    data_workers: DataWorkersOption = None,
+    batch_size: BatchSizeOption = None,
+    grad_accum: GradAccumOption = None,
+    lr: LearningRateOption = None,
     train_scenes: Annotated[int | None, typer.Option(help="Scenes in the pre-tokenized train corpus.")] = None,
-    checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between checkpoints.")] = None,
-    horizon_follows_speed: Annotated[
-        bool | None,
-        typer.Option(help="With --minutes: re-estimate the cosine horizon from the speed at every step (shared GPU)."),
-    ] = None,
-    bf16: Annotated[
-        bool | None,
-        typer.Option("--bf16/--no-bf16", help="bf16 autocast; default: on only where the device has native bf16."),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (a torchrun rank takes its LOCAL_RANK GPU).")] = "auto",
+    checkpoint_minutes: CheckpointMinutesOption = None,
+    horizon_follows_speed: HorizonFollowsSpeedOption = None,
+    bf16: Bf16Option = None,
+    device: DeviceOption = "auto",
     seed: int = 0,
 ) -> None:
     """CM3 pretraining on caption/image documents; writes OUT/final (model, tokenizers, vq/). Multi-process:
     `torchrun --nproc_per_node N $(which cm3leon) train pretrain ...`."""
-    from dataclasses import replace
-
     from cm3leon.model import DecoderConfig
     from cm3leon.training.pretrain import PretrainRun, run_pretraining
     from cm3leon.training.pretrain_data import PretrainDataConfig
-    from cm3leon.training.trainer import TrainerConfig, with_overrides
+    from cm3leon.training.trainer import TrainerConfig
 
     if retrieved < 0:
         raise typer.BadParameter("--retrieved must be 0 or more")
     stage_preset = preset if preset in ("tiny", "shapes") else "shapes"
-    trainer = TrainerConfig.preset(stage_preset, seed=seed, bf16=bf16)
-    if steps is not None or minutes is not None:
-        trainer = replace(trainer, max_steps=steps, max_minutes=minutes)
-    trainer = with_overrides(
-        trainer, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr,
-        checkpoint_every_minutes=checkpoint_minutes, data_workers=data_workers,
-        horizon_follows_speed=horizon_follows_speed,
+    trainer = _with_cli_flags(
+        TrainerConfig.preset(stage_preset, seed=seed, bf16=bf16), steps=steps, minutes=minutes,
+        batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, checkpoint_every_minutes=checkpoint_minutes,
+        data_workers=data_workers, horizon_follows_speed=horizon_follows_speed,
     )
     seq_len = DecoderConfig.preset(preset, vocab_size=1).max_seq_len
     data_overrides: dict[str, int] = {"render_workers": max(data_workers or 0, 1)}
@@ -95,10 +125,7 @@ def train_pretrain(
     data = PretrainDataConfig.preset(stage_preset, seq_len=seq_len, seed=seed, retrieved=retrieved, **data_overrides)
     retriever_dir = retriever if retrieved else None
     run = PretrainRun(preset, out, vq, tokenizer_dir, trainer, data, device, retriever_dir=retriever_dir)
-    summary = run_pretraining(run)
-    typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")
-    if summary.eval_metrics:
-        typer.echo("held-out " + ", ".join(f"{k} {v:.4f}" for k, v in summary.eval_metrics.items()))
+    _echo_summary(run_pretraining(run))
 
 
 
@@ -202,21 +229,15 @@ def train_sft(
     init: Annotated[Path, typer.Option(help="Pretrained model directory (e.g. runs/pretrain/final) to start from.")],
     out: Annotated[Path, typer.Option(help="Run directory; running again with the same --out resumes.")],
     mix: Annotated[Path, typer.Option(help="Task mixture JSON: {\"weights\": {task: weight}}.")] = DEFAULT_SFT_MIX,
-    minutes: Annotated[float | None, typer.Option(help="Training time budget (summed over resumes).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps (the cosine schedule's horizon).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per micro-batch per rank (default: preset).")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step (default: preset).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: SFT preset).")] = None,
-    checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between checkpoints.")] = None,
-    horizon_follows_speed: Annotated[
-        bool | None,
-        typer.Option(help="With --minutes: re-estimate the cosine horizon from the speed at every step (shared GPU)."),
-    ] = None,
-    bf16: Annotated[
-        bool | None,
-        typer.Option("--bf16/--no-bf16", help="bf16 autocast; default: on only where the device has native bf16."),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (a torchrun rank takes its LOCAL_RANK GPU).")] = "auto",
+    minutes: MinutesOption = None,
+    steps: StepsOption = None,
+    batch_size: BatchSizeOption = None,
+    grad_accum: GradAccumOption = None,
+    lr: LearningRateOption = None,
+    checkpoint_minutes: CheckpointMinutesOption = None,
+    horizon_follows_speed: HorizonFollowsSpeedOption = None,
+    bf16: Bf16Option = None,
+    device: DeviceOption = "auto",
     retrieved: Annotated[int, typer.Option(help="Retrieved documents prepended to text->image examples.")] = 0,
     scenes: Annotated[int | None, typer.Option(help="Scenes in the task pool (default: preset, 20,000).")] = None,
     words: Annotated[int | None, typer.Option(help="Text-rendering scenes in the pool (default: 8,000).")] = None,
@@ -226,12 +247,8 @@ def train_sft(
         typer.Option(help="Seed of the pools' scenes, words and edits (default 0); another seed draws examples a "
                      "model tuned on the default pools has never seen (held-out pools stay the same)."),
     ] = None,
-    retriever: Annotated[Path, typer.Option(help="Trained retriever directory (used when --retrieved > 0).")] = (
-        DEFAULT_RETRIEVER_DIR
-    ),
-    data_workers: Annotated[
-        int | None, typer.Option(help="Processes that build batches ahead of the loop (0: in the loop).")
-    ] = None,
+    retriever: RetrieverOption = DEFAULT_RETRIEVER_DIR,
+    data_workers: DataWorkersOption = None,
     vqa_per_image: Annotated[
         int, typer.Option(help="Questions per VQA training document, all about its one image (1: one each).")
     ] = 1,
@@ -254,23 +271,17 @@ def train_sft(
     """Multi-task instruction tuning (the ten tasks of cm3leon.tasks + pretraining-style documents) from --init;
     writes OUT/final. The model preset comes from the init checkpoint. Multi-process:
     `torchrun --nproc_per_node N $(which cm3leon) train sft ...`."""
-    from dataclasses import replace
-
     from cm3leon.checkpoint import VQ_SUBDIR
     from cm3leon.tokenizers.image import ImageTokenizerConfig
     from cm3leon.training.sft import SFTRun, data_preset_of, run_sft, sft_trainer_config
     from cm3leon.training.sft_data import TaskMixture
-    from cm3leon.training.trainer import with_overrides
 
     vq_config = ImageTokenizerConfig.from_json((init / VQ_SUBDIR / "config.json").read_text())
     preset, _ = data_preset_of(init, vq_config.image_size)
-    trainer = sft_trainer_config(preset, seed=seed, bf16=bf16)
-    if steps is not None or minutes is not None:
-        trainer = replace(trainer, max_steps=steps, max_minutes=minutes)
-    trainer = with_overrides(
-        trainer, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr,
-        checkpoint_every_minutes=checkpoint_minutes, data_workers=data_workers,
-        horizon_follows_speed=horizon_follows_speed,
+    trainer = _with_cli_flags(
+        sft_trainer_config(preset, seed=seed, bf16=bf16), steps=steps, minutes=minutes,
+        batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, checkpoint_every_minutes=checkpoint_minutes,
+        data_workers=data_workers, horizon_follows_speed=horizon_follows_speed,
     )
     retriever_dir = retriever if retrieved else None
     mixture = TaskMixture.load(mix)
@@ -292,7 +303,4 @@ def train_sft(
         vqa_questions_per_image=vqa_per_image, vqa_worked_answers=vqa_worked, vqa_read_fraction=vqa_read,
         caption_word_fraction=caption_words,
     )
-    summary = run_sft(run)
-    typer.echo(f"{summary.steps} steps, {summary.tokens_seen} tokens, last loss {summary.last_loss}")
-    if summary.eval_metrics:
-        typer.echo("held-out " + ", ".join(f"{k} {v:.4f}" for k, v in summary.eval_metrics.items()))
+    _echo_summary(run_sft(run))

@@ -8,7 +8,9 @@ gradients, and only rank 0 writes logs and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -67,6 +69,20 @@ def init_distributed(
 def shutdown_distributed(context: DistributedContext) -> None:
     if context.is_distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_context(device: str, given: DistributedContext | None = None) -> Iterator[DistributedContext]:
+    """`given` as it is (whoever made it shuts it down: a test running several stages in one process group), or
+    this process's own context, joined here and shut down on the way out, also when training fails."""
+    if given is not None:
+        yield given
+        return
+    context = init_distributed(device)
+    try:
+        yield context
+    finally:
+        shutdown_distributed(context)
 
 
 def all_reduce_sum(values: list[float], context: DistributedContext) -> list[float]:

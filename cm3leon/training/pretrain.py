@@ -21,7 +21,7 @@ from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.text import TOKENIZER_FILE, TextTokenizer, TextTokenizerConfig
 from cm3leon.tokenizers.vocab import VOCAB_FILE, Vocabulary, VocabularyConfig
 from cm3leon.tokenizers.world_text import train_world_tokenizer
-from cm3leon.training.distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
+from cm3leon.training.distributed import DistributedContext, barrier, distributed_context
 from cm3leon.training.image_corpus import ImageCodeCorpus, world_fingerprint
 from cm3leon.training.losses import vocabulary_modalities
 from cm3leon.training.pretrain_data import PretrainBatches, PretrainDataConfig, heldout_batches, load_corpus
@@ -102,13 +102,8 @@ def training_neighbours(
 
 def run_pretraining(run: PretrainRun, context: DistributedContext | None = None) -> TrainSummary:
     """Train (or resume) and write OUT/final; returns the trainer's summary (on every rank)."""
-    owns_context = context is None
-    context = context or init_distributed(run.device)
-    try:
-        return _run(run, context)
-    finally:
-        if owns_context:
-            shutdown_distributed(context)
+    with distributed_context(run.device, context) as active:
+        return _run(run, active)
 
 
 def _run(run: PretrainRun, context: DistributedContext) -> TrainSummary:

@@ -20,7 +20,7 @@ from cm3leon.data.world import Split
 from cm3leon.inference.capabilities import trained_kinds, write_capabilities
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.corpus import TaskCorpus, TaskCorpusConfig
-from cm3leon.training.distributed import DistributedContext, barrier, init_distributed, shutdown_distributed
+from cm3leon.training.distributed import DistributedContext, barrier, distributed_context
 from cm3leon.training.image_corpus import ImageCodeCorpus
 from cm3leon.training.losses import vocabulary_modalities
 from cm3leon.training.pretrain import CACHE_DIR, FINAL_DIR, SUMMARY_FILE
@@ -106,13 +106,8 @@ def scenes_fingerprint(scenes: ImageCodeCorpus) -> str:
 
 def run_sft(run: SFTRun, context: DistributedContext | None = None) -> TrainSummary:
     """Train (or resume) and write OUT/final; returns the trainer's summary (on every rank)."""
-    owns_context = context is None
-    context = context or init_distributed(run.device)
-    try:
-        return _run(run, context)
-    finally:
-        if owns_context:
-            shutdown_distributed(context)
+    with distributed_context(run.device, context) as active:
+        return _run(run, active)
 
 
 def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
