@@ -21,6 +21,7 @@ from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference import Edit, Sampling
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.tasks.caption_check import AGREES, DISAGREES, CaptionCheckScorer
+from cm3leon.tasks.decode import sample_image_outputs
 from cm3leon.tasks.edit_check import expected_scenes
 from cm3leon.tokenizers.vocab import ImageCodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
@@ -62,6 +63,24 @@ def test_several_edit_candidates_decode_through_the_check(checkpoint: EvalCheckp
     params = SamplingParams.preset("edit").replace(num_candidates=2)
     checked = evaluate_edits(checkpoint, cases, config, oracle, params).metrics
     assert checked["decoding"]["num_candidates"] == 2 and checked["n"] == 2
+    # The chosen edit is one of the candidates, so some candidate is right at least as often as the choice.
+    assert checked["exact_scene_accuracy"] <= checked["some_candidate_exact"] <= 1.0
+
+
+def test_sampled_image_outputs_keep_every_candidate_and_choose_one_of_them(checkpoint: EvalCheckpoint) -> None:
+    cases = build_cases(checkpoint, TaskEvalConfig(n=2, batch_size=2))
+    fmt = formatter(checkpoint)
+    prompts = [fmt.edit(e, src, None).prompt for e, src in zip(cases.edits, cases.edit_sources, strict=True)]
+    params = SamplingParams.preset("edit").replace(num_candidates=3)
+    samples = sample_image_outputs(checkpoint, prompts, params, batch_size=2, seed=5)
+    assert [len(candidates) for candidates in samples.candidates] == [3, 3]
+    assert all(
+        chosen is not None and chosen.codes in [c.codes for c in candidates if c is not None]
+        for chosen, candidates in zip(samples.chosen, samples.candidates, strict=True)
+    )
+    single = sample_image_outputs(checkpoint, prompts, params.replace(num_candidates=1), batch_size=2, seed=5)
+    assert [len(candidates) for candidates in single.candidates] == [1, 1]
+    assert single.chosen == [candidates[0] for candidates in single.candidates]
 
 
 def test_edit_jobs_with_several_candidates_run_the_check(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from cm3leon.decoding.defaults import (
 from cm3leon.evaluation.bleu import corpus_bleu
 from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning, score_captions
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
-from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_segmentation
+from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_segmentation, evaluate_text_render
 from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
 from cm3leon.evaluation.sweep import CONTRASTIVE, SweepConfig, best_defaults, run_sweep
 from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i, score_generated_images
@@ -387,6 +387,18 @@ def test_text_render_sweep_chooses_candidates_at_the_text_to_image_setting(
     assert best_defaults({k: v for k, v in report.items() if k != TEXT_RENDER})[TEXT_RENDER] == defaults[TEXT_TO_IMAGE]
     save_decoding_defaults(directory, defaults, {})
     assert load_decoding_defaults(directory)[TEXT_RENDER].num_candidates == 2
+
+def test_text_render_reports_how_often_some_candidate_draws_the_word(checkpoint_dir: Path) -> None:
+    checkpoint = load_eval_checkpoint(checkpoint_dir)
+    config = TaskEvalConfig(n=2, batch_size=2)
+    cases, oracle = build_cases(checkpoint, config), Oracle(checkpoint.world)
+    params = SamplingParams.preset("text_to_image").replace(num_candidates=2)
+    checked = evaluate_text_render(checkpoint, cases, config, oracle, params).metrics
+    # The kept sample is one of the candidates: some candidate is right at least as often as the choice.
+    assert checked["exact_word_accuracy"] <= checked["some_candidate_exact_word"] <= 1.0
+    single = evaluate_text_render(checkpoint, cases, config, oracle, params.replace(num_candidates=1)).metrics
+    assert "some_candidate_exact_word" not in single, "one sample: nothing to choose among"
+
 
 def test_caption_sweep_crosses_temperature_with_reranked_candidates(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))

@@ -44,7 +44,14 @@ from cm3leon.evaluation.scene_metrics import (
 )
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
 from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, text_render_check_scorer
-from cm3leon.tasks.decode import caption_images, decode_codes, generate_image_outputs, generate_infills
+from cm3leon.tasks.decode import (
+    ImageSamples,
+    caption_images,
+    decode_codes,
+    generate_image_outputs,
+    generate_infills,
+    sample_image_outputs,
+)
 from cm3leon.tasks.edit_check import edit_check_scorer
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tasks.parsing import infill_result, segmentation_map
@@ -65,6 +72,14 @@ def _rows(config: TaskEvalConfig, n: int) -> range:
     return range(min(config.grid_rows, n))
 
 
+def _candidate_pixels(checkpoint: EvalCheckpoint, samples: ImageSamples) -> list[np.ndarray]:
+    """Every candidate's pixels, one (K, H, W, 3) array per prompt, decoded through the VQ in one batch."""
+    flat = [codes for per_prompt in samples.candidates for codes in per_prompt]
+    pixels = decode_codes(checkpoint, flat)
+    bounds = np.cumsum([0] + [len(per_prompt) for per_prompt in samples.candidates])
+    return [pixels[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def evaluate_edits(
     checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
     params: SamplingParams | None = None,
@@ -76,12 +91,19 @@ def evaluate_edits(
     if params.num_candidates > 1:  # several samples: the caption check chooses (cm3leon.tasks.edit_check)
         instructions = [case.instruction for case in cases.edits]
         scorer = edit_check_scorer(checkpoint, prompts, cases.edit_sources, instructions, config.batch_size)
-    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
+    samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
+    pixels = decode_codes(checkpoint, samples.chosen)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     metrics: dict[str, object] = {
         **summarize_edits(cases.edits, predicted, world),
         "decoding": params_record(params),
     }
+    if params.num_candidates > 1:
+        # Whether the check is the limit: how often some candidate is the exact target (the oracle choosing).
+        metrics["some_candidate_exact"] = mean([
+            any(oracle.parse(p, expect_text=False).key() == edit.target.key() for p in candidates)
+            for candidates, edit in zip(_candidate_pixels(checkpoint, samples), cases.edits, strict=True)
+        ])
     grid = [
         [
             (render(cases.edits[i].source, world).image, f"edit: {cases.edits[i].instruction}"),
@@ -273,12 +295,14 @@ def evaluate_text_render(
     """Exact words (and scenes: colour and background too) read by the oracle from the rendered images, how often
     each letter slot was drawn right (`letter_accuracy_by_slot`); and `reading_exact`, how often the model's own
     greedy caption of the true word image names its scene exactly, which bounds what the check among several
-    candidates can find."""
+    candidates can find; with several candidates, `some_candidate_exact_word`, how often one of them draws the word
+    (what a perfect check would reach)."""
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
     prompts = [fmt.text_render(scene, None).prompt for scene in cases.words]
     scorer = text_render_check_scorer(checkpoint, prompts, cases.words) if params.num_candidates > 1 else None
-    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
+    samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
+    pixels = decode_codes(checkpoint, samples.chosen)
     predicted = [oracle.parse(p, expect_text=True) for p in pixels]
     words = [p.word == t.word for p, t in zip(predicted, cases.words, strict=True)]
     exact = [p.key() == t.key() for p, t in zip(predicted, cases.words, strict=True)]
@@ -292,6 +316,12 @@ def evaluate_text_render(
         ),
         "decoding": params_record(params),
     }
+    if params.num_candidates > 1:
+        # Whether the reading check is the limit: how often some candidate draws the word (the oracle choosing).
+        metrics["some_candidate_exact_word"] = mean([
+            any(oracle.parse(p, expect_text=True).word == word.word for p in candidates)
+            for candidates, word in zip(_candidate_pixels(checkpoint, samples), cases.words, strict=True)
+        ])
     grid = [
         [
             (pixels[i], f"{checkpoint.vocab.decode_text(prompts[i])}\nread: {predicted[i].word or '(nothing)'}"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,6 +55,32 @@ def seeded_batches(
         ]
 
 
+@dataclass(frozen=True)
+class ImageSamples:
+    chosen: list[ImageCodes | None]  # per prompt, the candidate the scorer chose (None: no whole image block)
+    candidates: list[list[ImageCodes | None]]  # per prompt, every candidate, in sampling order
+
+
+def sample_image_outputs(
+    checkpoint: LoadedCheckpoint,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    batch_size: int,
+    seed: int,
+    scorer: Scorer | None = None,
+) -> ImageSamples:
+    """Per prompt (ending with the `<break>` before an image): the chosen codes and every candidate's, so an
+    evaluation can tell a choice that missed a right candidate from samples none of which are right."""
+    scorer = no_rerank if params.num_candidates == 1 else scorer
+    chosen: list[ImageCodes | None] = []
+    candidates: list[list[ImageCodes | None]] = []
+    for requests in seeded_batches(prompts, "image", params, batch_size, seed):
+        for result in generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer):
+            chosen.append(image_output(result.token_ids, checkpoint.vocab))
+            candidates.append([image_output(c.token_ids, checkpoint.vocab) for c in result.candidates])
+    return ImageSamples(chosen, candidates)
+
+
 def generate_image_outputs(
     checkpoint: LoadedCheckpoint,
     prompts: Sequence[Sequence[int]],
@@ -65,11 +92,7 @@ def generate_image_outputs(
     """Per prompt (ending with the `<break>` before an image): the generated codes and their decoded pixels
     (N, H, W, 3) uint8 (a white image where no whole block came out, so an unreadable output scores as wrong).
     Several candidates are reranked by `scorer` (default: the model's likelihood)."""
-    scorer = no_rerank if params.num_candidates == 1 else scorer
-    codes: list[ImageCodes | None] = []
-    for requests in seeded_batches(prompts, "image", params, batch_size, seed):
-        results = generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer)
-        codes.extend(image_output(result.token_ids, checkpoint.vocab) for result in results)
+    codes = sample_image_outputs(checkpoint, prompts, params, batch_size, seed, scorer).chosen
     return codes, decode_codes(checkpoint, codes)
 
 
