@@ -169,7 +169,8 @@ def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if array.dtype != np.uint8 or array.ndim != 4:
         raise ValueError(f"expected uint8 images (B, H, W, C), got {array.dtype} {array.shape}")
-    pixels = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+    # Converted in numpy: the copy is writable even when the request's array is not (torch warns on read-only views).
+    pixels = torch.from_numpy(array.astype(np.float32)).permute(0, 3, 1, 2)
     return pixels / (PIXEL_MAX / 2) - 1.0
 
 
