@@ -5,15 +5,17 @@ sweep's defaults and serving."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cm3leon.data.language import detailed_caption_variants
+from cm3leon.data.language import detailed_caption, detailed_caption_variants
 from cm3leon.data.oracle import Oracle
 from cm3leon.decoding import GenerationRequest, SamplingParams
 from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_RENDER, TEXT_TO_IMAGE, load_decoding_defaults
+from cm3leon.decoding.rerank import continuation_log_likelihoods
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
@@ -31,7 +33,7 @@ def test_the_scorer_accepts_only_candidates_read_as_the_word_asked_for(checkpoin
     captions = {tuple(cases.word_images[i].codes): detailed_caption_variants(cases.words[i], world)[0]
                 for i in (wanted, other)}
     prompt = formatter(checkpoint).text_render(cases.words[wanted], None).prompt
-    scorer = text_render_check_scorer(checkpoint, [prompt], [cases.words[wanted]],
+    scorer = text_render_check_scorer(checkpoint, [prompt], [cases.words[wanted]], graded=False,
                                       describe=lambda images: [captions[tuple(image.codes)] for image in images])
     as_output = [vocab.encode_image(cases.word_images[i].codes) for i in (other, wanted, other)]
     request = GenerationRequest(prompt_ids=prompt, target="image", params=SamplingParams())
@@ -39,6 +41,35 @@ def test_the_scorer_accepts_only_candidates_read_as_the_word_asked_for(checkpoin
     assert scorer(request, prompt, [[vocab.eos_id]]) == [DISAGREES], "no image came out: nothing to read"
     with pytest.raises(ValueError, match="word scenes"):
         text_render_check_scorer(checkpoint, [prompt], [cases.scenes[0]])
+
+
+def test_the_graded_check_ranks_unread_candidates_by_the_likelihood_of_the_asked_for_caption(
+    checkpoint: EvalCheckpoint,
+) -> None:
+    cases = build_cases(checkpoint, TaskEvalConfig(n=6, batch_size=6))
+    world, vocab = checkpoint.world, checkpoint.vocab
+    word = cases.words[0]
+    others = [i for i, w in enumerate(cases.words) if w.key() != word.key()][:2]
+    prompt = formatter(checkpoint).text_render(word, None).prompt
+    request = GenerationRequest(prompt_ids=prompt, target="image", params=SamplingParams())
+    images = [cases.word_images[i] for i in (0, *others)]
+    as_output = [vocab.encode_image(image.codes) for image in images]
+    unread = text_render_check_scorer(checkpoint, [prompt], [word], describe=lambda batch: ["?"] * len(batch))
+    scores = unread(request, prompt, as_output)
+    # Each: the per-token probability of the asked-for word's canonical caption given that image.
+    examples = [formatter(checkpoint).caption(image, detailed_caption(word, world)) for image in images]
+    totals = continuation_log_likelihoods(checkpoint.model, vocab, [e.prompt for e in examples],
+                                          [e.output for e in examples])
+    expected = [math.exp(float(t) / len(e.output)) for t, e in zip(totals, examples, strict=True)]
+    assert scores == pytest.approx(expected, rel=1e-5)
+    assert all(DISAGREES < score < AGREES for score in scores)
+    # A candidate read back as the word still outranks every graded one.
+    read_last = text_render_check_scorer(
+        checkpoint, [prompt], [word],
+        describe=lambda batch: ["?"] * (len(batch) - 1) + [detailed_caption_variants(word, world)[0]],
+    )
+    graded = read_last(request, prompt, as_output)
+    assert graded[-1] == AGREES and graded[:-1] == pytest.approx(expected[:-1], rel=1e-5)
 
 
 def test_several_candidates_decode_through_the_check_and_reading_is_measured(
