@@ -41,7 +41,8 @@ Describer = Callable[[Sequence[ImageCodes]], list[str]]
 
 class CaptionCheckScorer:
     """Scores each candidate output 1 where its caption (`describe`, default: the model's greedy caption) is the
-    expected scene of its request (keyed by the request's `prompt_ids`; None: nothing can agree), else 0."""
+    expected scene of its request (keyed by the request's `prompt_ids`; None: nothing can agree), else 0; `graded`:
+    else the likelihood of the expected scene's caption given the candidate, in (0, 1)."""
 
     def __init__(
         self, checkpoint: LoadedCheckpoint, expected: Mapping[tuple[int, ...], Scene | None],
@@ -49,7 +50,8 @@ class CaptionCheckScorer:
     ) -> None:
         self.checkpoint, self.expected = checkpoint, expected
         self.describe = describe or self._greedy_captions
-        self.graded = graded
+        # Built once: every graded call formats caption documents for its candidates.
+        self.formatter = TaskFormatter(checkpoint.vocab, checkpoint.world) if graded else None
 
     def _greedy_captions(self, images: Sequence[ImageCodes]) -> list[str]:
         return caption_images(self.checkpoint, images, CHECK_CAPTION_PARAMS, len(images), seed=0)[0]
@@ -67,7 +69,7 @@ class CaptionCheckScorer:
         for i, caption in zip(readable, captions, strict=True):
             scene = parse_caption(caption, self.checkpoint.world)
             scores[i] = AGREES if scene is not None and scene.key() == want.key() else DISAGREES
-        if self.graded:
+        if self.formatter is not None:
             disagreeing = [i for i in readable if scores[i] == DISAGREES]
             likelihoods = self._caption_likelihoods([codes[i] for i in disagreeing], want)  # type: ignore[misc]
             for i, likelihood in zip(disagreeing, likelihoods, strict=True):
@@ -78,12 +80,11 @@ class CaptionCheckScorer:
         """Per image, the model's per-token probability (geometric mean, in (0, 1)) of the expected scene's
         canonical caption: a reading one letter off still finds the asked-for word likely, so a right sample the
         exact check missed can outrank wrong ones (it stays below AGREES, so an agreeing sample still wins)."""
-        if not images:
+        if not images or self.formatter is None:
             return []
         checkpoint = self.checkpoint
-        formatter = TaskFormatter(checkpoint.vocab, checkpoint.world)
         caption = detailed_caption(want, checkpoint.world)
-        examples = [formatter.caption(image, caption) for image in images]
+        examples = [self.formatter.caption(image, caption) for image in images]
         totals = continuation_log_likelihoods(
             checkpoint.model, checkpoint.vocab, [e.prompt for e in examples], [e.output for e in examples]
         )
