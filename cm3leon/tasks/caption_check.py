@@ -12,8 +12,8 @@ where the expected scene comes from: editing applies the instruction to the sour
 Text rendering's check is graded: where no candidate is read back exactly, the one whose expected caption the model
 finds likeliest is kept instead of the first. Measured on validation (stage 14, n = 200, 8 candidates): some
 candidate draws the word 0.735 of the time, the exact check kept a right one 0.530, the graded check 0.565 (the
-likelihood alone, without the greedy reading, 0.570). Editing's check stays exact: its misses are the samples'
-(some candidate right 0.58, kept 0.475).
+likelihood alone, without the greedy reading, 0.570, with a trial variant of this scorer that was not kept).
+Editing's check stays exact: its misses are the samples' (some candidate right 0.58, kept 0.475).
 """
 
 from __future__ import annotations
@@ -71,20 +71,24 @@ class CaptionCheckScorer:
             scores[i] = AGREES if scene is not None and scene.key() == want.key() else DISAGREES
         if self.formatter is not None:
             disagreeing = [i for i in readable if scores[i] == DISAGREES]
-            likelihoods = self._caption_likelihoods([codes[i] for i in disagreeing], want)  # type: ignore[misc]
+            likelihoods = self._caption_likelihoods(
+                self.formatter, [codes[i] for i in disagreeing], want  # type: ignore[misc]
+            )
             for i, likelihood in zip(disagreeing, likelihoods, strict=True):
                 scores[i] = likelihood
         return scores
 
-    def _caption_likelihoods(self, images: Sequence[ImageCodes], want: Scene) -> list[float]:
+    def _caption_likelihoods(
+        self, formatter: TaskFormatter, images: Sequence[ImageCodes], want: Scene
+    ) -> list[float]:
         """Per image, the model's per-token probability (geometric mean, in (0, 1)) of the expected scene's
         canonical caption: a reading one letter off still finds the asked-for word likely, so a right sample the
         exact check missed can outrank wrong ones (it stays below AGREES, so an agreeing sample still wins)."""
-        if not images or self.formatter is None:
+        if not images:
             return []
         checkpoint = self.checkpoint
         caption = detailed_caption(want, checkpoint.world)
-        examples = [self.formatter.caption(image, caption) for image in images]
+        examples = [formatter.caption(image, caption) for image in images]
         totals = continuation_log_likelihoods(
             checkpoint.model, checkpoint.vocab, [e.prompt for e in examples], [e.output for e in examples]
         )
