@@ -1,0 +1,156 @@
+"""Which rule best picks a right sample among text rendering's candidates? (the model card's "other ways of choosing")
+
+Samples each validation word's candidates once, with the checkpoint's text-rendering defaults and the evaluation's
+seeds (so the samples are the ones `cm3leon eval all --split val --tasks text_render` sees), computes per candidate
+what each rule needs, and prints every rule's exact-word accuracy on the same samples: a paired comparison.
+
+    .venv/bin/python scripts/text_render_check_rules.py --checkpoint models/shapes --seed 0 --json /tmp/features.json
+
+Per candidate: whether the oracle reads the word (`right`), whether the model's greedy caption is the asked-for
+scene (`agrees`), the per-token log-probabilities of the asked-for canonical caption given the image, the
+log-likelihood of the model's own greedy caption, and the image's log-likelihood given the prompt and given the
+prompt with its text masked (classifier-free guidance's two streams).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cm3leon.data.language import detailed_caption, parse_caption
+from cm3leon.data.oracle import Oracle
+from cm3leon.decoding import generate
+from cm3leon.decoding.defaults import TEXT_RENDER, load_decoding_defaults
+from cm3leon.decoding.prompts import TEXT_KINDS, mask_runs
+from cm3leon.decoding.rerank import continuation_log_likelihoods
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
+from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS
+from cm3leon.tasks.decode import caption_images, decode_codes, seeded_batches
+from cm3leon.tasks.parsing import image_output
+
+
+@dataclass
+class WordCandidates:
+    """One word's readable candidates (unreadable ones, with no whole image block, are never right)."""
+
+    right: list[bool]
+    agrees: list[bool]
+    caption_token_log_probs: list[list[float]]  # of the asked-for caption, per candidate
+    letter_positions: list[int]  # which of those tokens are the word's letters
+    own_caption_log_likelihood: list[float]  # of the model's greedy caption of the candidate
+    image_given_prompt: list[float]
+    image_given_masked_prompt: list[float]
+
+
+@torch.inference_mode()
+def token_log_probs(checkpoint: EvalCheckpoint, prompt: Sequence[int], output: Sequence[int]) -> list[float]:
+    tokens = torch.tensor([list(prompt) + list(output)])
+    log_probs = checkpoint.model(tokens[:, :-1]).float().log_softmax(dim=-1)[0]
+    picked = log_probs.gather(-1, tokens[0, 1:, None])[:, 0]
+    return picked[len(prompt) - 1 :].tolist()
+
+
+def features(checkpoint: EvalCheckpoint, seed: int, n: int) -> list[WordCandidates]:
+    cases = build_cases(checkpoint, TaskEvalConfig(n=n, seed=seed, split="val", compositional=False))
+    fmt, world, vocab, oracle = formatter(checkpoint), checkpoint.world, checkpoint.vocab, Oracle(checkpoint.world)
+    params = load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
+    prompts = [fmt.text_render(word, None).prompt for word in cases.words]
+    sampled = [
+        [candidate.token_ids for candidate in result.candidates]
+        for requests in seeded_batches(prompts, "image", params, TaskEvalConfig().batch_size, seed)
+        for result in generate(checkpoint.model, vocab, requests)
+    ]
+    found: list[WordCandidates] = []
+    for prompt, candidates, word in zip(prompts, sampled, cases.words, strict=True):
+        readable = [(ids, codes) for ids in candidates if (codes := image_output(ids, vocab)) is not None]
+        ids, codes = [r[0] for r in readable], [r[1] for r in readable]
+        if not codes:
+            found.append(WordCandidates([], [], [], [], [], [], []))
+            continue
+        captions, _ = caption_images(checkpoint, codes, CHECK_CAPTION_PARAMS, len(codes), 0)
+        wanted = [fmt.caption(image, detailed_caption(word, world)) for image in codes]
+        own = [fmt.caption(image, caption) for image, caption in zip(codes, captions, strict=True)]
+        letters = [i for i, token in enumerate(wanted[0].output) if vocab.decode_text([token]) in set(word.word or "")]
+        masked = mask_runs(vocab, prompt, TEXT_KINDS)
+        found.append(WordCandidates(
+            right=[oracle.parse(p, expect_text=True).word == word.word for p in decode_codes(checkpoint, codes)],
+            agrees=[(s := parse_caption(c, world)) is not None and s.key() == word.key() for c in captions],
+            caption_token_log_probs=[token_log_probs(checkpoint, e.prompt, e.output) for e in wanted],
+            letter_positions=letters,
+            own_caption_log_likelihood=continuation_log_likelihoods(
+                checkpoint.model, vocab, [e.prompt for e in own], [e.output for e in own]).tolist(),
+            image_given_prompt=continuation_log_likelihoods(checkpoint.model, vocab, [prompt] * len(ids), ids).tolist(),
+            image_given_masked_prompt=continuation_log_likelihoods(
+                checkpoint.model, vocab, [masked] * len(ids), ids).tolist(),
+        ))
+    return found
+
+
+Score = Callable[[WordCandidates, int], float]
+
+
+def first_agreeing_else(score: Score) -> Callable[[WordCandidates], int]:
+    """The check's shape: the first sample read back as the word, else the best by `score`."""
+    def choose(word: WordCandidates) -> int:
+        agreeing = [i for i, agrees in enumerate(word.agrees) if agrees]
+        return agreeing[0] if agreeing else max(range(len(word.right)), key=lambda i: score(word, i))
+    return choose
+
+
+def best_by(score: Score) -> Callable[[WordCandidates], int]:
+    return lambda word: max(range(len(word.right)), key=lambda i: score(word, i))
+
+
+def caption(word: WordCandidates, i: int) -> float:
+    return sum(word.caption_token_log_probs[i])
+
+
+def letters(word: WordCandidates, i: int) -> float:
+    return sum(word.caption_token_log_probs[i][p] for p in word.letter_positions)
+
+
+def pmi(word: WordCandidates, i: int) -> float:
+    return word.image_given_prompt[i] - word.image_given_masked_prompt[i]
+
+
+RULES: dict[str, Callable[[WordCandidates], int]] = {
+    "first sample": lambda word: 0,
+    "exact check (first agreeing, else first)": first_agreeing_else(lambda word, i: -i),
+    "graded check (first agreeing, else likeliest caption)": first_agreeing_else(caption),
+    "likeliest asked-for caption": best_by(caption),
+    "likeliest letters of the asked-for caption": best_by(letters),
+    "likeliest caption, agreeing samples first": best_by(lambda word, i: caption(word, i) + 1e9 * word.agrees[i]),
+    "first agreeing, else caption minus own reading": first_agreeing_else(
+        lambda word, i: caption(word, i) - word.own_caption_log_likelihood[i]),
+    "image-prompt PMI": best_by(pmi),
+    **{f"likeliest caption + {w} x PMI": best_by(lambda word, i, w=w: caption(word, i) + w * pmi(word, i))
+       for w in (0.05, 0.2, 1.0)},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/shapes"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the per-candidate features here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    words = features(load_eval_checkpoint(args.checkpoint), args.seed, args.n)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(w) for w in words]))
+    print(f"some candidate right (the oracle choosing): {np.mean([any(w.right) for w in words]):.3f}")
+    for name, choose in RULES.items():
+        print(f"{name}: {np.mean([bool(w.right) and w.right[choose(w)] for w in words]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
