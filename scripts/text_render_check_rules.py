@@ -148,6 +148,11 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps([asdict(w) for w in words]))
     print(f"some candidate right (the oracle choosing): {np.mean([any(w.right) for w in words]):.3f}")
+    pairs = [(agrees, right) for w in words for agrees, right in zip(w.agrees, w.right, strict=True)]
+    precision = np.mean([right for agrees, right in pairs if agrees] or [np.nan])
+    recall = np.mean([agrees for agrees, right in pairs if right] or [np.nan])
+    print(f"the reading agrees with a right sample {precision:.3f} of the times it agrees "
+          f"and agrees with {recall:.3f} of the right samples")
     for name, choose in RULES.items():
         print(f"{name}: {np.mean([bool(w.right) and w.right[choose(w)] for w in words]):.3f}")
 
