@@ -5,11 +5,16 @@ seeds (so the samples are the ones `cm3leon eval all --split val --tasks text_re
 what each rule needs, and prints every rule's exact-word accuracy on the same samples: a paired comparison.
 
     .venv/bin/python scripts/text_render_check_rules.py --checkpoint models/shapes --seed 0 --json /tmp/features.json
+    .venv/bin/python scripts/text_render_check_rules.py --seed 1 --candidates 16   # another draw, more samples
+
+"likeliest caption per token + 5.0 x retriever" is the rule serving and `eval all` use where a retriever is loaded
+(`cm3leon.tasks.caption_check.text_render_scorer`).
 
 Per candidate: whether the oracle reads the word (`right`), whether the model's greedy caption is the asked-for
 scene (`agrees`), the per-token log-probabilities of the asked-for canonical caption given the image, the
 log-likelihood of the model's own greedy caption, and the image's log-likelihood given the prompt and given the
-prompt with its text masked (classifier-free guidance's two streams).
+prompt with its text masked (classifier-free guidance's two streams), and the retriever's text-image similarity
+of the asked-for caption with the decoded image (CM3Leon reranks with CLIP; the retriever is this world's CLIP).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from cm3leon.decoding.prompts import TEXT_KINDS, mask_runs
 from cm3leon.decoding.rerank import continuation_log_likelihoods
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
+from cm3leon.retrieval.rerank import RetrieverScorer
+from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS
 from cm3leon.tasks.decode import caption_images, decode_codes, seeded_batches
 from cm3leon.tasks.parsing import image_output
@@ -47,6 +54,7 @@ class WordCandidates:
     own_caption_log_likelihood: list[float]  # of the model's greedy caption of the candidate
     image_given_prompt: list[float]
     image_given_masked_prompt: list[float]
+    retriever_similarity: list[float]
 
 
 @torch.inference_mode()
@@ -57,10 +65,14 @@ def token_log_probs(checkpoint: EvalCheckpoint, prompt: Sequence[int], output: S
     return picked[len(prompt) - 1 :].tolist()
 
 
-def features(checkpoint: EvalCheckpoint, seed: int, n: int) -> list[WordCandidates]:
+def features(
+    checkpoint: EvalCheckpoint, retriever: Retriever, seed: int, n: int, samples_per_word: int | None = None
+) -> list[WordCandidates]:
     cases = build_cases(checkpoint, TaskEvalConfig(n=n, seed=seed, split="val", compositional=False))
     fmt, world, vocab, oracle = formatter(checkpoint), checkpoint.world, checkpoint.vocab, Oracle(checkpoint.world)
     params = load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
+    params = params.replace(num_candidates=samples_per_word or params.num_candidates)
+    resize = RetrieverScorer(retriever, vocab, checkpoint.image_tokenizer, fallback=lambda *_: [])._retriever_sized
     prompts = [fmt.text_render(word, None).prompt for word in cases.words]
     sampled = [
         [candidate.token_ids for candidate in result.candidates]
@@ -72,15 +84,16 @@ def features(checkpoint: EvalCheckpoint, seed: int, n: int) -> list[WordCandidat
         readable = [(ids, codes) for ids in candidates if (codes := image_output(ids, vocab)) is not None]
         ids, codes = [r[0] for r in readable], [r[1] for r in readable]
         if not codes:
-            found.append(WordCandidates([], [], [], [], [], [], []))
+            found.append(WordCandidates([], [], [], [], [], [], [], []))
             continue
         captions, _ = caption_images(checkpoint, codes, CHECK_CAPTION_PARAMS, len(codes), 0)
         wanted = [fmt.caption(image, detailed_caption(word, world)) for image in codes]
         own = [fmt.caption(image, caption) for image, caption in zip(codes, captions, strict=True)]
         letters = [i for i, token in enumerate(wanted[0].output) if vocab.decode_text([token]) in set(word.word or "")]
         masked = mask_runs(vocab, prompt, TEXT_KINDS)
+        pixels = decode_codes(checkpoint, codes)
         found.append(WordCandidates(
-            right=[oracle.parse(p, expect_text=True).word == word.word for p in decode_codes(checkpoint, codes)],
+            right=[oracle.parse(p, expect_text=True).word == word.word for p in pixels],
             agrees=[(s := parse_caption(c, world)) is not None and s.key() == word.key() for c in captions],
             caption_token_log_probs=[token_log_probs(checkpoint, e.prompt, e.output) for e in wanted],
             letter_positions=letters,
@@ -89,6 +102,8 @@ def features(checkpoint: EvalCheckpoint, seed: int, n: int) -> list[WordCandidat
             image_given_prompt=continuation_log_likelihoods(checkpoint.model, vocab, [prompt] * len(ids), ids).tolist(),
             image_given_masked_prompt=continuation_log_likelihoods(
                 checkpoint.model, vocab, [masked] * len(ids), ids).tolist(),
+            retriever_similarity=retriever.similarity(
+                [detailed_caption(word, world)], resize(np.asarray(pixels)))[0].tolist(),
         ))
     return found
 
@@ -120,6 +135,10 @@ def pmi(word: WordCandidates, i: int) -> float:
     return word.image_given_prompt[i] - word.image_given_masked_prompt[i]
 
 
+def retrieved(word: WordCandidates, i: int) -> float:
+    return word.retriever_similarity[i]
+
+
 RULES: dict[str, Callable[[WordCandidates], int]] = {
     "first sample": lambda word: 0,
     "exact check (first agreeing, else first)": first_agreeing_else(lambda word, i: -i),
@@ -132,19 +151,28 @@ RULES: dict[str, Callable[[WordCandidates], int]] = {
     "image-prompt PMI": best_by(pmi),
     **{f"likeliest caption + {w} x PMI": best_by(lambda word, i, w=w: caption(word, i) + w * pmi(word, i))
        for w in (0.05, 0.2, 1.0)},
+    "retriever similarity to the asked-for caption": best_by(retrieved),
+    "first agreeing, else retriever": first_agreeing_else(retrieved),
+    "retriever, agreeing samples first": best_by(lambda word, i: retrieved(word, i) + 1e9 * word.agrees[i]),
+    **{f"likeliest caption per token + {w} x retriever": best_by(
+        lambda word, i, w=w: caption(word, i) / len(word.caption_token_log_probs[i]) + w * retrieved(word, i))
+       for w in (1.0, 5.0, 20.0)},
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("models/shapes"))
+    parser.add_argument("--retriever", type=Path, default=Path("models/shapes/retriever"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--candidates", type=int, help="samples per word (default: the checkpoint's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the per-candidate features here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    words = features(load_eval_checkpoint(args.checkpoint), args.seed, args.n)
+    checkpoint, retriever = load_eval_checkpoint(args.checkpoint), Retriever.from_pretrained(args.retriever)
+    words = features(checkpoint, retriever, args.seed, args.n, args.candidates)
     if args.json:
         args.json.write_text(json.dumps([asdict(w) for w in words]))
     print(f"some candidate right (the oracle choosing): {np.mean([any(w.right) for w in words]):.3f}")

@@ -78,13 +78,14 @@ def test_several_candidates_decode_through_the_check_and_reading_is_measured(
     config = TaskEvalConfig(n=3, batch_size=3)
     cases, oracle = build_cases(checkpoint, config), Oracle(checkpoint.world)
     built: list[int] = []
-    real = image_tasks_eval.text_render_check_scorer
+    real = image_tasks_eval.text_render_scorer
 
-    def watched(ckpt: Any, prompts: Any, words: Any, describe: Any = None) -> CaptionCheckScorer:
+    def watched(ckpt: Any, prompts: Any, words: Any, retriever: Any) -> Any:
         built.append(len(prompts))
-        return real(ckpt, prompts, words, describe)
+        assert retriever is None, "no retriever given: the model's reading chooses"
+        return real(ckpt, prompts, words, retriever)
 
-    monkeypatch.setattr(image_tasks_eval, "text_render_check_scorer", watched)
+    monkeypatch.setattr(image_tasks_eval, "text_render_scorer", watched)
     # The model's reading replaced by the true captions: reading_exact must then be 1.
     truth = {tuple(codes.codes): detailed_caption_variants(w, checkpoint.world)[0]
              for codes, w in zip(cases.word_images, cases.words, strict=True)}

@@ -1,6 +1,7 @@
 """Decoding speed of a checkpoint: CFG images at several batch sizes, pooled reranking, captioning, segmentation
 maps greedy and checked against the caption (the checkpoint's segmentation default), and edits and rendered words
-from one sample and checked among several (the model's caption of each sample against what was asked for).
+from one sample and checked among several (the model's caption of each sample against what was asked for, or the
+retriever's similarity of each to the expected scene's caption).
 
 Each measurement generates real prompts of held-out scenes end to end (`generate`, VQ decode included for
 images) after one warm-up call, best of `repeats` passes (the machine is shared: the best pass is the one least
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from cm3leon.data.world import Split
-from cm3leon.decoding import SamplingParams
+from cm3leon.decoding import SamplingParams, Scorer
 from cm3leon.decoding.defaults import CAPTION, EDIT, SEGMENTATION, TEXT_RENDER, TEXT_TO_IMAGE, load_decoding_defaults
 from cm3leon.evaluation.caption_eval import (
     caption_token_budget,
@@ -30,10 +31,12 @@ from cm3leon.evaluation.caption_eval import (
 )
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
 from cm3leon.evaluation.t2i_eval import generate_images, method_params, prompt_captions
+from cm3leon.evaluation.t2i_task_eval import load_fd_retriever
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases, formatter
-from cm3leon.tasks.caption_check import CaptionCheckScorer, text_render_check_scorer
+from cm3leon.retrieval.retriever import Retriever
+from cm3leon.tasks.caption_check import text_render_scorer
 from cm3leon.tasks.decode import generate_image_outputs
-from cm3leon.tasks.edit_check import edit_check_scorer
+from cm3leon.tasks.edit_check import edit_scorer
 from cm3leon.tasks.segmentation import SegmentationParams, segment_images
 
 # Benchmark prompts come from the validation split: speed does not depend on the split, and test stays unseen.
@@ -76,41 +79,50 @@ def _best_seconds(work: Callable[[], float], repeats: int) -> float:
 
 
 def _checked_task_runs(
-    checkpoint: EvalCheckpoint, defaults: dict[str, SamplingParams], cases: TaskCases, config: DecodeBenchConfig
+    checkpoint: EvalCheckpoint, defaults: dict[str, SamplingParams], cases: TaskCases, config: DecodeBenchConfig,
+    retriever: Retriever | None,
 ) -> dict[str, Callable[[], float]]:
-    """Timed runs of the checked image tasks, `<task>_{single,checked}` -> seconds for the batch. A checked run
-    includes building its scorer (editing captions the source images first), as a job does."""
+    """Timed runs of the checked image tasks, `<task>_{single,checked<k>,retriever<k>}` -> seconds for the batch
+    (the retriever's runs only with a retriever). A checked run includes building its scorer (editing captions the
+    source images first), as a job does."""
     fmt, batch = formatter(checkpoint), config.checked_batch_size
     edit_prompts = [fmt.edit(e, s, None).prompt for e, s in zip(cases.edits, cases.edit_sources, strict=True)]
     word_prompts = [fmt.text_render(word, None).prompt for word in cases.words]
+    instructions = [case.instruction for case in cases.edits]
+    choosers: dict[str, Retriever | None] = {"checked": None, **({"retriever": retriever} if retriever else {})}
 
-    def edit_scorer() -> CaptionCheckScorer:
-        instructions = [case.instruction for case in cases.edits]
-        return edit_check_scorer(checkpoint, edit_prompts, cases.edit_sources, instructions, batch)
+    def edit_chooser(chooser: Retriever | None) -> Scorer:
+        return edit_scorer(checkpoint, edit_prompts, cases.edit_sources, instructions, batch, chooser)
 
-    def word_scorer() -> CaptionCheckScorer:
-        return text_render_check_scorer(checkpoint, word_prompts, cases.words)
+    def word_chooser(chooser: Retriever | None) -> Scorer:
+        return text_render_scorer(checkpoint, word_prompts, cases.words, chooser)
 
-    def timed(prompts: list[list[int]], params: SamplingParams, scorer: Callable[[], Any] | None) -> float:
+    def timed(prompts: list[list[int]], params: SamplingParams, scorer: Callable[[], Scorer] | None) -> float:
         start = time.perf_counter()
         generate_image_outputs(checkpoint, prompts, params, batch, config.seed, scorer() if scorer else None)
         return time.perf_counter() - start
 
     runs: dict[str, Callable[[], float]] = {}
-    for task, prompts, scorer in (("edit", edit_prompts, edit_scorer), ("text_render", word_prompts, word_scorer)):
+    for task, prompts, scorer in (("edit", edit_prompts, edit_chooser), ("text_render", word_prompts, word_chooser)):
         params = defaults[EDIT if task == "edit" else TEXT_RENDER]
         checked = params if params.num_candidates > 1 else params.replace(num_candidates=config.check_candidates)
         runs[f"{task}_single"] = partial(timed, prompts, params.replace(num_candidates=1), None)
-        runs[f"{task}_checked{checked.num_candidates}"] = partial(timed, prompts, checked, scorer)
+        for name, chooser in choosers.items():
+            runs[f"{task}_{name}{checked.num_candidates}"] = partial(timed, prompts, checked, partial(scorer, chooser))
     return runs
 
 
-def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) -> dict[str, Any]:
+def bench_decode(
+    checkpoint_dir: Path, config: DecodeBenchConfig | None = None, retriever_dir: Path | None = None
+) -> dict[str, Any]:
     """Flat results: `t{threads}_cfg_b{batch}_images_per_s` / `_ms_per_image`, `t{threads}_pooled{k}_b{batch}_...`,
     `t{threads}_caption_b{batch}_tokens_per_s` / `_captions_per_s`, `t{threads}_segmentation_{greedy,checked}_b{batch}
-    _maps_per_s`, `t{threads}_{edit,text_render}_{single,checked<k>}_b{batch}_images_per_s` (delivered images)."""
+    _maps_per_s`, `t{threads}_{edit,text_render}_{single,checked<k>,retriever<k>}_b{batch}_images_per_s` (delivered
+    images; `retriever<k>`: chosen by the retriever in `retriever_dir`, default the checkpoint's `retriever/`, as
+    serving does where one is loaded)."""
     config = config or DecodeBenchConfig()
     checkpoint = load_eval_checkpoint(checkpoint_dir)
+    retriever = load_fd_retriever(retriever_dir or Path(checkpoint_dir) / "retriever", checkpoint.world.image_size)
     defaults = load_decoding_defaults(checkpoint_dir)
     cfg = method_params("cfg", defaults[TEXT_TO_IMAGE])
     pooled = method_params("pooled", defaults[TEXT_TO_IMAGE])
@@ -138,7 +150,8 @@ def bench_decode(checkpoint_dir: Path, config: DecodeBenchConfig | None = None) 
         return time.perf_counter() - start
 
     checked_runs = _checked_task_runs(
-        checkpoint, defaults, build_cases(checkpoint, TaskEvalConfig(n=config.checked_batch_size), BENCH_SPLIT), config
+        checkpoint, defaults, build_cases(checkpoint, TaskEvalConfig(n=config.checked_batch_size), BENCH_SPLIT), config,
+        retriever,
     )
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint_dir),

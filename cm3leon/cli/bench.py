@@ -43,7 +43,8 @@ def decode(
     preset: Annotated[str, typer.Option(help="standard (cfg batch 1/8/32, 1 and 2 threads) or quick.")] = "standard",
 ) -> None:
     """Decoding speed: CFG images at batch 1, 8, 32, pooled-8 at batch 1, caption tokens/s, segmentation maps
-    (greedy, caption-checked), edits and rendered words (one sample, checked samples), at 1 and 2 threads."""
+    (greedy, caption-checked), edits and rendered words (one sample; several, chosen by the caption check and by
+    the checkpoint's retriever/ when it has one), at 1 and 2 threads."""
     from cm3leon.bench.decode import DecodeBenchConfig, bench_decode
 
     _write(out, "decode", bench_decode(checkpoint, DecodeBenchConfig.preset(preset)))

@@ -217,8 +217,8 @@ def eval_sweep(
         segmentation_settings=pairs(segmentation_settings),
     )
     loaded = load_eval_checkpoint(checkpoint)
-    reranker = retriever_reranker(loaded, load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size))
-    report = run_sweep(loaded, config, reranker)
+    loaded_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
+    report = run_sweep(loaded, config, retriever_reranker(loaded, loaded_retriever), loaded_retriever)
     write_report(f"decoding sweep (val, n={n})", report, json_path)
     if write_defaults:
         provenance = {"source": "cm3leon eval sweep", "split": report["split"], "n": n, "seed": seed}

@@ -26,6 +26,7 @@ from cm3leon.decoding.prompts import PromptStreams, document_prompt_ids, last_im
 from cm3leon.decoding.rerank import (
     LikelihoodScorer,
     Scorer,
+    WeightedSum,
     best_candidate,
     continuation_log_likelihoods,
     no_rerank,
@@ -57,6 +58,7 @@ __all__ = [
     "TokenSelector",
     "TopK",
     "TopP",
+    "WeightedSum",
     "best_candidate",
     "cdk_candidates",
     "cdk_scores",

@@ -105,6 +105,25 @@ def no_rerank(
     return [0.0] * len(candidates)
 
 
+class WeightedSum:
+    """Several scorers' scores added with positive weights: two views of a candidate (the model's reading of it, a
+    retriever's similarity) combined into one ranking."""
+
+    def __init__(self, parts: Sequence[tuple[float, Scorer]]) -> None:
+        if not parts or any(weight <= 0 for weight, _ in parts):
+            raise ValueError("WeightedSum needs at least one scorer, each with a positive weight")
+        self.parts = tuple(parts)
+
+    def __call__(
+        self, request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
+    ) -> list[float]:
+        totals = [0.0] * len(candidates)
+        for weight, scorer in self.parts:
+            scores = scorer(request, prompt_ids, candidates)
+            totals = [total + weight * float(score) for total, score in zip(totals, scores, strict=True)]
+        return totals
+
+
 def best_candidate(scores: Sequence[float]) -> int:
     """Index of the highest score (the first on ties)."""
     if not scores:

@@ -43,7 +43,8 @@ from cm3leon.evaluation.scene_metrics import (
     verdict_label,
 )
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
-from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, text_render_check_scorer
+from cm3leon.retrieval.retriever import Retriever
+from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, text_render_scorer
 from cm3leon.tasks.decode import (
     ImageSamples,
     caption_images,
@@ -52,7 +53,7 @@ from cm3leon.tasks.decode import (
     generate_infills,
     sample_image_outputs,
 )
-from cm3leon.tasks.edit_check import edit_check_scorer
+from cm3leon.tasks.edit_check import edit_scorer
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tasks.parsing import infill_result, segmentation_map
 from cm3leon.tasks.segmentation import SegmentationParams, segment_images
@@ -82,15 +83,17 @@ def _candidate_pixels(checkpoint: EvalCheckpoint, samples: ImageSamples) -> list
 
 def evaluate_edits(
     checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
-    params: SamplingParams | None = None,
+    params: SamplingParams | None = None, retriever: Retriever | None = None,
 ) -> TaskResult:
+    """Exact target scenes and which half of an edit failed; several candidates are chosen by `retriever` against
+    the expected scene, else by the caption check (`cm3leon.tasks.edit_check`), as serving does."""
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[EDIT]
     prompts = [fmt.edit(e, src, None).prompt for e, src in zip(cases.edits, cases.edit_sources, strict=True)]
     scorer = None
-    if params.num_candidates > 1:  # several samples: the caption check chooses (cm3leon.tasks.edit_check)
+    if params.num_candidates > 1:
         instructions = [case.instruction for case in cases.edits]
-        scorer = edit_check_scorer(checkpoint, prompts, cases.edit_sources, instructions, config.batch_size)
+        scorer = edit_scorer(checkpoint, prompts, cases.edit_sources, instructions, config.batch_size, retriever)
     samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
     pixels = decode_codes(checkpoint, samples.chosen)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
@@ -99,7 +102,8 @@ def evaluate_edits(
         "decoding": params_record(params),
     }
     if params.num_candidates > 1:
-        # Whether the check is the limit: how often some candidate is the exact target (the oracle choosing).
+        metrics["chosen_by"] = chooser_name(retriever)
+        # Whether the choice is the limit: how often some candidate is the exact target (the oracle choosing).
         metrics["some_candidate_exact"] = mean([
             any(oracle.parse(p, expect_text=False).key() == edit.target.key() for p in candidates)
             for candidates, edit in zip(_candidate_pixels(checkpoint, samples), cases.edits, strict=True)
@@ -117,6 +121,11 @@ def evaluate_edits(
 
 def _psnr(mse: float) -> float:
     return PSNR_CAP_DB if mse <= 0 else min(PSNR_CAP_DB, 10 * math.log10(PIXEL_MAX**2 / mse))
+
+
+def chooser_name(retriever: Retriever | None) -> str:
+    """What chose among an edit's or a rendered word's candidates, for the report."""
+    return "retriever" if retriever is not None else "caption check"
 
 
 def evaluate_infill(
@@ -290,17 +299,19 @@ def _grounded_label(checkpoint: EvalCheckpoint, prompt: list[int]) -> str:
 
 def evaluate_text_render(
     checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
-    params: SamplingParams | None = None,
+    params: SamplingParams | None = None, retriever: Retriever | None = None,
 ) -> TaskResult:
     """Exact words (and scenes: colour and background too) read by the oracle from the rendered images, how often
     each letter slot was drawn right (`letter_accuracy_by_slot`); and `reading_exact`, how often the model's own
-    greedy caption of the true word image names its scene exactly, which bounds what the check among several
-    candidates can find; with several candidates, `some_candidate_exact_word`, how often one of them draws the word
-    (what a perfect check would reach)."""
+    greedy caption of the true word image names its scene exactly, which bounds what the model's reading check
+    among several candidates can find; with several candidates, `some_candidate_exact_word`, how often one of them
+    draws the word (what a perfect choice would reach). Several candidates are chosen by `retriever` against the
+    asked-for word scene, else by the model's reading of them (`cm3leon.tasks.caption_check`), as serving does."""
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
     prompts = [fmt.text_render(scene, None).prompt for scene in cases.words]
-    scorer = text_render_check_scorer(checkpoint, prompts, cases.words) if params.num_candidates > 1 else None
+    several = params.num_candidates > 1
+    scorer = text_render_scorer(checkpoint, prompts, cases.words, retriever) if several else None
     samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
     pixels = decode_codes(checkpoint, samples.chosen)
     predicted = [oracle.parse(p, expect_text=True) for p in pixels]
@@ -316,8 +327,9 @@ def evaluate_text_render(
         ),
         "decoding": params_record(params),
     }
-    if params.num_candidates > 1:
-        # Whether the reading check is the limit: how often some candidate draws the word (the oracle choosing).
+    if several:
+        metrics["chosen_by"] = chooser_name(retriever)
+        # Whether the choice is the limit: how often some candidate draws the word (the oracle choosing).
         metrics["some_candidate_exact_word"] = mean([
             any(oracle.parse(p, expect_text=True).word == word.word for p in candidates)
             for candidates, word in zip(_candidate_pixels(checkpoint, samples), cases.words, strict=True)

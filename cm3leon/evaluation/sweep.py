@@ -50,6 +50,7 @@ from cm3leon.evaluation.image_tasks_eval import (
 )
 from cm3leon.evaluation.t2i_eval import prompt_captions, run_method
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases
+from cm3leon.retrieval.retriever import Retriever
 
 CONTRASTIVE = "contrastive"  # the report's CD-K section (its choice is saved with the text->image defaults)
 # Never the test split: the sweep chooses, the test split only reports.
@@ -170,11 +171,12 @@ def sweep_image_tasks(
     config: SweepConfig,
     defaults: dict[str, SamplingParams],
     reranker: Scorer | None = None,
+    retriever: Retriever | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Editing's text guidance scale x source-copy bias, then the best of those with several candidates (the
-    caption check chooses), and structure-guided generation's CFG scale x candidates (several are reranked by
-    `reranker`, as `eval all` and serving do), on val cases; the best of each (exact target scenes; ties by
-    unchanged objects kept, for edits)."""
+    """Editing's text guidance scale x source-copy bias, then the best of those with several candidates (chosen by
+    `retriever`, else the caption check), and structure-guided generation's CFG scale x candidates (several are
+    reranked by `reranker`), as `eval all` and serving do, on val cases; the best of each (exact target scenes;
+    ties by unchanged objects kept, for edits)."""
     oracle = Oracle(checkpoint.world)
     task_config, cases = sweep_cases(checkpoint, config)
     edit_runs, structure_runs = [], []
@@ -189,7 +191,7 @@ def sweep_image_tasks(
     for candidates in (count for count in config.edit_candidates if count > 1):
         params = defaults[EDIT].replace(guidance_scale=best_edit["guidance_scale"],
                                         source_copy_bias=best_edit["source_copy_bias"], num_candidates=candidates)
-        metrics = evaluate_edits(checkpoint, cases, task_config, oracle, params).metrics
+        metrics = evaluate_edits(checkpoint, cases, task_config, oracle, params, retriever).metrics
         edit_runs.append({**best_edit, "num_candidates": candidates,
                           "exact_scene_accuracy": metrics["exact_scene_accuracy"],
                           "unchanged_preserved": metrics["unchanged_preserved"] or 0.0})
@@ -236,15 +238,18 @@ def sweep_grounded(
     return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", "box_iou"))}
 
 
-def sweep_text_render(checkpoint: EvalCheckpoint, config: SweepConfig, t2i_params: SamplingParams) -> dict[str, Any]:
+def sweep_text_render(
+    checkpoint: EvalCheckpoint, config: SweepConfig, t2i_params: SamplingParams, retriever: Retriever | None = None
+) -> dict[str, Any]:
     """Text rendering decodes as text->image does (`t2i_params`, the sweep's choice); here only its number of
-    candidates (several: the first the model reads back as the word asked for) is chosen, on val words."""
+    candidates (several: chosen by `retriever`, else the model's reading, as `eval all` does) is chosen, on val
+    words."""
     oracle = Oracle(checkpoint.world)
     task_config, cases = sweep_cases(checkpoint, config)
     runs: list[dict[str, Any]] = []
     for candidates in config.text_render_candidates:
         params = t2i_params.replace(num_candidates=candidates)
-        metrics = evaluate_text_render(checkpoint, cases, task_config, oracle, params).metrics
+        metrics = evaluate_text_render(checkpoint, cases, task_config, oracle, params, retriever).metrics
         runs.append({"num_candidates": candidates, "exact_word_accuracy": metrics["exact_word_accuracy"],
                      "exact_scene_accuracy": metrics["exact_scene_accuracy"]})
     table = {f"candidates={run['num_candidates']}": run["exact_word_accuracy"] for run in runs}
@@ -304,9 +309,13 @@ def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: Samp
     return {"exact_scene_accuracy": table, "runs": runs, "best": best}
 
 
-def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer | None = None) -> dict[str, Any]:
+def run_sweep(
+    checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer | None = None,
+    retriever: Retriever | None = None,
+) -> dict[str, Any]:
     """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice); `reranker`
-    chooses among several structure-guided or grounded candidates (None: the model's likelihood)."""
+    chooses among several structure-guided or grounded candidates (None: the model's likelihood), `retriever` among
+    several edits or rendered words (None: the model's own captions of them)."""
     base = preset_defaults()
     report: dict[str, Any] = {
         "split": SWEEP_SPLIT.value,
@@ -314,12 +323,12 @@ def run_sweep(checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer 
         "seed": config.seed,
         TEXT_TO_IMAGE: sweep_text_to_image(checkpoint, config, base[TEXT_TO_IMAGE]),
         CONTRASTIVE: sweep_contrastive(checkpoint, config, base[TEXT_TO_IMAGE]),
-        **sweep_image_tasks(checkpoint, config, base, reranker),
+        **sweep_image_tasks(checkpoint, config, base, reranker, retriever),
         CAPTION: sweep_captioning(checkpoint, config, base[CAPTION]),
     }
     chosen = best_defaults(report)
     report[GROUNDED] = sweep_grounded(checkpoint, config, chosen[TEXT_TO_IMAGE], reranker)
-    report[TEXT_RENDER] = sweep_text_render(checkpoint, config, chosen[TEXT_TO_IMAGE])
+    report[TEXT_RENDER] = sweep_text_render(checkpoint, config, chosen[TEXT_TO_IMAGE], retriever)
     report[SEGMENTATION] = sweep_segmentation(checkpoint, config, chosen[CAPTION])
     return report
 

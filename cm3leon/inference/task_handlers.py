@@ -58,9 +58,9 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
-from cm3leon.tasks.caption_check import text_render_check_scorer
+from cm3leon.tasks.caption_check import text_render_scorer
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
-from cm3leon.tasks.edit_check import edit_check_scorer
+from cm3leon.tasks.edit_check import edit_scorer
 from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
 from cm3leon.tasks.segmentation import MapDecoder, SegmentationParams, check_maps
 from cm3leon.tasks.worked import DescriptionScorer, answer_worked
@@ -135,10 +135,10 @@ def edit(context: RunContext, request: Edit) -> EngineResult:
     source = image_codes(context.engine, request.image)  # encoded once: the prompt and the check read it
     prompt = edit_prompt(context.engine, request, source)
     scorer = None
-    if params.num_candidates > 1:  # several samples: the caption check chooses, as evaluated
-        setup = task_setup(context.engine)
-        with context.stage("edit_check", {"candidates": params.num_candidates}):
-            scorer = edit_check_scorer(setup.checkpoint, [prompt], [source], [request.instruction.strip()], 1)
+    if params.num_candidates > 1:  # several samples: the retriever (else the caption check) chooses, as evaluated
+        setup, retriever = task_setup(context.engine), context.engine.retriever
+        with context.stage("edit_check", {"candidates": params.num_candidates, "retriever": retriever is not None}):
+            scorer = edit_scorer(setup.checkpoint, [prompt], [source], [request.instruction.strip()], 1, retriever)
     return image_job(context, prompt, params, scorer)
 
 
@@ -186,9 +186,10 @@ def text_rendering(context: RunContext, request: TextRendering) -> EngineResult:
     no_retrieval(request.sampling, "text_rendering")
     params = sampling_params(context.engine.defaults[TEXT_RENDER], request.sampling, base_seed(request.sampling))
     prompt, scorer = text_rendering_prompt(context.engine, request), None
-    if params.num_candidates > 1:  # several samples: the first the model reads back as the word asked for
+    if params.num_candidates > 1:  # several samples: the retriever (else the model's reading) finds the word
         setup = task_setup(context.engine)
-        scorer = text_render_check_scorer(setup.checkpoint, [prompt], [text_scene_of(request.text, setup.world)])
+        word = text_scene_of(request.text, setup.world)
+        scorer = text_render_scorer(setup.checkpoint, [prompt], [word], context.engine.retriever)
     return image_job(context, prompt, params, scorer)
 
 

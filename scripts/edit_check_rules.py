@@ -1,0 +1,154 @@
+"""Which rule best picks a right sample among an edit's candidates? (the model card's editing-check comparison)
+
+Samples each validation edit's candidates once, with the checkpoint's editing defaults and the evaluation's seeds
+(so the samples are the ones `cm3leon eval all --split val --tasks edit` sees at that seed), computes per candidate
+what each rule needs, and prints every rule's exact-scene accuracy on the same samples: a paired comparison.
+
+    .venv/bin/python scripts/edit_check_rules.py --checkpoint models/shapes --seed 1 --json /tmp/edit_features.json
+
+"retriever similarity to the expected caption" is the rule serving and `eval all` use where a retriever is loaded
+(`cm3leon.tasks.edit_check.edit_scorer`).
+
+Per candidate: whether the oracle reads the target scene (`right`), whether the model's greedy caption is the
+expected scene (the source's greedy caption with the instruction applied: what serving can know, `agrees`), the
+retriever's text-image similarity of the expected scene's caption with the candidate, and the retriever's
+image-image similarity of the candidate with the source (how much of the source it keeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cm3leon.data.language import detailed_caption, parse_caption
+from cm3leon.data.oracle import Oracle
+from cm3leon.decoding.defaults import EDIT, load_decoding_defaults
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
+from cm3leon.retrieval.rerank import RetrieverScorer
+from cm3leon.retrieval.retriever import Retriever
+from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS
+from cm3leon.tasks.decode import caption_images, decode_codes, sample_image_outputs
+from cm3leon.tasks.edit_check import expected_edits
+
+
+@dataclass
+class EditCandidates:
+    """One edit's readable candidates (unreadable ones, with no whole image block, are never right)."""
+
+    kind: str
+    expected_known: bool  # the source's caption parsed and the instruction named a unique object of it
+    right: list[bool]
+    agrees: list[bool]
+    retriever_similarity: list[float]  # to the expected scene's caption (0 where it is unknown)
+    source_similarity: list[float]  # image-image, with the source
+
+
+def features(
+    checkpoint: EvalCheckpoint, retriever: Retriever, seed: int, n: int, batch_size: int,
+    samples_per_edit: int | None = None,
+) -> list[EditCandidates]:
+    config = TaskEvalConfig(n=n, seed=seed, split="val", compositional=False)
+    cases = build_cases(checkpoint, config)
+    fmt, world, oracle = formatter(checkpoint), checkpoint.world, Oracle(checkpoint.world)
+    params = load_decoding_defaults(checkpoint.directory)[EDIT]
+    params = params.replace(num_candidates=samples_per_edit or params.num_candidates)
+    prompts = [fmt.edit(e, src, None).prompt for e, src in zip(cases.edits, cases.edit_sources, strict=True)]
+    expected = expected_edits(checkpoint, cases.edit_sources, [e.instruction for e in cases.edits], batch_size)
+    samples = sample_image_outputs(checkpoint, prompts, params, batch_size, seed)
+    resize = RetrieverScorer(retriever, checkpoint.vocab, checkpoint.image_tokenizer, lambda *_: [])._retriever_sized
+    sources = resize(decode_codes(checkpoint, cases.edit_sources))
+    source_embeddings = retriever.embed_images(sources)
+    found: list[EditCandidates] = []
+    per_edit = zip(cases.edits, expected, samples.candidates, source_embeddings, strict=True)
+    for edit, want, candidates, source in per_edit:
+        codes = [c for c in candidates if c is not None]
+        if not codes:
+            found.append(EditCandidates(edit.kind, want is not None, [], [], [], []))
+            continue
+        pixels = decode_codes(checkpoint, codes)
+        captions, _ = caption_images(checkpoint, codes, CHECK_CAPTION_PARAMS, len(codes), 0)
+        parsed = [parse_caption(c, world) for c in captions]
+        sized = resize(np.asarray(pixels))
+        text_similarity = (
+            retriever.similarity([detailed_caption(want, world)], sized)[0].tolist() if want else [0.0] * len(codes)
+        )
+        found.append(EditCandidates(
+            kind=edit.kind,
+            expected_known=want is not None,
+            right=[oracle.parse(p, expect_text=False).key() == edit.target.key() for p in pixels],
+            agrees=[want is not None and s is not None and s.key() == want.key() for s in parsed],
+            retriever_similarity=text_similarity,
+            source_similarity=(retriever.embed_images(sized) @ source).tolist(),
+        ))
+    return found
+
+
+Score = Callable[[EditCandidates, int], float]
+
+
+def first_agreeing_else(score: Score) -> Callable[[EditCandidates], int]:
+    """The check's shape: the first sample read back as the expected scene, else the best by `score`."""
+    def choose(edit: EditCandidates) -> int:
+        agreeing = [i for i, agrees in enumerate(edit.agrees) if agrees]
+        return agreeing[0] if agreeing else max(range(len(edit.right)), key=lambda i: score(edit, i))
+    return choose
+
+
+def best_by(score: Score) -> Callable[[EditCandidates], int]:
+    return lambda edit: max(range(len(edit.right)), key=lambda i: score(edit, i))
+
+
+def retrieved(edit: EditCandidates, i: int) -> float:
+    return edit.retriever_similarity[i]
+
+
+def kept(edit: EditCandidates, i: int) -> float:
+    return edit.source_similarity[i]
+
+
+RULES: dict[str, Callable[[EditCandidates], int]] = {
+    "first sample": lambda edit: 0,
+    "exact check (first agreeing, else first)": first_agreeing_else(lambda edit, i: -i),
+    "retriever similarity to the expected caption": best_by(retrieved),
+    "first agreeing, else retriever": first_agreeing_else(retrieved),
+    "retriever, agreeing samples first": best_by(lambda edit, i: retrieved(edit, i) + 1e9 * edit.agrees[i]),
+    **{f"retriever + {w} x source similarity, agreeing first": best_by(
+        lambda edit, i, w=w: retrieved(edit, i) + w * kept(edit, i) + 1e9 * edit.agrees[i])
+       for w in (0.1, 0.3, 1.0)},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/shapes"))
+    parser.add_argument("--retriever", type=Path, default=Path("models/shapes/retriever"))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=TaskEvalConfig().batch_size)
+    parser.add_argument("--candidates", type=int, help="samples per edit (default: the checkpoint's)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the per-candidate features here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    edits = features(load_eval_checkpoint(args.checkpoint), Retriever.from_pretrained(args.retriever), args.seed,
+                     args.n, args.batch_size, args.candidates)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(e) for e in edits]))
+    print(f"expected scene known: {np.mean([e.expected_known for e in edits]):.3f}")
+    print(f"some candidate right (the oracle choosing): {np.mean([any(e.right) for e in edits]):.3f}")
+    for name, choose in RULES.items():
+        hits = [bool(e.right) and e.right[choose(e)] for e in edits]
+        by_kind = {k: np.mean([h for h, e in zip(hits, edits, strict=True) if e.kind == k])
+                   for k in sorted({e.kind for e in edits})}
+        print(f"{name}: {np.mean(hits):.3f} ({', '.join(f'{k} {v:.2f}' for k, v in by_kind.items())})")
+
+
+if __name__ == "__main__":
+    main()
