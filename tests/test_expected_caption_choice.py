@@ -20,11 +20,11 @@ from cm3leon.data.render import render
 from cm3leon.data.tasks import make_edit
 from cm3leon.data.world import Scene, Split, World, WorldConfig
 from cm3leon.decoding import GenerationRequest, SamplingParams, WeightedSum, continuation_log_likelihoods
-from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_RENDER
+from cm3leon.decoding.defaults import DEFAULTS_FILE, GROUNDED, TEXT_RENDER
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.inference import Sampling, TextRendering, running
+from cm3leon.inference import GroundedGeneration, GroundedObject, NormBox, Sampling, TextRendering, running
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.rerank import ExpectedCaptionScorer
@@ -106,6 +106,28 @@ def test_the_edited_scene_outranks_the_unedited_source(shipped: Any) -> None:
         scores = scorer(GenerationRequest(prompt_ids=prompt, target="image"), prompt, candidates)
         wins += scores[1] > scores[0]
     assert wins >= 17
+
+
+def test_the_grounded_scene_asked_for_outranks_its_objects_in_other_cells(shipped: Any) -> None:
+    """Grounded prompts' words name no positions; the asked-for scene's caption does, so a sample with an object in
+    the wrong cell loses."""
+    retriever, image_tokenizer, vocab, world = shipped
+    rng = random.Random(11)
+    wins = 0
+    for _ in range(12):
+        scene = world.sample(rng, Split.TEST)
+        moved_object = rng.choice(scene.objects)
+        empty = scene.empty_cells(world.config)
+        moved = scene.with_objects(
+            (*(o for o in scene.objects if o is not moved_object), replace(moved_object, cell=rng.choice(empty)))
+        )
+        candidates = as_candidates([moved, scene], world, image_tokenizer, vocab)
+        prompt = [vocab.bos_id, *vocab.encode_text("a grounded prompt"), vocab.break_id]
+        expected = {tuple(prompt): detailed_caption(scene, world.config)}
+        scorer = ExpectedCaptionScorer(retriever, vocab, image_tokenizer, expected, fallback=fails_if_called)
+        scores = scorer(GenerationRequest(prompt_ids=prompt, target="image"), prompt, candidates)
+        wins += scores[1] > scores[0]
+    assert wins >= 10
 
 
 def tiny_retriever(checkpoint: EvalCheckpoint) -> Retriever:
@@ -200,6 +222,18 @@ def test_the_evaluation_reports_what_chose(checkpoint: EvalCheckpoint, monkeypat
     edits = SamplingParams.preset("edit").replace(num_candidates=2)
     metrics = image_tasks_eval.evaluate_edits(checkpoint, cases, config, oracle, edits, retriever).metrics
     assert metrics["chosen_by"] == "retriever" and metrics["exact_scene_accuracy"] <= metrics["some_candidate_exact"]
+    scenes: list[Any] = []
+    real_expected = image_tasks_eval.expected_caption_scorer
+
+    def watched_expected(ckpt: Any, chooser: Any, prompts: Any, expected: Any, fallback: Any) -> Any:
+        scenes.extend(expected)
+        return real_expected(ckpt, chooser, prompts, expected, fallback)
+
+    monkeypatch.setattr(image_tasks_eval, "expected_caption_scorer", watched_expected)
+    grounded = image_tasks_eval.evaluate_grounded(checkpoint, cases, config, oracle, two, retriever=retriever)
+    assert grounded.metrics["chosen_by"] == "retriever (scene caption)" and scenes == cases.scenes
+    plain = image_tasks_eval.evaluate_grounded(checkpoint, cases, config, oracle, two)
+    assert plain.metrics["chosen_by"] == "reranker" and len(scenes) == len(cases.scenes)
 
 
 def test_text_rendering_jobs_are_chosen_by_the_engines_retriever(
@@ -222,3 +256,26 @@ def test_text_rendering_jobs_are_chosen_by_the_engines_retriever(
     assert isinstance(scorer, WeightedSum) and result.images[0].shape[:2] == (engine.image_size,) * 2
     (caption,) = scorer.parts[1][1].expected.values()  # type: ignore[attr-defined]
     assert caption is not None and '"AB"' in caption and "blue" in caption and "black" in caption
+
+
+def test_grounded_jobs_are_chosen_against_the_scene_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = build_tiny_sft_model_dir(tmp_path / "sft")
+    (directory / DEFAULTS_FILE).write_text(json.dumps({GROUNDED: {"num_candidates": 2}}))
+    scorers: list[Any] = []
+    real = running.generate
+
+    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
+        scorers.append(kwargs.get("scorer"))
+        return real(model, vocab, requests, **kwargs)
+
+    monkeypatch.setattr(running, "generate", watched)
+    request = GroundedGeneration((GroundedObject("large red circle", NormBox(0.0, 0.0, 0.3, 0.3)),),
+                                 sampling=Sampling(seed=2))
+    Engine(directory, EngineConfig.preset("tiny")).run(request)
+    assert scorers[-1] is None, "no retriever: the model's likelihood reranks"
+    retriever = Retriever.build(RetrieverConfig.preset("tiny"), TextTokenizer.load(directory))
+    Engine(directory, EngineConfig.preset("tiny"), retriever=retriever).run(request)
+    scorer = scorers[-1]
+    assert isinstance(scorer, ExpectedCaptionScorer)
+    (caption,) = scorer.expected.values()
+    assert caption is not None and "large red circle" in caption and "top left" in caption

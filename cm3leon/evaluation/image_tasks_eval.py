@@ -24,7 +24,7 @@ from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_classes
 from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, masked_image
 from cm3leon.data.tasks import quantise_box as quantise
-from cm3leon.decoding import SamplingParams, Scorer
+from cm3leon.decoding import LikelihoodScorer, SamplingParams, Scorer
 from cm3leon.decoding.defaults import (
     CAPTION,
     EDIT,
@@ -44,7 +44,7 @@ from cm3leon.evaluation.scene_metrics import (
 )
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, text_render_scorer
+from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, expected_caption_scorer, text_render_scorer
 from cm3leon.tasks.decode import (
     ImageSamples,
     caption_images,
@@ -261,15 +261,19 @@ def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
 
 def evaluate_grounded(
     checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
-    params: SamplingParams | None = None, reranker: Scorer | None = None,
+    params: SamplingParams | None = None, reranker: Scorer | None = None, retriever: Retriever | None = None,
 ) -> TaskResult:
     """Exact scene, and box IoU: each true object's box against the box of what the oracle found in its cell.
-    Several candidates (the defaults' `num_candidates`) are reranked by `reranker` (the retriever against the
-    prompt's words, as serving does; None: the model's likelihood)."""
+    Several candidates (the defaults' `num_candidates`) are chosen by `retriever` against the asked-for scene's
+    caption, which names positions, as serving does; without one, reranked by `reranker` (None: the model's
+    likelihood)."""
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[GROUNDED]
     specs = [GroundedSpec(s, tuple(quantise(object_box(o, world), world) for o in s.objects)) for s in cases.scenes]
     prompts = [fmt.grounded(spec, None).prompt for spec in specs]
+    if retriever is not None and params.num_candidates > 1:
+        fallback = reranker or LikelihoodScorer(checkpoint.model, checkpoint.vocab)
+        reranker = expected_caption_scorer(checkpoint, retriever, prompts, cases.scenes, fallback)
     _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, reranker)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     ious = []
@@ -280,6 +284,8 @@ def evaluate_grounded(
     metrics = summarize_predictions(cases.scenes, predicted)
     metrics["box_iou"] = mean(ious)
     metrics["decoding"] = params_record(params)
+    if params.num_candidates > 1:
+        metrics["chosen_by"] = "retriever (scene caption)" if retriever is not None else "reranker"
     grid = [
         [
             (pixels[i], f"{_grounded_label(checkpoint, prompts[i])}\n"

@@ -222,16 +222,18 @@ def sweep_image_tasks(
 
 
 def sweep_grounded(
-    checkpoint: EvalCheckpoint, config: SweepConfig, t2i_params: SamplingParams, reranker: Scorer | None
+    checkpoint: EvalCheckpoint, config: SweepConfig, t2i_params: SamplingParams, reranker: Scorer | None,
+    retriever: Retriever | None = None,
 ) -> dict[str, Any]:
     """Grounded generation decodes as text->image does (`t2i_params`, the sweep's choice); here only its number of
-    candidates (reranked by `reranker` against the prompt's words) is chosen, on val cases."""
+    candidates (chosen by `retriever` against the asked-for scene's caption, else reranked by `reranker`, as
+    `eval all` does) is chosen, on val cases."""
     oracle = Oracle(checkpoint.world)
     task_config, cases = sweep_cases(checkpoint, config)
     runs: list[dict[str, Any]] = []
     for candidates in config.grounded_candidates:
         params = t2i_params.replace(num_candidates=candidates)
-        metrics = evaluate_grounded(checkpoint, cases, task_config, oracle, params, reranker).metrics
+        metrics = evaluate_grounded(checkpoint, cases, task_config, oracle, params, reranker, retriever).metrics
         runs.append({"num_candidates": candidates, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
                      "box_iou": metrics["box_iou"]})
     table = {f"candidates={run['num_candidates']}": run["exact_scene_accuracy"] for run in runs}
@@ -314,8 +316,9 @@ def run_sweep(
     retriever: Retriever | None = None,
 ) -> dict[str, Any]:
     """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice); `reranker`
-    chooses among several structure-guided or grounded candidates (None: the model's likelihood), `retriever` among
-    several edits or rendered words (None: the model's own captions of them)."""
+    chooses among several structure-guided candidates (None: the model's likelihood), `retriever` among several
+    edits, rendered words or grounded scenes against the scene each should show (None: the model's own captions
+    of them, and `reranker` for grounded scenes)."""
     base = preset_defaults()
     report: dict[str, Any] = {
         "split": SWEEP_SPLIT.value,
@@ -327,7 +330,7 @@ def run_sweep(
         CAPTION: sweep_captioning(checkpoint, config, base[CAPTION]),
     }
     chosen = best_defaults(report)
-    report[GROUNDED] = sweep_grounded(checkpoint, config, chosen[TEXT_TO_IMAGE], reranker)
+    report[GROUNDED] = sweep_grounded(checkpoint, config, chosen[TEXT_TO_IMAGE], reranker, retriever)
     report[TEXT_RENDER] = sweep_text_render(checkpoint, config, chosen[TEXT_TO_IMAGE], retriever)
     report[SEGMENTATION] = sweep_segmentation(checkpoint, config, chosen[CAPTION])
     return report

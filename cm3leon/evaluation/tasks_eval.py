@@ -116,7 +116,7 @@ def evaluate_all(
     timed("segmentation", lambda: evaluate_segmentation(checkpoint, cases, config))
     reranker = retriever_reranker(checkpoint, retriever)
     timed("seg2img", lambda: evaluate_seg2img(checkpoint, cases, config, oracle, reranker=reranker))
-    timed("grounded", lambda: evaluate_grounded(checkpoint, cases, config, oracle, reranker=reranker))
+    timed("grounded", lambda: evaluate_grounded(checkpoint, cases, config, oracle, retriever=retriever))
     timed("text_render", lambda: evaluate_text_render(checkpoint, cases, config, oracle, retriever=retriever))
     report["vq_ceiling"] = vq_ceiling(checkpoint, cases, oracle)
     report["seconds"] = seconds

@@ -121,10 +121,11 @@ class Engine:
 
     def _image_reranker(self) -> Scorer | None:
         """What chooses among several image candidates of a prompt that describes the image (text->image,
-        structure-guided, grounded), as the evaluations do: the retriever's text-image similarity with the prompt's
-        words (CM3Leon reranks with CLIP), or None (the model's own likelihood) without a retriever. On the shapes
-        model's validation split, choosing among 8 candidates this way draws an exact scene from a segmentation map
-        0.875 of the time and from boxes 0.80 (one candidate: 0.58 and 0.59; models/shapes/sweep_val.json)."""
+        structure-guided), as the evaluations do: the retriever's text-image similarity with the prompt's words
+        (CM3Leon reranks with CLIP), or None (the model's own likelihood) without a retriever. On the shapes model's
+        validation split, choosing among 8 candidates this way draws an exact scene from a segmentation map 0.875 of
+        the time (one candidate: 0.58; models/shapes/sweep_val.json). Edits, rendered words and grounded scenes are
+        scored against the scene they should show instead (`cm3leon.inference.task_handlers`)."""
         if self.retriever is None or self.image_tokenizer is None:
             return None
         from cm3leon.retrieval.rerank import RetrieverScorer

@@ -24,7 +24,7 @@ import numpy as np
 
 from cm3leon.data.questions import final_answer
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
-from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
+from cm3leon.decoding import GenerationRequest, LikelihoodScorer, SamplingParams, Scorer
 from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED, SEGMENTATION, STRUCTURE, TEXT_RENDER
 from cm3leon.inference.requests import (
     Edit,
@@ -46,7 +46,7 @@ from cm3leon.inference.running import (
     generate_images,
     sampling_params,
 )
-from cm3leon.inference.task_inputs import text_scene_of
+from cm3leon.inference.task_inputs import grounded_spec_of, text_scene_of
 from cm3leon.inference.task_prompts import (
     edit_prompt,
     grounded_prompt,
@@ -58,7 +58,7 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
-from cm3leon.tasks.caption_check import text_render_scorer
+from cm3leon.tasks.caption_check import expected_caption_scorer, text_render_scorer
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
 from cm3leon.tasks.edit_check import edit_scorer
 from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
@@ -176,10 +176,17 @@ def structure_guided(context: RunContext, request: StructureGuided) -> EngineRes
 
 def grounded_generation(context: RunContext, request: GroundedGeneration) -> EngineResult:
     no_retrieval(request.sampling, "grounded_generation")
-    base = context.engine.defaults[GROUNDED]
-    params = sampling_params(base, request.sampling, base_seed(request.sampling))
-    # Candidates are reranked against the prompt's words (its boxes aside), as for text->image.
-    return image_job(context, grounded_prompt(context.engine, request), params, context.engine.image_reranker)
+    engine = context.engine
+    params = sampling_params(engine.defaults[GROUNDED], request.sampling, base_seed(request.sampling))
+    prompt, scorer = grounded_prompt(engine, request), None
+    if params.num_candidates > 1 and engine.retriever is not None:
+        # The scene asked for is known whole (cells from the boxes): its caption names positions, which the
+        # prompt's words alone do not, so the retriever scores against it, as evaluated.
+        setup = task_setup(engine)
+        scene = grounded_spec_of(request, setup.world).scene
+        fallback = LikelihoodScorer(engine.model, engine.vocab)
+        scorer = expected_caption_scorer(setup.checkpoint, engine.retriever, [prompt], [scene], fallback)
+    return image_job(context, prompt, params, scorer)
 
 
 def text_rendering(context: RunContext, request: TextRendering) -> EngineResult:
