@@ -17,21 +17,18 @@ image-image similarity of the candidate with the source (how much of the source 
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
-import torch
+import rule_comparison
+from rule_comparison import best_by
 
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.decoding.defaults import EDIT, load_decoding_defaults
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS
 from cm3leon.tasks.decode import caption_images, decode_codes, sample_image_outputs
@@ -62,8 +59,7 @@ def features(
     prompts = [fmt.edit(e, src, None).prompt for e, src in zip(cases.edits, cases.edit_sources, strict=True)]
     expected = expected_edits(checkpoint, cases.edit_sources, [e.instruction for e in cases.edits], batch_size)
     samples = sample_image_outputs(checkpoint, prompts, params, batch_size, seed)
-    resize = RetrieverScorer(retriever, checkpoint.vocab, checkpoint.image_tokenizer, lambda *_: [])._retriever_sized
-    sources = resize(decode_codes(checkpoint, cases.edit_sources))
+    sources = rule_comparison.retriever_sized(checkpoint, retriever, decode_codes(checkpoint, cases.edit_sources))
     source_embeddings = retriever.embed_images(sources)
     found: list[EditCandidates] = []
     per_edit = zip(cases.edits, expected, samples.candidates, source_embeddings, strict=True)
@@ -75,7 +71,7 @@ def features(
         pixels = decode_codes(checkpoint, codes)
         captions, _ = caption_images(checkpoint, codes, CHECK_CAPTION_PARAMS, len(codes), 0)
         parsed = [parse_caption(c, world) for c in captions]
-        sized = resize(np.asarray(pixels))
+        sized = rule_comparison.retriever_sized(checkpoint, retriever, pixels)
         text_similarity = (
             retriever.similarity([detailed_caption(want, world)], sized)[0].tolist() if want else [0.0] * len(codes)
         )
@@ -101,10 +97,6 @@ def first_agreeing_else(score: Score) -> Callable[[EditCandidates], int]:
     return choose
 
 
-def best_by(score: Score) -> Callable[[EditCandidates], int]:
-    return lambda edit: max(range(len(edit.right)), key=lambda i: score(edit, i))
-
-
 def retrieved(edit: EditCandidates, i: int) -> float:
     return edit.retriever_similarity[i]
 
@@ -126,28 +118,14 @@ RULES: dict[str, Callable[[EditCandidates], int]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/shapes"))
-    parser.add_argument("--retriever", type=Path, default=Path("models/shapes/retriever"))
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=TaskEvalConfig().batch_size)
-    parser.add_argument("--candidates", type=int, help="samples per edit (default: the checkpoint's)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the per-candidate features here")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    edits = features(load_eval_checkpoint(args.checkpoint), Retriever.from_pretrained(args.retriever), args.seed,
-                     args.n, args.batch_size, args.candidates)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(e) for e in edits]))
+    options = rule_comparison.parser(__doc__.splitlines()[0], seed=1)
+    options.add_argument("--batch-size", type=int, default=TaskEvalConfig().batch_size)
+    options.add_argument("--candidates", type=int, help="samples per edit (default: the checkpoint's)")
+    args = options.parse_args()
+    checkpoint, retriever = rule_comparison.load(args)
+    edits = features(checkpoint, retriever, args.seed, args.n, args.batch_size, args.candidates)
     print(f"expected scene known: {np.mean([e.expected_known for e in edits]):.3f}")
-    print(f"some candidate right (the oracle choosing): {np.mean([any(e.right) for e in edits]):.3f}")
-    for name, choose in RULES.items():
-        hits = [bool(e.right) and e.right[choose(e)] for e in edits]
-        by_kind = {k: np.mean([h for h, e in zip(hits, edits, strict=True) if e.kind == k])
-                   for k in sorted({e.kind for e in edits})}
-        print(f"{name}: {np.mean(hits):.3f} ({', '.join(f'{k} {v:.2f}' for k, v in by_kind.items())})")
+    rule_comparison.report(edits, RULES, args.json, group=lambda edit: edit.kind)
 
 
 if __name__ == "__main__":

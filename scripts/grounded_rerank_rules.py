@@ -12,14 +12,11 @@ by the retriever and by the model's reading (mean per-token log-probability of t
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
-import torch
+import rule_comparison
+from rule_comparison import best_by
 
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.oracle import Oracle
@@ -27,9 +24,9 @@ from cm3leon.data.render import object_box
 from cm3leon.data.tasks import GroundedSpec
 from cm3leon.data.tasks import quantise_box as quantise
 from cm3leon.decoding.defaults import GROUNDED, load_decoding_defaults
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.retrieval.rerank import RetrieverScorer, prompt_caption
+from cm3leon.retrieval.rerank import prompt_caption
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.caption_check import expected_caption_log_probs
 from cm3leon.tasks.decode import decode_codes, sample_image_outputs
@@ -52,12 +49,11 @@ def features(checkpoint: EvalCheckpoint, retriever: Retriever, seed: int, n: int
     specs = [GroundedSpec(s, tuple(quantise(object_box(o, world), world) for o in s.objects)) for s in cases.scenes]
     prompts = [fmt.grounded(spec, None).prompt for spec in specs]
     samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, seed)
-    resize = RetrieverScorer(retriever, vocab, checkpoint.image_tokenizer, lambda *_: [])._retriever_sized
     found: list[SceneCandidates] = []
     for scene, prompt, candidates in zip(cases.scenes, prompts, samples.candidates, strict=True):
         codes = [c for c in candidates if c is not None]
         pixels = decode_codes(checkpoint, codes)
-        sized = resize(np.asarray(pixels))
+        sized = rule_comparison.retriever_sized(checkpoint, retriever, pixels)
         words = prompt_caption(vocab, prompt) or ""
         caption = detailed_caption(scene, world)
         found.append(SceneCandidates(
@@ -68,10 +64,6 @@ def features(checkpoint: EvalCheckpoint, retriever: Retriever, seed: int, n: int
             reading=expected_caption_log_probs(checkpoint, fmt, codes, scene),
         ))
     return found
-
-
-def best_by(score: Callable[[SceneCandidates, int], float]) -> Callable[[SceneCandidates], int]:
-    return lambda scene: max(range(len(scene.right)), key=lambda i: score(scene, i))
 
 
 RULES: dict[str, Callable[[SceneCandidates], int]] = {
@@ -85,25 +77,9 @@ RULES: dict[str, Callable[[SceneCandidates], int]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/shapes"))
-    parser.add_argument("--retriever", type=Path, default=Path("models/shapes/retriever"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the per-candidate features here")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    checkpoint, retriever = load_eval_checkpoint(args.checkpoint), Retriever.from_pretrained(args.retriever)
-    scenes = features(checkpoint, retriever, args.seed, args.n)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(s) for s in scenes]))
-    print(f"some candidate right (the oracle choosing): {np.mean([any(s.right) for s in scenes]):.3f}")
-    for name, choose in RULES.items():
-        hits = [bool(s.right) and s.right[choose(s)] for s in scenes]
-        by_objects = {k: np.mean([h for h, s in zip(hits, scenes, strict=True) if s.objects == k])
-                      for k in sorted({s.objects for s in scenes})}
-        print(f"{name}: {np.mean(hits):.3f} ({', '.join(f'{k} objects {v:.2f}' for k, v in by_objects.items())})")
+    args = rule_comparison.parser(__doc__.splitlines()[0], seed=0).parse_args()
+    scenes = features(*rule_comparison.load(args), args.seed, args.n)
+    rule_comparison.report(scenes, RULES, args.json, group=lambda scene: f"{scene.objects} objects")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ of the asked-for caption with the decoded image (CM3Leon reranks with CLIP; the 
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
+import rule_comparison
 import torch
+from rule_comparison import best_by
 
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
@@ -34,9 +33,8 @@ from cm3leon.decoding import generate
 from cm3leon.decoding.defaults import TEXT_RENDER, load_decoding_defaults
 from cm3leon.decoding.prompts import TEXT_KINDS, mask_runs
 from cm3leon.decoding.rerank import continuation_log_likelihoods
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS
 from cm3leon.tasks.decode import caption_images, decode_codes, seeded_batches
@@ -72,7 +70,6 @@ def features(
     fmt, world, vocab, oracle = formatter(checkpoint), checkpoint.world, checkpoint.vocab, Oracle(checkpoint.world)
     params = load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
     params = params.replace(num_candidates=samples_per_word or params.num_candidates)
-    resize = RetrieverScorer(retriever, vocab, checkpoint.image_tokenizer, fallback=lambda *_: [])._retriever_sized
     prompts = [fmt.text_render(word, None).prompt for word in cases.words]
     sampled = [
         [candidate.token_ids for candidate in result.candidates]
@@ -92,6 +89,7 @@ def features(
         letters = [i for i, token in enumerate(wanted[0].output) if vocab.decode_text([token]) in set(word.word or "")]
         masked = mask_runs(vocab, prompt, TEXT_KINDS)
         pixels = decode_codes(checkpoint, codes)
+        sized = rule_comparison.retriever_sized(checkpoint, retriever, pixels)
         found.append(WordCandidates(
             right=[oracle.parse(p, expect_text=True).word == word.word for p in pixels],
             agrees=[(s := parse_caption(c, world)) is not None and s.key() == word.key() for c in captions],
@@ -103,7 +101,7 @@ def features(
             image_given_masked_prompt=continuation_log_likelihoods(
                 checkpoint.model, vocab, [masked] * len(ids), ids).tolist(),
             retriever_similarity=retriever.similarity(
-                [detailed_caption(word, world)], resize(np.asarray(pixels)))[0].tolist(),
+                [detailed_caption(word, world)], sized)[0].tolist(),
         ))
     return found
 
@@ -117,10 +115,6 @@ def first_agreeing_else(score: Score) -> Callable[[WordCandidates], int]:
         agreeing = [i for i, agrees in enumerate(word.agrees) if agrees]
         return agreeing[0] if agreeing else max(range(len(word.right)), key=lambda i: score(word, i))
     return choose
-
-
-def best_by(score: Score) -> Callable[[WordCandidates], int]:
-    return lambda word: max(range(len(word.right)), key=lambda i: score(word, i))
 
 
 def caption(word: WordCandidates, i: int) -> float:
@@ -161,28 +155,17 @@ RULES: dict[str, Callable[[WordCandidates], int]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/shapes"))
-    parser.add_argument("--retriever", type=Path, default=Path("models/shapes/retriever"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--candidates", type=int, help="samples per word (default: the checkpoint's)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the per-candidate features here")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    checkpoint, retriever = load_eval_checkpoint(args.checkpoint), Retriever.from_pretrained(args.retriever)
+    options = rule_comparison.parser(__doc__.splitlines()[0], seed=0)
+    options.add_argument("--candidates", type=int, help="samples per word (default: the checkpoint's)")
+    args = options.parse_args()
+    checkpoint, retriever = rule_comparison.load(args)
     words = features(checkpoint, retriever, args.seed, args.n, args.candidates)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(w) for w in words]))
-    print(f"some candidate right (the oracle choosing): {np.mean([any(w.right) for w in words]):.3f}")
     pairs = [(agrees, right) for w in words for agrees, right in zip(w.agrees, w.right, strict=True)]
     precision = np.mean([right for agrees, right in pairs if agrees] or [np.nan])
     recall = np.mean([agrees for agrees, right in pairs if right] or [np.nan])
     print(f"the reading agrees with a right sample {precision:.3f} of the times it agrees "
           f"and agrees with {recall:.3f} of the right samples")
-    for name, choose in RULES.items():
-        print(f"{name}: {np.mean([bool(w.right) and w.right[choose(w)] for w in words]):.3f}")
+    rule_comparison.report(words, RULES, args.json)
 
 
 if __name__ == "__main__":

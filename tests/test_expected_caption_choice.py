@@ -24,7 +24,7 @@ from cm3leon.decoding.defaults import DEFAULTS_FILE, GROUNDED, TEXT_RENDER
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.inference import GroundedGeneration, GroundedObject, NormBox, Sampling, TextRendering, running
+from cm3leon.inference import GroundedGeneration, GroundedObject, NormBox, Sampling, TextRendering
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.rerank import ExpectedCaptionScorer
@@ -41,6 +41,7 @@ from cm3leon.tasks.edit_check import edit_scorer
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.text import TextTokenizer
 from cm3leon.tokenizers.vocab import Vocabulary, VocabularyConfig
+from tests.serving.fixtures import record_scorers
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
 SHAPES = Path(__file__).resolve().parents[1] / "models" / "shapes"
@@ -59,10 +60,17 @@ def shipped() -> tuple[Retriever, ImageTokenizer, Vocabulary, World]:
     return Retriever.from_pretrained(SHAPES / "retriever"), image_tokenizer, vocab, World(WorldConfig.preset("shapes"))
 
 
-def as_candidates(scenes: list[Scene], world: World, image_tokenizer: ImageTokenizer, vocab: Vocabulary) -> list:
-    images = np.stack([render(scene, world.config).image for scene in scenes])
-    codes = image_tokenizer.encode(images).view(len(scenes), -1).tolist()
-    return [vocab.encode_image(c) for c in codes]
+def shipped_scores(shipped: Any, instruction: str, expected: Scene, drawn: list[Scene]) -> list[float]:
+    """The shipped retriever's scores of renders of `drawn` as the candidates of an `instruction` prompt whose
+    expected scene is `expected` (the prompt's own words must not matter: the fallback fails if called)."""
+    retriever, image_tokenizer, vocab, world = shipped
+    images = np.stack([render(scene, world.config).image for scene in drawn])
+    codes = image_tokenizer.encode(images).view(len(drawn), -1).tolist()
+    candidates = [vocab.encode_image(c) for c in codes]
+    prompt = vocab.encode_document([instruction], eos=False) + [vocab.break_id]
+    captions = {tuple(prompt): detailed_caption(expected, world.config)}
+    scorer = ExpectedCaptionScorer(retriever, vocab, image_tokenizer, captions, fallback=fails_if_called)
+    return scorer(GenerationRequest(prompt_ids=prompt, target="image"), prompt, candidates)
 
 
 def one_letter_changed(word: Scene, rng: random.Random) -> Scene:
@@ -74,36 +82,28 @@ def one_letter_changed(word: Scene, rng: random.Random) -> Scene:
 
 def test_the_word_asked_for_outranks_words_one_letter_off(shipped: Any) -> None:
     """The prompt is an instruction ("draw ..."), not a caption: the scorer reads the expected caption instead."""
-    retriever, image_tokenizer, vocab, world = shipped
+    world = shipped[3]
     rng = random.Random(5)
     wins = 0
     for _ in range(12):
         word = world.sample(rng, Split.TEST, text=True)
         misses = [one_letter_changed(word, rng) for _ in range(3)]
-        candidates = as_candidates([*misses[:2], word, misses[2]], world, image_tokenizer, vocab)
-        prompt = vocab.encode_document([f'draw "{word.word}"'], eos=False) + [vocab.break_id]
-        expected = {tuple(prompt): detailed_caption(word, world.config)}
-        scorer = ExpectedCaptionScorer(retriever, vocab, image_tokenizer, expected, fallback=fails_if_called)
-        scores = scorer(GenerationRequest(prompt_ids=prompt, target="image"), prompt, candidates)
+        scores = shipped_scores(shipped, f'draw "{word.word}"', word, [*misses[:2], word, misses[2]])
         wins += int(np.argmax(scores)) == 2
     assert wins >= 10
 
 
 def test_the_edited_scene_outranks_the_unedited_source(shipped: Any) -> None:
-    retriever, image_tokenizer, vocab, world = shipped
+    world = shipped[3]
     rng = random.Random(7)
     wins = 0
     for _ in range(20):
         case = make_edit(world, rng, Split.TEST)
-        candidates = as_candidates([case.source, case.target], world, image_tokenizer, vocab)
         expected = edit_check.expected_scenes(
             [detailed_caption_variants(case.source, world.config)[0]], [case.instruction], world.config
         )[0]
         assert expected is not None and expected.key() == case.target.key()
-        prompt = [vocab.bos_id, *vocab.encode_text(case.instruction), vocab.break_id]
-        captions = {tuple(prompt): detailed_caption(expected, world.config)}
-        scorer = ExpectedCaptionScorer(retriever, vocab, image_tokenizer, captions, fallback=fails_if_called)
-        scores = scorer(GenerationRequest(prompt_ids=prompt, target="image"), prompt, candidates)
+        scores = shipped_scores(shipped, case.instruction, expected, [case.source, case.target])
         wins += scores[1] > scores[0]
     assert wins >= 17
 
@@ -111,7 +111,7 @@ def test_the_edited_scene_outranks_the_unedited_source(shipped: Any) -> None:
 def test_the_grounded_scene_asked_for_outranks_its_objects_in_other_cells(shipped: Any) -> None:
     """Grounded prompts' words name no positions; the asked-for scene's caption does, so a sample with an object in
     the wrong cell loses."""
-    retriever, image_tokenizer, vocab, world = shipped
+    world = shipped[3]
     rng = random.Random(11)
     wins = 0
     for _ in range(12):
@@ -121,11 +121,7 @@ def test_the_grounded_scene_asked_for_outranks_its_objects_in_other_cells(shippe
         moved = scene.with_objects(
             (*(o for o in scene.objects if o is not moved_object), replace(moved_object, cell=rng.choice(empty)))
         )
-        candidates = as_candidates([moved, scene], world, image_tokenizer, vocab)
-        prompt = [vocab.bos_id, *vocab.encode_text("a grounded prompt"), vocab.break_id]
-        expected = {tuple(prompt): detailed_caption(scene, world.config)}
-        scorer = ExpectedCaptionScorer(retriever, vocab, image_tokenizer, expected, fallback=fails_if_called)
-        scores = scorer(GenerationRequest(prompt_ids=prompt, target="image"), prompt, candidates)
+        scores = shipped_scores(shipped, "a grounded prompt", scene, [moved, scene])
         wins += scores[1] > scores[0]
     assert wins >= 10
 
@@ -241,14 +237,7 @@ def test_text_rendering_jobs_are_chosen_by_the_engines_retriever(
 ) -> None:
     directory = build_tiny_sft_model_dir(tmp_path / "sft")
     (directory / DEFAULTS_FILE).write_text(json.dumps({TEXT_RENDER: {"num_candidates": 2}}))
-    scorers: list[Any] = []
-    real = running.generate
-
-    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
-        scorers.append(kwargs.get("scorer"))
-        return real(model, vocab, requests, **kwargs)
-
-    monkeypatch.setattr(running, "generate", watched)
+    scorers = record_scorers(monkeypatch)
     retriever = Retriever.build(RetrieverConfig.preset("tiny"), TextTokenizer.load(directory))
     engine = Engine(directory, EngineConfig.preset("tiny"), retriever=retriever)
     result = engine.run(TextRendering("AB in blue on black", sampling=Sampling(seed=4)))
@@ -261,14 +250,7 @@ def test_text_rendering_jobs_are_chosen_by_the_engines_retriever(
 def test_grounded_jobs_are_chosen_against_the_scene_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     directory = build_tiny_sft_model_dir(tmp_path / "sft")
     (directory / DEFAULTS_FILE).write_text(json.dumps({GROUNDED: {"num_candidates": 2}}))
-    scorers: list[Any] = []
-    real = running.generate
-
-    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
-        scorers.append(kwargs.get("scorer"))
-        return real(model, vocab, requests, **kwargs)
-
-    monkeypatch.setattr(running, "generate", watched)
+    scorers = record_scorers(monkeypatch)
     request = GroundedGeneration((GroundedObject("large red circle", NormBox(0.0, 0.0, 0.3, 0.3)),),
                                  sampling=Sampling(seed=2))
     Engine(directory, EngineConfig.preset("tiny")).run(request)

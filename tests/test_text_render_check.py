@@ -19,9 +19,10 @@ from cm3leon.decoding.rerank import continuation_log_likelihoods
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.inference import Sampling, TextRendering, running
+from cm3leon.inference import Sampling, TextRendering
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.tasks.caption_check import AGREES, DISAGREES, CaptionCheckScorer, text_render_check_scorer
+from tests.serving.fixtures import record_scorers
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
 
@@ -117,14 +118,7 @@ def test_text_rendering_jobs_with_several_candidates_are_checked_against_the_wor
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = build_tiny_sft_model_dir(tmp_path / "sft")
-    scorers: list[Any] = []
-    real = running.generate
-
-    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
-        scorers.append(kwargs.get("scorer"))
-        return real(model, vocab, requests, **kwargs)
-
-    monkeypatch.setattr(running, "generate", watched)
+    scorers = record_scorers(monkeypatch)
     request = TextRendering("AB in blue on black", sampling=Sampling(seed=4))
     Engine(directory, EngineConfig.preset("tiny")).run(request)
     assert not isinstance(scorers[-1], CaptionCheckScorer), "one candidate: nothing to check"

@@ -79,6 +79,22 @@ def record_decoded_params(monkeypatch: pytest.MonkeyPatch) -> list[SamplingParam
     return seen
 
 
+def record_scorers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The candidate scorer (None: `generate`'s default) of every decode the engine's handlers run from now on
+    (the real `generate` runs: this only watches what chooses among the candidates)."""
+    from cm3leon.inference import running
+
+    scorers: list[Any] = []
+    real = running.generate
+
+    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
+        scorers.append(kwargs.get("scorer"))
+        return real(model, vocab, requests, **kwargs)
+
+    monkeypatch.setattr(running, "generate", watched)
+    return scorers
+
+
 def record_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
     """(requests, results) of every decode the engine's handlers run from now on (the real `generate` runs)."""
     from cm3leon.inference import running
