@@ -11,8 +11,9 @@ what each rule needs, and prints every rule's exact-scene accuracy on the same s
 
 Per candidate: whether the oracle reads the target scene (`right`), whether the model's greedy caption is the
 expected scene (the source's greedy caption with the instruction applied: what serving can know, `agrees`), the
-retriever's text-image similarity of the expected scene's caption with the candidate, and the retriever's
-image-image similarity of the candidate with the source (how much of the source it keeps).
+retriever's text-image similarity of the expected scene's caption with the candidate, the retriever's
+image-image similarity of the candidate with the source (how much of the source it keeps), and the model's reading
+of the candidate (mean per-token log-probability of the expected caption given it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from cm3leon.decoding.defaults import EDIT, load_decoding_defaults
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS
+from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, expected_caption_log_probs
 from cm3leon.tasks.decode import caption_images, decode_codes, sample_image_outputs
 from cm3leon.tasks.edit_check import expected_edits
 
@@ -45,6 +46,7 @@ class EditCandidates:
     agrees: list[bool]
     retriever_similarity: list[float]  # to the expected scene's caption (0 where it is unknown)
     source_similarity: list[float]  # image-image, with the source
+    reading: list[float]  # the model's mean per-token log-probability of the expected caption (0 where unknown)
 
 
 def features(
@@ -66,7 +68,7 @@ def features(
     for edit, want, candidates, source in per_edit:
         codes = [c for c in candidates if c is not None]
         if not codes:
-            found.append(EditCandidates(edit.kind, want is not None, [], [], [], []))
+            found.append(EditCandidates(edit.kind, want is not None, [], [], [], [], []))
             continue
         pixels = decode_codes(checkpoint, codes)
         captions, _ = caption_images(checkpoint, codes, CHECK_CAPTION_PARAMS, len(codes), 0)
@@ -82,6 +84,7 @@ def features(
             agrees=[want is not None and s is not None and s.key() == want.key() for s in parsed],
             retriever_similarity=text_similarity,
             source_similarity=(retriever.embed_images(sized) @ source).tolist(),
+            reading=expected_caption_log_probs(checkpoint, fmt, codes, want) if want else [0.0] * len(codes),
         ))
     return found
 
@@ -114,6 +117,9 @@ RULES: dict[str, Callable[[EditCandidates], int]] = {
     **{f"retriever + {w} x source similarity, agreeing first": best_by(
         lambda edit, i, w=w: retrieved(edit, i) + w * kept(edit, i) + 1e9 * edit.agrees[i])
        for w in (0.1, 0.3, 1.0)},
+    "reading of the expected caption": best_by(lambda edit, i: edit.reading[i]),
+    **{f"reading + {w} x retriever": best_by(lambda edit, i, w=w: edit.reading[i] + w * retrieved(edit, i))
+       for w in (1.0, 5.0, 20.0)},
 }
 
 
