@@ -227,7 +227,7 @@ def test_the_evaluation_reports_what_chose(checkpoint: EvalCheckpoint, monkeypat
 
     monkeypatch.setattr(image_tasks_eval, "expected_caption_scorer", watched_expected)
     grounded = image_tasks_eval.evaluate_grounded(checkpoint, cases, config, oracle, two, retriever=retriever)
-    assert grounded.metrics["chosen_by"] == "retriever (scene caption)" and scenes == cases.scenes
+    assert grounded.metrics["chosen_by"] == "retriever" and scenes == cases.scenes
     plain = image_tasks_eval.evaluate_grounded(checkpoint, cases, config, oracle, two)
     assert plain.metrics["chosen_by"] == "reranker" and len(scenes) == len(cases.scenes)
 

@@ -123,9 +123,10 @@ def _psnr(mse: float) -> float:
     return PSNR_CAP_DB if mse <= 0 else min(PSNR_CAP_DB, 10 * math.log10(PIXEL_MAX**2 / mse))
 
 
-def chooser_name(retriever: Retriever | None) -> str:
-    """What chose among an edit's or a rendered word's candidates, for the report."""
-    return "retriever" if retriever is not None else "caption check"
+def chooser_name(retriever: Retriever | None, otherwise: str = "caption check") -> str:
+    """What chose among a task's candidates, for the report: the retriever against the scene the request should
+    show, else `otherwise`."""
+    return "retriever" if retriever is not None else otherwise
 
 
 def evaluate_infill(
@@ -285,7 +286,7 @@ def evaluate_grounded(
     metrics["box_iou"] = mean(ious)
     metrics["decoding"] = params_record(params)
     if params.num_candidates > 1:
-        metrics["chosen_by"] = "retriever (scene caption)" if retriever is not None else "reranker"
+        metrics["chosen_by"] = chooser_name(retriever, otherwise="reranker")
     grid = [
         [
             (pixels[i], f"{_grounded_label(checkpoint, prompts[i])}\n"
