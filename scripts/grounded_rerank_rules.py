@@ -20,9 +20,7 @@ from rule_comparison import best_by
 
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.oracle import Oracle
-from cm3leon.data.render import object_box
-from cm3leon.data.tasks import GroundedSpec
-from cm3leon.data.tasks import quantise_box as quantise
+from cm3leon.data.tasks import grounded_spec_of_scene
 from cm3leon.decoding.defaults import GROUNDED, load_decoding_defaults
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
@@ -46,7 +44,7 @@ def features(checkpoint: EvalCheckpoint, retriever: Retriever, seed: int, n: int
     cases = build_cases(checkpoint, config)
     fmt, world, vocab, oracle = formatter(checkpoint), checkpoint.world, checkpoint.vocab, Oracle(checkpoint.world)
     params = load_decoding_defaults(checkpoint.directory)[GROUNDED]
-    specs = [GroundedSpec(s, tuple(quantise(object_box(o, world), world) for o in s.objects)) for s in cases.scenes]
+    specs = [grounded_spec_of_scene(s, world) for s in cases.scenes]
     prompts = [fmt.grounded(spec, None).prompt for spec in specs]
     samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, seed)
     found: list[SceneCandidates] = []

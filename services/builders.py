@@ -77,9 +77,11 @@ def edit(
     text_guidance_scale: float | None = None,
     image_guidance_scale: float | None = None,
     source_copy_bias: float | None = None,
+    redraw: bool | None = None,
     **options: Any,
 ) -> jobs_pb2.JobRequest:
-    """Unset scales and copy bias take the model's defaults (its sweep's; else the paper's text 7.5, image 1.5)."""
+    """Unset scales and copy bias take the model's defaults (its sweep's; else the paper's text 7.5, image 1.5);
+    unset `redraw` is on (False: only edits of the source's own codes, no redraws of the planned scene)."""
     body = jobs_pb2.Edit(image=image_input(image), instruction=instruction, sampling=sampling(**options))
     if text_guidance_scale is not None:
         body.text_guidance_scale = text_guidance_scale
@@ -87,6 +89,8 @@ def edit(
         body.image_guidance_scale = image_guidance_scale
     if source_copy_bias is not None:
         body.source_copy_bias = source_copy_bias
+    if redraw is not None:
+        body.redraw = redraw
     return jobs_pb2.JobRequest(edit=body)
 
 

@@ -71,6 +71,7 @@ def request_to_domain(request: jobs_pb2.JobRequest) -> domain.JobRequest:
             body.image_guidance_scale if body.HasField("image_guidance_scale") else None,
             sampling(body.sampling),
             body.source_copy_bias if body.HasField("source_copy_bias") else None,
+            body.redraw if body.HasField("redraw") else True,
         )
     if kind == "infill":
         regions = tuple(box(region) for region in body.regions)

@@ -30,6 +30,7 @@ from cm3leon.decoding.defaults import (
     CAPTION,
     DEFAULTS_FILE,
     EDIT,
+    EDIT_REDRAW,
     GROUNDED,
     SEGMENTATION,
     STRUCTURE,
@@ -196,12 +197,17 @@ def test_grounded_generation_decodes_as_text_to_image_unless_the_file_says_other
     path = save_decoding_defaults(tmp_path, {TEXT_TO_IMAGE: chosen}, {})
     assert load_decoding_defaults(tmp_path)[GROUNDED] == chosen  # saved as text->image's when not given
     record = json.loads(path.read_text())
-    del record[GROUNDED]  # a file written before grounded generation had its own entry
+    del record[GROUNDED], record[EDIT_REDRAW]  # a file written before either had its own entry
     path.write_text(json.dumps(record))
     assert load_decoding_defaults(tmp_path)[GROUNDED] == chosen
+    assert load_decoding_defaults(tmp_path)[EDIT_REDRAW] == chosen  # through grounded generation's
     save_decoding_defaults(tmp_path, {TEXT_TO_IMAGE: chosen, GROUNDED: chosen.replace(num_candidates=8)}, {})
     loaded = load_decoding_defaults(tmp_path)
     assert loaded[GROUNDED].num_candidates == 8 and loaded[TEXT_TO_IMAGE].num_candidates == 1
+    assert loaded[EDIT_REDRAW] == loaded[GROUNDED]  # an edit's redraw is a grounded prompt
+    save_decoding_defaults(tmp_path, {GROUNDED: chosen, EDIT_REDRAW: chosen.replace(num_candidates=4)}, {})
+    loaded = load_decoding_defaults(tmp_path)
+    assert loaded[EDIT_REDRAW].num_candidates == 4 and loaded[GROUNDED].num_candidates == 1
 
 
 # --- evaluations on a tiny checkpoint ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from cm3leon.data.render import render
 from cm3leon.data.tasks import make_edit
 from cm3leon.data.world import Scene, Split, World, WorldConfig
 from cm3leon.decoding import GenerationRequest, SamplingParams, WeightedSum, continuation_log_likelihoods
-from cm3leon.decoding.defaults import DEFAULTS_FILE, GROUNDED, TEXT_RENDER
+from cm3leon.decoding.defaults import DEFAULTS_FILE, GROUNDED, TEXT_RENDER, load_decoding_defaults
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
@@ -37,7 +37,7 @@ from cm3leon.tasks.caption_check import (
     text_render_scorer,
 )
 from cm3leon.tasks.decode import decode_codes
-from cm3leon.tasks.edit_check import edit_scorer
+from cm3leon.tasks.edit_check import EditSettings, edit_scorer
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.text import TextTokenizer
 from cm3leon.tokenizers.vocab import Vocabulary, VocabularyConfig
@@ -162,10 +162,18 @@ def test_with_a_retriever_the_choice_is_the_retrievers_and_without_one_the_capti
     prompts = [fmt.edit(e, s, None).prompt for e, s in zip(cases.edits, sources, strict=True)]
     known = [cases.edits[0].target, None, cases.edits[2].target]
     monkeypatch.setattr(edit_check, "expected_edits", lambda *args: known)
-    assert isinstance(edit_scorer(checkpoint, prompts, sources, instructions, 3, None), CaptionCheckScorer)
-    edits = edit_scorer(checkpoint, prompts, sources, instructions, 3, retriever)
+    settings = EditSettings.from_defaults(load_decoding_defaults(checkpoint.directory))
+    plan = edit_check.plan_edits(checkpoint, prompts, sources, instructions, settings, 3)
+    assert isinstance(edit_scorer(checkpoint, plan, None), CaptionCheckScorer)
+    edits = edit_scorer(checkpoint, plan, retriever)
     assert isinstance(edits, ExpectedCaptionScorer)
-    assert list(edits.expected.values()) == [detailed_caption(known[0], world), None, detailed_caption(known[2], world)]
+    assert [edits.expected[tuple(p)] for p in prompts] == [
+        detailed_caption(known[0], world), None, detailed_caption(known[2], world)
+    ]
+    redraws = [plan.redraw_prompts[0], plan.redraw_prompts[2]]  # a redraw is judged against the same scene
+    assert [edits.expected[tuple(p)] for p in redraws] == [  # type: ignore[arg-type]
+        detailed_caption(known[0], world), detailed_caption(known[2], world)
+    ]
     candidates = [checkpoint.vocab.encode_image(codes.codes) for codes in sources]
     unknown = GenerationRequest(prompt_ids=prompts[1], target="image")
     assert edits(unknown, prompts[1], candidates) == [0.0, 0.0, 0.0], "no expected scene: the first sample"

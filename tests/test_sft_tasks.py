@@ -16,8 +16,8 @@ from sft_helpers import tiny_sft_config, tiny_sft_source, tiny_task_corpus
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.questions import final_answer, qa_pairs, reasoning_pairs
-from cm3leon.data.render import object_box, render
-from cm3leon.data.tasks import GroundedSpec, parse_edit_instruction, quantise_box
+from cm3leon.data.render import render
+from cm3leon.data.tasks import grounded_spec_of_scene, parse_edit_instruction
 from cm3leon.decoding.prompts import document_prompt_ids
 from cm3leon.tasks.corpus import TaskCorpus
 from cm3leon.tasks.formats import EDIT_HEADER, SEGMENT_HEADER, STRUCTURE_HEADER, TASKS
@@ -93,7 +93,7 @@ def test_prompts_decode_back_to_their_cases(source: SFTBatches) -> None:
         for qa in [*qa_pairs(scene, world, rng), *reasoning_pairs(scene, world, rng)]:
             text = vocab.decode_document(fmt.vqa(image, qa).ids)[1]
             assert question_and_answer(text) == (qa.question, qa.answer)
-        spec = GroundedSpec(scene, tuple(quantise_box(object_box(o, world), world) for o in scene.objects))
+        spec = grounded_spec_of_scene(scene, world)
         assert grounded_spec(fmt.grounded(spec, image).prompt, vocab, world) == spec
     for index in range(len(corpus.words)):
         scene = corpus.words.scenes[index]

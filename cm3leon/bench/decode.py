@@ -1,7 +1,7 @@
 """Decoding speed of a checkpoint: CFG images at several batch sizes, pooled reranking, captioning, segmentation
 maps greedy and checked against the caption (the checkpoint's segmentation default), and edits and rendered words
 from one sample and checked among several (the model's caption of each sample against what was asked for, or the
-retriever's similarity of each to the expected scene's caption).
+retriever's similarity of each to the expected scene's caption; an edit's several samples include its redraws).
 
 Each measurement generates real prompts of held-out scenes end to end (`generate`, VQ decode included for
 images) after one warm-up call, best of `repeats` passes (the machine is shared: the best pass is the one least
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cm3leon.data.world import Split
-from cm3leon.decoding import SamplingParams, Scorer
+from cm3leon.decoding import SamplingParams
 from cm3leon.decoding.defaults import CAPTION, EDIT, SEGMENTATION, TEXT_RENDER, TEXT_TO_IMAGE, load_decoding_defaults
 from cm3leon.evaluation.caption_eval import (
     caption_token_budget,
@@ -36,7 +36,7 @@ from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.caption_check import text_render_scorer
 from cm3leon.tasks.decode import generate_image_outputs
-from cm3leon.tasks.edit_check import edit_scorer
+from cm3leon.tasks.edit_check import EditSettings, sample_edits
 from cm3leon.tasks.segmentation import SegmentationParams, segment_images
 
 # Benchmark prompts come from the validation split: speed does not depend on the split, and test stays unseen.
@@ -83,32 +83,35 @@ def _checked_task_runs(
     retriever: Retriever | None,
 ) -> dict[str, Callable[[], float]]:
     """Timed runs of the checked image tasks, `<task>_{single,checked<k>,retriever<k>}` -> seconds for the batch
-    (the retriever's runs only with a retriever). A checked run includes building its scorer (editing captions the
-    source images first), as a job does."""
+    (the retriever's runs only with a retriever). A checked run includes building its scorer, and an edit's its plan
+    (the source captioned) and its redraws, as a job does."""
     fmt, batch = formatter(checkpoint), config.checked_batch_size
     edit_prompts = [fmt.edit(e, s, None).prompt for e, s in zip(cases.edits, cases.edit_sources, strict=True)]
     word_prompts = [fmt.text_render(word, None).prompt for word in cases.words]
     instructions = [case.instruction for case in cases.edits]
     choosers: dict[str, Retriever | None] = {"checked": None, **({"retriever": retriever} if retriever else {})}
+    edit_settings = EditSettings.from_defaults(defaults)
 
-    def edit_chooser(chooser: Retriever | None) -> Scorer:
-        return edit_scorer(checkpoint, edit_prompts, cases.edit_sources, instructions, batch, chooser)
-
-    def word_chooser(chooser: Retriever | None) -> Scorer:
-        return text_render_scorer(checkpoint, word_prompts, cases.words, chooser)
-
-    def timed(prompts: list[list[int]], params: SamplingParams, scorer: Callable[[], Scorer] | None) -> float:
+    def timed_edits(params: SamplingParams, chooser: Retriever | None) -> float:
         start = time.perf_counter()
-        generate_image_outputs(checkpoint, prompts, params, batch, config.seed, scorer() if scorer else None)
+        settings = replace(edit_settings, direct=params)
+        sample_edits(checkpoint, edit_prompts, cases.edit_sources, instructions, settings, batch, config.seed, chooser)
+        return time.perf_counter() - start
+
+    def timed_words(params: SamplingParams, chooser: Retriever | None) -> float:
+        start = time.perf_counter()
+        checked = params.num_candidates > 1
+        scorer = text_render_scorer(checkpoint, word_prompts, cases.words, chooser) if checked else None
+        generate_image_outputs(checkpoint, word_prompts, params, batch, config.seed, scorer)
         return time.perf_counter() - start
 
     runs: dict[str, Callable[[], float]] = {}
-    for task, prompts, scorer in (("edit", edit_prompts, edit_chooser), ("text_render", word_prompts, word_chooser)):
+    for task, timed in (("edit", timed_edits), ("text_render", timed_words)):
         params = defaults[EDIT if task == "edit" else TEXT_RENDER]
         checked = params if params.num_candidates > 1 else params.replace(num_candidates=config.check_candidates)
-        runs[f"{task}_single"] = partial(timed, prompts, params.replace(num_candidates=1), None)
+        runs[f"{task}_single"] = partial(timed, params.replace(num_candidates=1), None)
         for name, chooser in choosers.items():
-            runs[f"{task}_{name}{checked.num_candidates}"] = partial(timed, prompts, checked, partial(scorer, chooser))
+            runs[f"{task}_{name}{checked.num_candidates}"] = partial(timed, checked, chooser)
     return runs
 
 

@@ -220,10 +220,13 @@ def boxes_to_pixels(bins_box: BinBox, config: WorldConfig) -> PixelBox:
     return start(x0), start(y0), start(x1 + 1), start(y1 + 1)
 
 
+def grounded_spec_of_scene(scene: Scene, config: WorldConfig) -> GroundedSpec:
+    """The scene's objects with the location bins of their drawn boxes: the grounded prompt that asks for it."""
+    return GroundedSpec(scene=scene, boxes=tuple(quantise_box(object_box(o, config), config) for o in scene.objects))
+
+
 def make_grounded(world: World, rng: random.Random, split: Split | str) -> GroundedSpec:
-    cfg = world.config
-    scene = world.sample(rng, split, text=False)
-    return GroundedSpec(scene=scene, boxes=tuple(quantise_box(object_box(o, cfg), cfg) for o in scene.objects))
+    return grounded_spec_of_scene(world.sample(rng, split, text=False), world.config)
 
 
 def grounded_text(spec: GroundedSpec, config: WorldConfig) -> list[tuple[BinBox, str]]:

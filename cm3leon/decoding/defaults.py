@@ -35,16 +35,21 @@ SEGMENTATION = "segmentation"
 # Text rendering decodes as text->image does; with num_candidates > 1 the first sample the model reads back as the
 # asked-for word is kept (cm3leon.tasks.caption_check).
 TEXT_RENDER = "text_render"
-TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE, GROUNDED, SEGMENTATION, TEXT_RENDER)
+# Edits redrawn from their expected scene (grounded generation of what the instruction makes of the source's
+# caption), pooled with the edit's own samples when it draws several; num_candidates is the redraws per edit
+# (cm3leon.tasks.edit_check).
+EDIT_REDRAW = "edit_redraw"
+TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE, GROUNDED, SEGMENTATION, TEXT_RENDER, EDIT_REDRAW)
 # Which SamplingParams preset each task falls back to.
 TASK_PRESETS: dict[str, str] = {
     TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text", EDIT: "edit", STRUCTURE: "structure",
     GROUNDED: "text_to_image", SEGMENTATION: "segmentation", TEXT_RENDER: "text_to_image",
+    EDIT_REDRAW: "text_to_image",
 }
 # Tasks that decode as another task does unless the file says otherwise: grounded generation is text->image with
-# boxes in the prompt and text rendering text->image of a word, so a file written before they had their own entry
-# gives them text->image's settings.
-INHERITS: dict[str, str] = {GROUNDED: TEXT_TO_IMAGE, TEXT_RENDER: TEXT_TO_IMAGE}
+# boxes in the prompt, text rendering text->image of a word and an edit's redraw a grounded prompt, so a file
+# written before they had their own entry gives them their parent's settings (a parent before its children here).
+INHERITS: dict[str, str] = {GROUNDED: TEXT_TO_IMAGE, TEXT_RENDER: TEXT_TO_IMAGE, EDIT_REDRAW: GROUNDED}
 # A seed is per request, never a default: a fixed default seed would make every request draw the same sample.
 NOT_A_DEFAULT = frozenset({"seed"})
 
@@ -75,11 +80,11 @@ def save_decoding_defaults(
     presets = preset_defaults()
 
     def chosen(task: str) -> SamplingParams:
-        """The given params; for a task not given, its parent's (INHERITS) if given, else its preset."""
+        """The given params; for a task not given, what its parent (INHERITS) gets, else its preset."""
         if task in defaults:
             return defaults[task]
         parent = INHERITS.get(task)
-        return defaults[parent] if parent is not None and parent in defaults else presets[task]
+        return chosen(parent) if parent is not None else presets[task]
 
     record: dict[str, Any] = {task: _overrides(chosen(task), presets[task]) for task in TASKS}
     record[PROVENANCE_KEY] = dict(provenance or {})

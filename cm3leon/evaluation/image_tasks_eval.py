@@ -1,7 +1,8 @@
 """Evaluations of the image-writing instruction tasks, each judged against the world's exact ground truth.
 
 editing (three-stream guidance; the checkpoint's edit defaults, the paper's image 1.5 / text 7.5 unless a sweep
-chose others; several candidates: the first the caption check accepts, `cm3leon.tasks.edit_check`), infilling
+chose others; several candidates: planned, pooled with redraws of the plan and chosen, `cm3leon.tasks.edit_check`),
+infilling
 (CM3 sentinels, greedy codes), segmentation (greedy map, redrawn where it disagrees with the model's caption when
 the checkpoint's segmentation defaults say so; decoded to classes by the legend), structure-guided generation (the
 checkpoint's structure defaults, CFG 3 by the preset), grounded generation and text rendering (their own defaults,
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,12 +23,10 @@ from cm3leon.data.grid import Tile
 from cm3leon.data.language import parse_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_classes
-from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, masked_image
-from cm3leon.data.tasks import quantise_box as quantise
+from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, grounded_spec_of_scene, masked_image
 from cm3leon.decoding import LikelihoodScorer, SamplingParams, Scorer
 from cm3leon.decoding.defaults import (
     CAPTION,
-    EDIT,
     GROUNDED,
     SEGMENTATION,
     STRUCTURE,
@@ -46,18 +45,17 @@ from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, 
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, expected_caption_scorer, text_render_scorer
 from cm3leon.tasks.decode import (
-    ImageSamples,
     caption_images,
     decode_codes,
     generate_image_outputs,
     generate_infills,
     sample_image_outputs,
 )
-from cm3leon.tasks.edit_check import edit_scorer
+from cm3leon.tasks.edit_check import EditSettings, sample_edits
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tasks.parsing import infill_result, segmentation_map
 from cm3leon.tasks.segmentation import SegmentationParams, segment_images
-from cm3leon.tokenizers.vocab import Locations
+from cm3leon.tokenizers.vocab import ImageCodes, Locations
 
 PIXEL_MAX = 255.0
 PSNR_CAP_DB = 100.0  # a perfect region (MSE 0) reports this instead of infinity (JSON has no infinity)
@@ -73,50 +71,74 @@ def _rows(config: TaskEvalConfig, n: int) -> range:
     return range(min(config.grid_rows, n))
 
 
-def _candidate_pixels(checkpoint: EvalCheckpoint, samples: ImageSamples) -> list[np.ndarray]:
+def _candidate_pixels(checkpoint: EvalCheckpoint, candidates: list[list[ImageCodes | None]]) -> list[np.ndarray]:
     """Every candidate's pixels, one (K, H, W, 3) array per prompt, decoded through the VQ in one batch."""
-    flat = [codes for per_prompt in samples.candidates for codes in per_prompt]
+    flat = [codes for per_prompt in candidates for codes in per_prompt]
     pixels = decode_codes(checkpoint, flat)
-    bounds = np.cumsum([0] + [len(per_prompt) for per_prompt in samples.candidates])
+    bounds = np.cumsum([0] + [len(per_prompt) for per_prompt in candidates])
     return [pixels[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def evaluate_edits(
     checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
-    params: SamplingParams | None = None, retriever: Retriever | None = None,
+    params: SamplingParams | None = None, retriever: Retriever | None = None, redraw: SamplingParams | None = None,
 ) -> TaskResult:
-    """Exact target scenes and which half of an edit failed; several candidates are chosen by `retriever` against
-    the expected scene, else by the caption check (`cm3leon.tasks.edit_check`), as serving does."""
+    """Exact target scenes and which half of an edit failed, decoded as the edit job decodes
+    (`cm3leon.tasks.edit_check.sample_edits`: with several candidates, planned, redrawn and chosen by `retriever`
+    against the expected scene, else by the caption check). `params` replaces the direct samples' defaults, `redraw`
+    the redraws'. Beside the kept edit: the direct samples' own choice, how often the plan was the target, how
+    often a redraw was kept, and whether some candidate was exact (the oracle choosing)."""
     fmt, world = formatter(checkpoint), checkpoint.world
-    params = params or load_decoding_defaults(checkpoint.directory)[EDIT]
+    settings = EditSettings.from_defaults(load_decoding_defaults(checkpoint.directory))
+    settings = replace(settings, direct=params or settings.direct, redraw=redraw or settings.redraw)
     prompts = [fmt.edit(e, src, None).prompt for e, src in zip(cases.edits, cases.edit_sources, strict=True)]
-    scorer = None
-    if params.num_candidates > 1:
-        instructions = [case.instruction for case in cases.edits]
-        scorer = edit_scorer(checkpoint, prompts, cases.edit_sources, instructions, config.batch_size, retriever)
-    samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
+    instructions = [case.instruction for case in cases.edits]
+    samples = sample_edits(
+        checkpoint, prompts, cases.edit_sources, instructions, settings, config.batch_size, config.seed, retriever
+    )
     pixels = decode_codes(checkpoint, samples.chosen)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     metrics: dict[str, object] = {
         **summarize_edits(cases.edits, predicted, world),
-        "decoding": params_record(params),
+        "decoding": params_record(settings.direct),
     }
-    if params.num_candidates > 1:
-        metrics["chosen_by"] = chooser_name(retriever)
-        # Whether the choice is the limit: how often some candidate is the exact target (the oracle choosing).
-        metrics["some_candidate_exact"] = mean([
-            any(oracle.parse(p, expect_text=False).key() == edit.target.key() for p in candidates)
-            for candidates, edit in zip(_candidate_pixels(checkpoint, samples), cases.edits, strict=True)
-        ])
+    if samples.plan is not None:
+        direct_only = [oracle.parse(p, expect_text=False) for p in decode_codes(checkpoint, samples.direct.chosen)]
+        metrics.update({
+            "chosen_by": chooser_name(retriever),
+            "redraw_decoding": params_record(settings.redraw),
+            "plan_exact": mean([e is not None and e.key() == case.target.key()
+                                for e, case in zip(samples.plan.expected, cases.edits, strict=True)]),
+            "redrawn": mean(samples.redrawn),
+            "direct_exact": mean([s.key() == case.target.key() for s, case in zip(direct_only, cases.edits,
+                                                                                  strict=True)]),
+            # Whether the choice is the limit: how often some candidate is the exact target (the oracle choosing).
+            "some_candidate_exact": _some_exact(checkpoint, oracle, cases, [
+                direct + redraws for direct, redraws in zip(samples.direct.candidates, samples.redraws, strict=True)
+            ]),
+            "some_direct_candidate_exact": _some_exact(checkpoint, oracle, cases, samples.direct.candidates),
+        })
     grid = [
         [
             (render(cases.edits[i].source, world).image, f"edit: {cases.edits[i].instruction}"),
-            (pixels[i], verdict_label(predicted[i], cases.edits[i].target, world)),
+            (pixels[i], verdict_label(predicted[i], cases.edits[i].target, world)
+             + (" (redrawn)" if samples.redrawn[i] else "")),
             (render(cases.edits[i].target, world).image, "ground truth"),
         ]
         for i in _rows(config, len(predicted))
     ]
     return TaskResult(metrics, grid)
+
+
+def _some_exact(
+    checkpoint: EvalCheckpoint, oracle: Oracle, cases: TaskCases, candidates: list[list[ImageCodes | None]]
+) -> float:
+    """How often some candidate of an edit is read as its exact target."""
+    pixels = _candidate_pixels(checkpoint, candidates)
+    return mean([
+        any(oracle.parse(p, expect_text=False).key() == edit.target.key() for p in per_edit)
+        for per_edit, edit in zip(pixels, cases.edits, strict=True)
+    ])
 
 
 def _psnr(mse: float) -> float:
@@ -270,7 +292,7 @@ def evaluate_grounded(
     likelihood)."""
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[GROUNDED]
-    specs = [GroundedSpec(s, tuple(quantise(object_box(o, world), world) for o in s.objects)) for s in cases.scenes]
+    specs = [grounded_spec_of_scene(s, world) for s in cases.scenes]
     prompts = [fmt.grounded(spec, None).prompt for spec in specs]
     if retriever is not None and params.num_candidates > 1:
         fallback = reranker or LikelihoodScorer(checkpoint.model, checkpoint.vocab)
@@ -339,7 +361,7 @@ def evaluate_text_render(
         # Whether the choice is the limit: how often some candidate draws the word (the oracle choosing).
         metrics["some_candidate_exact_word"] = mean([
             any(oracle.parse(p, expect_text=True).word == word.word for p in candidates)
-            for candidates, word in zip(_candidate_pixels(checkpoint, samples), cases.words, strict=True)
+            for candidates, word in zip(_candidate_pixels(checkpoint, samples.candidates), cases.words, strict=True)
         ])
     grid = [
         [

@@ -95,6 +95,8 @@ class Edit:
     image_guidance_scale: float | None = None
     sampling: Sampling = field(default_factory=Sampling)
     source_copy_bias: float | None = None  # None: the checkpoint's default (SamplingParams.source_copy_bias)
+    # With several candidates, also redraw the planned scene (cm3leon.tasks.edit_check); False: direct edits only.
+    redraw: bool = True
 
 
 @dataclass(frozen=True, eq=False)

@@ -5,7 +5,8 @@ and previews:
     visual_question      greedy answer (a reasoning question's worked answer, or only its final answer); a model
                          tuned with worked VQA answers: the description reranked as captions are, then the answer
     edit                 three-stream guidance (the model's edit defaults; the request may override both scales);
-                         several candidates: the first whose caption shows the instruction done
+                         several candidates: pooled with redraws of the expected scene, the retriever (else the
+                         caption check) keeps one
     infill               CM3 sentinels, the evaluation's greedy span loop, one region after the other
     segmentation         greedy map (redrawn where it disagrees with the caption) -> classes by the world's legend
     structure_guided     CFG (the model's structure defaults); several candidates reranked by the retriever
@@ -18,6 +19,7 @@ Retrieval is only trained for text->image and captioning, so these kinds refuse 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -60,7 +62,7 @@ from cm3leon.inference.task_prompts import (
 )
 from cm3leon.tasks.caption_check import expected_caption_scorer, text_render_scorer
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
-from cm3leon.tasks.edit_check import edit_scorer
+from cm3leon.tasks.edit_check import EditSettings, edit_scorer, plan_edits, redraw_wins
 from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
 from cm3leon.tasks.segmentation import MapDecoder, SegmentationParams, check_maps
 from cm3leon.tasks.worked import DescriptionScorer, answer_worked
@@ -123,23 +125,34 @@ def shown_answer(answer: str, explain: bool) -> str:
 
 
 def edit(context: RunContext, request: Edit) -> EngineResult:
-    seed = base_seed(request.sampling)
+    """Decoded as evaluated (`cm3leon.tasks.edit_check`): one direct sample, or with several the source is captioned
+    into the expected scene, that scene is also redrawn (the model's EDIT_REDRAW defaults; the request's sampling
+    options shape the direct samples only) and the retriever, else the caption check, keeps one of all."""
+    engine, seed = context.engine, base_seed(request.sampling)
     no_retrieval(request.sampling, "edit")
-    params = sampling_params(context.engine.defaults[EDIT], request.sampling, seed)
+    params = sampling_params(engine.defaults[EDIT], request.sampling, seed)
     scales = {
         "guidance_scale": request.text_guidance_scale,
         "image_guidance_scale": request.image_guidance_scale,
         "source_copy_bias": request.source_copy_bias,
     }
     params = params.replace(**{name: value for name, value in scales.items() if value is not None})
-    source = image_codes(context.engine, request.image)  # encoded once: the prompt and the check read it
-    prompt = edit_prompt(context.engine, request, source)
-    scorer = None
-    if params.num_candidates > 1:  # several samples: the retriever (else the caption check) chooses, as evaluated
-        setup, retriever = task_setup(context.engine), context.engine.retriever
-        with context.stage("edit_check", {"candidates": params.num_candidates, "retriever": retriever is not None}):
-            scorer = edit_scorer(setup.checkpoint, [prompt], [source], [request.instruction.strip()], 1, retriever)
-    return image_job(context, prompt, params, scorer)
+    source = image_codes(engine, request.image)  # encoded once: the prompt and the plan read it
+    prompt = edit_prompt(engine, request, source)
+    settings = replace(EditSettings.from_defaults(engine.defaults), direct=params)
+    if not settings.chooses:
+        return image_job(context, prompt, params)
+    setup, retriever = task_setup(engine), engine.retriever
+    with context.stage("edit_check", {"candidates": params.num_candidates, "retriever": retriever is not None}):
+        plan = plan_edits(setup.checkpoint, [prompt], [source], [request.instruction.strip()], settings, 1)
+    requests = [GenerationRequest(prompt_ids=prompt, target="image", params=params)]
+    [redraw] = plan.redraw_prompts if request.redraw else [None]
+    if redraw is not None:
+        requests.append(GenerationRequest(prompt_ids=redraw, target="image", params=settings.redraw.replace(seed=seed)))
+    results, images = generate_images(context, requests, edit_scorer(setup.checkpoint, plan, retriever))
+    kept = 1 if redraw is not None and redraw_wins(results[0].score, results[1].score) else 0
+    generated = sum(len(result.token_ids) for result in results)  # as `image_job` counts
+    return EngineResult(images=[images[kept]], prompt_tokens=len(prompt), generated_tokens=generated, seed=seed)
 
 
 def segmentation(context: RunContext, request: Segmentation) -> EngineResult:

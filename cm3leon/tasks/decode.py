@@ -59,6 +59,7 @@ def seeded_batches(
 class ImageSamples:
     chosen: list[ImageCodes | None]  # per prompt, the candidate the scorer chose (None: no whole image block)
     candidates: list[list[ImageCodes | None]]  # per prompt, every candidate, in sampling order
+    scores: list[float]  # per prompt, the chosen candidate's score (pools of samples compare these)
 
 
 def sample_image_outputs(
@@ -68,17 +69,19 @@ def sample_image_outputs(
     batch_size: int,
     seed: int,
     scorer: Scorer | None = None,
+    score_single: bool = False,
 ) -> ImageSamples:
     """Per prompt (ending with the `<break>` before an image): the chosen codes and every candidate's, so an
-    evaluation can tell a choice that missed a right candidate from samples none of which are right."""
-    scorer = no_rerank if params.num_candidates == 1 else scorer
-    chosen: list[ImageCodes | None] = []
-    candidates: list[list[ImageCodes | None]] = []
+    evaluation can tell a choice that missed a right candidate from samples none of which are right. A single
+    candidate is not scored (score 0: nothing to choose) unless `score_single` (its score is compared elsewhere)."""
+    scorer = no_rerank if params.num_candidates == 1 and not score_single else scorer
+    samples = ImageSamples([], [], [])
     for requests in seeded_batches(prompts, "image", params, batch_size, seed):
         for result in generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer):
-            chosen.append(image_output(result.token_ids, checkpoint.vocab))
-            candidates.append([image_output(c.token_ids, checkpoint.vocab) for c in result.candidates])
-    return ImageSamples(chosen, candidates)
+            samples.chosen.append(image_output(result.token_ids, checkpoint.vocab))
+            samples.candidates.append([image_output(c.token_ids, checkpoint.vocab) for c in result.candidates])
+            samples.scores.append(result.score)
+    return samples
 
 
 def generate_image_outputs(

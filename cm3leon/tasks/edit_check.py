@@ -1,40 +1,98 @@
-"""Edits checked against the model's own captions: several samples, the first that shows what the instruction asks.
+"""Edits: the scene an instruction should make, several samples and redraws of it, and what chooses among them.
 
-An edit must change one thing and copy the rest, and the shapes model's samples often get one of the two wrong;
-among 8 samples one is right far more often than the first (validation: some sample exact 0.64 of the time, the
-first 0.355), but the model's own likelihood does not find it. Its captions can: the source image is captioned,
-the instruction is applied to that caption symbolically (`parse_edit_instruction`, the world's edit grammar), and
-each sampled output is captioned too; the first sample whose caption is that expected scene is kept, else the
-first sample. Captions here are greedy (one per candidate image: the check's cost is one short caption per sample).
+An edit must change one thing and copy the rest, and the shapes model's direct samples often get one of the two
+wrong. With several candidates (`num_candidates` > 1 in the edit's SamplingParams) an edit is decoded in three steps:
 
-`num_candidates` > 1 in an edit's SamplingParams turns the check on (`cm3leon.tasks.caption_check`'s scorer is
-then the candidate scorer); one candidate decodes as before. With a retriever (`edit_scorer`), the expected scene is
-found the same way but the candidates are ranked by the retriever's similarity to its caption rather than by the
-model's captions of them (validation, n = 200, the same samples for both: 0.525 / 0.580 exact against 0.475 /
-0.505 on seeds 1 / 0, `scripts/edit_check_rules.py`; it also skips a caption decoded per candidate).
+1. The plan: the source is captioned as the caption job captions (the checkpoint's caption defaults: several
+   samples, the noisy channel chooses) and the instruction is applied to that caption symbolically
+   (`parse_edit_instruction`, the world's edit grammar): the expected scene. None where the caption does not read
+   or the instruction names no unique object of it. On validation (stage 14, n = 200, seed 1) the plan is the true
+   target 0.895 of the time; one greedy caption (the plan before session 19) gave 0.80.
+2. The samples: the direct edits (three-stream guidance), and where the plan is known, the checkpoint's
+   `edit_redraw` count of redraws: grounded prompts of the expected scene (each object with its box), decoded as
+   grounded generation is. Why redraws: the shapes VQ's codes are not local (removing one object changes ~45% of the
+   codes outside its cell), so a direct edit must redraw the scene from the source's codes anyway, and among 8
+   direct samples some one is exact only 0.58 of the time; from its grounded prompt the model draws a known scene
+   far more reliably.
+3. The choice, over direct samples and redraws alike: with a retriever, its similarity of each candidate with the
+   expected scene's canonical caption (`ExpectedCaptionScorer`); without one, the caption check (the first sample
+   whose greedy caption is the expected scene, direct samples first, else the first direct sample). No plan: the
+   first direct sample.
+
+Validation (n = 200, seed 1, the same direct samples; model card): the retriever choosing among 8 direct samples
+kept an exact edit 0.525 of the time with greedy plans; adding 8 redraws, 0.79; every number of the shipped
+decoding is in the model card. A redraw repaints what the plan says, not the source's pixels: in the shapes world
+a scene is its caption (the oracle checks every object, kept ones included), and an image whose caption does not
+read gets direct samples only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from cm3leon.data.language import parse_caption
-from cm3leon.data.tasks import parse_edit_instruction
+from cm3leon.data.tasks import grounded_spec_of_scene, parse_edit_instruction
 from cm3leon.data.world import Scene, WorldConfig
-from cm3leon.decoding import Scorer
+from cm3leon.decoding import SamplingParams, Scorer
+from cm3leon.decoding.defaults import CAPTION, EDIT, EDIT_REDRAW
 from cm3leon.decoding.rerank import no_rerank
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, CaptionCheckScorer, expected_caption_scorer
+from cm3leon.tasks.caption_check import CaptionCheckScorer, expected_caption_scorer
 from cm3leon.tasks.checkpoint import LoadedCheckpoint
-from cm3leon.tasks.decode import caption_images
+from cm3leon.tasks.decode import ImageSamples, caption_images, sample_image_outputs
+from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tokenizers.vocab import ImageCodes
+
+# The source's caption is the plan every sample is judged by: one fixed seed, so one source and instruction always
+# give one plan (the samples still vary with the request's seed).
+PLAN_SEED = 0
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """How an edit decodes: its direct samples, its redraws and how its source is read (a checkpoint's EDIT,
+    EDIT_REDRAW and CAPTION defaults)."""
+
+    direct: SamplingParams
+    redraw: SamplingParams
+    plan_caption: SamplingParams
+
+    @classmethod
+    def from_defaults(cls, defaults: Mapping[str, SamplingParams]) -> EditSettings:
+        return cls(direct=defaults[EDIT], redraw=defaults[EDIT_REDRAW], plan_caption=defaults[CAPTION])
+
+    @property
+    def chooses(self) -> bool:
+        """Several direct samples: the edit is planned, redrawn and chosen; one: decoded as is."""
+        return self.direct.num_candidates > 1
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """Per edit: its direct prompt, its expected scene and the grounded prompt that redraws it (None: unknown)."""
+
+    prompts: list[list[int]]
+    expected: list[Scene | None]
+    redraw_prompts: list[list[int] | None]
+
+    def expected_by_prompt(self) -> dict[tuple[int, ...], Scene | None]:
+        """The expected scene of every prompt a candidate can come from (what the scorers are keyed by)."""
+        keyed: dict[tuple[int, ...], Scene | None] = {}
+        for prompt, redraw, scene in zip(self.prompts, self.redraw_prompts, self.expected, strict=True):
+            keyed[tuple(prompt)] = scene
+            if redraw is not None:
+                keyed[tuple(redraw)] = scene
+        return keyed
 
 
 def expected_edits(
-    checkpoint: LoadedCheckpoint, sources: Sequence[ImageCodes], instructions: Sequence[str], batch_size: int,
+    checkpoint: LoadedCheckpoint, sources: Sequence[ImageCodes], instructions: Sequence[str],
+    caption_params: SamplingParams, batch_size: int,
 ) -> list[Scene | None]:
-    """Per edit: the scene its instruction makes of the model's caption of the source."""
-    captions, _ = caption_images(checkpoint, sources, CHECK_CAPTION_PARAMS, batch_size, seed=0)
+    """Per edit: the scene its instruction makes of the model's caption of the source (decoded with
+    `caption_params`)."""
+    captions, _ = caption_images(checkpoint, sources, caption_params, batch_size, seed=PLAN_SEED)
     return expected_scenes(captions, instructions, checkpoint.world)
 
 
@@ -49,22 +107,68 @@ def expected_scenes(captions: Sequence[str], instructions: Sequence[str], world:
     return expected
 
 
-def edit_check_scorer(
-    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], sources: Sequence[ImageCodes],
-    instructions: Sequence[str], batch_size: int,
-) -> CaptionCheckScorer:
-    """The scorer for these edit prompts (one per source image and instruction)."""
-    expected = expected_edits(checkpoint, sources, instructions, batch_size)
-    return CaptionCheckScorer(checkpoint, {tuple(p): e for p, e in zip(prompts, expected, strict=True)})
+def redraw_prompt(formatter: TaskFormatter, scene: Scene) -> list[int]:
+    """The grounded-generation prompt that asks for `scene`: each object with its box, then the background."""
+    return formatter.grounded(grounded_spec_of_scene(scene, formatter.world), None).prompt
 
 
-def edit_scorer(
+def plan_edits(
     checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], sources: Sequence[ImageCodes],
-    instructions: Sequence[str], batch_size: int, retriever: Retriever | None,
-) -> Scorer:
-    """What chooses among edit candidates: the retriever against the expected scene where there is one (the first
-    sample where the source's caption gives none, as the caption check does), else the caption check."""
+    instructions: Sequence[str], settings: EditSettings, batch_size: int,
+) -> EditPlan:
+    """The expected scene of each edit prompt (one per source image and instruction) and its redraw prompt."""
+    expected = expected_edits(checkpoint, sources, instructions, settings.plan_caption, batch_size)
+    formatter = TaskFormatter(checkpoint.vocab, checkpoint.world)
+    redraws = [redraw_prompt(formatter, scene) if scene is not None else None for scene in expected]
+    return EditPlan([list(p) for p in prompts], expected, redraws)
+
+
+def edit_scorer(checkpoint: LoadedCheckpoint, plan: EditPlan, retriever: Retriever | None) -> Scorer:
+    """What chooses among an edit's candidates, direct and redrawn: the retriever against the expected scene (the
+    first direct sample where there is none), else the caption check."""
+    keyed = plan.expected_by_prompt()
     if retriever is None:
-        return edit_check_scorer(checkpoint, prompts, sources, instructions, batch_size)
-    expected = expected_edits(checkpoint, sources, instructions, batch_size)
-    return expected_caption_scorer(checkpoint, retriever, prompts, expected, no_rerank)
+        return CaptionCheckScorer(checkpoint, keyed)
+    return expected_caption_scorer(checkpoint, retriever, list(keyed), list(keyed.values()), no_rerank)
+
+
+def redraw_wins(direct_score: float, redraw_score: float | None) -> bool:
+    """Whether an edit keeps its best redraw over its best direct sample: only a strictly better score (ties keep
+    the direct sample, so the caption check's order stays direct samples first)."""
+    return redraw_score is not None and redraw_score > direct_score
+
+
+@dataclass(frozen=True)
+class EditSamples:
+    chosen: list[ImageCodes | None]  # per edit, the kept candidate (None: no whole image block)
+    redrawn: list[bool]  # per edit, whether the kept candidate is a redraw
+    direct: ImageSamples  # the direct samples, with the choice among them alone
+    redraws: list[list[ImageCodes | None]]  # per edit, its redraws ([] without a plan)
+    plan: EditPlan | None  # None: one direct sample, nothing planned
+
+
+def sample_edits(
+    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], sources: Sequence[ImageCodes],
+    instructions: Sequence[str], settings: EditSettings, batch_size: int, seed: int, retriever: Retriever | None,
+) -> EditSamples:
+    """Edits decoded as the edit job decodes them (module docstring), batched; the direct samples of edit i are
+    seeded as `sample_image_outputs` seeds request i, its redraws as it seeds the i-th planned edit."""
+    if not settings.chooses:
+        direct = sample_image_outputs(checkpoint, prompts, settings.direct, batch_size, seed)
+        return EditSamples(direct.chosen, [False] * len(prompts), direct, [[] for _ in prompts], None)
+    plan = plan_edits(checkpoint, prompts, sources, instructions, settings, batch_size)
+    scorer = edit_scorer(checkpoint, plan, retriever)
+    direct = sample_image_outputs(checkpoint, prompts, settings.direct, batch_size, seed, scorer)
+    planned = [i for i, redraw in enumerate(plan.redraw_prompts) if redraw is not None]
+    redraw_prompts = [plan.redraw_prompts[i] for i in planned]
+    # Scored whatever their count: a single redraw is still compared with the direct samples.
+    redrawn = sample_image_outputs(
+        checkpoint, redraw_prompts, settings.redraw, batch_size, seed, scorer, score_single=True  # type: ignore[arg-type]
+    )
+    redraws: list[list[ImageCodes | None]] = [[] for _ in prompts]
+    chosen, wins = list(direct.chosen), [False] * len(prompts)
+    for row, i in enumerate(planned):
+        redraws[i] = redrawn.candidates[row]
+        if redraw_wins(direct.scores[i], redrawn.scores[row]):
+            chosen[i], wins[i] = redrawn.chosen[row], True
+    return EditSamples(chosen, wins, direct, redraws, plan)

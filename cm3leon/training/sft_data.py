@@ -21,8 +21,7 @@ from typing import Any
 
 from cm3leon.data.language import detailed_caption, short_caption
 from cm3leon.data.questions import QA, qa_pairs, reasoning_pairs, worked_answer
-from cm3leon.data.render import object_box
-from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, GroundedSpec, quantise_box
+from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, grounded_spec_of_scene
 from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding.prompts import CONTENT_KINDS, TEXT_KINDS, mask_runs
 from cm3leon.tasks.corpus import TaskCorpus, TaskCorpusConfig
@@ -194,8 +193,7 @@ class SFTBatches:
         if task == "seg2img":
             return fmt.seg2img(corpus.segmentation(index), detailed_caption(scene, world, rng), image)
         if task == "grounded":
-            boxes = tuple(quantise_box(object_box(o, world), world) for o in scene.objects)
-            return fmt.grounded(GroundedSpec(scene, boxes), image)
+            return fmt.grounded(grounded_spec_of_scene(scene, world), image)
         if task == "infill":
             empty = scene.empty_cells(world)
             use_empty = bool(empty) and rng.random() < INFILL_EMPTY_CELL_PROBABILITY

@@ -104,20 +104,22 @@ class VisualQuestion(_message.Message):
     def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., question: _Optional[str] = ..., explain: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class Edit(_message.Message):
-    __slots__ = ("image", "instruction", "text_guidance_scale", "image_guidance_scale", "sampling", "source_copy_bias")
+    __slots__ = ("image", "instruction", "text_guidance_scale", "image_guidance_scale", "sampling", "source_copy_bias", "redraw")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     SOURCE_COPY_BIAS_FIELD_NUMBER: _ClassVar[int]
+    REDRAW_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.ImageInput
     instruction: str
     text_guidance_scale: float
     image_guidance_scale: float
     sampling: Sampling
     source_copy_bias: float
-    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., instruction: _Optional[str] = ..., text_guidance_scale: _Optional[float] = ..., image_guidance_scale: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., source_copy_bias: _Optional[float] = ...) -> None: ...
+    redraw: bool
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., instruction: _Optional[str] = ..., text_guidance_scale: _Optional[float] = ..., image_guidance_scale: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., source_copy_bias: _Optional[float] = ..., redraw: _Optional[bool] = ...) -> None: ...
 
 class Infill(_message.Message):
     __slots__ = ("image", "regions", "text", "sampling")

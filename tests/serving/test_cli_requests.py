@@ -14,7 +14,9 @@ NO_OPTIONS = dict(
     seed=7, method=None, temperature=None, top_p=None, guidance_scale=None, guidance_plausibility=None,
     retrieved_k=None, memory=None,
 )
-NO_EXTRA = dict(text="", explain=False, text_guidance_scale=None, image_guidance_scale=None, source_copy_bias=None)
+NO_EXTRA = dict(
+    text="", explain=False, text_guidance_scale=None, image_guidance_scale=None, source_copy_bias=None, redraw=None
+)
 
 
 @pytest.fixture()
@@ -54,7 +56,9 @@ def test_every_kind_builds_its_oneof(png: str) -> None:
     edit = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, scales).edit
     assert (edit.text_guidance_scale, edit.image_guidance_scale, edit.source_copy_bias) == (5.0, 2.0, 1.5)
     unset = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, NO_EXTRA).edit
-    assert not unset.HasField("source_copy_bias")
+    assert not unset.HasField("source_copy_bias") and not unset.HasField("redraw")
+    direct = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, dict(NO_EXTRA, redraw=False)).edit
+    assert direct.HasField("redraw") and direct.redraw is False
     assert isinstance(edit, jobs_pb2.Edit)
 
 
