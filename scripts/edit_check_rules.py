@@ -8,9 +8,13 @@ comparison. `--greedy-plan` reads the source with one greedy caption (the plan b
 checkpoint's caption defaults.
 
     .venv/bin/python scripts/edit_check_rules.py --checkpoint models/shapes --seed 1 --json /tmp/edit_features.json
+    .venv/bin/python scripts/edit_check_rules.py --seed 1 --candidates 8 --redraws 16   # the counts comparison
 
-"retriever similarity to the expected caption, direct samples and redraws" is the rule serving and `eval all` use
-where a retriever is loaded (`cm3leon.tasks.edit_check`).
+"direct samples and redraws: retriever (shipped)" is the rule serving and `eval all` use where a retriever is loaded
+(`cm3leon.tasks.edit_check`); the "first D direct samples and first R redraws" rules replay smaller draws of the same
+candidates. This script also captions every candidate greedily (for the caption-check rules), which takes longer than
+the evaluation (session 19's numbers came from a lighter probe of the same candidates, the shipped rows reproduced by
+`cm3leon eval all --split val --tasks edit`).
 
 Per candidate: whether the oracle reads the target scene (`right`), whether the model's greedy caption is the
 expected scene (the source's greedy caption with the instruction applied: what serving can know, `agrees`), the
@@ -148,6 +152,18 @@ def redraws_first(score: Score) -> Score:
     return lambda edit, i: score(edit, i) + (1e9 if edit.redraw[i] else 0.0)
 
 
+def first_of_pool(direct: int, redraws: int) -> Callable[[EditCandidates], int]:
+    """The retriever among the first `direct` direct samples and the first `redraws` redraws (what a smaller draw
+    of either would have given: the model card's counts comparison)."""
+    def choose(edit: EditCandidates) -> int:
+        # Each candidate's place among its own kind (direct samples first, then redraws, each in sampling order).
+        order = [edit.redraw[:i].count(is_redraw) for i, is_redraw in enumerate(edit.redraw)]
+        allowed = [i for i, (is_redraw, k) in enumerate(zip(edit.redraw, order, strict=True))
+                   if k < (redraws if is_redraw else direct)]
+        return max(allowed, key=lambda i: retrieved(edit, i)) if allowed else 0
+    return choose
+
+
 DIRECT_RULES: dict[str, Callable[[EditCandidates], int]] = {
     "first sample": lambda edit: 0,
     "exact check (first agreeing, else first)": first_agreeing_else(lambda edit, i: -i),
@@ -168,6 +184,8 @@ RULES: dict[str, Callable[[EditCandidates], int]] = {
     "direct samples and redraws: caption check (first agreeing, else first)": first_agreeing_else(lambda e, i: -i),
     "direct samples and redraws: reading + 5 x retriever": best_by(
         lambda edit, i: edit.reading[i] + 5.0 * retrieved(edit, i)),
+    **{f"first {d} direct samples and first {r} redraws: retriever": first_of_pool(d, r)
+       for r in (8, 16) for d in (0, 1, 2, 4, 8)},
 }
 
 
