@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rule_comparison
-from rule_comparison import best_by
+from rule_comparison import best_by, first_agreeing_else
 
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
@@ -115,14 +115,6 @@ def features(
 
 
 Score = Callable[[EditCandidates, int], float]
-
-
-def first_agreeing_else(score: Score) -> Callable[[EditCandidates], int]:
-    """The check's shape: the first sample read back as the expected scene, else the best by `score`."""
-    def choose(edit: EditCandidates) -> int:
-        agreeing = [i for i, agrees in enumerate(edit.agrees) if agrees]
-        return agreeing[0] if agreeing else max(range(len(edit.right)), key=lambda i: score(edit, i))
-    return choose
 
 
 def retrieved(edit: EditCandidates, i: int) -> float:

@@ -55,6 +55,15 @@ def best_by(score: Callable[[Any, int], float]) -> Rule:
     return lambda item: max(range(len(item.right)), key=lambda i: score(item, i))
 
 
+def first_agreeing_else(score: Callable[[Any, int], float]) -> Rule:
+    """The caption check's shape: the first candidate the model reads back as what was asked for (`agrees`), else
+    the best by `score`."""
+    def choose(item: Any) -> int:
+        agreeing = [i for i, agrees in enumerate(item.agrees) if agrees]
+        return agreeing[0] if agreeing else max(range(len(item.right)), key=lambda i: score(item, i))
+    return choose
+
+
 def report(
     items: Sequence[Item], rules: dict[str, Rule], json_path: Path | None,
     group: Callable[[Item], str] | None = None,

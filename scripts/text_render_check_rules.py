@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import rule_comparison
 import torch
-from rule_comparison import best_by
+from rule_comparison import best_by, first_agreeing_else
 
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
@@ -104,17 +104,6 @@ def features(
                 [detailed_caption(word, world)], sized)[0].tolist(),
         ))
     return found
-
-
-Score = Callable[[WordCandidates, int], float]
-
-
-def first_agreeing_else(score: Score) -> Callable[[WordCandidates], int]:
-    """The check's shape: the first sample read back as the word, else the best by `score`."""
-    def choose(word: WordCandidates) -> int:
-        agreeing = [i for i, agrees in enumerate(word.agrees) if agrees]
-        return agreeing[0] if agreeing else max(range(len(word.right)), key=lambda i: score(word, i))
-    return choose
 
 
 def caption(word: WordCandidates, i: int) -> float:
