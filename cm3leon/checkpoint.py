@@ -3,6 +3,7 @@
     DIR/model.safetensors, DIR/model_config.json   the decoder (Transformer.save_pretrained)
     DIR/tokenizer.json, DIR/vocab.json             the text tokenizer and the unified vocabulary's layout
     DIR/vq/config.json, DIR/vq/model.safetensors   the VQ image tokenizer (a copy, so DIR stands alone)
+    DIR/training.json                              what the training stage recorded (data config, world)
 
 `cm3leon train pretrain` writes one as `OUT/final`; the SFT stage starts from one and writes another.
 """
@@ -21,6 +22,8 @@ from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.vocab import Vocabulary
 
 VQ_SUBDIR = "vq"
+# What the training stage that made a directory records: its data config (hence the world), its SFT data config.
+TRAINING_RECORD_FILE = "training.json"
 
 
 def save_checkpoint(

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import rule_comparison
 from rule_comparison import best_by
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.tasks import grounded_spec_of_scene
-from cm3leon.decoding.defaults import GROUNDED, load_decoding_defaults
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
+from cm3leon.decoding.defaults import GROUNDED_GENERATION, load_decoding_defaults
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.retrieval.rerank import prompt_caption
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.caption_check import expected_caption_log_probs
+from cm3leon.policies.shapes.caption_check import expected_caption_log_probs
 from cm3leon.tasks.decode import decode_codes, sample_image_outputs
 
 
@@ -39,11 +39,11 @@ class SceneCandidates:
     reading: list[float]  # the model's mean per-token log-probability of that caption
 
 
-def features(checkpoint: EvalCheckpoint, retriever: Retriever, seed: int, n: int) -> list[SceneCandidates]:
+def features(checkpoint: ModelBundle, retriever: Retriever, seed: int, n: int) -> list[SceneCandidates]:
     config = TaskEvalConfig(n=n, seed=seed, split="val", compositional=False)
     cases = build_cases(checkpoint, config)
     fmt, world, vocab, oracle = formatter(checkpoint), checkpoint.world, checkpoint.vocab, Oracle(checkpoint.world)
-    params = load_decoding_defaults(checkpoint.directory)[GROUNDED]
+    params = load_decoding_defaults(checkpoint.directory)[GROUNDED_GENERATION]
     specs = [grounded_spec_of_scene(s, world) for s in cases.scenes]
     prompts = [fmt.grounded(spec, None).prompt for spec in specs]
     samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, seed)

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.bundle import ModelBundle
 from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
 
@@ -39,12 +39,12 @@ def parser(description: str, seed: int) -> argparse.ArgumentParser:
     return options
 
 
-def load(args: argparse.Namespace) -> tuple[EvalCheckpoint, Retriever]:
+def load(args: argparse.Namespace) -> tuple[ModelBundle, Retriever]:
     torch.set_num_threads(args.threads)
-    return load_eval_checkpoint(args.checkpoint), Retriever.from_pretrained(args.retriever)
+    return ModelBundle.load(args.checkpoint, require_vq=True), Retriever.from_pretrained(args.retriever)
 
 
-def retriever_sized(checkpoint: EvalCheckpoint, retriever: Retriever, pixels: np.ndarray) -> np.ndarray:
+def retriever_sized(checkpoint: ModelBundle, retriever: Retriever, pixels: np.ndarray) -> np.ndarray:
     """Decoded images at the retriever's resolution, as `RetrieverScorer` resizes them when it reranks."""
     scorer = RetrieverScorer(retriever, checkpoint.vocab, checkpoint.image_tokenizer, fallback=lambda *_: [])
     return scorer._retriever_sized(np.asarray(pixels))

@@ -8,7 +8,7 @@ what each rule needs, and prints every rule's exact-word accuracy on the same sa
     .venv/bin/python scripts/text_render_check_rules.py --seed 1 --candidates 16   # another draw, more samples
 
 "likeliest caption per token + 5.0 x retriever" is the rule serving and `eval all` use where a retriever is loaded
-(`cm3leon.tasks.caption_check.text_render_scorer`).
+(`cm3leon.policies.shapes.caption_check.text_render_scorer`).
 
 Per candidate: whether the oracle reads the word (`right`), whether the model's greedy caption is the asked-for
 scene (`agrees`), the per-token log-probabilities of the asked-for canonical caption given the image, the
@@ -27,16 +27,16 @@ import rule_comparison
 import torch
 from rule_comparison import best_by, first_agreeing_else
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.decoding import generate
-from cm3leon.decoding.defaults import TEXT_RENDER, load_decoding_defaults
+from cm3leon.decoding.defaults import TEXT_RENDERING, load_decoding_defaults
 from cm3leon.decoding.prompts import TEXT_KINDS, mask_runs
 from cm3leon.decoding.rerank import continuation_log_likelihoods
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS
+from cm3leon.policies.shapes.caption_check import CHECK_CAPTION_PARAMS
 from cm3leon.tasks.decode import caption_images, decode_codes, seeded_batches
 from cm3leon.tasks.parsing import image_output
 
@@ -56,7 +56,7 @@ class WordCandidates:
 
 
 @torch.inference_mode()
-def token_log_probs(checkpoint: EvalCheckpoint, prompt: Sequence[int], output: Sequence[int]) -> list[float]:
+def token_log_probs(checkpoint: ModelBundle, prompt: Sequence[int], output: Sequence[int]) -> list[float]:
     tokens = torch.tensor([list(prompt) + list(output)])
     log_probs = checkpoint.model(tokens[:, :-1]).float().log_softmax(dim=-1)[0]
     picked = log_probs.gather(-1, tokens[0, 1:, None])[:, 0]
@@ -64,11 +64,11 @@ def token_log_probs(checkpoint: EvalCheckpoint, prompt: Sequence[int], output: S
 
 
 def features(
-    checkpoint: EvalCheckpoint, retriever: Retriever, seed: int, n: int, samples_per_word: int | None = None
+    checkpoint: ModelBundle, retriever: Retriever, seed: int, n: int, samples_per_word: int | None = None
 ) -> list[WordCandidates]:
     cases = build_cases(checkpoint, TaskEvalConfig(n=n, seed=seed, split="val", compositional=False))
     fmt, world, vocab, oracle = formatter(checkpoint), checkpoint.world, checkpoint.vocab, Oracle(checkpoint.world)
-    params = load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
+    params = load_decoding_defaults(checkpoint.directory)[TEXT_RENDERING]
     params = params.replace(num_candidates=samples_per_word or params.num_candidates)
     prompts = [fmt.text_render(word, None).prompt for word in cases.words]
     sampled = [

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cm3leon.inference import requests as domain
+from cm3leon import requests as domain
 from services.api import common_pb2, jobs_pb2
 from services.records import JobRecord, JobState, StoredObject
 
@@ -71,7 +71,6 @@ def request_to_domain(request: jobs_pb2.JobRequest) -> domain.JobRequest:
             body.image_guidance_scale if body.HasField("image_guidance_scale") else None,
             sampling(body.sampling),
             body.source_copy_bias if body.HasField("source_copy_bias") else None,
-            body.redraw if body.HasField("redraw") else True,
         )
     if kind == "infill":
         regions = tuple(box(region) for region in body.regions)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sft_helpers import tiny_init_checkpoint
 
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
+from cm3leon.bundle import ModelBundle
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -30,5 +30,5 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(checkpoint_dir: Path) -> EvalCheckpoint:
-    return load_eval_checkpoint(checkpoint_dir)
+def checkpoint(checkpoint_dir: Path) -> ModelBundle:
+    return ModelBundle.load(checkpoint_dir, require_vq=True)

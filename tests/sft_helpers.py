@@ -8,10 +8,10 @@ import torch
 from pretrain_helpers import TEST_SEQ_LEN, tiny_image_tokenizer, tiny_model, tiny_vocabulary
 
 from cm3leon.checkpoint import save_checkpoint
-from cm3leon.tasks.corpus import TaskCorpus
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.vocab import Vocabulary
 from cm3leon.training.sft_data import SFTBatches, SFTDataConfig, TaskMixture
+from cm3leon.training.task_corpus import TaskCorpus
 
 TINY_WORLD = "shapes32"
 

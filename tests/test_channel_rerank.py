@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.world import Scene, Split, World
 from cm3leon.decoding import ChannelScorer, GenerationRequest, document_prompt_ids
 from cm3leon.evaluation.caption_eval import encode_scene_images
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, load_eval_checkpoint
 
 SHAPES = Path(__file__).resolve().parents[1] / "models" / "shapes"
 CASES = 12
 
 
 @pytest.fixture(scope="module")
-def shipped() -> EvalCheckpoint:
-    return load_eval_checkpoint(SHAPES)
+def shipped() -> ModelBundle:
+    return ModelBundle.load(SHAPES, require_vq=True)
 
 
 def recoloured(scene: Scene, rng: random.Random, colours: tuple[str, ...]) -> Scene:
@@ -33,7 +33,7 @@ def recoloured(scene: Scene, rng: random.Random, colours: tuple[str, ...]) -> Sc
     return dataclasses.replace(scene, objects=tuple(objects))
 
 
-def test_the_caption_that_describes_the_image_wins(shipped: EvalCheckpoint) -> None:
+def test_the_caption_that_describes_the_image_wins(shipped: ModelBundle) -> None:
     world, vocab = World(shipped.world), shipped.vocab
     rng = random.Random(5)
     scenes = [world.sample(rng, Split.TEST) for _ in range(CASES)]

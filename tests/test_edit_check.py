@@ -1,4 +1,4 @@
-"""Edits checked against captions (cm3leon.tasks.edit_check): the instruction applied to the source's caption is
+"""Edits checked against captions (cm3leon.policies.shapes.edit_check): the instruction applied to the source's caption is
 the edit's target, the scorer accepts exactly the candidates whose caption shows it, and several candidates switch
 the check on in the evaluation and in serving."""
 
@@ -10,24 +10,24 @@ from pathlib import Path
 
 import numpy as np
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption_variants
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import render
 from cm3leon.decoding import GenerationRequest, SamplingParams
 from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import evaluate_edits
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.inference import Edit, Sampling
 from cm3leon.inference.engine import Engine, EngineConfig
-from cm3leon.tasks.caption_check import AGREES, DISAGREES, CaptionCheckScorer
+from cm3leon.requests import Edit, Sampling
+from cm3leon.policies.shapes.caption_check import AGREES, DISAGREES, CaptionCheckScorer
 from cm3leon.tasks.decode import sample_image_outputs
-from cm3leon.tasks.edit_check import expected_scenes
+from cm3leon.policies.shapes.edit_check import expected_scenes
 from cm3leon.tokenizers.vocab import ImageCodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
 
-def test_the_instruction_applied_to_the_source_caption_is_the_target(checkpoint: EvalCheckpoint) -> None:
+def test_the_instruction_applied_to_the_source_caption_is_the_target(checkpoint: ModelBundle) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=20, batch_size=4))
     world = checkpoint.world
     captions = [detailed_caption_variants(case.source, world)[0] for case in cases.edits]
@@ -37,7 +37,7 @@ def test_the_instruction_applied_to_the_source_caption_is_the_target(checkpoint:
     assert expected_scenes(["nothing readable"], instructions[:1], world) == [None]
 
 
-def test_the_scorer_accepts_only_candidates_whose_caption_shows_the_edit(checkpoint: EvalCheckpoint) -> None:
+def test_the_scorer_accepts_only_candidates_whose_caption_shows_the_edit(checkpoint: ModelBundle) -> None:
     """The captioner is given (each scene's true caption, looked up by its codes) so that the choice is exact."""
     cases = build_cases(checkpoint, TaskEvalConfig(n=4, batch_size=4))
     world, case, source = checkpoint.world, cases.edits[0], cases.edit_sources[0]
@@ -56,7 +56,7 @@ def test_the_scorer_accepts_only_candidates_whose_caption_shows_the_edit(checkpo
     assert scorer(unknown, [1, 2], as_output) == [DISAGREES, DISAGREES], "no expected scene: nothing agrees"
 
 
-def test_several_edit_candidates_decode_through_the_check(checkpoint: EvalCheckpoint) -> None:
+def test_several_edit_candidates_decode_through_the_check(checkpoint: ModelBundle) -> None:
     config = TaskEvalConfig(n=2, batch_size=2)
     cases = build_cases(checkpoint, config)
     oracle = Oracle(checkpoint.world)
@@ -67,7 +67,7 @@ def test_several_edit_candidates_decode_through_the_check(checkpoint: EvalCheckp
     assert checked["exact_scene_accuracy"] <= checked["some_candidate_exact"] <= 1.0
 
 
-def test_sampled_image_outputs_keep_every_candidate_and_choose_one_of_them(checkpoint: EvalCheckpoint) -> None:
+def test_sampled_image_outputs_keep_every_candidate_and_choose_one_of_them(checkpoint: ModelBundle) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=2, batch_size=2))
     fmt = formatter(checkpoint)
     prompts = [fmt.edit(e, src, None).prompt for e, src in zip(cases.edits, cases.edit_sources, strict=True)]
@@ -86,7 +86,7 @@ def test_sampled_image_outputs_keep_every_candidate_and_choose_one_of_them(check
 def test_edit_jobs_with_several_candidates_run_the_check(tmp_path: Path) -> None:
     directory = build_tiny_sft_model_dir(tmp_path / "sft")
     (directory / DEFAULTS_FILE).write_text(json.dumps({EDIT: {"num_candidates": 2}}))
-    engine = Engine(directory, EngineConfig.preset("tiny"))
+    engine = Engine.load(directory, EngineConfig.preset("tiny"))
     stages: list[str] = []
     encoded: list[int] = []
     encode = engine.encode_image

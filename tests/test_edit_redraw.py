@@ -1,4 +1,4 @@
-"""Edits pooled with redraws of their expected scene (cm3leon.tasks.edit_check): the redraw prompt asks for exactly
+"""Edits pooled with redraws of their expected scene (cm3leon.policies.shapes.edit_check): the redraw prompt asks for exactly
 the planned scene, both prompts of an edit are judged against it, the kept candidate is the best scored of the pool
 (ties keep the direct sample), an edit without a plan is never redrawn, and the edit job decodes the same way."""
 
@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.tasks import grounded_spec_of_scene
 from cm3leon.data.world import Scene
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
 from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT, EDIT_REDRAW, load_decoding_defaults
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.inference import Edit, Sampling
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.inference.task_prompts import task_setup
+from cm3leon.requests import Edit, Sampling
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks import edit_check
-from cm3leon.tasks.edit_check import EditPlan, EditSettings, edit_scorer, redraw_prompt, redraw_wins, sample_edits
+from cm3leon.policies.shapes.edit_check import EditPlan, EditSettings, edit_scorer, redraw_prompt, redraw_wins, sample_edits
 from cm3leon.tasks.parsing import grounded_spec
 from cm3leon.tokenizers.text import TextTokenizer
 from cm3leon.tokenizers.vocab import ImageCodes
@@ -33,20 +33,20 @@ from tests.serving.fixtures import record_decodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
 
-def tiny_retriever(checkpoint: EvalCheckpoint) -> Retriever:
+def tiny_retriever(checkpoint: ModelBundle) -> Retriever:
     config = replace(RetrieverConfig.preset("tiny"), image_size=checkpoint.world.image_size)
     return Retriever.build(config, checkpoint.vocab.text_tokenizer)
 
 
 def scores_of(
-    scorer: Scorer, prompt: list[int], codes: list[ImageCodes | None], checkpoint: EvalCheckpoint
+    scorer: Scorer, prompt: list[int], codes: list[ImageCodes | None], checkpoint: ModelBundle
 ) -> list[float]:
     """The scorer's scores of already sampled image candidates, as `generate` computes them."""
     ids = [checkpoint.vocab.encode_image(c.codes) for c in codes if c is not None]
     return [float(s) for s in scorer(GenerationRequest(prompt_ids=prompt, target="image"), prompt, ids)]
 
 
-def test_a_redraw_prompt_asks_for_the_expected_scene(checkpoint: EvalCheckpoint) -> None:
+def test_a_redraw_prompt_asks_for_the_expected_scene(checkpoint: ModelBundle) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=12, batch_size=4))
     fmt, world = formatter(checkpoint), checkpoint.world
     for case in cases.edits:
@@ -55,7 +55,7 @@ def test_a_redraw_prompt_asks_for_the_expected_scene(checkpoint: EvalCheckpoint)
         assert parsed.scene == case.target
 
 
-def test_both_prompts_of_an_edit_are_judged_against_its_plan(checkpoint: EvalCheckpoint) -> None:
+def test_both_prompts_of_an_edit_are_judged_against_its_plan(checkpoint: ModelBundle) -> None:
     scene = Scene("white")
     plan = EditPlan(prompts=[[1, 2], [3, 4]], expected=[scene, None], redraw_prompts=[[5, 6], None])
     assert plan.expected_by_prompt() == {(1, 2): scene, (5, 6): scene, (3, 4): None}
@@ -64,7 +64,7 @@ def test_both_prompts_of_an_edit_are_judged_against_its_plan(checkpoint: EvalChe
 
 
 def test_the_kept_edit_is_the_best_scored_of_direct_samples_and_redraws(
-    checkpoint: EvalCheckpoint, monkeypatch: pytest.MonkeyPatch
+    checkpoint: ModelBundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=3, batch_size=3))
     fmt, retriever = formatter(checkpoint), tiny_retriever(checkpoint)
@@ -100,7 +100,7 @@ def test_edit_jobs_pool_a_redraw_of_the_planned_scene(tmp_path: Path, monkeypatc
     defaults = {EDIT: {"num_candidates": 2}, EDIT_REDRAW: {"num_candidates": 3}}
     (directory / DEFAULTS_FILE).write_text(json.dumps(defaults))
     retriever = Retriever.build(RetrieverConfig.preset("tiny"), TextTokenizer.load(directory))
-    engine = Engine(directory, EngineConfig.preset("tiny"), retriever=retriever)
+    engine = Engine.load(directory, EngineConfig.preset("tiny"), retriever=retriever)
     decoded = record_decodes(monkeypatch)
     image = np.full((engine.image_size, engine.image_size, 3), 255, dtype=np.uint8)
     request = Edit(image, "remove the red circle", sampling=Sampling(seed=3))

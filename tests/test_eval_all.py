@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.cli import app
 from cm3leon.data.render import render
 from cm3leon.data.tasks import EDIT_KINDS
 from cm3leon.data.world import Split, World
 from cm3leon.decoding import document_prompt_ids
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import _miou
 from cm3leon.evaluation.retrieval_prefix import memory_prefix, open_memory
 from cm3leon.evaluation.t2i_task_eval import WITH_RETRIEVAL
@@ -34,7 +34,7 @@ from cm3leon.tasks.parsing import infill_result
 
 
 def test_cli_eval_all_writes_every_summary_key_section_and_grid(
-    checkpoint_dir: Path, checkpoint: EvalCheckpoint, tmp_path: Path
+    checkpoint_dir: Path, checkpoint: ModelBundle, tmp_path: Path
 ) -> None:
     config = replace(RetrieverConfig.preset("tiny"), image_size=checkpoint.world.image_size)
     retriever = Retriever.build(config, checkpoint.vocab.text_tokenizer)
@@ -74,7 +74,7 @@ def test_cli_eval_all_writes_every_summary_key_section_and_grid(
     assert 0.0 <= report["grounded"]["box_iou"] <= 1.0
 
 
-def test_infill_decoding_writes_only_the_hole(checkpoint: EvalCheckpoint) -> None:
+def test_infill_decoding_writes_only_the_hole(checkpoint: ModelBundle) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig.preset("quick"))
     world, vocab = checkpoint.world, checkpoint.vocab
     fmt = formatter(checkpoint)
@@ -90,7 +90,7 @@ def test_infill_decoding_writes_only_the_hole(checkpoint: EvalCheckpoint) -> Non
         assert all(completed.codes[i] == image.codes[i] for i in range(vocab.codes_per_image) if i not in hole)
 
 
-def test_segmentation_scores_are_one_on_truth_and_lower_on_a_wrong_map(checkpoint: EvalCheckpoint) -> None:
+def test_segmentation_scores_are_one_on_truth_and_lower_on_a_wrong_map(checkpoint: ModelBundle) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig.preset("quick"))
     truths = [render(scene, checkpoint.world).segmentation for scene in cases.scenes]
     perfect = _miou(truths, truths, checkpoint.world)

@@ -19,6 +19,7 @@ from pretrain_helpers import tiny_data_config, tiny_image_tokenizer, tiny_model,
 from typer.testing import CliRunner
 
 from cm3leon.bench.decode import DecodeBenchConfig, bench_decode
+from cm3leon.bundle import ModelBundle
 from cm3leon.checkpoint import save_checkpoint
 from cm3leon.cli import app
 from cm3leon.data.language import detailed_caption, detailed_caption_variants
@@ -31,10 +32,10 @@ from cm3leon.decoding.defaults import (
     DEFAULTS_FILE,
     EDIT,
     EDIT_REDRAW,
-    GROUNDED,
+    GROUNDED_GENERATION,
     SEGMENTATION,
-    STRUCTURE,
-    TEXT_RENDER,
+    STRUCTURE_GUIDED,
+    TEXT_RENDERING,
     TEXT_TO_IMAGE,
     load_decoding_defaults,
     preset_defaults,
@@ -42,7 +43,7 @@ from cm3leon.decoding.defaults import (
 )
 from cm3leon.evaluation.bleu import corpus_bleu
 from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning, score_captions
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_segmentation, evaluate_text_render
 from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
 from cm3leon.evaluation.sweep import CONTRASTIVE, SweepConfig, best_defaults, run_sweep
@@ -68,8 +69,8 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(checkpoint_dir: Path) -> EvalCheckpoint:
-    return load_eval_checkpoint(checkpoint_dir)
+def checkpoint(checkpoint_dir: Path) -> ModelBundle:
+    return ModelBundle.load(checkpoint_dir, require_vq=True)
 
 
 def assert_scene_metrics(metrics: dict[str, object]) -> None:
@@ -124,7 +125,7 @@ def test_image_scoring_is_one_on_ground_truth_and_zero_on_wrong_scenes() -> None
     assert mixed["exact_scene_accuracy"] == pytest.approx(1 / 3)
 
 
-def test_vqa_question_kinds_are_balanced_within_every_object_count(checkpoint: EvalCheckpoint) -> None:
+def test_vqa_question_kinds_are_balanced_within_every_object_count(checkpoint: ModelBundle) -> None:
     scenes = eval_scenes(checkpoint.world, Split.TEST, 360, seed=0)
     questions = _questions(SimpleNamespace(scenes=scenes), checkpoint, seed=0, reasoning=False)  # type: ignore[arg-type]
     for objects in (1, 2, 3):
@@ -137,7 +138,7 @@ def test_vqa_question_kinds_are_balanced_within_every_object_count(checkpoint: E
 
 
 def test_vqa_of_a_model_tuned_with_worked_answers_decodes_in_two_steps(
-    checkpoint_dir: Path, checkpoint: EvalCheckpoint, tmp_path: Path
+    checkpoint_dir: Path, checkpoint: ModelBundle, tmp_path: Path
 ) -> None:
     worked_dir = tmp_path / "worked"
     shutil.copytree(checkpoint_dir, worked_dir)
@@ -145,7 +146,7 @@ def test_vqa_of_a_model_tuned_with_worked_answers_decodes_in_two_steps(
     caption_defaults = {"caption": {"temperature": 1.0, "num_candidates": 2}}
     (worked_dir / "decoding_defaults.json").write_text(json.dumps(caption_defaults))
     config = TaskEvalConfig.preset("quick")
-    worked = load_eval_checkpoint(worked_dir)
+    worked = ModelBundle.load(worked_dir, require_vq=True)
     decoding = evaluate_questions(worked, build_cases(worked, config), config, reasoning=False).metrics["decoding"]
     assert decoding["two_step"] is True and decoding["num_candidates"] == 2  # type: ignore[index]
     plain = evaluate_questions(checkpoint, build_cases(checkpoint, config), config, reasoning=False)
@@ -195,25 +196,25 @@ def test_decoding_defaults_fall_back_to_presets_and_round_trip(tmp_path: Path) -
 def test_grounded_generation_decodes_as_text_to_image_unless_the_file_says_otherwise(tmp_path: Path) -> None:
     chosen = preset_defaults()[TEXT_TO_IMAGE].replace(guidance_scale=2.0, cdk_k=1)
     path = save_decoding_defaults(tmp_path, {TEXT_TO_IMAGE: chosen}, {})
-    assert load_decoding_defaults(tmp_path)[GROUNDED] == chosen  # saved as text->image's when not given
+    assert load_decoding_defaults(tmp_path)[GROUNDED_GENERATION] == chosen  # saved as text->image's when not given
     record = json.loads(path.read_text())
-    del record[GROUNDED], record[EDIT_REDRAW]  # a file written before either had its own entry
+    del record[GROUNDED_GENERATION], record[EDIT_REDRAW]  # a file written before either had its own entry
     path.write_text(json.dumps(record))
-    assert load_decoding_defaults(tmp_path)[GROUNDED] == chosen
+    assert load_decoding_defaults(tmp_path)[GROUNDED_GENERATION] == chosen
     assert load_decoding_defaults(tmp_path)[EDIT_REDRAW] == chosen  # through grounded generation's
-    save_decoding_defaults(tmp_path, {TEXT_TO_IMAGE: chosen, GROUNDED: chosen.replace(num_candidates=8)}, {})
+    save_decoding_defaults(tmp_path, {TEXT_TO_IMAGE: chosen, GROUNDED_GENERATION: chosen.replace(num_candidates=8)}, {})
     loaded = load_decoding_defaults(tmp_path)
-    assert loaded[GROUNDED].num_candidates == 8 and loaded[TEXT_TO_IMAGE].num_candidates == 1
-    assert loaded[EDIT_REDRAW] == loaded[GROUNDED]  # an edit's redraw is a grounded prompt
-    save_decoding_defaults(tmp_path, {GROUNDED: chosen, EDIT_REDRAW: chosen.replace(num_candidates=4)}, {})
+    assert loaded[GROUNDED_GENERATION].num_candidates == 8 and loaded[TEXT_TO_IMAGE].num_candidates == 1
+    assert loaded[EDIT_REDRAW] == loaded[GROUNDED_GENERATION]  # an edit's redraw is a grounded prompt
+    save_decoding_defaults(tmp_path, {GROUNDED_GENERATION: chosen, EDIT_REDRAW: chosen.replace(num_candidates=4)}, {})
     loaded = load_decoding_defaults(tmp_path)
-    assert loaded[EDIT_REDRAW].num_candidates == 4 and loaded[GROUNDED].num_candidates == 1
+    assert loaded[EDIT_REDRAW].num_candidates == 4 and loaded[GROUNDED_GENERATION].num_candidates == 1
 
 
 # --- evaluations on a tiny checkpoint ---------------------------------------------------------------------------
 
 
-def test_t2i_eval_reports_every_method_and_split(checkpoint: EvalCheckpoint, tmp_path: Path) -> None:
+def test_t2i_eval_reports_every_method_and_split(checkpoint: ModelBundle, tmp_path: Path) -> None:
     config = T2IEvalConfig.preset("quick", n=4, compositional_fraction=0.5)
     report = evaluate_t2i(checkpoint, config, grid_path=tmp_path / "t2i.png")
     for method in ("plain", "cfg"):
@@ -228,7 +229,7 @@ def test_t2i_eval_reports_every_method_and_split(checkpoint: EvalCheckpoint, tmp
     json.dumps(report)  # the report is plain JSON
 
 
-def test_t2i_eval_runs_cdk_and_pooled_behind_the_methods_flag(checkpoint: EvalCheckpoint) -> None:
+def test_t2i_eval_runs_cdk_and_pooled_behind_the_methods_flag(checkpoint: ModelBundle) -> None:
     config = T2IEvalConfig.preset("quick", n=1, methods=("cdk", "pooled"), compositional=False)
     report = evaluate_t2i(checkpoint, config)
     for method in ("cdk", "pooled"):
@@ -246,7 +247,7 @@ def test_t2i_eval_runs_cdk_and_pooled_behind_the_methods_flag(checkpoint: EvalCh
             invalid(pooled_candidates=1)
 
 
-def test_t2i_eval_with_a_retriever_reports_fd_and_reranks_pooled_candidates(checkpoint: EvalCheckpoint) -> None:
+def test_t2i_eval_with_a_retriever_reports_fd_and_reranks_pooled_candidates(checkpoint: ModelBundle) -> None:
     from dataclasses import replace
 
     from cm3leon.retrieval.config import RetrieverConfig
@@ -263,7 +264,7 @@ def test_t2i_eval_with_a_retriever_reports_fd_and_reranks_pooled_candidates(chec
 
 
 def test_t2i_eval_with_a_memory_adds_cfg_with_retrieved_documents(
-    checkpoint: EvalCheckpoint, tmp_path: Path
+    checkpoint: ModelBundle, tmp_path: Path
 ) -> None:
     from dataclasses import replace
 
@@ -294,7 +295,7 @@ def test_t2i_eval_with_a_memory_adds_cfg_with_retrieved_documents(
     assert len(seen) == 1 and len(seen[0]) == 2  # the prompts' captions were the queries
 
 
-def test_caption_eval_reports_accuracy_and_bleu(checkpoint: EvalCheckpoint, tmp_path: Path) -> None:
+def test_caption_eval_reports_accuracy_and_bleu(checkpoint: ModelBundle, tmp_path: Path) -> None:
     report = evaluate_captioning(checkpoint, CaptionEvalConfig.preset("quick"), grid_path=tmp_path / "captions.png")
     assert_scene_metrics(report)
     assert 0.0 <= report["bleu4"] <= 1.0 and 0.0 <= report["parse_rate"] <= 1.0
@@ -304,7 +305,7 @@ def test_caption_eval_reports_accuracy_and_bleu(checkpoint: EvalCheckpoint, tmp_
     assert (tmp_path / "captions.png").stat().st_size > 0
 
 
-def test_perplexity_report_has_text_and_image_sections(checkpoint: EvalCheckpoint) -> None:
+def test_perplexity_report_has_text_and_image_sections(checkpoint: ModelBundle) -> None:
     files_before = sorted(checkpoint.directory.parent.rglob("*"))
     report = evaluate_heldout_perplexity(checkpoint, PerplexityEvalConfig.preset("quick"))
     assert sorted(checkpoint.directory.parent.rglob("*")) == files_before  # no cache left in a model directory
@@ -319,7 +320,7 @@ def test_perplexity_report_has_text_and_image_sections(checkpoint: EvalCheckpoin
 
 def test_sweep_chooses_on_val_and_its_choice_becomes_the_default(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    checkpoint = load_eval_checkpoint(directory)
+    checkpoint = ModelBundle.load(directory, require_vq=True)
     config = SweepConfig.preset("quick")
     report = run_sweep(checkpoint, config)
     assert report["split"] == "val"
@@ -340,7 +341,7 @@ def test_sweep_chooses_on_val_and_its_choice_becomes_the_default(checkpoint_dir:
 
 def test_structure_sweep_crosses_scale_with_reranked_candidates(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    checkpoint = load_eval_checkpoint(directory)
+    checkpoint = ModelBundle.load(directory, require_vq=True)
     chosen: list[int] = []
 
     def first_candidate(request: object, prompt: object, candidates: list[list[int]]) -> list[float]:
@@ -349,18 +350,18 @@ def test_structure_sweep_crosses_scale_with_reranked_candidates(checkpoint_dir: 
 
     config = SweepConfig.preset("quick", structure_scales=(3.0,), structure_candidates=(1, 2))
     report = run_sweep(checkpoint, config, reranker=first_candidate)
-    section = report[STRUCTURE]
+    section = report[STRUCTURE_GUIDED]
     assert [(run["guidance_scale"], run["num_candidates"]) for run in section["runs"]] == [(3.0, 1), (3.0, 2)]
     assert set(section["exact_scene_accuracy"]) == {"scale=3,candidates=1", "scale=3,candidates=2"}
     assert chosen and set(chosen) == {2}, "the sweep's reranker chose among the two candidates of each map"
     best = dict(section["best"], num_candidates=2)  # as if two candidates had won
-    save_decoding_defaults(directory, best_defaults({**report, STRUCTURE: {**section, "best": best}}), {})
-    assert load_decoding_defaults(directory)[STRUCTURE].num_candidates == 2
+    save_decoding_defaults(directory, best_defaults({**report, STRUCTURE_GUIDED: {**section, "best": best}}), {})
+    assert load_decoding_defaults(directory)[STRUCTURE_GUIDED].num_candidates == 2
 
 
 def test_grounded_sweep_chooses_candidates_at_the_text_to_image_setting(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    checkpoint = load_eval_checkpoint(directory)
+    checkpoint = ModelBundle.load(directory, require_vq=True)
     seen: list[int] = []
 
     def last_candidate(request: object, prompt: object, candidates: list[list[int]]) -> list[float]:
@@ -369,13 +370,15 @@ def test_grounded_sweep_chooses_candidates_at_the_text_to_image_setting(checkpoi
 
     config = SweepConfig.preset("quick", grounded_candidates=(1, 2))
     report = run_sweep(checkpoint, config, reranker=last_candidate)
-    section = report[GROUNDED]
+    section = report[GROUNDED_GENERATION]
     assert [run["num_candidates"] for run in section["runs"]] == [1, 2]
     assert set(section["exact_scene_accuracy"]) == {"candidates=1", "candidates=2"}
     assert 2 in seen, "the sweep's reranker chose among the grounded candidates"
-    defaults = best_defaults({**report, GROUNDED: {**section, "best": {**section["best"], "num_candidates": 2}}})
-    assert defaults[GROUNDED] == defaults[TEXT_TO_IMAGE].replace(num_candidates=2)
-    assert best_defaults({k: v for k, v in report.items() if k != GROUNDED})[GROUNDED] == defaults[TEXT_TO_IMAGE]
+    best = {**section["best"], "num_candidates": 2}
+    defaults = best_defaults({**report, GROUNDED_GENERATION: {**section, "best": best}})
+    assert defaults[GROUNDED_GENERATION] == defaults[TEXT_TO_IMAGE].replace(num_candidates=2)
+    without = best_defaults({k: v for k, v in report.items() if k != GROUNDED_GENERATION})
+    assert without[GROUNDED_GENERATION] == defaults[TEXT_TO_IMAGE]
 
 
 
@@ -384,18 +387,20 @@ def test_text_render_sweep_chooses_candidates_at_the_text_to_image_setting(
 ) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
     config = SweepConfig.preset("quick", text_render_candidates=(1, 2))
-    report = run_sweep(load_eval_checkpoint(directory), config)
-    section = report[TEXT_RENDER]
+    report = run_sweep(ModelBundle.load(directory, require_vq=True), config)
+    section = report[TEXT_RENDERING]
     assert [run["num_candidates"] for run in section["runs"]] == [1, 2]
     assert set(section["exact_word_accuracy"]) == {"candidates=1", "candidates=2"}
-    defaults = best_defaults({**report, TEXT_RENDER: {**section, "best": {**section["best"], "num_candidates": 2}}})
-    assert defaults[TEXT_RENDER] == defaults[TEXT_TO_IMAGE].replace(num_candidates=2)
-    assert best_defaults({k: v for k, v in report.items() if k != TEXT_RENDER})[TEXT_RENDER] == defaults[TEXT_TO_IMAGE]
+    best = {**section["best"], "num_candidates": 2}
+    defaults = best_defaults({**report, TEXT_RENDERING: {**section, "best": best}})
+    assert defaults[TEXT_RENDERING] == defaults[TEXT_TO_IMAGE].replace(num_candidates=2)
+    without = best_defaults({k: v for k, v in report.items() if k != TEXT_RENDERING})
+    assert without[TEXT_RENDERING] == defaults[TEXT_TO_IMAGE]
     save_decoding_defaults(directory, defaults, {})
-    assert load_decoding_defaults(directory)[TEXT_RENDER].num_candidates == 2
+    assert load_decoding_defaults(directory)[TEXT_RENDERING].num_candidates == 2
 
 def test_text_render_reports_how_often_some_candidate_draws_the_word(checkpoint_dir: Path) -> None:
-    checkpoint = load_eval_checkpoint(checkpoint_dir)
+    checkpoint = ModelBundle.load(checkpoint_dir, require_vq=True)
     config = TaskEvalConfig(n=2, batch_size=2)
     cases, oracle = build_cases(checkpoint, config), Oracle(checkpoint.world)
     params = SamplingParams.preset("text_to_image").replace(num_candidates=2)
@@ -408,7 +413,7 @@ def test_text_render_reports_how_often_some_candidate_draws_the_word(checkpoint_
 
 def test_caption_sweep_crosses_temperature_with_reranked_candidates(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    checkpoint = load_eval_checkpoint(directory)
+    checkpoint = ModelBundle.load(directory, require_vq=True)
     config = SweepConfig.preset("quick", caption_temperatures=(0.0, 1.0), caption_candidates=(1, 2))
     report = run_sweep(checkpoint, config)
     section = report[CAPTION]
@@ -420,7 +425,7 @@ def test_caption_sweep_crosses_temperature_with_reranked_candidates(checkpoint_d
     best = dict(section["best"], num_candidates=2, temperature=1.0)  # as if reranking had won
     save_decoding_defaults(directory, best_defaults({**report, CAPTION: {**section, "best": best}}), {"split": "val"})
     assert load_decoding_defaults(directory)[CAPTION].num_candidates == 2
-    captions = evaluate_captioning(load_eval_checkpoint(directory), CaptionEvalConfig.preset("quick", n=2))
+    captions = evaluate_captioning(ModelBundle.load(directory, require_vq=True), CaptionEvalConfig.preset("quick", n=2))
     assert captions["decoding"]["num_candidates"] == 2 and captions["decoding"]["temperature"] == 1.0
 
 
@@ -428,7 +433,7 @@ def test_segmentation_sweep_runs_each_setting_and_the_evaluation_decodes_with_it
     checkpoint_dir: Path, tmp_path: Path
 ) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    checkpoint = load_eval_checkpoint(directory)
+    checkpoint = ModelBundle.load(directory, require_vq=True)
     report = run_sweep(checkpoint, SweepConfig.preset("quick"))
     section = report[SEGMENTATION]
     assert [(run["temperature"], run["num_candidates"]) for run in section["runs"]] == [(0.0, 1), (1.0, 2)]
@@ -439,7 +444,8 @@ def test_segmentation_sweep_runs_each_setting_and_the_evaluation_decodes_with_it
     chosen = load_decoding_defaults(directory)[SEGMENTATION]
     assert (chosen.temperature, chosen.num_candidates) == (1.0, 2)
     config = TaskEvalConfig.preset("quick", n=2)
-    metrics = evaluate_segmentation(load_eval_checkpoint(directory), build_cases(checkpoint, config), config).metrics
+    bundle = ModelBundle.load(directory, require_vq=True)
+    metrics = evaluate_segmentation(bundle, build_cases(checkpoint, config), config).metrics
     assert metrics["decoding"]["num_candidates"] == 2 and "caption_check" in metrics
     assert 0.0 <= metrics["caption_check"]["resampled"] <= metrics["caption_check"]["readable_captions"]
     # Greedy only (the preset): the chosen maps are the greedy maps.
@@ -452,7 +458,8 @@ def test_edit_sweep_tries_the_caption_check_at_the_best_scale_and_saves_its_cand
     checkpoint_dir: Path, tmp_path: Path
 ) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    report = run_sweep(load_eval_checkpoint(directory), SweepConfig.preset("quick", edit_candidates=(1, 2)))
+    bundle = ModelBundle.load(directory, require_vq=True)
+    report = run_sweep(bundle, SweepConfig.preset("quick", edit_candidates=(1, 2)))
     runs = report[EDIT]["runs"]
     assert [run["num_candidates"] for run in runs] == [1, 2]
     assert (runs[1]["guidance_scale"], runs[1]["source_copy_bias"]) == (runs[0]["guidance_scale"],
@@ -465,7 +472,7 @@ def test_edit_sweep_tries_the_caption_check_at_the_best_scale_and_saves_its_cand
 
 def test_sweep_plausibility_axis_names_its_cells_and_its_choice_is_saved(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    checkpoint = load_eval_checkpoint(directory)
+    checkpoint = ModelBundle.load(directory, require_vq=True)
     config = SweepConfig.preset("quick", guidance_scales=(3.0,), plausibilities=(0.0, 1.0))
     report = run_sweep(checkpoint, config)
     runs = report[TEXT_TO_IMAGE]["runs"]
@@ -480,7 +487,7 @@ def test_sweep_plausibility_axis_names_its_cells_and_its_choice_is_saved(checkpo
 
 def test_sweep_chooses_cdk_k_on_val_and_saves_it_with_the_t2i_defaults(checkpoint_dir: Path, tmp_path: Path) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    report = run_sweep(load_eval_checkpoint(directory), SweepConfig.preset("quick", cdk_ks=(1, 5)))
+    report = run_sweep(ModelBundle.load(directory, require_vq=True), SweepConfig.preset("quick", cdk_ks=(1, 5)))
     section = report[CONTRASTIVE]
     assert [run["cdk_k"] for run in section["runs"]] == [1, 5]
     assert set(section["exact_scene_accuracy"]) == {"k=1", "k=5"}
@@ -494,7 +501,7 @@ def test_sweep_chooses_edit_and_structure_scales_on_val_and_the_evaluations_use_
     checkpoint_dir: Path, tmp_path: Path
 ) -> None:
     directory = Path(shutil.copytree(checkpoint_dir, tmp_path / "ckpt"))
-    checkpoint = load_eval_checkpoint(directory)
+    checkpoint = ModelBundle.load(directory, require_vq=True)
     report = run_sweep(checkpoint, SweepConfig.preset(
         "quick", edit_scales=(1.5, 7.5), edit_copy_biases=(0.0, 2.0), structure_scales=(2.0, 3.0)
     ))
@@ -502,21 +509,21 @@ def test_sweep_chooses_edit_and_structure_scales_on_val_and_the_evaluations_use_
         (1.5, 0.0), (1.5, 2.0), (7.5, 0.0), (7.5, 2.0)
     ]
     assert "scale=7.5,copy=2" in report[EDIT]["exact_scene_accuracy"]
-    for task, scales in ((EDIT, [1.5, 7.5]), (STRUCTURE, [2.0, 3.0])):
+    for task, scales in ((EDIT, [1.5, 7.5]), (STRUCTURE_GUIDED, [2.0, 3.0])):
         assert set(run["guidance_scale"] for run in report[task]["runs"]) == set(scales)
         assert report[task]["best"]["guidance_scale"] in scales
     save_decoding_defaults(directory, best_defaults(report), {"split": "val"})
     defaults = load_decoding_defaults(directory)
     assert defaults[EDIT].guidance_scale == report[EDIT]["best"]["guidance_scale"]
     assert defaults[EDIT].source_copy_bias == report[EDIT]["best"]["source_copy_bias"]
-    assert defaults[STRUCTURE].guidance_scale == report[STRUCTURE]["best"]["guidance_scale"]
+    assert defaults[STRUCTURE_GUIDED].guidance_scale == report[STRUCTURE_GUIDED]["best"]["guidance_scale"]
     cases = build_cases(checkpoint, TaskEvalConfig.preset("quick", n=1))
     oracle = Oracle(checkpoint.world)
     edits = evaluate_edits(checkpoint, cases, TaskEvalConfig.preset("quick", n=1), oracle).metrics
     assert edits["decoding"]["guidance_scale"] == report[EDIT]["best"]["guidance_scale"]
 
 
-def test_sweep_never_uses_the_test_split(checkpoint: EvalCheckpoint) -> None:
+def test_sweep_never_uses_the_test_split(checkpoint: ModelBundle) -> None:
     world = checkpoint.world
     assert all(split_of(s, world) is Split.VAL for s in eval_scenes(world, "val", 6, seed=0))
     with pytest.raises(ValueError, match="sweep uses val"):
@@ -548,7 +555,7 @@ def test_decode_bench_reports_positive_rates(checkpoint_dir: Path) -> None:
             "t1_segmentation_greedy_b2_maps_per_s", "t1_segmentation_checked_b2_maps_per_s",
             "t1_edit_single_b2_images_per_s", "t1_text_render_single_b2_images_per_s"]
     defaults = load_decoding_defaults(checkpoint_dir)
-    for task, name in ((EDIT, "edit"), (TEXT_RENDER, "text_render")):  # the shipped number of samples, else 2
+    for task, name in ((EDIT, "edit"), (TEXT_RENDERING, "text_render")):  # the shipped number of samples, else 2
         checked = defaults[task].num_candidates if defaults[task].num_candidates > 1 else 2
         keys.append(f"t1_{name}_checked{checked}_b2_images_per_s")
     for key in keys:

@@ -14,30 +14,30 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption, detailed_caption_variants
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import render
 from cm3leon.data.tasks import make_edit
 from cm3leon.data.world import Scene, Split, World, WorldConfig
 from cm3leon.decoding import GenerationRequest, SamplingParams, WeightedSum, continuation_log_likelihoods
-from cm3leon.decoding.defaults import DEFAULTS_FILE, GROUNDED, TEXT_RENDER, load_decoding_defaults
+from cm3leon.decoding.defaults import DEFAULTS_FILE, GROUNDED_GENERATION, TEXT_RENDERING, load_decoding_defaults
 from cm3leon.evaluation import image_tasks_eval
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.inference import GroundedGeneration, GroundedObject, NormBox, Sampling, TextRendering
 from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.requests import GroundedGeneration, GroundedObject, NormBox, Sampling, TextRendering
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.rerank import ExpectedCaptionScorer
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks import edit_check
-from cm3leon.tasks.caption_check import (
+from cm3leon.policies.shapes.caption_check import (
     READING_RETRIEVER_WEIGHT,
     CaptionCheckScorer,
     ExpectedCaptionLikelihoodScorer,
     text_render_scorer,
 )
 from cm3leon.tasks.decode import decode_codes
-from cm3leon.tasks.edit_check import EditSettings, edit_scorer
+from cm3leon.policies.shapes.edit_check import EditSettings, edit_scorer
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.text import TextTokenizer
 from cm3leon.tokenizers.vocab import Vocabulary, VocabularyConfig
@@ -126,12 +126,12 @@ def test_the_grounded_scene_asked_for_outranks_its_objects_in_other_cells(shippe
     assert wins >= 10
 
 
-def tiny_retriever(checkpoint: EvalCheckpoint) -> Retriever:
+def tiny_retriever(checkpoint: ModelBundle) -> Retriever:
     config = replace(RetrieverConfig.preset("tiny"), image_size=checkpoint.world.image_size)
     return Retriever.build(config, checkpoint.vocab.text_tokenizer)
 
 
-def test_a_request_without_an_expected_scene_falls_back(checkpoint: EvalCheckpoint) -> None:
+def test_a_request_without_an_expected_scene_falls_back(checkpoint: ModelBundle) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=2, batch_size=2))
     vocab = checkpoint.vocab
     prompt = formatter(checkpoint).edit(cases.edits[0], cases.edit_sources[0], None).prompt
@@ -143,7 +143,7 @@ def test_a_request_without_an_expected_scene_falls_back(checkpoint: EvalCheckpoi
 
 
 def test_with_a_retriever_the_choice_is_the_retrievers_and_without_one_the_caption_checks(
-    checkpoint: EvalCheckpoint, monkeypatch: pytest.MonkeyPatch
+    checkpoint: ModelBundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=3, batch_size=3))
     fmt, world, retriever = formatter(checkpoint), checkpoint.world, tiny_retriever(checkpoint)
@@ -180,7 +180,7 @@ def test_with_a_retriever_the_choice_is_the_retrievers_and_without_one_the_capti
 
 
 def test_a_word_is_scored_by_the_models_reading_plus_the_weighted_retriever_similarity(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
 ) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=3, batch_size=3))
     fmt, vocab, world, retriever = formatter(checkpoint), checkpoint.vocab, checkpoint.world, tiny_retriever(checkpoint)
@@ -205,7 +205,7 @@ def test_a_word_is_scored_by_the_models_reading_plus_the_weighted_retriever_simi
         WeightedSum(((0.0, scorer),))
 
 
-def test_the_evaluation_reports_what_chose(checkpoint: EvalCheckpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_evaluation_reports_what_chose(checkpoint: ModelBundle, monkeypatch: pytest.MonkeyPatch) -> None:
     config = TaskEvalConfig(n=2, batch_size=2)
     cases, oracle, retriever = build_cases(checkpoint, config), Oracle(checkpoint.world), tiny_retriever(checkpoint)
     built: list[Any] = []
@@ -244,10 +244,10 @@ def test_text_rendering_jobs_are_chosen_by_the_engines_retriever(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = build_tiny_sft_model_dir(tmp_path / "sft")
-    (directory / DEFAULTS_FILE).write_text(json.dumps({TEXT_RENDER: {"num_candidates": 2}}))
+    (directory / DEFAULTS_FILE).write_text(json.dumps({TEXT_RENDERING: {"num_candidates": 2}}))
     scorers = record_scorers(monkeypatch)
     retriever = Retriever.build(RetrieverConfig.preset("tiny"), TextTokenizer.load(directory))
-    engine = Engine(directory, EngineConfig.preset("tiny"), retriever=retriever)
+    engine = Engine.load(directory, EngineConfig.preset("tiny"), retriever=retriever)
     result = engine.run(TextRendering("AB in blue on black", sampling=Sampling(seed=4)))
     scorer = scorers[-1]
     assert isinstance(scorer, WeightedSum) and result.images[0].shape[:2] == (engine.image_size,) * 2
@@ -257,14 +257,14 @@ def test_text_rendering_jobs_are_chosen_by_the_engines_retriever(
 
 def test_grounded_jobs_are_chosen_against_the_scene_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     directory = build_tiny_sft_model_dir(tmp_path / "sft")
-    (directory / DEFAULTS_FILE).write_text(json.dumps({GROUNDED: {"num_candidates": 2}}))
+    (directory / DEFAULTS_FILE).write_text(json.dumps({GROUNDED_GENERATION: {"num_candidates": 2}}))
     scorers = record_scorers(monkeypatch)
     request = GroundedGeneration((GroundedObject("large red circle", NormBox(0.0, 0.0, 0.3, 0.3)),),
                                  sampling=Sampling(seed=2))
-    Engine(directory, EngineConfig.preset("tiny")).run(request)
+    Engine.load(directory, EngineConfig.preset("tiny")).run(request)
     assert scorers[-1] is None, "no retriever: the model's likelihood reranks"
     retriever = Retriever.build(RetrieverConfig.preset("tiny"), TextTokenizer.load(directory))
-    Engine(directory, EngineConfig.preset("tiny"), retriever=retriever).run(request)
+    Engine.load(directory, EngineConfig.preset("tiny"), retriever=retriever).run(request)
     scorer = scorers[-1]
     assert isinstance(scorer, ExpectedCaptionScorer)
     (caption,) = scorer.expected.values()

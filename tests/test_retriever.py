@@ -17,7 +17,7 @@ from cm3leon.cli import app
 from cm3leon.data.render import render
 from cm3leon.data.world import Scene, SceneObject, Split, World, WorldConfig, split_of
 from cm3leon.evaluation.frechet import frechet_distance
-from cm3leon.evaluation.retrieval_eval import evaluate_retrieval, recall_at_k
+from cm3leon.evaluation.retrieval_eval import evaluate_retrieval
 from cm3leon.retrieval.config import RetrieverConfig, RetrieverTrainingConfig
 from cm3leon.retrieval.contrastive import (
     contrastive_loss,
@@ -28,12 +28,13 @@ from cm3leon.retrieval.contrastive import (
     soft_cross_entropy,
 )
 from cm3leon.retrieval.documents import RetrievalDocument, world_documents
+from cm3leon.retrieval.metrics import recall_at_k
 from cm3leon.retrieval.pairs import draw_pairs, near_miss
 from cm3leon.retrieval.retriever import Retriever, drop_tokens
-from cm3leon.retrieval.train import METRICS_FILE, batch_loss, build_optimizer, learning_rate, train_retriever
 from cm3leon.tokenizers.text import TextTokenizer, TextTokenizerConfig
 from cm3leon.tokenizers.world_text import train_world_tokenizer
 from cm3leon.training.checkpoint import MetricsLogger
+from cm3leon.training.retriever import METRICS_FILE, batch_loss, build_optimizer, learning_rate, train_retriever
 
 WORLD = World(WorldConfig.preset("tiny"))
 

@@ -1,4 +1,4 @@
-"""Segmentation maps checked against a caption (cm3leon.tasks.segmentation): the objects of a map (shape and cell)
+"""Segmentation maps checked against a caption (cm3leon.policies.shapes.segmentation): the objects of a map (shape and cell)
 read the true map's exactly, ignore specks and tell shapes in swapped cells apart, captions give their placed shapes
 (none for word scenes or noise), and the decoding loop redraws exactly the maps that disagree, keeps what agrees,
 and is reproducible by seed."""
@@ -10,13 +10,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption_variants, text_render_prompt
 from cm3leon.data.render import render, segmentation_classes
 from cm3leon.data.world import Split, World, WorldConfig
 from cm3leon.decoding import GenerationRequest, SamplingParams
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.tasks.segmentation import (
+from cm3leon.policies.shapes.segmentation import (
     AgreementScorer,
     SegmentationParams,
     caption_objects,
@@ -98,7 +98,7 @@ def test_agreement_scorer_prefers_maps_showing_the_expected_shapes() -> None:
     assert scorer(request, [7, 8], [[1], [2]]) == [float(agrees), 1.0]
 
 
-def test_segment_images_redraws_only_disagreeing_maps_and_keeps_agreeing_ones(checkpoint: EvalCheckpoint) -> None:
+def test_segment_images_redraws_only_disagreeing_maps_and_keeps_agreeing_ones(checkpoint: ModelBundle) -> None:
     world = checkpoint.world
     cases = build_cases(checkpoint, TaskEvalConfig(n=4, batch_size=4))
     prompts = [formatter(checkpoint).segmentation(image, None).prompt for image in cases.images]
@@ -132,7 +132,7 @@ def test_segment_images_redraws_only_disagreeing_maps_and_keeps_agreeing_ones(ch
     assert all(np.array_equal(a, b) for a, b in zip(greedy_only.maps, run.greedy_maps, strict=True))
 
 
-def test_the_model_describes_the_images_when_no_captions_are_given(checkpoint: EvalCheckpoint) -> None:
+def test_the_model_describes_the_images_when_no_captions_are_given(checkpoint: ModelBundle) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=2, batch_size=2))
     prompts = [formatter(checkpoint).segmentation(image, None).prompt for image in cases.images]
     maps = SamplingParams.preset("segmentation").replace(temperature=1.0, num_candidates=2)

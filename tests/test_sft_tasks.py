@@ -19,8 +19,7 @@ from cm3leon.data.questions import final_answer, qa_pairs, reasoning_pairs
 from cm3leon.data.render import render
 from cm3leon.data.tasks import grounded_spec_of_scene, parse_edit_instruction
 from cm3leon.decoding.prompts import document_prompt_ids
-from cm3leon.tasks.corpus import TaskCorpus
-from cm3leon.tasks.formats import EDIT_HEADER, SEGMENT_HEADER, STRUCTURE_HEADER, TASKS
+from cm3leon.tasks.formats import EDIT_HEADER, SEGMENT_HEADER, STRUCTURE_HEADER, TASKS, SceneDocument
 from cm3leon.tasks.infill import fill_region, infill_spans, region_codes_from_output
 from cm3leon.tasks.parsing import (
     grounded_spec,
@@ -32,8 +31,8 @@ from cm3leon.tasks.parsing import (
     text_answer,
 )
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
-from cm3leon.training.pretrain_data import SceneDocument
 from cm3leon.training.sft_data import SFTBatches
+from cm3leon.training.task_corpus import TaskCorpus
 
 
 @pytest.fixture(scope="module")

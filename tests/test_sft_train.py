@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from cm3leon.checkpoint import load_checkpoint
 from cm3leon.cli import app
-from cm3leon.tasks.corpus import TaskCorpus
+from cm3leon.tasks.formats import SceneDocument
 from cm3leon.tokenizers.vocab import Document, Vocabulary
-from cm3leon.training.pretrain_data import SceneDocument
 from cm3leon.training.sft_data import MIXTURE_ENTRIES, PRETRAIN, TaskMixture
 from cm3leon.training.state import MetricsLogger
+from cm3leon.training.task_corpus import TaskCorpus
 from cm3leon.training.trainer import METRICS_FILE
 
 MIX_FILE = Path(__file__).resolve().parents[1] / "configs" / "sft_mix.json"

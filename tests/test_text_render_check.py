@@ -1,4 +1,4 @@
-"""Text rendering checked by the model's own reading (cm3leon.tasks.caption_check): the scorer accepts exactly the
+"""Text rendering checked by the model's own reading (cm3leon.policies.shapes.caption_check): the scorer accepts exactly the
 candidates read back as the word scene asked for, and several candidates switch the check on in the evaluation, the
 sweep's defaults and serving."""
 
@@ -11,22 +11,22 @@ from typing import Any
 
 import pytest
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption, detailed_caption_variants
 from cm3leon.data.oracle import Oracle
 from cm3leon.decoding import GenerationRequest, SamplingParams
-from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_RENDER, TEXT_TO_IMAGE, load_decoding_defaults
+from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_RENDERING, TEXT_TO_IMAGE, load_decoding_defaults
 from cm3leon.decoding.rerank import continuation_log_likelihoods
 from cm3leon.evaluation import image_tasks_eval
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.inference import Sampling, TextRendering
 from cm3leon.inference.engine import Engine, EngineConfig
-from cm3leon.tasks.caption_check import AGREES, DISAGREES, CaptionCheckScorer, text_render_check_scorer
+from cm3leon.requests import Sampling, TextRendering
+from cm3leon.policies.shapes.caption_check import AGREES, DISAGREES, CaptionCheckScorer, text_render_check_scorer
 from tests.serving.fixtures import record_scorers
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
 
-def test_the_scorer_accepts_only_candidates_read_as_the_word_asked_for(checkpoint: EvalCheckpoint) -> None:
+def test_the_scorer_accepts_only_candidates_read_as_the_word_asked_for(checkpoint: ModelBundle) -> None:
     """The reader is given (each word image's true caption, looked up by its codes) so that the choice is exact."""
     cases = build_cases(checkpoint, TaskEvalConfig(n=6, batch_size=6))
     world, vocab = checkpoint.world, checkpoint.vocab
@@ -45,7 +45,7 @@ def test_the_scorer_accepts_only_candidates_read_as_the_word_asked_for(checkpoin
 
 
 def test_the_graded_check_ranks_unread_candidates_by_the_likelihood_of_the_asked_for_caption(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
 ) -> None:
     cases = build_cases(checkpoint, TaskEvalConfig(n=6, batch_size=6))
     world, vocab = checkpoint.world, checkpoint.vocab
@@ -74,7 +74,7 @@ def test_the_graded_check_ranks_unread_candidates_by_the_likelihood_of_the_asked
 
 
 def test_several_candidates_decode_through_the_check_and_reading_is_measured(
-    checkpoint: EvalCheckpoint, monkeypatch: pytest.MonkeyPatch
+    checkpoint: ModelBundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = TaskEvalConfig(n=3, batch_size=3)
     cases, oracle = build_cases(checkpoint, config), Oracle(checkpoint.world)
@@ -106,12 +106,12 @@ def test_several_candidates_decode_through_the_check_and_reading_is_measured(
 def test_text_rendering_decodes_as_text_to_image_unless_the_file_says_otherwise(tmp_path: Path) -> None:
     (tmp_path / DEFAULTS_FILE).write_text(json.dumps({TEXT_TO_IMAGE: {"guidance_scale": 2.0}}))
     inherited = load_decoding_defaults(tmp_path)
-    assert inherited[TEXT_RENDER] == inherited[TEXT_TO_IMAGE]
-    (tmp_path / DEFAULTS_FILE).write_text(
-        json.dumps({TEXT_TO_IMAGE: {"guidance_scale": 2.0}, TEXT_RENDER: {"guidance_scale": 2.0, "num_candidates": 8}})
-    )
+    assert inherited[TEXT_RENDERING] == inherited[TEXT_TO_IMAGE]
+    legacy_key = "text_render"  # the section's name before every kind had one name: loads through LEGACY_KEYS
+    own_section = {"guidance_scale": 2.0, "num_candidates": 8}
+    (tmp_path / DEFAULTS_FILE).write_text(json.dumps({TEXT_TO_IMAGE: {"guidance_scale": 2.0}, legacy_key: own_section}))
     own = load_decoding_defaults(tmp_path)
-    assert own[TEXT_RENDER] == own[TEXT_TO_IMAGE].replace(num_candidates=8)
+    assert own[TEXT_RENDERING] == own[TEXT_TO_IMAGE].replace(num_candidates=8)
 
 
 def test_text_rendering_jobs_with_several_candidates_are_checked_against_the_word_asked_for(
@@ -120,10 +120,10 @@ def test_text_rendering_jobs_with_several_candidates_are_checked_against_the_wor
     directory = build_tiny_sft_model_dir(tmp_path / "sft")
     scorers = record_scorers(monkeypatch)
     request = TextRendering("AB in blue on black", sampling=Sampling(seed=4))
-    Engine(directory, EngineConfig.preset("tiny")).run(request)
+    Engine.load(directory, EngineConfig.preset("tiny")).run(request)
     assert not isinstance(scorers[-1], CaptionCheckScorer), "one candidate: nothing to check"
-    (directory / DEFAULTS_FILE).write_text(json.dumps({TEXT_RENDER: {"num_candidates": 2}}))
-    Engine(directory, EngineConfig.preset("tiny")).run(request)
+    (directory / DEFAULTS_FILE).write_text(json.dumps({TEXT_RENDERING: {"num_candidates": 2}}))
+    Engine.load(directory, EngineConfig.preset("tiny")).run(request)
     scorer = scorers[-1]
     assert isinstance(scorer, CaptionCheckScorer)
     (scene,) = scorer.expected.values()

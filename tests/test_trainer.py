@@ -29,13 +29,14 @@ from cm3leon.checkpoint import load_checkpoint, save_checkpoint
 from cm3leon.cli import app
 from cm3leon.data.world import Split, split_of
 from cm3leon.objectives.cm3 import CM3Config, CM3Masker
+from cm3leon.tasks.formats import SceneDocument
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.vocab import Document, ImageCodes, Vocabulary
 from cm3leon.training.checkpoint import MetricsLogger
 from cm3leon.training.image_corpus import ImageCodeCorpus
 from cm3leon.training.losses import evaluate_perplexity, vocabulary_modalities
 from cm3leon.training.packing import pack_rows
-from cm3leon.training.pretrain_data import PretrainBatches, SceneDocument, heldout_batches
+from cm3leon.training.pretrain_data import PretrainBatches, heldout_batches
 from cm3leon.training.trainer import METRICS_FILE, Trainer
 
 

@@ -14,14 +14,14 @@ from collections.abc import Mapping
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from cm3leon.inference.requests import (
+from cm3leon.kinds import kind_of
+from cm3leon.requests import (
     EngineResult,
     ImageRef,
     JobCancelled,
     JobRequest,
     Progress,
     UnsupportedJobKind,
-    image_fields,
 )
 from services.api import jobs_pb2
 from services.convert import request_to_domain
@@ -36,7 +36,7 @@ CANCEL_CHECK_INTERVAL_S = 0.05  # the cancel flag is read from Redis at most thi
 
 
 def fetch_inputs(runtime: Runtime, request: JobRequest) -> JobRequest:
-    images = {name: runtime.objects.get_image(getattr(request, name).key) for name in image_fields(request)}
+    images = {name: runtime.objects.get_image(getattr(request, name).key) for name in kind_of(request).images}
     return dataclasses.replace(request, **images) if images else request
 
 
@@ -95,7 +95,7 @@ def claim(runtime: Runtime, job_id: str) -> JobRecord | None:
             return True
         record.state = JobState.RUNNING
         record.started_at = record.started_at or time.time()
-        record.model_id = runtime.engine.model_id
+        record.model_id = runtime.engine.bundle.model_id
         return True
 
     record = runtime.store.update(job_id, start)
@@ -155,7 +155,7 @@ def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | No
         reporter = JobReporter(runtime, job_id)
         try:
             request = request_to_domain(jobs_pb2.JobRequest.FromString(record.request))
-            if any(isinstance(getattr(request, name), ImageRef) for name in image_fields(request)):
+            if any(isinstance(getattr(request, name), ImageRef) for name in kind_of(request).images):
                 with tracer().start_as_current_span("fetch_inputs"):
                     request = fetch_inputs(runtime, request)
             result = runtime.engine.run(

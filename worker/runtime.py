@@ -78,18 +78,19 @@ def build_runtime(settings: WorkerSettings) -> Runtime:
     objects.ensure_bucket()
     memory, retriever = open_memory(settings)
     config = EngineConfig(device=settings.device, previews_per_image=settings.previews_per_image)
-    engine = Engine(settings.model_dir, config, memory=memory, retriever=retriever)
+    engine = Engine.load(settings.model_dir, config, memory=memory, retriever=retriever)
     engine.warm_up()
     store = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
     name = f"{socket.gethostname()}-{os.getpid()}"
     runtime = Runtime(settings, store, objects, engine, memory, retriever, Metrics(), name)
     threading.Thread(target=heartbeat, args=(runtime,), daemon=True, name="cm3leon-heartbeat").start()
-    log.info("worker %s ready: model %s runs %s", name, engine.model_id, engine.supported_kinds)
+    log.info("worker %s ready: model %s runs %s", name, engine.bundle.model_id, engine.supported_kinds)
     return runtime
 
 
 def heartbeat(runtime: Runtime) -> None:
-    info = {"model_id": runtime.engine.model_id, "kinds": list(runtime.engine.supported_kinds), "pid": os.getpid()}
+    engine = runtime.engine
+    info = {"model_id": engine.bundle.model_id, "kinds": list(engine.supported_kinds), "pid": os.getpid()}
     while True:
         try:
             runtime.store.publish_worker(runtime.name, info, HEARTBEAT_TTL_S)

@@ -20,24 +20,25 @@ from typing import Any
 
 import torch
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.world import Split
 from cm3leon.decoding import SamplingParams
-from cm3leon.decoding.defaults import CAPTION, EDIT, SEGMENTATION, TEXT_RENDER, TEXT_TO_IMAGE, load_decoding_defaults
+from cm3leon.decoding.defaults import CAPTION, EDIT, SEGMENTATION, TEXT_RENDERING, TEXT_TO_IMAGE, load_decoding_defaults
 from cm3leon.evaluation.caption_eval import (
     caption_token_budget,
     encode_scene_images,
     generate_captions,
     reference_captions,
 )
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes, load_eval_checkpoint
+from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.t2i_eval import generate_images, method_params, prompt_captions
 from cm3leon.evaluation.t2i_task_eval import load_fd_retriever
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases, formatter
+from cm3leon.policies.shapes.caption_check import text_render_scorer
+from cm3leon.policies.shapes.edit_check import EditSettings, sample_edits
+from cm3leon.policies.shapes.segmentation import SegmentationParams, segment_images
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.caption_check import text_render_scorer
 from cm3leon.tasks.decode import generate_image_outputs
-from cm3leon.tasks.edit_check import EditSettings, sample_edits
-from cm3leon.tasks.segmentation import SegmentationParams, segment_images
 
 # Benchmark prompts come from the validation split: speed does not depend on the split, and test stays unseen.
 BENCH_SPLIT = Split.VAL
@@ -79,7 +80,7 @@ def _best_seconds(work: Callable[[], float], repeats: int) -> float:
 
 
 def _checked_task_runs(
-    checkpoint: EvalCheckpoint, defaults: dict[str, SamplingParams], cases: TaskCases, config: DecodeBenchConfig,
+    checkpoint: ModelBundle, defaults: dict[str, SamplingParams], cases: TaskCases, config: DecodeBenchConfig,
     retriever: Retriever | None,
 ) -> dict[str, Callable[[], float]]:
     """Timed runs of the checked image tasks, `<task>_{single,checked<k>,retriever<k>}` -> seconds for the batch
@@ -107,7 +108,7 @@ def _checked_task_runs(
 
     runs: dict[str, Callable[[], float]] = {}
     for task, timed in (("edit", timed_edits), ("text_render", timed_words)):
-        params = defaults[EDIT if task == "edit" else TEXT_RENDER]
+        params = defaults[EDIT if task == "edit" else TEXT_RENDERING]
         checked = params if params.num_candidates > 1 else params.replace(num_candidates=config.check_candidates)
         runs[f"{task}_single"] = partial(timed, params.replace(num_candidates=1), None)
         for name, chooser in choosers.items():
@@ -124,7 +125,7 @@ def bench_decode(
     images; `retriever<k>`: chosen by the retriever in `retriever_dir`, default the checkpoint's `retriever/`, as
     serving does where one is loaded)."""
     config = config or DecodeBenchConfig()
-    checkpoint = load_eval_checkpoint(checkpoint_dir)
+    checkpoint = ModelBundle.load(checkpoint_dir, require_vq=True)
     retriever = load_fd_retriever(retriever_dir or Path(checkpoint_dir) / "retriever", checkpoint.world.image_size)
     defaults = load_decoding_defaults(checkpoint_dir)
     cfg = method_params("cfg", defaults[TEXT_TO_IMAGE])

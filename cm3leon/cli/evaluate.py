@@ -72,7 +72,8 @@ def eval_t2i(
 ) -> None:
     """Text->image: generate from held-out detailed captions, the oracle judges each image (grid PNG beside
     the JSON). Decoding parameters come from DIR/decoding_defaults.json (see `eval sweep`) or the presets."""
-    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.bundle import ModelBundle
+    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, T2IEvalConfig, evaluate_t2i
     from cm3leon.evaluation.t2i_task_eval import load_fd_retriever
@@ -83,7 +84,7 @@ def eval_t2i(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         pooled_candidates=pooled_candidates or POOLED_CANDIDATES,
     )
-    loaded = load_eval_checkpoint(checkpoint)
+    loaded = ModelBundle.load(checkpoint, require_vq=True)
     fd_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
     with _memory_retrieval(memory, memory_name, retriever, loaded) as retrieval:
         metrics = evaluate_t2i(
@@ -102,13 +103,15 @@ def eval_caption(
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Captioning: IMAGE <break> -> caption, parsed back exactly; exact-scene accuracy and BLEU-4."""
+    from cm3leon.bundle import ModelBundle
     from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning
-    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
 
     set_threads(threads)
     config = CaptionEvalConfig(n=n, batch_size=batch_size, seed=seed)
-    metrics = evaluate_captioning(load_eval_checkpoint(checkpoint), config, grid_path=_grid_beside(json_path))
+    bundle = ModelBundle.load(checkpoint, require_vq=True)
+    metrics = evaluate_captioning(bundle, config, grid_path=_grid_beside(json_path))
     write_report(f"captioning (test, n={n})", metrics, json_path)
 
 
@@ -122,13 +125,14 @@ def eval_perplexity(
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Held-out (val and test) loss and perplexity per modality: text tokens vs image tokens."""
-    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.bundle import ModelBundle
+    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
     from cm3leon.evaluation.report import write_report
 
     set_threads(threads)
     config = PerplexityEvalConfig(batch_size=batch_size, n_batches=batches)
-    metrics = evaluate_heldout_perplexity(load_eval_checkpoint(checkpoint), config, cache_dir)
+    metrics = evaluate_heldout_perplexity(ModelBundle.load(checkpoint, require_vq=True), config, cache_dir)
     write_report("held-out perplexity", metrics, json_path)
 
 
@@ -185,8 +189,9 @@ def eval_sweep(
     """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing guidance
     scale x source-copy bias, the structure-guided guidance scale x candidates, the grounded and text-rendering
     candidates, caption temperature x candidates and the segmentation maps' caption check, on the VALIDATION split."""
+    from cm3leon.bundle import ModelBundle
     from cm3leon.decoding.defaults import save_decoding_defaults
-    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.sweep import SweepConfig, best_defaults, run_sweep
     from cm3leon.evaluation.t2i_eval import retriever_reranker
@@ -216,7 +221,7 @@ def eval_sweep(
         caption_candidates=tuple(int(count) for count in floats(caption_candidates)),
         segmentation_settings=pairs(segmentation_settings),
     )
-    loaded = load_eval_checkpoint(checkpoint)
+    loaded = ModelBundle.load(checkpoint, require_vq=True)
     loaded_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
     report = run_sweep(loaded, config, retriever_reranker(loaded, loaded_retriever), loaded_retriever)
     write_report(f"decoding sweep (val, n={n})", report, json_path)
@@ -303,8 +308,9 @@ def eval_all(
 ) -> None:
     """Every instruction task on held-out cases: one JSON (a section per task + `summary`) and a labelled grid
     PNG per task beside it (<stem>_<task>.png). With --memory, t2i also decodes CFG with retrieved documents."""
+    from cm3leon.bundle import ModelBundle
     from cm3leon.data.world import Split
-    from cm3leon.evaluation.decoder_setup import load_eval_checkpoint, set_threads
+    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES
     from cm3leon.evaluation.task_cases import EVAL_TASKS, TaskEvalConfig
@@ -319,7 +325,7 @@ def eval_all(
         tasks=EVAL_TASKS if tasks == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip()),
         question_n=question_n,
     )
-    loaded = load_eval_checkpoint(checkpoint, device=device)
+    loaded = ModelBundle.load(checkpoint, device=device, require_vq=True)
     with _memory_retrieval(memory, memory_name, retriever, loaded) as retrieval:
         report = evaluate_all(loaded, config, json_path, retriever, retrieval)
     write_report(f"all tasks ({split}, n={n})", report["summary"], None)  # the table: the summary only

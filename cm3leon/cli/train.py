@@ -149,8 +149,8 @@ def train_retriever_command(
     import torch
 
     from cm3leon.retrieval.config import RetrieverConfig, RetrieverTrainingConfig
-    from cm3leon.retrieval.train import train_retriever, world_tokenizer
     from cm3leon.tokenizers.text import TOKENIZER_FILE, TextTokenizer
+    from cm3leon.training.retriever import train_retriever, world_tokenizer
 
     if steps is None and minutes is None:
         raise typer.BadParameter("give --minutes or --steps")

@@ -6,7 +6,10 @@ ones to `DIR/decoding_defaults.json`; every evaluation (and the server) reads th
 presets apply. The file holds only the fields that differ from the preset, plus the sweep's provenance:
 
     {"text_to_image": {"temperature": 0.7, "guidance_scale": 5.0}, "caption": {}, "edit": {...},
-     "structure": {...}, "provenance": {...}}
+     "structure_guided": {...}, "provenance": {...}}
+
+Each section is a job kind's name (`cm3leon.kinds`), plus `edit_redraw` for the shapes policy's redraws; files
+written before the kinds had one name each load through `LEGACY_KEYS`.
 
 A file written before a task had defaults simply lacks its key: that task keeps its preset (grounded generation
 and text rendering take text->image's settings instead, `INHERITS`).
@@ -27,29 +30,37 @@ PROVENANCE_KEY = "provenance"
 TEXT_TO_IMAGE = "text_to_image"
 CAPTION = "caption"
 EDIT = "edit"
-STRUCTURE = "structure"  # structure-guided generation (segmentation map + caption -> image)
-GROUNDED = "grounded"  # spatially grounded generation (objects with boxes -> image)
+STRUCTURE_GUIDED = "structure_guided"  # segmentation map + caption -> image
+GROUNDED_GENERATION = "grounded_generation"  # objects with boxes -> image
 # Segmentation maps: greedy; with num_candidates > 1, a map that disagrees with the image's caption is redrawn from
-# that many samples at `temperature` (cm3leon.tasks.segmentation).
+# that many samples at `temperature` (cm3leon.policies.shapes.segmentation).
 SEGMENTATION = "segmentation"
 # Text rendering decodes as text->image does; with num_candidates > 1 the first sample the model reads back as the
-# asked-for word is kept (cm3leon.tasks.caption_check).
-TEXT_RENDER = "text_render"
+# asked-for word is kept (cm3leon.policies.shapes.caption_check).
+TEXT_RENDERING = "text_rendering"
 # Edits redrawn from their expected scene (grounded generation of what the instruction makes of the source's
 # caption), pooled with the edit's own samples when it draws several; num_candidates is the redraws per edit
-# (cm3leon.tasks.edit_check).
+# (cm3leon.policies.shapes.edit_check).
 EDIT_REDRAW = "edit_redraw"
-TASKS: tuple[str, ...] = (TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE, GROUNDED, SEGMENTATION, TEXT_RENDER, EDIT_REDRAW)
+TASKS: tuple[str, ...] = (
+    TEXT_TO_IMAGE, CAPTION, EDIT, STRUCTURE_GUIDED, GROUNDED_GENERATION, SEGMENTATION, TEXT_RENDERING, EDIT_REDRAW,
+)
 # Which SamplingParams preset each task falls back to.
 TASK_PRESETS: dict[str, str] = {
-    TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text", EDIT: "edit", STRUCTURE: "structure",
-    GROUNDED: "text_to_image", SEGMENTATION: "segmentation", TEXT_RENDER: "text_to_image",
+    TEXT_TO_IMAGE: "text_to_image", CAPTION: "greedy_text", EDIT: "edit", STRUCTURE_GUIDED: "structure_guided",
+    GROUNDED_GENERATION: "text_to_image", SEGMENTATION: "segmentation", TEXT_RENDERING: "text_to_image",
     EDIT_REDRAW: "text_to_image",
 }
 # Tasks that decode as another task does unless the file says otherwise: grounded generation is text->image with
 # boxes in the prompt, text rendering text->image of a word and an edit's redraw a grounded prompt, so a file
 # written before they had their own entry gives them their parent's settings (a parent before its children here).
-INHERITS: dict[str, str] = {GROUNDED: TEXT_TO_IMAGE, TEXT_RENDER: TEXT_TO_IMAGE, EDIT_REDRAW: GROUNDED}
+INHERITS: dict[str, str] = {
+    GROUNDED_GENERATION: TEXT_TO_IMAGE, TEXT_RENDERING: TEXT_TO_IMAGE, EDIT_REDRAW: GROUNDED_GENERATION,
+}
+# Section names of files written before every kind had one name.
+LEGACY_KEYS: dict[str, str] = {
+    "structure": STRUCTURE_GUIDED, "grounded": GROUNDED_GENERATION, "text_render": TEXT_RENDERING,
+}
 # A seed is per request, never a default: a fixed default seed would make every request draw the same sample.
 NOT_A_DEFAULT = frozenset({"seed"})
 
@@ -101,7 +112,7 @@ def load_decoding_defaults(checkpoint_dir: Path | str) -> dict[str, SamplingPara
     path = Path(checkpoint_dir) / DEFAULTS_FILE
     if not path.exists():
         return defaults
-    record = json.loads(path.read_text())
+    record = {LEGACY_KEYS.get(key, key): value for key, value in json.loads(path.read_text()).items()}
     known_fields = {field.name for field in dataclasses.fields(SamplingParams)} - NOT_A_DEFAULT
     for task in TASKS:
         overrides = record.get(task, {})

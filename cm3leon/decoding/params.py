@@ -100,11 +100,11 @@ class SamplingParams:
             "text_to_image": cls(method="cfg", guidance_scale=3.0, **guided),
             "pooled": cls(method="pooled", guidance_scale=3.0, num_candidates=8, **guided),
             "edit": cls(method="cfg", guidance_scale=7.5, image_guidance_scale=1.5, **guided),
-            "structure": cls(method="cfg", guidance_scale=3.0, **guided),
+            "structure_guided": cls(method="cfg", guidance_scale=3.0, **guided),
             # Room for a worked VQA answer (a 3-object description, then "so the answer is X": up to 38 tokens with
             # `<eos>` in the shapes world); decoding stops at `<eos>`, so short answers cost no more.
             "greedy_text": cls(method="sample", temperature=0.0, max_new_tokens=64),
-            # One right class per pixel: greedy (see cm3leon.tasks.segmentation for its caption-checked variant).
+            # One right class per pixel: greedy (see cm3leon.policies.shapes.segmentation for its caption-checked variant).
             "segmentation": cls(method="sample", temperature=0.0),
         }
         if name not in presets:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.grid import Tile, save_grid
 from cm3leon.data.language import detailed_caption_variants, parse_caption
 from cm3leon.data.render import render
@@ -26,7 +27,7 @@ from cm3leon.data.world import Scene, Split, WorldConfig
 from cm3leon.decoding import SamplingParams
 from cm3leon.decoding.defaults import CAPTION, load_decoding_defaults, params_record
 from cm3leon.evaluation.bleu import corpus_bleu
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.scene_metrics import UNREADABLE, summarize_predictions, verdict_label
 from cm3leon.tasks.decode import caption_images
 from cm3leon.tokenizers.vocab import ImageCodes
@@ -75,7 +76,7 @@ def score_captions(
     return metrics, predicted
 
 
-def caption_token_budget(checkpoint: EvalCheckpoint, references: Sequence[Sequence[str]]) -> int:
+def caption_token_budget(checkpoint: ModelBundle, references: Sequence[Sequence[str]]) -> int:
     """New tokens a caption may take: the longest reference plus its `<eos>` (room for any correct caption,
     none for endless rambling), within what the context leaves after the image prompt."""
     vocab = checkpoint.vocab
@@ -85,7 +86,7 @@ def caption_token_budget(checkpoint: EvalCheckpoint, references: Sequence[Sequen
     return min(longest + 1, context_left)
 
 
-def encode_scene_images(checkpoint: EvalCheckpoint, scenes: Sequence[Scene], batch_size: int) -> list[ImageCodes]:
+def encode_scene_images(checkpoint: ModelBundle, scenes: Sequence[Scene], batch_size: int) -> list[ImageCodes]:
     """The VQ codes of each scene's render: what the model sees of a test image."""
     codes: list[ImageCodes] = []
     for first in range(0, len(scenes), batch_size):
@@ -104,7 +105,7 @@ class CaptionRun:
 
 
 def generate_captions(
-    checkpoint: EvalCheckpoint, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int
+    checkpoint: ModelBundle, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int
 ) -> CaptionRun:
     """A caption per image, timed (`caption_images`: request i seeded by `request_seed(seed, i)`, decoding stops at
     `<eos>`, several candidates per image reranked by `ChannelScorer`)."""
@@ -114,7 +115,7 @@ def generate_captions(
 
 
 def run_captioning(
-    checkpoint: EvalCheckpoint, scenes: Sequence[Scene], params: SamplingParams, batch_size: int, seed: int
+    checkpoint: ModelBundle, scenes: Sequence[Scene], params: SamplingParams, batch_size: int, seed: int
 ) -> tuple[CaptionRun, dict[str, object], list[Scene]]:
     """Generate and score captions of `scenes`; `params.max_new_tokens` is replaced by the caption budget."""
     references = reference_captions(scenes, checkpoint.world)
@@ -128,7 +129,7 @@ def run_captioning(
 
 
 def evaluate_captioning(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
     config: CaptionEvalConfig,
     grid_path: Path | None = None,
     params: SamplingParams | None = None,

@@ -1,32 +1,12 @@
-"""What every decoder evaluation needs first: the checkpoint, its world, its held-out scenes, and thread control.
-
-The checkpoint and the world it was trained on come from `cm3leon.tasks.checkpoint`, as the serving engine
-finds them; evaluations also need the VQ tokenizer, since every generation metric decodes images.
-"""
+"""What every decoder evaluation needs besides its `ModelBundle`: its held-out scenes, and thread control."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 
-from cm3leon.checkpoint import load_checkpoint
 from cm3leon.data.world import Scene, Split, World, WorldConfig
-from cm3leon.tasks.checkpoint import LoadedCheckpoint, checkpoint_data_config
-
-# The evaluations' name for a loaded checkpoint (every evaluation module takes one).
-EvalCheckpoint = LoadedCheckpoint
-
-
-def load_eval_checkpoint(directory: Path | str, device: str = "cpu") -> EvalCheckpoint:
-    """Load a complete model directory for evaluation; it must contain the VQ tokenizer (`vq/`)."""
-    directory = Path(directory)
-    model, vocab, image_tokenizer = load_checkpoint(directory, device=device)
-    if image_tokenizer is None:
-        raise ValueError(f"{directory} has no vq/ image tokenizer: generation metrics need one")
-    data_config = checkpoint_data_config(directory, model.config.max_seq_len, image_tokenizer.config.image_size)
-    return EvalCheckpoint(directory, model.eval(), vocab, image_tokenizer, data_config)
 
 
 def set_threads(threads: int | None) -> None:

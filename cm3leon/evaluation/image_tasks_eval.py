@@ -1,13 +1,13 @@
 """Evaluations of the image-writing instruction tasks, each judged against the world's exact ground truth.
 
 editing (three-stream guidance; the checkpoint's edit defaults, the paper's image 1.5 / text 7.5 unless a sweep
-chose others; several candidates: planned, pooled with redraws of the plan and chosen, `cm3leon.tasks.edit_check`),
+chose others; several candidates: planned, pooled with redraws of the plan and chosen, `cm3leon.policies.shapes.edit_check`),
 infilling
 (CM3 sentinels, greedy codes), segmentation (greedy map, redrawn where it disagrees with the model's caption when
 the checkpoint's segmentation defaults say so; decoded to classes by the legend), structure-guided generation (the
 checkpoint's structure defaults, CFG 3 by the preset), grounded generation and text rendering (their own defaults,
 text->image's unless a sweep chose a number of candidates; several text-rendering candidates: the first the model
-reads back as the word asked for, `cm3leon.tasks.caption_check`); `params` replaces a default (the sweep). Each
+reads back as the word asked for, `cm3leon.policies.shapes.caption_check`); `params` replaces a default (the sweep). Each
 returns its metrics and its grid rows (inputs, output with the oracle's verdict, ground truth).
 """
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.grid import Tile
 from cm3leon.data.language import parse_caption
 from cm3leon.data.oracle import Oracle
@@ -27,14 +28,13 @@ from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, grounded_spec_of_s
 from cm3leon.decoding import LikelihoodScorer, SamplingParams, Scorer
 from cm3leon.decoding.defaults import (
     CAPTION,
-    GROUNDED,
+    GROUNDED_GENERATION,
     SEGMENTATION,
-    STRUCTURE,
-    TEXT_RENDER,
+    STRUCTURE_GUIDED,
+    TEXT_RENDERING,
     load_decoding_defaults,
     params_record,
 )
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.scene_metrics import (
     letter_accuracy_by_slot,
     summarize_edits,
@@ -42,8 +42,10 @@ from cm3leon.evaluation.scene_metrics import (
     verdict_label,
 )
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
+from cm3leon.policies.shapes.caption_check import CHECK_CAPTION_PARAMS, expected_caption_scorer, text_render_scorer
+from cm3leon.policies.shapes.edit_check import EditSettings, sample_edits
+from cm3leon.policies.shapes.segmentation import SegmentationParams, segment_images
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.caption_check import CHECK_CAPTION_PARAMS, expected_caption_scorer, text_render_scorer
 from cm3leon.tasks.decode import (
     caption_images,
     decode_codes,
@@ -51,10 +53,8 @@ from cm3leon.tasks.decode import (
     generate_infills,
     sample_image_outputs,
 )
-from cm3leon.tasks.edit_check import EditSettings, sample_edits
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tasks.parsing import infill_result, segmentation_map
-from cm3leon.tasks.segmentation import SegmentationParams, segment_images
 from cm3leon.tokenizers.vocab import ImageCodes, Locations
 
 PIXEL_MAX = 255.0
@@ -71,7 +71,7 @@ def _rows(config: TaskEvalConfig, n: int) -> range:
     return range(min(config.grid_rows, n))
 
 
-def _candidate_pixels(checkpoint: EvalCheckpoint, candidates: list[list[ImageCodes | None]]) -> list[np.ndarray]:
+def _candidate_pixels(checkpoint: ModelBundle, candidates: list[list[ImageCodes | None]]) -> list[np.ndarray]:
     """Every candidate's pixels, one (K, H, W, 3) array per prompt, decoded through the VQ in one batch."""
     flat = [codes for per_prompt in candidates for codes in per_prompt]
     pixels = decode_codes(checkpoint, flat)
@@ -80,11 +80,11 @@ def _candidate_pixels(checkpoint: EvalCheckpoint, candidates: list[list[ImageCod
 
 
 def evaluate_edits(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
+    checkpoint: ModelBundle, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
     params: SamplingParams | None = None, retriever: Retriever | None = None, redraw: SamplingParams | None = None,
 ) -> TaskResult:
     """Exact target scenes and which half of an edit failed, decoded as the edit job decodes
-    (`cm3leon.tasks.edit_check.sample_edits`: with several candidates, planned, redrawn and chosen by `retriever`
+    (`cm3leon.policies.shapes.edit_check.sample_edits`: with several candidates, planned, redrawn and chosen by `retriever`
     against the expected scene, else by the caption check). `params` replaces the direct samples' defaults, `redraw`
     the redraws'. Beside the kept edit: the direct samples' own choice, how often the plan was the target, how
     often a redraw was kept, and whether some candidate was exact (the oracle choosing)."""
@@ -131,7 +131,7 @@ def evaluate_edits(
 
 
 def _some_exact(
-    checkpoint: EvalCheckpoint, oracle: Oracle, cases: TaskCases, candidates: list[list[ImageCodes | None]]
+    checkpoint: ModelBundle, oracle: Oracle, cases: TaskCases, candidates: list[list[ImageCodes | None]]
 ) -> float:
     """How often some candidate of an edit is read as its exact target."""
     pixels = _candidate_pixels(checkpoint, candidates)
@@ -152,7 +152,7 @@ def chooser_name(retriever: Retriever | None, otherwise: str = "caption check") 
 
 
 def evaluate_infill(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle
+    checkpoint: ModelBundle, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle
 ) -> TaskResult:
     """Each scene with one cell hidden (an occupied one, sometimes an empty one) and its caption as the text."""
     fmt, world, vocab = formatter(checkpoint), checkpoint.world, checkpoint.vocab
@@ -194,7 +194,7 @@ def evaluate_infill(
 
 
 def evaluate_segmentation(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, params: SamplingParams | None = None,
+    checkpoint: ModelBundle, cases: TaskCases, config: TaskEvalConfig, params: SamplingParams | None = None,
     caption_params: SamplingParams | None = None,
 ) -> TaskResult:
     """mIoU over the legend's classes (intersections and unions summed over all images), pixel accuracy, and
@@ -249,13 +249,13 @@ def _miou(predicted: list[np.ndarray], truths: list[np.ndarray], world: object) 
 
 
 def evaluate_seg2img(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
+    checkpoint: ModelBundle, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
     params: SamplingParams | None = None, reranker: Scorer | None = None,
 ) -> TaskResult:
     """Structure-guided generation; several candidates (the defaults' `num_candidates`) are reranked by `reranker`
     (the retriever against the prompt's caption, as serving does; None: the model's likelihood)."""
     fmt, world = formatter(checkpoint), checkpoint.world
-    params = params or load_decoding_defaults(checkpoint.directory)[STRUCTURE]
+    params = params or load_decoding_defaults(checkpoint.directory)[STRUCTURE_GUIDED]
     prompts = [
         fmt.seg2img(seg, caption, None).prompt for seg, caption in zip(cases.segmentations, cases.captions, strict=True)
     ]
@@ -283,7 +283,7 @@ def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
 
 
 def evaluate_grounded(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
+    checkpoint: ModelBundle, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
     params: SamplingParams | None = None, reranker: Scorer | None = None, retriever: Retriever | None = None,
 ) -> TaskResult:
     """Exact scene, and box IoU: each true object's box against the box of what the oracle found in its cell.
@@ -291,7 +291,7 @@ def evaluate_grounded(
     caption, which names positions, as serving does; without one, reranked by `reranker` (None: the model's
     likelihood)."""
     fmt, world = formatter(checkpoint), checkpoint.world
-    params = params or load_decoding_defaults(checkpoint.directory)[GROUNDED]
+    params = params or load_decoding_defaults(checkpoint.directory)[GROUNDED_GENERATION]
     specs = [grounded_spec_of_scene(s, world) for s in cases.scenes]
     prompts = [fmt.grounded(spec, None).prompt for spec in specs]
     if retriever is not None and params.num_candidates > 1:
@@ -320,14 +320,14 @@ def evaluate_grounded(
     return TaskResult(metrics, grid)
 
 
-def _grounded_label(checkpoint: EvalCheckpoint, prompt: list[int]) -> str:
+def _grounded_label(checkpoint: ModelBundle, prompt: list[int]) -> str:
     """The grounded prompt as text with each box written out ("... circle [0 0 4 5] ...")."""
     parts = checkpoint.vocab.decode_document(prompt)
     return "".join(f" [{' '.join(map(str, p.bins))}]" if isinstance(p, Locations) else str(p) for p in parts)
 
 
 def evaluate_text_render(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
+    checkpoint: ModelBundle, cases: TaskCases, config: TaskEvalConfig, oracle: Oracle,
     params: SamplingParams | None = None, retriever: Retriever | None = None,
 ) -> TaskResult:
     """Exact words (and scenes: colour and background too) read by the oracle from the rendered images, how often
@@ -335,9 +335,9 @@ def evaluate_text_render(
     greedy caption of the true word image names its scene exactly, which bounds what the model's reading check
     among several candidates can find; with several candidates, `some_candidate_exact_word`, how often one of them
     draws the word (what a perfect choice would reach). Several candidates are chosen by `retriever` against the
-    asked-for word scene, else by the model's reading of them (`cm3leon.tasks.caption_check`), as serving does."""
+    asked-for word scene, else by the model's reading of them (`cm3leon.policies.shapes.caption_check`), as serving does."""
     fmt, world = formatter(checkpoint), checkpoint.world
-    params = params or load_decoding_defaults(checkpoint.directory)[TEXT_RENDER]
+    params = params or load_decoding_defaults(checkpoint.directory)[TEXT_RENDERING]
     prompts = [fmt.text_render(scene, None).prompt for scene in cases.words]
     several = params.num_candidates > 1
     scorer = text_render_scorer(checkpoint, prompts, cases.words, retriever) if several else None

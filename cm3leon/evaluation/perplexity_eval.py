@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.world import Split
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.training.losses import evaluate_perplexity, vocabulary_modalities
 from cm3leon.training.pretrain import CACHE_DIR
-from cm3leon.training.pretrain_data import heldout_batches, load_corpus
+from cm3leon.training.pretrain_data import heldout_batches, load_corpus, recorded_data_config
 
 # Report sections: evaluate_perplexity's key prefix for each ("" is every target together).
 SECTIONS: dict[str, str] = {"text": "text_", "image": "image_", "all": ""}
@@ -52,7 +52,7 @@ def run_cache_dir(checkpoint_dir: Path) -> Path | None:
 
 
 def evaluate_heldout_perplexity(
-    checkpoint: EvalCheckpoint, config: PerplexityEvalConfig, cache_dir: Path | None = None
+    checkpoint: ModelBundle, config: PerplexityEvalConfig, cache_dir: Path | None = None
 ) -> dict[str, object]:
     """{"text": {split: {loss, perplexity}}, "image": {...}, "all": {...}, "targets": {split: count}}.
 
@@ -62,7 +62,7 @@ def evaluate_heldout_perplexity(
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="cm3leon-eval-") as temporary:
             return evaluate_heldout_perplexity(checkpoint, config, Path(temporary))
-    data_config = checkpoint.data_config
+    data_config = recorded_data_config(checkpoint.directory, checkpoint.model.config.max_seq_len, checkpoint.image_size)
     n_batches = config.n_batches or data_config.heldout_batch_count
     modalities = vocabulary_modalities(checkpoint.vocab)
     report: dict[str, Any] = {section: {} for section in SECTIONS}

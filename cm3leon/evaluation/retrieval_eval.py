@@ -8,7 +8,6 @@ describe is unique.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,28 +15,13 @@ import numpy as np
 from cm3leon.data.language import CORPUS_TEXT_SCENE_FRACTION
 from cm3leon.data.world import Scene, Split, World, WorldConfig
 from cm3leon.evaluation.frechet import frechet_distance, image_features
+from cm3leon.retrieval.metrics import RECALL_KS, recall_at_k
 
 if TYPE_CHECKING:
     from cm3leon.retrieval.retriever import Retriever
 
-RECALL_KS: tuple[int, ...] = (1, 5)
 # Suffix of the seed that draws the second, independent real set for the Fréchet floor.
 FLOOR_SEED_SUFFIX = "fd-floor"
-
-
-def recall_at_k(
-    similarity: np.ndarray, query_keys: Sequence[str], gallery_keys: Sequence[str], ks: Sequence[int] = RECALL_KS
-) -> dict[int, np.ndarray]:
-    """For each k, a (Q,) bool array: does any of the top-k gallery items (by similarity) share the query's key?"""
-    if similarity.shape != (len(query_keys), len(gallery_keys)):
-        raise ValueError(f"similarity {similarity.shape} does not match {len(query_keys)} x {len(gallery_keys)} keys")
-    ids: dict[str, int] = {}
-    query_ids = np.array([ids.setdefault(key, len(ids)) for key in query_keys])
-    gallery_ids = np.array([ids.setdefault(key, len(ids)) for key in gallery_keys])
-    # Stable sort of the negated scores: ties keep gallery order, so results do not depend on the platform.
-    ranking = np.argsort(-similarity, axis=1, kind="stable")[:, : max(ks)]
-    matches = gallery_ids[ranking] == query_ids[:, None]  # (Q, max k)
-    return {k: matches[:, :k].any(axis=1) for k in ks}
 
 
 def scene_kind(scene: Scene) -> str:

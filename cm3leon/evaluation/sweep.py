@@ -10,11 +10,11 @@ as the preset) x its source-copy bias (SamplingParams.source_copy_bias; 0 is off
 of structure-guided generation (several candidates are reranked by the retriever given to the sweep, as
 `eval all` and serving rerank them), and the candidates of grounded generation and of text rendering (both decode
 with the text->image choice; several text-rendering candidates: the first the model reads back as the word asked
-for, cm3leon.tasks.caption_check);
+for, cm3leon.policies.shapes.caption_check);
 captioning: temperature (0 = greedy) x candidates per image (several samples reranked by the noisy channel,
 cm3leon.decoding.channel; greedy decoding has only one candidate to offer); segmentation: greedy maps alone, or
 maps redrawn from (temperature, candidates) samples where the greedy one disagrees with the caption (decoded with
-the sweep's caption choice; cm3leon.tasks.segmentation), chosen by mIoU. Every setting decodes the same val
+the sweep's caption choice; cm3leon.policies.shapes.segmentation), chosen by mIoU. Every setting decodes the same val
 scenes with the same per-request seeds (common random numbers), so differences between settings are the settings',
 not the sampler's luck. The best setting (highest exact-scene accuracy; ties by attribute accuracy, then BLEU for
 captions, then the earlier setting) can be written as the checkpoint's decoding defaults, which the test-split
@@ -26,21 +26,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.world import Split
 from cm3leon.decoding import SamplingParams, Scorer
 from cm3leon.decoding.defaults import (
     CAPTION,
     EDIT,
-    GROUNDED,
+    GROUNDED_GENERATION,
     SEGMENTATION,
-    STRUCTURE,
-    TEXT_RENDER,
+    STRUCTURE_GUIDED,
+    TEXT_RENDERING,
     TEXT_TO_IMAGE,
     preset_defaults,
 )
 from cm3leon.evaluation.caption_eval import run_captioning
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.image_tasks_eval import (
     evaluate_edits,
     evaluate_grounded,
@@ -107,7 +108,7 @@ class SweepConfig:
         return cls(**{**presets[name], **overrides})
 
 
-def sweep_cases(checkpoint: EvalCheckpoint, config: SweepConfig) -> tuple[TaskEvalConfig, TaskCases]:
+def sweep_cases(checkpoint: ModelBundle, config: SweepConfig) -> tuple[TaskEvalConfig, TaskCases]:
     """The instruction tasks' validation cases every image-task sweep decodes (the same for each setting)."""
     task_config = TaskEvalConfig(n=config.n, batch_size=config.batch_size, seed=config.seed)
     return task_config, build_cases(checkpoint, task_config, split=SWEEP_SPLIT)
@@ -119,7 +120,7 @@ def _best(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def sweep_text_to_image(
-    checkpoint: EvalCheckpoint, config: SweepConfig, base: SamplingParams
+    checkpoint: ModelBundle, config: SweepConfig, base: SamplingParams
 ) -> dict[str, Any]:
     """CFG images for every (temperature, guidance scale, plausibility) on val scenes; a table of exact accuracies
     and the best. The table's cells are named `scale=a`, or `scale=a,plausibility=p` when that axis varies."""
@@ -150,7 +151,7 @@ def sweep_text_to_image(
     return {"exact_scene_accuracy": table, "runs": runs, "best": best}
 
 
-def sweep_contrastive(checkpoint: EvalCheckpoint, config: SweepConfig, base: SamplingParams) -> dict[str, Any]:
+def sweep_contrastive(checkpoint: ModelBundle, config: SweepConfig, base: SamplingParams) -> dict[str, Any]:
     """CD-K images for every k on val scenes (alpha and temperature as the preset says); the best k."""
     oracle = Oracle(checkpoint.world)
     scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
@@ -167,7 +168,7 @@ def sweep_contrastive(checkpoint: EvalCheckpoint, config: SweepConfig, base: Sam
 
 
 def sweep_image_tasks(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
     config: SweepConfig,
     defaults: dict[str, SamplingParams],
     reranker: Scorer | None = None,
@@ -197,7 +198,7 @@ def sweep_image_tasks(
                           "unchanged_preserved": metrics["unchanged_preserved"] or 0.0})
     for scale in config.structure_scales:
         for candidates in config.structure_candidates:
-            params = defaults[STRUCTURE].replace(guidance_scale=scale, num_candidates=candidates)
+            params = defaults[STRUCTURE_GUIDED].replace(guidance_scale=scale, num_candidates=candidates)
             metrics = evaluate_seg2img(checkpoint, cases, task_config, oracle, params, reranker).metrics
             structure_runs.append({"guidance_scale": scale, "num_candidates": candidates,
                                    "exact_scene_accuracy": metrics["exact_scene_accuracy"],
@@ -218,11 +219,14 @@ def sweep_image_tasks(
         table = {cell(run): run["exact_scene_accuracy"] for run in runs}
         return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", tie_break))}
 
-    return {EDIT: section(edit_runs, "unchanged_preserved"), STRUCTURE: section(structure_runs, "attribute_accuracy")}
+    return {
+        EDIT: section(edit_runs, "unchanged_preserved"),
+        STRUCTURE_GUIDED: section(structure_runs, "attribute_accuracy"),
+    }
 
 
 def sweep_grounded(
-    checkpoint: EvalCheckpoint, config: SweepConfig, t2i_params: SamplingParams, reranker: Scorer | None,
+    checkpoint: ModelBundle, config: SweepConfig, t2i_params: SamplingParams, reranker: Scorer | None,
     retriever: Retriever | None = None,
 ) -> dict[str, Any]:
     """Grounded generation decodes as text->image does (`t2i_params`, the sweep's choice); here only its number of
@@ -241,7 +245,7 @@ def sweep_grounded(
 
 
 def sweep_text_render(
-    checkpoint: EvalCheckpoint, config: SweepConfig, t2i_params: SamplingParams, retriever: Retriever | None = None
+    checkpoint: ModelBundle, config: SweepConfig, t2i_params: SamplingParams, retriever: Retriever | None = None
 ) -> dict[str, Any]:
     """Text rendering decodes as text->image does (`t2i_params`, the sweep's choice); here only its number of
     candidates (several: chosen by `retriever`, else the model's reading, as `eval all` does) is chosen, on val
@@ -260,7 +264,7 @@ def sweep_text_render(
 
 
 def sweep_segmentation(
-    checkpoint: EvalCheckpoint, config: SweepConfig, caption_params: SamplingParams
+    checkpoint: ModelBundle, config: SweepConfig, caption_params: SamplingParams
 ) -> dict[str, Any]:
     """mIoU of each segmentation setting on val cases (the caption check reads captions decoded with
     `caption_params`, the sweep's caption choice); ties go to the earlier, cheaper setting."""
@@ -287,7 +291,7 @@ def caption_settings(config: SweepConfig) -> list[tuple[float, int]]:
     ]
 
 
-def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: SamplingParams) -> dict[str, Any]:
+def sweep_captioning(checkpoint: ModelBundle, config: SweepConfig, base: SamplingParams) -> dict[str, Any]:
     """Captions of val images for every caption setting; exact accuracy and BLEU-4 per setting."""
     scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
     runs: list[dict[str, Any]] = []
@@ -312,7 +316,7 @@ def sweep_captioning(checkpoint: EvalCheckpoint, config: SweepConfig, base: Samp
 
 
 def run_sweep(
-    checkpoint: EvalCheckpoint, config: SweepConfig, reranker: Scorer | None = None,
+    checkpoint: ModelBundle, config: SweepConfig, reranker: Scorer | None = None,
     retriever: Retriever | None = None,
 ) -> dict[str, Any]:
     """Every sweep from the preset defaults (so a sweep never depends on an earlier sweep's choice); `reranker`
@@ -330,8 +334,8 @@ def run_sweep(
         CAPTION: sweep_captioning(checkpoint, config, base[CAPTION]),
     }
     chosen = best_defaults(report)
-    report[GROUNDED] = sweep_grounded(checkpoint, config, chosen[TEXT_TO_IMAGE], reranker, retriever)
-    report[TEXT_RENDER] = sweep_text_render(checkpoint, config, chosen[TEXT_TO_IMAGE], retriever)
+    report[GROUNDED_GENERATION] = sweep_grounded(checkpoint, config, chosen[TEXT_TO_IMAGE], reranker, retriever)
+    report[TEXT_RENDERING] = sweep_text_render(checkpoint, config, chosen[TEXT_TO_IMAGE], retriever)
     report[SEGMENTATION] = sweep_segmentation(checkpoint, config, chosen[CAPTION])
     return report
 
@@ -355,15 +359,15 @@ def best_defaults(report: dict[str, Any]) -> dict[str, SamplingParams]:
                 num_candidates=report[task]["best"].get("num_candidates", 1),
                 source_copy_bias=report[task]["best"].get("source_copy_bias", 0.0),
             )
-            for task in (EDIT, STRUCTURE) if task in report
+            for task in (EDIT, STRUCTURE_GUIDED) if task in report
         },
     }
     # Grounded generation and text rendering: text->image's setting with their own candidate counts (the same
     # without their sections).
-    grounded_candidates = report[GROUNDED]["best"]["num_candidates"] if GROUNDED in report else 1
-    defaults[GROUNDED] = defaults[TEXT_TO_IMAGE].replace(num_candidates=grounded_candidates)
-    text_render_candidates = report[TEXT_RENDER]["best"]["num_candidates"] if TEXT_RENDER in report else 1
-    defaults[TEXT_RENDER] = defaults[TEXT_TO_IMAGE].replace(num_candidates=text_render_candidates)
+    grounded_candidates = report[GROUNDED_GENERATION]["best"]["num_candidates"] if GROUNDED_GENERATION in report else 1
+    defaults[GROUNDED_GENERATION] = defaults[TEXT_TO_IMAGE].replace(num_candidates=grounded_candidates)
+    text_render_candidates = report[TEXT_RENDERING]["best"]["num_candidates"] if TEXT_RENDERING in report else 1
+    defaults[TEXT_RENDERING] = defaults[TEXT_TO_IMAGE].replace(num_candidates=text_render_candidates)
     if SEGMENTATION in report:
         best = report[SEGMENTATION]["best"]
         defaults[SEGMENTATION] = base[SEGMENTATION].replace(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.grid import Tile, save_grid
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.oracle import Oracle
@@ -29,7 +30,7 @@ from cm3leon.data.world import Scene, Split
 from cm3leon.decoding import GenerationRequest, SamplingParams, generate
 from cm3leon.decoding.defaults import TEXT_TO_IMAGE, load_decoding_defaults, params_record
 from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, no_rerank
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.tasks.decode import request_seed
 
@@ -96,7 +97,7 @@ def method_params(method: str, default: SamplingParams, pooled_candidates: int =
 
 
 def generate_images(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
     captions: Sequence[str],
     params: SamplingParams,
     batch_size: int,
@@ -141,7 +142,7 @@ class MethodRun:
 
 
 def run_method(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
     oracle: Oracle,
     scenes: Sequence[Scene],
     captions: Sequence[str],
@@ -156,7 +157,7 @@ def run_method(
     return MethodRun(params, images, predicted, metrics)
 
 
-def retriever_reranker(checkpoint: EvalCheckpoint, retriever: Retriever | None) -> Scorer | None:
+def retriever_reranker(checkpoint: ModelBundle, retriever: Retriever | None) -> Scorer | None:
     """The retriever's text-image similarity as the pooled reranker (None: keep the likelihood default)."""
     if retriever is None:
         return None
@@ -166,7 +167,7 @@ def retriever_reranker(checkpoint: EvalCheckpoint, retriever: Retriever | None) 
     return RetrieverScorer(retriever, checkpoint.vocab, checkpoint.image_tokenizer, fallback)
 
 
-def prompt_captions(scenes: Sequence[Scene], checkpoint: EvalCheckpoint, seed: int) -> list[str]:
+def prompt_captions(scenes: Sequence[Scene], checkpoint: ModelBundle, seed: int) -> list[str]:
     """A seeded paraphrase of each scene's detailed caption (every paraphrase names every attribute)."""
     rng = random.Random(f"{seed}:prompt-captions")
     return [detailed_caption(scene, checkpoint.world, rng) for scene in scenes]
@@ -174,7 +175,7 @@ def prompt_captions(scenes: Sequence[Scene], checkpoint: EvalCheckpoint, seed: i
 
 def save_t2i_grid(
     path: Path,
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
     scenes: Sequence[Scene],
     captions: Sequence[str],
     runs: Mapping[str, MethodRun],
@@ -193,7 +194,7 @@ def save_t2i_grid(
 
 
 def evaluate_t2i(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
     config: T2IEvalConfig,
     grid_path: Path | None = None,
     defaults: SamplingParams | None = None,

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.grid import Tile
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import render
 from cm3leon.data.world import Scene, Split
 from cm3leon.decoding import document_prompt_ids
 from cm3leon.decoding.defaults import TEXT_TO_IMAGE, load_decoding_defaults, params_record
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.frechet import frechet_distance, image_features
 from cm3leon.evaluation.scene_metrics import verdict_label
 from cm3leon.evaluation.t2i_eval import (
@@ -53,7 +54,7 @@ def load_fd_retriever(directory: Path | None, image_size: int) -> Retriever | No
 
 
 def generated_fd(
-    retriever: Retriever | None, generated: np.ndarray, scenes: Sequence[Scene], checkpoint: EvalCheckpoint
+    retriever: Retriever | None, generated: np.ndarray, scenes: Sequence[Scene], checkpoint: ModelBundle
 ) -> float | None:
     if retriever is None or len(scenes) < 2:
         return None
@@ -62,7 +63,7 @@ def generated_fd(
 
 
 def retrieval_run(
-    checkpoint: EvalCheckpoint, oracle: Oracle, scenes: Sequence[Scene], captions: Sequence[str], run: MethodRun,
+    checkpoint: ModelBundle, oracle: Oracle, scenes: Sequence[Scene], captions: Sequence[str], run: MethodRun,
     retrieval: RetrievalPrefix, batch_size: int, seed: int,
 ) -> MethodRun:
     """`run`'s decoding again, with the retrieved documents of each caption before its prompt."""
@@ -77,7 +78,7 @@ def retrieval_run(
 
 
 def evaluate_t2i_methods(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
     config: TaskEvalConfig,
     oracle: Oracle,
     retriever: Retriever | None = None,

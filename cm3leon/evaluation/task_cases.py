@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.tasks import EditCase, make_edit
 from cm3leon.data.world import Scene, Split, World
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint, eval_scenes
+from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, check_pooled_candidates
-from cm3leon.tasks.corpus import encode_pictures
 from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tokenizers.vocab import ImageCodes
+from cm3leon.training.task_corpus import encode_pictures
 
 T2I_METHODS_ALL: tuple[str, ...] = ("plain", "cfg", "cdk", "pooled")
 EVAL_TASKS: tuple[str, ...] = (
@@ -88,7 +89,7 @@ def _as_codes(grids: np.ndarray) -> list[ImageCodes]:
     return [ImageCodes.of(grid.reshape(-1).tolist()) for grid in grids]
 
 
-def build_cases(checkpoint: EvalCheckpoint, config: TaskEvalConfig, split: Split | None = None) -> TaskCases:
+def build_cases(checkpoint: ModelBundle, config: TaskEvalConfig, split: Split | None = None) -> TaskCases:
     """The evaluation's inputs on `config.split`; `split` overrides it (the decoding sweep's validation cases)."""
     world, split = checkpoint.world, split or Split(config.split)
     scenes = eval_scenes(world, split, config.n, config.seed)
@@ -118,7 +119,7 @@ def build_cases(checkpoint: EvalCheckpoint, config: TaskEvalConfig, split: Split
     )
 
 
-def formatter(checkpoint: EvalCheckpoint) -> TaskFormatter:
+def formatter(checkpoint: ModelBundle) -> TaskFormatter:
     return TaskFormatter(checkpoint.vocab, checkpoint.world)
 
 

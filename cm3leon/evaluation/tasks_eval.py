@@ -13,10 +13,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.grid import Tile, save_grid
 from cm3leon.data.oracle import Oracle
 from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import (
     TaskResult,
     evaluate_edits,
@@ -74,7 +74,7 @@ def grid_path(json_path: Path, task: str) -> Path:
 
 
 def evaluate_all(
-    checkpoint: EvalCheckpoint,
+    checkpoint: ModelBundle,
     config: TaskEvalConfig,
     json_path: Path | None = None,
     retriever_dir: Path | None = None,
@@ -129,7 +129,7 @@ def evaluate_all(
     return report
 
 
-def vq_ceiling(checkpoint: EvalCheckpoint, cases: TaskCases, oracle: Oracle) -> dict[str, object]:
+def vq_ceiling(checkpoint: ModelBundle, cases: TaskCases, oracle: Oracle) -> dict[str, object]:
     """What the image tokenizer alone allows: the oracle on VQ round trips of the true test images. An image
     task's exact-scene accuracy can hardly exceed `scene_exact_accuracy`, text rendering `word_accuracy`, and
     segmentation mIoU the segmentation section's own `vq_ceiling`."""
@@ -141,7 +141,7 @@ def vq_ceiling(checkpoint: EvalCheckpoint, cases: TaskCases, oracle: Oracle) -> 
     }
 
 
-def _caption(checkpoint: EvalCheckpoint, config: TaskEvalConfig, json_path: Path | None) -> TaskResult:
+def _caption(checkpoint: ModelBundle, config: TaskEvalConfig, json_path: Path | None) -> TaskResult:
     """The captioning evaluator as is; it writes its own grid."""
     caption_config = CaptionEvalConfig(
         n=config.n, batch_size=config.batch_size, seed=config.seed, split=config.split,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption
 from cm3leon.data.questions import (
     QA,
@@ -27,10 +28,8 @@ from cm3leon.data.questions import (
 from cm3leon.data.render import render
 from cm3leon.decoding import SamplingParams
 from cm3leon.decoding.defaults import CAPTION, load_decoding_defaults, params_record
-from cm3leon.evaluation.decoder_setup import EvalCheckpoint
 from cm3leon.evaluation.image_tasks_eval import TaskResult
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, formatter, mean
-from cm3leon.tasks.checkpoint import answers_worked
 from cm3leon.tasks.decode import generate_text_outputs, request_seed
 from cm3leon.tasks.worked import DescriptionScorer, answer_worked, description_of, plain_runner
 
@@ -38,7 +37,7 @@ from cm3leon.tasks.worked import DescriptionScorer, answer_worked, description_o
 ANSWER_SLACK_TOKENS = 8
 
 
-def _questions(cases: TaskCases, checkpoint: EvalCheckpoint, seed: int, reasoning: bool) -> list[QA]:
+def _questions(cases: TaskCases, checkpoint: ModelBundle, seed: int, reasoning: bool) -> list[QA]:
     world = checkpoint.world
     rng = random.Random(f"{seed}:{'reasoning' if reasoning else 'vqa'}-questions")
     questions = []
@@ -62,7 +61,7 @@ def _vqa_hit(answer: str, truth: str) -> bool:
     return (answer if final is None else final) == truth
 
 
-def _worked_metrics(checkpoint: EvalCheckpoint, cases: TaskCases, answers: list[str]) -> dict[str, float]:
+def _worked_metrics(checkpoint: ModelBundle, cases: TaskCases, answers: list[str]) -> dict[str, float]:
     """How often the model worked its answer out, and how often its description was the scene's canonical one:
     separates "saw the scene wrong" from "read its own description wrong"."""
     worked = [(answer, scene) for answer, scene in zip(answers, cases.scenes, strict=True) if final_answer(answer)]
@@ -71,7 +70,7 @@ def _worked_metrics(checkpoint: EvalCheckpoint, cases: TaskCases, answers: list[
 
 
 def _worked_answers(
-    checkpoint: EvalCheckpoint, prompts: list[list[int]], params: SamplingParams, config: TaskEvalConfig
+    checkpoint: ModelBundle, prompts: list[list[int]], params: SamplingParams, config: TaskEvalConfig
 ) -> list[str]:
     run, scorer = (
         plain_runner(checkpoint.model, checkpoint.vocab),
@@ -86,7 +85,7 @@ def _worked_answers(
 
 
 def _params(
-    checkpoint: EvalCheckpoint, cases: TaskCases, questions: list[QA], prompt_lengths: list[int]
+    checkpoint: ModelBundle, cases: TaskCases, questions: list[QA], prompt_lengths: list[int]
 ) -> SamplingParams:
     """Greedy, with room for the longest true answer in the longest form the model may give (worked out)."""
     vocab, world = checkpoint.vocab, checkpoint.world
@@ -101,14 +100,14 @@ def _params(
 
 
 def evaluate_questions(
-    checkpoint: EvalCheckpoint, cases: TaskCases, config: TaskEvalConfig, reasoning: bool
+    checkpoint: ModelBundle, cases: TaskCases, config: TaskEvalConfig, reasoning: bool
 ) -> TaskResult:
     """VQA (exact answer) or reasoning (exact final answer), with accuracy by question kind for VQA."""
     fmt = formatter(checkpoint)
     questions = _questions(cases, checkpoint, config.seed, reasoning)
     prompts = [fmt.vqa(image, qa, with_answer=False).prompt for image, qa in zip(cases.images, questions, strict=True)]
     params = _params(checkpoint, cases, questions, [len(p) for p in prompts])
-    two_step = not reasoning and answers_worked(checkpoint.directory)
+    two_step = not reasoning and checkpoint.answers_worked
     if two_step:
         # Description candidates sampled and reranked as captions are (the checkpoint's caption defaults).
         params = load_decoding_defaults(checkpoint.directory)[CAPTION].replace(max_new_tokens=params.max_new_tokens)

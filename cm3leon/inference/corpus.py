@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from cm3leon.inference.engine import Engine
-from cm3leon.inference.requests import RetrievedContext
 from cm3leon.inference.retrieval import as_context, retrieve
+from cm3leon.requests import RetrievedContext
 from cm3leon.retrieval.documents import RetrievalDocument
 from cm3leon.retrieval.memory import Memory
 from cm3leon.retrieval.retriever import Retriever
@@ -36,9 +36,9 @@ def add_documents(engine: Engine, memory: Memory, retriever: Retriever, document
         RetrievalDocument(d.doc_id, text=d.text, image=resized(d.image, size) if d.image is not None else None)
         for d in documents
     ]
-    codes = [
-        engine.encode_image(d.image) if d.image is not None and engine.image_tokenizer else None for d in documents
-    ]
+    bundle = engine.bundle
+    encode = bundle.image_tokenizer is not None
+    codes = [bundle.encode_image(d.image) if d.image is not None and encode else None for d in documents]
     memory.upsert(batch, retriever.embed_documents(batch), codes)
     return memory.count()
 

@@ -12,9 +12,8 @@ from typing import Any
 from cm3leon.decoding import ChannelScorer, GenerationRequest, Scorer
 from cm3leon.decoding.defaults import CAPTION, TEXT_TO_IMAGE
 from cm3leon.decoding.prompts import document_prompt_ids
-from cm3leon.inference.requests import Caption, EngineResult, TextToImage
 from cm3leon.inference.retrieval import as_context, retrieve, with_context
-from cm3leon.inference.running import (  # noqa: F401 (RunContext re-exported: the engine builds it from here)
+from cm3leon.inference.running import (
     RunContext,
     base_seed,
     decode,
@@ -23,11 +22,12 @@ from cm3leon.inference.running import (  # noqa: F401 (RunContext re-exported: t
     sampling_params,
 )
 from cm3leon.inference.task_handlers import SFT_HANDLERS
+from cm3leon.requests import Caption, EngineResult, TextToImage
 from cm3leon.tokenizers.vocab import ImageCodes
 
 
 def text_to_image(context: RunContext, request: TextToImage) -> EngineResult:
-    engine, vocab = context.engine, context.engine.vocab
+    engine, vocab = context.engine, context.bundle.vocab
     if not 1 <= request.num_images <= engine.config.max_num_images:
         raise ValueError(f"num_images must lie in [1, {engine.config.max_num_images}], got {request.num_images}")
     seed = base_seed(request.sampling)
@@ -35,13 +35,13 @@ def text_to_image(context: RunContext, request: TextToImage) -> EngineResult:
     k = request.sampling.retrieved_k
     k = engine.config.default_t2i_retrieved_k if k is None else k
     memory = engine.memory_for(request.sampling.memory)
-    if k and memory is not None and engine.retriever is not None:
+    if k and memory is not None and engine.bundle.retriever is not None:
         with context.stage("retrieval", {"k": k, "memory": memory.collection}):
-            documents = retrieve(memory, engine.retriever, request.prompt, None, k)
+            documents = retrieve(memory, engine.bundle.retriever, request.prompt, None, k)
     query = document_prompt_ids(vocab, [request.prompt], "image")
-    budget = engine.model.config.max_seq_len - vocab.codes_per_image  # the image block must still fit
+    budget = engine.bundle.model.config.max_seq_len - vocab.codes_per_image  # the image block must still fit
     prompt_ids, used = with_context(vocab, documents, query, budget)
-    base = engine.defaults[TEXT_TO_IMAGE]
+    base = engine.bundle.defaults[TEXT_TO_IMAGE]
     requests = [
         GenerationRequest(
             prompt_ids=prompt_ids, target="image", params=sampling_params(base, request.sampling, seed + i)
@@ -68,17 +68,17 @@ def brevity_scorer(eos_id: int) -> Callable[..., list[float]]:
 
 
 def caption(context: RunContext, request: Caption) -> EngineResult:
-    engine, vocab = context.engine, context.engine.vocab
-    image = engine.fit_image(request.image)  # type: ignore[arg-type]
+    engine, vocab = context.engine, context.bundle.vocab
+    image = engine.bundle.fit_image(request.image)  # type: ignore[arg-type]
     seed = base_seed(request.sampling)
     documents = []
     k = request.sampling.retrieved_k or 0
     memory = engine.memory_for(request.sampling.memory)
-    if k and memory is not None and engine.retriever is not None:
+    if k and memory is not None and engine.bundle.retriever is not None:
         with context.stage("retrieval", {"k": k, "memory": memory.collection}):
-            documents = retrieve(memory, engine.retriever, None, image, k)
-    query = document_prompt_ids(vocab, [ImageCodes.of(engine.encode_image(image))], "text")
-    base = engine.defaults[CAPTION]
+            documents = retrieve(memory, engine.bundle.retriever, None, image, k)
+    query = document_prompt_ids(vocab, [ImageCodes.of(engine.bundle.encode_image(image))], "text")
+    base = engine.bundle.defaults[CAPTION]
     short = request.style == "short"
     if short:
         # A pretrained model has no style control; it saw short and detailed captions, so sampling a few and
@@ -90,8 +90,8 @@ def caption(context: RunContext, request: Caption) -> EngineResult:
         scorer = brevity_scorer(vocab.eos_id)
     elif params.num_candidates > 1:
         # Several detailed captions: keep the one from which the model best redraws the image (as evaluated).
-        scorer = ChannelScorer(engine.model, vocab)
-    budget = engine.model.config.max_seq_len - params.max_new_tokens
+        scorer = ChannelScorer(engine.bundle.model, vocab)
+    budget = engine.bundle.model.config.max_seq_len - params.max_new_tokens
     prompt_ids, used = with_context(vocab, documents, query, budget)
     params = fit_text_budget(engine, params, prompt_ids)
     result = decode(context, [GenerationRequest(prompt_ids=prompt_ids, target="text", params=params)], scorer=scorer)[0]

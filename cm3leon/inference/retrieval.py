@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from cm3leon.inference.requests import RetrievedContext
+from cm3leon.requests import RetrievedContext
 from cm3leon.retrieval.augment import retrieved_document, retrieved_prefix_ids
 from cm3leon.retrieval.documents import RetrievalDocument
 from cm3leon.tokenizers.vocab import Document, ImageCodes, Vocabulary

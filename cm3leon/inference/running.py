@@ -4,10 +4,11 @@ decoding helpers every handler shares (seeds, per-request sampling overrides, im
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,9 +22,22 @@ from cm3leon.decoding import (
     plan_batch,
 )
 from cm3leon.decoding.plan import SEED_BITS
-from cm3leon.inference.engine import CancelCheck, Engine, ProgressSink, StageHook
 from cm3leon.inference.preview import PreviewTap
-from cm3leon.inference.requests import Progress, Sampling
+from cm3leon.kinds import SAMPLING_OPTIONS
+from cm3leon.requests import Progress, Sampling
+
+if TYPE_CHECKING:
+    from cm3leon.bundle import ModelBundle
+    from cm3leon.inference.engine import Engine
+
+ProgressSink = Callable[[Progress], None]
+CancelCheck = Callable[[], bool]
+# A stage hook opens a span (or anything) around "retrieval", "decoding", ...: (stage name, attributes).
+StageHook = Callable[[str, Mapping[str, Any]], contextlib.AbstractContextManager]
+
+
+def no_stage(name: str, attributes: Mapping[str, Any]) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -35,6 +49,10 @@ class RunContext:
     tokens_done: int = 0
     tokens_total: int = 0
 
+    @property
+    def bundle(self) -> ModelBundle:
+        return self.engine.bundle
+
     def step(self, done: int, total: int) -> None:
         self.tokens_done, self.tokens_total = done, total
         self.progress(Progress(done, total))
@@ -43,13 +61,16 @@ class RunContext:
         self.progress(Progress(self.tokens_done, self.tokens_total, image))
 
 
-# The per-request overrides of the decoding defaults (a Sampling's other fields are the seed and retrieval).
-SAMPLING_OPTIONS = ("method", "temperature", "top_p", "guidance_scale", "guidance_plausibility", "num_candidates")
 
 
 def sampling_params(base: SamplingParams, sampling: Sampling, seed: int) -> SamplingParams:
     overrides = {name: getattr(sampling, name) for name in SAMPLING_OPTIONS if getattr(sampling, name) is not None}
     return base.replace(seed=seed, **overrides)
+
+
+def default_params(context: RunContext, defaults_key: str, sampling: Sampling) -> SamplingParams:
+    """The model's defaults for `defaults_key` with the request's sampling options and seed laid over them."""
+    return sampling_params(context.bundle.defaults[defaults_key], sampling, base_seed(sampling))
 
 
 def base_seed(sampling: Sampling) -> int:
@@ -65,10 +86,10 @@ def decode(
     attributes = {"requests": len(requests), "target": requests[0].target}
     with context.stage("decoding", attributes), engine.hooked(tap):
         return generate(
-            engine.model,
-            engine.vocab,
+            engine.bundle.model,
+            engine.bundle.vocab,
             requests,
-            image_decoder=engine.decode_codes if requests[0].target == "image" else None,
+            image_decoder=engine.bundle.decode_codes if requests[0].target == "image" else None,
             progress=context.step,
             should_cancel=context.should_cancel,
             scorer=scorer,
@@ -81,10 +102,10 @@ def generate_images(
     """Image requests decoded with progressive previews (candidate 0 of each request is watched); returns the
     results and their images, uint8 (H, W, 3), in request order. Several candidates are reranked by `scorer`
     (default: the model's likelihood)."""
-    engine, vocab = context.engine, context.engine.vocab
+    engine, vocab = context.engine, context.bundle.vocab
     plan = plan_batch(vocab, requests)
     watched = [plan.groups[groups[0]].full_row for groups in plan.request_groups]
-    tap = PreviewTap(vocab, watched, engine.decode_codes, context.preview, engine.config.previews_per_image)
+    tap = PreviewTap(vocab, watched, engine.bundle.decode_codes, context.preview, engine.config.previews_per_image)
     results = decode(context, requests, tap if engine.config.previews_per_image else None, scorer)
     arrays = [np.asarray(image) for result in results for image in result.images]
     if engine.config.previews_per_image:
@@ -94,5 +115,5 @@ def generate_images(
 
 def fit_text_budget(engine: Engine, params: SamplingParams, prompt_ids: Sequence[int]) -> SamplingParams:
     """`params` with max_new_tokens cut to what the context has left after the prompt."""
-    room = engine.model.config.max_seq_len - len(prompt_ids) + 1  # the last token is never fed back
+    room = engine.bundle.model.config.max_seq_len - len(prompt_ids) + 1  # the last token is never fed back
     return params.replace(max_new_tokens=max(1, min(params.max_new_tokens, room)))

@@ -1,20 +1,18 @@
 """Prompts of the instruction-tuned job kinds: a request -> the prompt ids its training format builds
 (`cm3leon.tasks.formats`, fed the world's symbolic inputs by `task_inputs`), for the model's own world.
 
-The world comes from the model directory (`cm3leon.tasks.checkpoint`, as the evaluations find it), so a prompt
-here is the training prompt of the same case, id for id (tests/serving/test_task_prompts.py checks each kind).
+The world comes from the model's bundle (`cm3leon.bundle`, as the evaluations find it), so a prompt here is the
+training prompt of the same case, id for id (tests/serving/test_task_prompts.py checks each kind).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from weakref import WeakKeyDictionary
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cm3leon.data.world import WorldConfig
-from cm3leon.inference.engine import Engine
-from cm3leon.inference.requests import (
+from cm3leon.inference.task_inputs import grounded_spec_of, pixel_box, question_of, text_scene_of
+from cm3leon.requests import (
     Edit,
     GroundedGeneration,
     ImageInput,
@@ -24,82 +22,54 @@ from cm3leon.inference.requests import (
     TextRendering,
     VisualQuestion,
 )
-from cm3leon.inference.task_inputs import grounded_spec_of, pixel_box, question_of, text_scene_of
-from cm3leon.tasks.checkpoint import LoadedCheckpoint, checkpoint_data_config
-from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tokenizers.vocab import ImageCodes
 
-
-@dataclass(frozen=True)
-class TaskSetup:
-    """The engine's model, vocabulary and VQ with the world they were trained on, and that world's formatter."""
-
-    checkpoint: LoadedCheckpoint
-    formatter: TaskFormatter
-
-    @property
-    def world(self) -> WorldConfig:
-        return self.checkpoint.world
-
-
-_SETUPS: WeakKeyDictionary[Engine, TaskSetup] = WeakKeyDictionary()
-
-
-def task_setup(engine: Engine) -> TaskSetup:
-    if engine not in _SETUPS:
-        size = engine.image_size  # raises UnsupportedJobKind without a VQ tokenizer
-        data = checkpoint_data_config(engine.directory, engine.model.config.max_seq_len, size)
-        tokenizer = engine.image_tokenizer
-        assert tokenizer is not None  # engine.image_size checked it
-        checkpoint = LoadedCheckpoint(engine.directory, engine.model, engine.vocab, tokenizer, data)
-        _SETUPS[engine] = TaskSetup(checkpoint, TaskFormatter(engine.vocab, checkpoint.world))
-    return _SETUPS[engine]
+if TYPE_CHECKING:
+    from cm3leon.inference.engine import Engine
 
 
 def image_codes(engine: Engine, image: ImageInput) -> ImageCodes:
     if not isinstance(image, np.ndarray):
         raise TypeError(f"the engine takes image arrays; fetch {image!r} first")
-    return ImageCodes.of(engine.encode_image(image))
+    return ImageCodes.of(engine.bundle.encode_image(image))
 
 
 def visual_question_prompt(engine: Engine, request: VisualQuestion) -> list[int]:
-    fmt = task_setup(engine).formatter
+    fmt = engine.formatter
     return fmt.vqa(image_codes(engine, request.image), question_of(request), with_answer=False).prompt
 
 
 def edit_prompt(engine: Engine, request: Edit, source: ImageCodes | None = None) -> list[int]:
     """`source`: the request image's codes when the caller already has them (the caption check reads them too)."""
-    fmt, source = task_setup(engine).formatter, source or image_codes(engine, request.image)
+    fmt, source = engine.formatter, source or image_codes(engine, request.image)
     return fmt.edit_instruction(request.instruction.strip(), source, None).prompt
 
 
 def segmentation_prompt(engine: Engine, request: Segmentation, codes: ImageCodes | None = None) -> list[int]:
     """`codes`: the request image's codes when the caller already has them (the caption check reads them too)."""
-    return task_setup(engine).formatter.segmentation(codes or image_codes(engine, request.image), None).prompt
+    return engine.formatter.segmentation(codes or image_codes(engine, request.image), None).prompt
 
 
 def structure_prompt(engine: Engine, request: StructureGuided) -> list[int]:
-    fmt, codes = task_setup(engine).formatter, image_codes(engine, request.segmentation_map)
+    fmt, codes = engine.formatter, image_codes(engine, request.segmentation_map)
     return fmt.seg2img(codes, request.caption.strip(), None).prompt
 
 
 def grounded_prompt(engine: Engine, request: GroundedGeneration) -> list[int]:
-    setup = task_setup(engine)
-    return setup.formatter.grounded(grounded_spec_of(request, setup.world), None).prompt
+    return engine.formatter.grounded(grounded_spec_of(request, engine.formatter.world), None).prompt
 
 
 def text_rendering_prompt(engine: Engine, request: TextRendering) -> list[int]:
-    setup = task_setup(engine)
-    return setup.formatter.text_render(text_scene_of(request.text, setup.world), None).prompt
+    return engine.formatter.text_render(text_scene_of(request.text, engine.formatter.world), None).prompt
 
 
 def infill_prompt(engine: Engine, codes: ImageCodes, request: Infill, index: int) -> tuple[list[int], list[int]]:
     """(prompt, span lengths) of region `index` hidden in `codes`, with the request's text as the caption."""
-    setup, field = task_setup(engine), f"regions[{index}]"
-    region = pixel_box(request.regions[index], setup.world, field)
+    field, world = f"regions[{index}]", engine.formatter.world
+    region = pixel_box(request.regions[index], world, field)
     try:
-        lengths = span_lengths(region, setup.world, engine.vocab)
+        lengths = span_lengths(region, world, engine.bundle.vocab)
     except ValueError as error:  # a region the sentinel format cannot hold
         raise ValueError(f"{field}: {error}") from error
-    return setup.formatter.infill(codes, region, request.text.strip() or None).prompt, lengths
+    return engine.formatter.infill(codes, region, request.text.strip() or None).prompt, lengths

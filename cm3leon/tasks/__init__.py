@@ -1,6 +1,5 @@
-"""Instruction-tuning tasks: formats (prompt + output ids), the pre-encoded task corpus, output parsers, a
-checkpoint with the world it was trained on (`checkpoint`) and the task decoding loops (`decode`) that the
-evaluations and the serving handlers share."""
+"""Instruction-tuning tasks: formats (prompt + output ids), output parsers, infill spans and the task decoding
+loops (`decode`) that the evaluations, the serving handlers and the policies share."""
 
 from cm3leon.tasks.formats import IMAGE_TASKS, TASKS, TEXT_TASKS, TaskExample, TaskFormatter
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.decoding import (
     CancelCheck,
     ChannelScorer,
@@ -30,7 +31,6 @@ from cm3leon.decoding import (
     no_rerank,
 )
 from cm3leon.decoding.params import Target
-from cm3leon.tasks.checkpoint import LoadedCheckpoint
 from cm3leon.tasks.parsing import image_output, text_answer
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
 
@@ -63,7 +63,7 @@ class ImageSamples:
 
 
 def sample_image_outputs(
-    checkpoint: LoadedCheckpoint,
+    checkpoint: ModelBundle,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
     batch_size: int,
@@ -85,7 +85,7 @@ def sample_image_outputs(
 
 
 def generate_image_outputs(
-    checkpoint: LoadedCheckpoint,
+    checkpoint: ModelBundle,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
     batch_size: int,
@@ -100,7 +100,7 @@ def generate_image_outputs(
 
 
 def caption_images(
-    checkpoint: LoadedCheckpoint, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int,
+    checkpoint: ModelBundle, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int,
     progress: ProgressCallback | None = None, should_cancel: CancelCheck | None = None,
 ) -> tuple[list[str], int]:
     """A caption per image, as the caption job decodes it (several samples: the noisy channel chooses), within
@@ -123,7 +123,7 @@ def caption_images(
     return captions, tokens
 
 
-def decode_codes(checkpoint: LoadedCheckpoint, codes: Sequence[ImageCodes | None]) -> np.ndarray:
+def decode_codes(checkpoint: ModelBundle, codes: Sequence[ImageCodes | None]) -> np.ndarray:
     """Pixels of each code block (white for None), through the VQ decoder in one batch."""
     size = checkpoint.image_tokenizer.config.image_size
     pixels = np.full((len(codes), size, size, 3), 255, dtype=np.uint8)
@@ -136,7 +136,7 @@ def decode_codes(checkpoint: LoadedCheckpoint, codes: Sequence[ImageCodes | None
 
 
 def generate_text_outputs(
-    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
+    checkpoint: ModelBundle, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int, seed: int
 ) -> list[str]:
     """The generated answer text of each prompt (decoding stops at `<eos>` or `params.max_new_tokens`)."""
     answers: list[str] = []
@@ -148,7 +148,7 @@ def generate_text_outputs(
 
 @torch.inference_mode()
 def generate_infills(
-    checkpoint: LoadedCheckpoint,
+    checkpoint: ModelBundle,
     prompts: Sequence[Sequence[int]],
     span_lengths: Sequence[Sequence[int]],
     batch_size: int,
@@ -187,7 +187,7 @@ def infill_plan(vocab: Vocabulary, lengths: Sequence[int]) -> list[int | None]:
 
 
 def _decode_infill_batch(
-    checkpoint: LoadedCheckpoint,
+    checkpoint: ModelBundle,
     prompts: Sequence[Sequence[int]],
     plans: Sequence[list[int | None]],
     progress: ProgressCallback,

@@ -35,8 +35,7 @@ from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding.prompts import document_prompt_ids, mask_runs
 from cm3leon.objectives.cm3 import CM3Masker
 from cm3leon.tasks.infill import infill_spans
-from cm3leon.tokenizers.vocab import Document, ImageCodes, Locations, Vocabulary
-from cm3leon.training.pretrain_data import SceneDocument
+from cm3leon.tokenizers.vocab import Document, ImageCodes, Locations, Segment, Vocabulary
 
 # Segment kinds `vqa_read` masks: the image alone.
 IMAGE_KINDS = frozenset({"image"})
@@ -55,6 +54,31 @@ QUESTION_PREFIX = "Question:"
 ANSWER_PREFIX = "Answer:"
 
 Target = Literal["image", "text", "infill"]
+
+
+@dataclass(frozen=True)
+class SceneDocument:
+    """One query document: a scene, its caption and image codes, and which modality comes first."""
+
+    scene: Scene
+    corpus_index: int
+    caption: str
+    image: ImageCodes
+    image_first: bool
+    # Caption replaced by `<mask>` (only for text->image): the unconditional stream of classifier-free guidance.
+    unconditional: bool = False
+
+    def segments(self) -> list[Segment]:
+        return [self.image, self.caption] if self.image_first else [self.caption, self.image]
+
+    def token_ids(self, vocab: Vocabulary) -> list[int]:
+        """`<bos> caption <break> IMAGE <eos>`, `<bos> IMAGE <break> caption <eos>`, or for the unconditional
+        form `<bos> <mask> <break> IMAGE <eos>`."""
+        if not self.unconditional:
+            return vocab.encode_document(self.segments())
+        image_only = vocab.encode_document([self.image])
+        return [image_only[0], vocab.mask_id, vocab.break_id, *image_only[1:]]
+
 
 
 @dataclass(frozen=True)

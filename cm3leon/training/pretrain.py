@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cm3leon.checkpoint import save_checkpoint
+from cm3leon.checkpoint import TRAINING_RECORD_FILE, save_checkpoint
 from cm3leon.data.world import Split, WorldConfig
 from cm3leon.model import DecoderConfig, Transformer
 from cm3leon.retrieval.retriever import Retriever
@@ -30,7 +30,6 @@ from cm3leon.training.trainer import Trainer, TrainerConfig, TrainSummary
 
 FINAL_DIR = "final"
 CACHE_DIR = "cache"
-SUMMARY_FILE = "training.json"
 # Scenes whose text trains the BPE tokenizer when no tokenizer exists yet (per model preset).
 TOKENIZER_CORPUS_SCENES = {"tiny": 300, "shapes": 20_000}
 
@@ -155,6 +154,6 @@ def _run(run: PretrainRun, context: DistributedContext) -> TrainSummary:
             "trainer_config": asdict(trainer_config),
             "data_config": asdict(data_config),
         }
-        (final / SUMMARY_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (final / TRAINING_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     barrier(context)
     return summary

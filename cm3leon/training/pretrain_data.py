@@ -12,17 +12,21 @@ unit (kept in one row unless longer than it). Retrieval itself is not implemente
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cm3leon.checkpoint import TRAINING_RECORD_FILE
 from cm3leon.data.language import detailed_caption, short_caption
-from cm3leon.data.world import Scene, Split, WorldConfig
+from cm3leon.data.world import Split, WorldConfig
 from cm3leon.objectives.cm3 import CM3Config, CM3Masker
+from cm3leon.tasks.formats import SceneDocument
 from cm3leon.tokenizers.image import ImageTokenizer
-from cm3leon.tokenizers.vocab import Document, ImageCodes, Segment, Vocabulary
+from cm3leon.tokenizers.vocab import Document, Vocabulary
 from cm3leon.training.image_corpus import ImageCodeCorpus
 from cm3leon.training.packing import PackStats, PackUnit, TokenBatch, pack_rows, to_batch
 
@@ -80,28 +84,22 @@ class PretrainDataConfig:
         return replace(WorldConfig.preset(self.world_preset), text_scene_fraction=self.text_scene_fraction)
 
 
-@dataclass(frozen=True)
-class SceneDocument:
-    """One query document: a scene, its caption and image codes, and which modality comes first."""
-
-    scene: Scene
-    corpus_index: int
-    caption: str
-    image: ImageCodes
-    image_first: bool
-    # Caption replaced by `<mask>` (only for text->image): the unconditional stream of classifier-free guidance.
-    unconditional: bool = False
-
-    def segments(self) -> list[Segment]:
-        return [self.image, self.caption] if self.image_first else [self.caption, self.image]
-
-    def token_ids(self, vocab: Vocabulary) -> list[int]:
-        """`<bos> caption <break> IMAGE <eos>`, `<bos> IMAGE <break> caption <eos>`, or for the unconditional
-        form `<bos> <mask> <break> IMAGE <eos>`."""
-        if not self.unconditional:
-            return vocab.encode_document(self.segments())
-        image_only = vocab.encode_document([self.image])
-        return [image_only[0], vocab.mask_id, vocab.break_id, *image_only[1:]]
+def recorded_data_config(directory: Path, seq_len: int, image_size: int) -> PretrainDataConfig:
+    """The data config a model directory was trained on: its training.json's, else the preset whose world has the
+    VQ's image size (the data presets' worlds are the ones `cm3leon.bundle` falls back to)."""
+    path = Path(directory) / TRAINING_RECORD_FILE
+    raw = json.loads(path.read_text()).get("data_config") if path.exists() else None
+    if raw:
+        known = {f.name for f in dataclasses.fields(PretrainDataConfig)}
+        values = {key: value for key, value in raw.items() if key in known}
+        values["cm3"] = CM3Config(**values.get("cm3", {}))
+        config = PretrainDataConfig(**values)
+    else:
+        matching = [PretrainDataConfig.preset(p, seq_len=seq_len) for p in ("shapes", "tiny")]
+        config = next((c for c in matching if c.world().image_size == image_size), matching[0])
+    if config.world().image_size != image_size:
+        raise ValueError(f"world images are {config.world().image_size}px, the VQ expects {image_size}")
+    return config
 
 
 # The retrieval hook: query document (+ the batch's rng) -> the documents to prepend, as segment lists (text,

@@ -28,9 +28,9 @@ from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.retrieval.augment import retrieved_document
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.retrieval.search import Candidate, select_documents
+from cm3leon.tasks.formats import SceneDocument
 from cm3leon.tokenizers.vocab import Document
 from cm3leon.training.image_corpus import ImageCodeCorpus, render_images
-from cm3leon.training.pretrain_data import SceneDocument
 
 NO_NEIGHBOUR = -1
 FINGERPRINT_HEX_CHARS = 16

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import torch
 
-from cm3leon.checkpoint import VQ_SUBDIR, load_checkpoint, save_checkpoint
+from cm3leon.checkpoint import TRAINING_RECORD_FILE, VQ_SUBDIR, load_checkpoint, save_checkpoint
 from cm3leon.data.world import Split
-from cm3leon.inference.capabilities import trained_kinds, write_capabilities
+from cm3leon.kinds import trained_capabilities
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.corpus import TaskCorpus, TaskCorpusConfig
 from cm3leon.training.distributed import DistributedContext, barrier, distributed_context
 from cm3leon.training.image_corpus import ImageCodeCorpus
 from cm3leon.training.losses import vocabulary_modalities
-from cm3leon.training.pretrain import CACHE_DIR, FINAL_DIR, SUMMARY_FILE
+from cm3leon.training.pretrain import CACHE_DIR, FINAL_DIR
 from cm3leon.training.pretrain_data import RetrievalHook
 from cm3leon.training.retrieval_data import CorpusRetrieval, TrainingRetrievalConfig, cached_neighbours
 from cm3leon.training.sft_data import SFTBatches, SFTDataConfig, TaskMixture
+from cm3leon.training.task_corpus import TaskCorpus, TaskCorpusConfig
 from cm3leon.training.trainer import Trainer, TrainerConfig, TrainSummary
 
 # World image size of the `tiny` VQ preset: an init checkpoint with this VQ is a test model.
@@ -74,7 +74,7 @@ def sft_trainer_config(preset: str, **overrides: object) -> TrainerConfig:
 def data_preset_of(init_dir: Path, image_size: int) -> tuple[str, str | None]:
     """(data preset, world preset) of the pretraining run that wrote `init_dir` (its training.json), else
     guessed from the VQ's image size (the `tiny` VQ is 32 px)."""
-    record_path = Path(init_dir) / SUMMARY_FILE
+    record_path = Path(init_dir) / TRAINING_RECORD_FILE
     if record_path.exists():
         record = json.loads(record_path.read_text())
         preset = record.get("preset")
@@ -172,8 +172,8 @@ def _run(run: SFTRun, context: DistributedContext) -> TrainSummary:
             "sft_data_config": asdict(data),
             "mixture": run.mixture.probabilities(),
         }
-        (final / SUMMARY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (final / TRAINING_RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         # What the model now runs (the engine serves exactly the kinds declared here).
-        write_capabilities(final, trained_kinds(run.init_dir, run.mixture.probabilities()))
+        trained_capabilities(run.init_dir, run.mixture.probabilities()).save(final)
     barrier(context)
     return summary

@@ -24,11 +24,11 @@ from cm3leon.data.questions import QA, qa_pairs, reasoning_pairs, worked_answer
 from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, grounded_spec_of_scene
 from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding.prompts import CONTENT_KINDS, TEXT_KINDS, mask_runs
-from cm3leon.tasks.corpus import TaskCorpus, TaskCorpusConfig
-from cm3leon.tasks.formats import IMAGE_TASKS, TASKS, TaskExample, TaskFormatter
+from cm3leon.tasks.formats import IMAGE_TASKS, TASKS, SceneDocument, TaskExample, TaskFormatter
 from cm3leon.tokenizers.vocab import Vocabulary
 from cm3leon.training.packing import PackStats, PackUnit, TokenBatch, pack_rows, to_batch
-from cm3leon.training.pretrain_data import PretrainBatches, PretrainDataConfig, RetrievalHook, SceneDocument
+from cm3leon.training.pretrain_data import PretrainBatches, PretrainDataConfig, RetrievalHook
+from cm3leon.training.task_corpus import TaskCorpus, TaskCorpusConfig
 
 PRETRAIN = "pretrain"
 MIXTURE_ENTRIES: tuple[str, ...] = (PRETRAIN, *TASKS)
@@ -90,7 +90,7 @@ class SFTDataConfig:
     # (`TaskFormatter.vqa_read`): they teach reading the answer from the description.
     vqa_read_fraction: float = 0.0
     # Caption examples drawn from the word pool instead ("the word \"AB\" in red on ..."): reading, the inverse of
-    # text rendering, so a rendered word can be checked by the model's own reading (`cm3leon.tasks.caption_check`).
+    # text rendering, so a rendered word can be checked by the model's own reading (`cm3leon.policies.shapes.caption_check`).
     caption_word_fraction: float = 0.0
     seed: int = 0
 

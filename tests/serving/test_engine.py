@@ -14,8 +14,8 @@ import pytest
 from cm3leon.decoding import ChannelScorer, SamplingParams
 from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_TO_IMAGE
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY
-from cm3leon.inference import Caption, Edit, JobCancelled, Progress, Sampling, TextToImage, UnsupportedJobKind
 from cm3leon.inference.engine import CAPABILITIES_FILE, Engine, EngineConfig
+from cm3leon.requests import Caption, Edit, JobCancelled, Progress, Sampling, TextToImage, UnsupportedJobKind
 from cm3leon.retrieval.config import MemoryConfig
 from cm3leon.retrieval.memory import Memory
 from cm3leon.retrieval.rerank import RetrieverScorer
@@ -45,7 +45,7 @@ def engine(artifacts: tuple[Path, Path, Path]) -> Engine:
     model_dir, retriever_dir, memory_path = artifacts
     retriever = Retriever.from_pretrained(retriever_dir)
     config = MemoryConfig.preset("tiny", name=MEMORY_NAME, path=str(memory_path), diversity_threshold=1.01)
-    return Engine(model_dir, EngineConfig.preset("tiny"), Memory.for_retriever(config, retriever), retriever)
+    return Engine.load(model_dir, EngineConfig.preset("tiny"), Memory.for_retriever(config, retriever), retriever)
 
 
 def test_pretrained_model_runs_text_to_image_and_captioning_only(engine: Engine) -> None:
@@ -64,7 +64,7 @@ def test_declared_kinds_without_a_handler_fail_clearly(
     for name in MODEL_FILES:
         (tmp_path / name).symlink_to(model_dir / name)
     (tmp_path / CAPABILITIES_FILE).write_text(json.dumps({"tasks": ["caption", "edit"]}))
-    engine = Engine(tmp_path)
+    engine = Engine.load(tmp_path)
     assert engine.supported_kinds == ("caption",)
     with pytest.raises(UnsupportedJobKind, match="'edit'.*no handler"):
         engine.run(Edit(np.zeros((32, 32, 3), np.uint8), "make it blue"))
@@ -154,7 +154,7 @@ def test_a_memory_with_another_tokenizers_codes_is_refused(artifacts: tuple[Path
     document = RetrievalDocument("d0", text="a circle", image=image)
     memory.upsert([document], retriever.embed_documents([document]), codes=[[0, 1, 2]], codes_vq="not-this-vq")
     with pytest.raises(ValueError, match="another VQ tokenizer"):
-        Engine(model_dir, EngineConfig.preset("tiny"), memory, retriever)
+        Engine.load(model_dir, EngineConfig.preset("tiny"), memory, retriever)
 
 
 def test_a_request_can_name_another_memory(engine: Engine) -> None:
@@ -214,7 +214,7 @@ def test_a_jobs_guidance_plausibility_overrides_the_checkpoints_default(
     for name in MODEL_FILES:
         (tmp_path / name).symlink_to(artifacts[0] / name)
     (tmp_path / DEFAULTS_FILE).write_text(json.dumps({TEXT_TO_IMAGE: {"guidance_plausibility": 0.25}}))
-    engine = Engine(tmp_path, EngineConfig.preset("tiny"))
+    engine = Engine.load(tmp_path, EngineConfig.preset("tiny"))
     seen = record_decoded_params(monkeypatch)
     assert decoded_text_to_image_params(engine, seen).guidance_plausibility == 0.25
     assert decoded_text_to_image_params(engine, seen, guidance_plausibility=0.75).guidance_plausibility == 0.75

@@ -18,13 +18,16 @@ from cm3leon.decoding.defaults import (
     CAPTION,
     DEFAULTS_FILE,
     EDIT,
-    GROUNDED,
+    GROUNDED_GENERATION,
     SEGMENTATION,
-    STRUCTURE,
+    STRUCTURE_GUIDED,
     TEXT_TO_IMAGE,
 )
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY, SamplingParams
-from cm3leon.inference import (
+from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.inference.task_handlers import shown_answer
+from cm3leon.inference.task_prompts import task_setup
+from cm3leon.requests import (
     Caption,
     Edit,
     EngineResult,
@@ -42,9 +45,6 @@ from cm3leon.inference import (
     TextToImage,
     VisualQuestion,
 )
-from cm3leon.inference.engine import Engine, EngineConfig
-from cm3leon.inference.task_handlers import shown_answer
-from cm3leon.inference.task_prompts import task_setup
 from cm3leon.tasks.decode import infill_plan
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.training.pretrain import SUMMARY_FILE
@@ -56,7 +56,7 @@ PREVIEWS = EngineConfig.preset("tiny").previews_per_image
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return Engine(build_tiny_sft_model_dir(tmp_path_factory.mktemp("sft")), EngineConfig.preset("tiny"))
+    return Engine.load(build_tiny_sft_model_dir(tmp_path_factory.mktemp("sft")), EngineConfig.preset("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +125,9 @@ def test_edit_and_structure_scales_come_from_the_checkpoints_defaults(
     no scale get; a job's own scale still wins."""
     directory = build_tiny_sft_model_dir(tmp_path_factory.mktemp("swept"))
     swept = {EDIT: {"guidance_scale": 1.5, "source_copy_bias": 2.0},
-             STRUCTURE: {"guidance_scale": 2.0, "num_candidates": 2}, TEXT_TO_IMAGE: {"guidance_scale": 2.5}}
+             STRUCTURE_GUIDED: {"guidance_scale": 2.0, "num_candidates": 2}, TEXT_TO_IMAGE: {"guidance_scale": 2.5}}
     (directory / DEFAULTS_FILE).write_text(json.dumps(swept))
-    engine = Engine(directory, EngineConfig.preset("tiny"))
+    engine = Engine.load(directory, EngineConfig.preset("tiny"))
     image, seg_map = scene_images
     seen = record_decoded_params(monkeypatch)
     engine.run(Edit(image, "remove the red circle", sampling=Sampling(seed=5)))
@@ -143,8 +143,8 @@ def test_edit_and_structure_scales_come_from_the_checkpoints_defaults(
     assert (swept_structure.guidance_scale, swept_structure.num_candidates) == (2.0, 2)
     # No grounded entry in this file: grounded generation decodes as text->image does.
     assert (inherited_grounded.guidance_scale, inherited_grounded.num_candidates) == (2.5, 1)
-    (directory / DEFAULTS_FILE).write_text(json.dumps({**swept, GROUNDED: {"num_candidates": 3}}))
-    Engine(directory, EngineConfig.preset("tiny")).run(grounded)
+    (directory / DEFAULTS_FILE).write_text(json.dumps({**swept, GROUNDED_GENERATION: {"num_candidates": 3}}))
+    Engine.load(directory, EngineConfig.preset("tiny")).run(grounded)
     assert seen[-1].num_candidates == 3
 
 
@@ -174,7 +174,7 @@ def test_segmentation_checks_its_map_against_the_caption_when_the_defaults_say_s
 ) -> None:
     directory = build_tiny_sft_model_dir(tmp_path_factory.mktemp("segcheck"))
     (directory / DEFAULTS_FILE).write_text(json.dumps({SEGMENTATION: {"temperature": 1.0, "num_candidates": 2}}))
-    checking = Engine(directory, EngineConfig.preset("tiny"))
+    checking = Engine.load(directory, EngineConfig.preset("tiny"))
     greedy, _ = run(engine, Segmentation(scene_images[0]))
     first, _ = run(checking, Segmentation(scene_images[0]))
     second, _ = run(checking, Segmentation(scene_images[0]))
@@ -201,7 +201,7 @@ def test_a_model_tuned_with_worked_answers_samples_its_description_as_captions_a
     record["sft_data_config"]["vqa_worked_answers"] = True
     (worked_dir / SUMMARY_FILE).write_text(json.dumps(record))
     (worked_dir / DEFAULTS_FILE).write_text(json.dumps({CAPTION: {"temperature": 1.0, "num_candidates": 3}}))
-    worked = Engine(worked_dir, EngineConfig.preset("tiny"))
+    worked = Engine.load(worked_dir, EngineConfig.preset("tiny"))
     assert worked.answers_worked and not engine.answers_worked
     seen = record_decoded_params(monkeypatch)
     result, _ = run(worked, VisualQuestion(scene_images[0], "how many objects are there?", False, Sampling(seed=6)))

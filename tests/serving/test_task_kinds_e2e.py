@@ -20,7 +20,7 @@ from PIL import Image
 
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.data.world import World
-from cm3leon.inference import JOB_KINDS
+from cm3leon.kinds import JOB_KINDS
 from services import client as api
 from services.api import jobs_pb2
 from services.client import Client

@@ -9,26 +9,13 @@ import random
 from pathlib import Path
 
 import pytest
+from cm3leon.inference.capabilities import TASK_KINDS, trained_kinds, write_capabilities
 
 from cm3leon.data.language import text_render_prompt
 from cm3leon.data.questions import REASONING_KIND, qa_pairs, reasoning_pairs
 from cm3leon.data.render import object_box, render
 from cm3leon.data.tasks import PixelBox, make_edit, make_grounded, make_infill
 from cm3leon.data.world import Scene, Split, World, WorldConfig
-from cm3leon.inference import (
-    JOB_KINDS,
-    Edit,
-    GroundedGeneration,
-    GroundedObject,
-    Infill,
-    NormBox,
-    Sampling,
-    Segmentation,
-    StructureGuided,
-    TextRendering,
-    VisualQuestion,
-)
-from cm3leon.inference.capabilities import TASK_KINDS, trained_kinds, write_capabilities
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.inference.task_prompts import (
     TaskSetup,
@@ -42,10 +29,23 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
-from cm3leon.tasks.corpus import encode_pictures
+from cm3leon.requests import (
+    JOB_KINDS,
+    Edit,
+    GroundedGeneration,
+    GroundedObject,
+    Infill,
+    NormBox,
+    Sampling,
+    Segmentation,
+    StructureGuided,
+    TextRendering,
+    VisualQuestion,
+)
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tokenizers.vocab import ImageCodes
 from cm3leon.training.sft_data import MIXTURE_ENTRIES
+from cm3leon.training.task_corpus import encode_pictures
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
 CASES = 4  # cases per task: several object counts, edit kinds, question kinds
@@ -53,7 +53,7 @@ CASES = 4  # cases per task: several object counts, edit kinds, question kinds
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return Engine(build_tiny_sft_model_dir(tmp_path_factory.mktemp("sft")), EngineConfig.preset("tiny"))
+    return Engine.load(build_tiny_sft_model_dir(tmp_path_factory.mktemp("sft")), EngineConfig.preset("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -34,15 +34,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import parse_caption
 from cm3leon.data.tasks import grounded_spec_of_scene, parse_edit_instruction
 from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding import SamplingParams, Scorer
 from cm3leon.decoding.defaults import CAPTION, EDIT, EDIT_REDRAW
 from cm3leon.decoding.rerank import no_rerank
+from cm3leon.policies.shapes.caption_check import CaptionCheckScorer, expected_caption_scorer
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.caption_check import CaptionCheckScorer, expected_caption_scorer
-from cm3leon.tasks.checkpoint import LoadedCheckpoint
 from cm3leon.tasks.decode import ImageSamples, caption_images, sample_image_outputs
 from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tokenizers.vocab import ImageCodes
@@ -90,7 +90,7 @@ class EditPlan:
 
 
 def expected_edits(
-    checkpoint: LoadedCheckpoint, sources: Sequence[ImageCodes], instructions: Sequence[str],
+    checkpoint: ModelBundle, sources: Sequence[ImageCodes], instructions: Sequence[str],
     caption_params: SamplingParams, batch_size: int,
 ) -> list[Scene | None]:
     """Per edit: the scene its instruction makes of the model's caption of the source (decoded with
@@ -116,7 +116,7 @@ def redraw_prompt(formatter: TaskFormatter, scene: Scene) -> list[int]:
 
 
 def plan_edits(
-    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], sources: Sequence[ImageCodes],
+    checkpoint: ModelBundle, prompts: Sequence[Sequence[int]], sources: Sequence[ImageCodes],
     instructions: Sequence[str], settings: EditSettings, batch_size: int,
 ) -> EditPlan:
     """The expected scene of each edit prompt (one per source image and instruction) and its redraw prompt."""
@@ -126,7 +126,7 @@ def plan_edits(
     return EditPlan([list(p) for p in prompts], expected, redraws)
 
 
-def edit_scorer(checkpoint: LoadedCheckpoint, plan: EditPlan, retriever: Retriever | None) -> Scorer:
+def edit_scorer(checkpoint: ModelBundle, plan: EditPlan, retriever: Retriever | None) -> Scorer:
     """What chooses among an edit's candidates, direct and redrawn: the retriever against the expected scene (the
     first direct sample where there is none), else the caption check."""
     keyed = plan.expected_by_prompt()
@@ -151,7 +151,7 @@ class EditSamples:
 
 
 def sample_edits(
-    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], sources: Sequence[ImageCodes],
+    checkpoint: ModelBundle, prompts: Sequence[Sequence[int]], sources: Sequence[ImageCodes],
     instructions: Sequence[str], settings: EditSettings, batch_size: int, seed: int, retriever: Retriever | None,
 ) -> EditSamples:
     """Edits decoded as the edit job decodes them (module docstring), batched; the direct samples of edit i are

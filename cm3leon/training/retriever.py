@@ -26,10 +26,10 @@ import torch
 from tqdm import tqdm
 
 from cm3leon.data.world import Split, World, WorldConfig
-from cm3leon.evaluation.retrieval_eval import recall_at_k
 from cm3leon.retrieval.config import RetrieverConfig, RetrieverTrainingConfig
 from cm3leon.retrieval.contrastive import contrastive_loss, positive_pairs
 from cm3leon.retrieval.encoders import DualEncoder
+from cm3leon.retrieval.metrics import recall_at_k
 from cm3leon.retrieval.pairs import CaptionedImage, draw_pairs, stack_images
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tokenizers.text import TextTokenizer

@@ -1,29 +1,17 @@
 """Domain requests and results of the inference engine: one frozen dataclass per job kind.
 
-The kind names are the gRPC `JobRequest` oneof's field names, so one string names a kind everywhere (API,
-job store, engine registry, metrics). Image inputs are `ImageRef` (an object-store key) on the serving side and
-uint8 arrays (H, W, 3) once the worker has fetched them: the engine only accepts arrays.
+Each type is declared as a job kind once, in `cm3leon.kinds`, under the name of its gRPC `JobRequest` oneof
+field. Image inputs are `ImageRef` (an object-store key) on the serving side and uint8 arrays (H, W, 3) once the
+worker has fetched them: the engine only accepts arrays. No torch here: the gateway builds them too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-JOB_KINDS: tuple[str, ...] = (
-    "text_to_image",
-    "caption",
-    "visual_question",
-    "edit",
-    "infill",
-    "segmentation",
-    "structure_guided",
-    "grounded_generation",
-    "text_rendering",
-)
 CaptionStyle = Literal["short", "detailed"]
 
 
@@ -95,8 +83,6 @@ class Edit:
     image_guidance_scale: float | None = None
     sampling: Sampling = field(default_factory=Sampling)
     source_copy_bias: float | None = None  # None: the checkpoint's default (SamplingParams.source_copy_bias)
-    # With several candidates, also redraw the planned scene (cm3leon.tasks.edit_check); False: direct edits only.
-    redraw: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,32 +135,6 @@ JobRequest = (
     | GroundedGeneration
     | TextRendering
 )
-_KIND_OF_TYPE: dict[type, str] = dict(
-    zip(
-        (
-            TextToImage,
-            Caption,
-            VisualQuestion,
-            Edit,
-            Infill,
-            Segmentation,
-            StructureGuided,
-            GroundedGeneration,
-            TextRendering,
-        ),
-        JOB_KINDS,
-        strict=True,
-    )
-)
-
-
-def kind_of(request: JobRequest) -> str:
-    return _KIND_OF_TYPE[type(request)]
-
-
-def image_fields(request: JobRequest) -> list[str]:
-    """Names of the request's image-valued fields (what the worker fetches before running it)."""
-    return [f.name for f in dataclasses.fields(request) if f.name in ("image", "segmentation_map")]
 
 
 @dataclass

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import parse_caption
 from cm3leon.data.render import segmentation_classes
 from cm3leon.data.world import WorldConfig
 from cm3leon.decoding import CancelCheck, GenerationRequest, ProgressCallback, SamplingParams, generate, no_rerank
-from cm3leon.tasks.caption_check import AGREES, DISAGREES
-from cm3leon.tasks.checkpoint import LoadedCheckpoint
+from cm3leon.policies.shapes.caption_check import AGREES, DISAGREES
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, caption_images, decode_codes, request_seed
 from cm3leon.tasks.parsing import image_output, segmentation_map
 from cm3leon.tokenizers.vocab import ImageCodes
@@ -122,7 +122,7 @@ class AgreementScorer:
 class MapDecoder:
     """Decodes segmentation prompts on one checkpoint: request i seeded by `request_seed(seed, i)`."""
 
-    checkpoint: LoadedCheckpoint
+    checkpoint: ModelBundle
     prompts: Sequence[Sequence[int]]
     batch_size: int
     seed: int
@@ -152,7 +152,7 @@ class MapDecoder:
 
 
 def segment_images(
-    checkpoint: LoadedCheckpoint,
+    checkpoint: ModelBundle,
     prompts: Sequence[Sequence[int]],
     images: Sequence[ImageCodes],
     params: SegmentationParams,

@@ -7,7 +7,7 @@ model's likelihood of its own samples does not tell which. `CaptionCheckScorer` 
 parses the caption with the world's grammar and scores 1 where it is the expected scene, else 0; `generate` keeps
 the first best, so the first agreeing sample (the first sample when none agrees). What differs per task is only
 where the expected scene comes from: editing applies the instruction to the source's caption
-(`cm3leon.tasks.edit_check`); text rendering asks for a known word scene (`text_render_check_scorer`).
+(`cm3leon.policies.shapes.edit_check`); text rendering asks for a known word scene (`text_render_check_scorer`).
 
 Text rendering's check is graded: where no candidate is read back exactly, the one whose expected caption the model
 finds likeliest is kept instead of the first. Measured on validation (stage 14, n = 200, 8 candidates): some
@@ -15,7 +15,7 @@ candidate draws the word 0.735 of the time, the exact check kept a right one 0.5
 likelihood alone, without the greedy reading, 0.570, with a trial variant of this scorer that was not kept).
 Editing's check stays exact: its misses are the samples' (some candidate right 0.58, kept 0.475).
 
-Where a retriever is loaded it takes part (`text_render_scorer`; `cm3leon.tasks.edit_check.edit_scorer`): CM3Leon's
+Where a retriever is loaded it takes part (`text_render_scorer`; `cm3leon.policies.shapes.edit_check.edit_scorer`): CM3Leon's
 CLIP reranking, here against the scene the request should show rather than the prompt. Edit candidates are ranked
 by the retriever's similarity to the expected scene's caption (validation, n = 200: 0.525 / 0.580 exact on seeds
 1 / 0, against 0.475 / 0.505 for the caption check). Word candidates are ranked by the model's mean per-token
@@ -31,13 +31,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.world import Scene
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
 from cm3leon.decoding.rerank import WeightedSum, continuation_log_likelihoods, no_rerank
 from cm3leon.retrieval.rerank import ExpectedCaptionScorer
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.checkpoint import LoadedCheckpoint
 from cm3leon.tasks.decode import caption_images
 from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tasks.parsing import image_output
@@ -61,7 +61,7 @@ class CaptionCheckScorer:
     else the likelihood of the expected scene's caption given the candidate, in (0, 1)."""
 
     def __init__(
-        self, checkpoint: LoadedCheckpoint, expected: Mapping[tuple[int, ...], Scene | None],
+        self, checkpoint: ModelBundle, expected: Mapping[tuple[int, ...], Scene | None],
         describe: Describer | None = None, graded: bool = False,
     ) -> None:
         self.checkpoint, self.expected = checkpoint, expected
@@ -99,7 +99,7 @@ class CaptionCheckScorer:
 
 
 def expected_caption_log_probs(
-    checkpoint: LoadedCheckpoint, formatter: TaskFormatter, images: Sequence[ImageCodes], want: Scene
+    checkpoint: ModelBundle, formatter: TaskFormatter, images: Sequence[ImageCodes], want: Scene
 ) -> list[float]:
     """Per image, the model's mean per-token log-probability of the expected scene's canonical caption given it:
     how well the model's reading of the image fits what was asked for, even where its greedy reading is off."""
@@ -117,7 +117,7 @@ class ExpectedCaptionLikelihoodScorer:
     """Each candidate's `expected_caption_log_probs` for its request's expected scene (keyed by the request's
     `prompt_ids`); -inf for a candidate without a whole image, 0 for every candidate where none is expected."""
 
-    def __init__(self, checkpoint: LoadedCheckpoint, expected: Mapping[tuple[int, ...], Scene | None]) -> None:
+    def __init__(self, checkpoint: ModelBundle, expected: Mapping[tuple[int, ...], Scene | None]) -> None:
         self.checkpoint, self.expected = checkpoint, expected
         self.formatter = TaskFormatter(checkpoint.vocab, checkpoint.world)
 
@@ -139,7 +139,7 @@ class ExpectedCaptionLikelihoodScorer:
 
 
 def text_render_check_scorer(
-    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], words: Sequence[Scene],
+    checkpoint: ModelBundle, prompts: Sequence[Sequence[int]], words: Sequence[Scene],
     describe: Describer | None = None, graded: bool = True,
 ) -> CaptionCheckScorer:
     """The check for text-rendering prompts: a candidate agrees when the model reads back the word scene asked for
@@ -152,7 +152,7 @@ def text_render_check_scorer(
 
 
 def expected_caption_scorer(
-    checkpoint: LoadedCheckpoint, retriever: Retriever, prompts: Sequence[Sequence[int]],
+    checkpoint: ModelBundle, retriever: Retriever, prompts: Sequence[Sequence[int]],
     expected: Sequence[Scene | None], fallback: Scorer,
 ) -> ExpectedCaptionScorer:
     """The retriever's similarity of each candidate to its prompt's expected scene, written as that scene's
@@ -166,7 +166,7 @@ def expected_caption_scorer(
 
 
 def text_render_scorer(
-    checkpoint: LoadedCheckpoint, prompts: Sequence[Sequence[int]], words: Sequence[Scene],
+    checkpoint: ModelBundle, prompts: Sequence[Sequence[int]], words: Sequence[Scene],
     retriever: Retriever | None,
 ) -> Scorer:
     """What chooses among text-rendering candidates: with a retriever, the model's mean per-token log-probability of
