@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(CLI) bench all --out bench/results
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cm3leon services worker tests
+	$(VENV)/bin/ruff check cm3leon services worker tests experiments
 
 # Regenerate the gRPC stubs in services/api from protos/ (a test fails when they are stale).
 protos: $(STAMP)

@@ -7,7 +7,7 @@ exact-scene accuracy on the same samples. The rule in use scores the retriever's
 sizes, cells from the boxes, background), so its canonical caption, which names positions, can be scored instead,
 by the retriever and by the model's reading (mean per-token log-probability of that caption given the sample).
 
-    .venv/bin/python scripts/grounded_rerank_rules.py --checkpoint models/shapes --seed 0
+    python experiments/rules/grounded_rerank_rules.py --checkpoint models/shapes --seed 0
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ candidate what each rule needs, and prints every rule's exact-scene accuracy on 
 comparison. `--greedy-plan` reads the source with one greedy caption (the plan before session 19) instead of the
 checkpoint's caption defaults.
 
-    .venv/bin/python scripts/edit_check_rules.py --checkpoint models/shapes --seed 1 --json /tmp/edit_features.json
-    .venv/bin/python scripts/edit_check_rules.py --seed 1 --candidates 8 --redraws 16   # the counts comparison
+    python experiments/rules/edit_check_rules.py --checkpoint models/shapes --seed 1 --json /tmp/edit_features.json
+    python experiments/rules/edit_check_rules.py --seed 1 --candidates 8 --redraws 16   # the counts comparison
 
 "direct samples and redraws: retriever (shipped)" is the rule serving and `eval all` use where a retriever is loaded
 (`cm3leon.tasks.edit_check`); the "first D direct samples and first R redraws" rules replay smaller draws of the same
