@@ -1,4 +1,4 @@
-"""Which rule best picks a right sample among grounded generation's candidates? (the model card's grounded comparison)
+"""Which rule best picks a right sample among grounded generation's candidates? (docs/model-history.md, grounded)
 
 Samples each validation scene's grounded candidates once, with the checkpoint's grounded defaults and the
 evaluation's seeds (the samples `cm3leon eval all --split val --tasks grounded` sees), and prints every rule's

@@ -1,4 +1,4 @@
-"""Which rule best picks a right sample among text rendering's candidates? (the model card's "other ways of choosing")
+"""Which rule best picks a right sample among text rendering's candidates? (docs/model-history.md)
 
 Samples each validation word's candidates once, with the checkpoint's text-rendering defaults and the evaluation's
 seeds (so the samples are the ones `cm3leon eval all --split val --tasks text_render` sees), computes per candidate
