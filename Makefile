@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch that this project is tested with; GPU users install their own torch first.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench lint protos clean
+.PHONY: install test test-fast demo bench lint protos clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
+# The fast lane: every test but those marked slow (real stacks, several processes, torchrun, longer training).
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+
 # The VQ round trip of shapes scenes, then the whole stack (Redis, S3, Qdrant, gateway, a worker) with the shipped
 # models/shapes: one job of every kind the model declares, through gRPC; outputs and grids under out/demo/.
 demo: $(STAMP)
@@ -32,7 +36,7 @@ bench: $(STAMP)
 	$(CLI) bench all --out bench/results
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cm3leon services worker tests
+	$(VENV)/bin/ruff check cm3leon services worker tests experiments
 
 # Regenerate the gRPC stubs in services/api from protos/ (a test fails when they are stale).
 protos: $(STAMP)

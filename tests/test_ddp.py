@@ -78,6 +78,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_two_ranks_end_identical_and_match_one_process_accumulating(workdir: Path) -> None:
     config = tiny_trainer_config(max_steps=STEPS, batch_size=2, grad_accum=1, log_every_steps=1)
     mp.spawn(train_rank, args=(WORLD_SIZE, free_port(), workdir, asdict(config)), nprocs=WORLD_SIZE, join=True)
@@ -108,6 +109,7 @@ def test_two_ranks_end_identical_and_match_one_process_accumulating(workdir: Pat
     assert [r["step"] for r in MetricsLogger.read(workdir / "run" / METRICS_FILE)] == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_torchrun_runs_the_pretrain_command_on_two_ranks(workdir: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
     cli = Path(sys.executable).parent / "cm3leon"

@@ -238,6 +238,7 @@ def test_resume_is_exact(vocab: Vocabulary, corpus: ImageCodeCorpus, tmp_path: P
     assert steps == [1, 2, 3, 4, 6]  # step 3 is flushed when interrupted; the resumed run continues
 
 
+@pytest.mark.slow
 def test_prefetching_workers_train_exactly_what_the_loop_would(
     vocab: Vocabulary, corpus: ImageCodeCorpus, tmp_path: Path
 ) -> None:
@@ -314,6 +315,7 @@ def test_cli_pretrain_writes_a_complete_directory_and_resumes(
     assert any("val_loss" in r for r in MetricsLogger.read(out / METRICS_FILE))
 
 
+@pytest.mark.slow
 def test_a_horizon_that_follows_speed_stretches_when_the_steps_get_faster(
     vocab: Vocabulary, corpus: ImageCodeCorpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

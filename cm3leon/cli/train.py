@@ -154,8 +154,7 @@ def train_retriever_command(
 
     if steps is None and minutes is None:
         raise typer.BadParameter("give --minutes or --steps")
-    # Measured on the 2-core build box with one other job running: 0.33 s per step of 128 pairs on one thread,
-    # 2.2 s on two (the second thread waits on a busy core at every op).
+    # On a busy small machine one thread is faster than two: the second thread waits on a busy core at every op.
     if threads:
         torch.set_num_threads(threads)
     overrides = {k: v for k, v in {"batch_size": batch_size, "learning_rate": lr}.items() if v is not None}

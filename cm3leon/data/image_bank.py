@@ -1,7 +1,7 @@
 """A bank of pre-rendered world images for training the image tokenizer, refreshed chunk by chunk.
 
-Rendering a scene costs ~0.2 ms, a tokenizer training step on a small CPU costs ~100x more per image, but
-rendering each batch in the training loop would still be wasted time and a second source of randomness. The bank
+Rendering is cheap next to a tokenizer training step, but rendering each batch in the training loop would still
+be wasted time and a second source of randomness. The bank
 renders `size` images up front and re-renders one `chunk` every few steps, so the stream of images keeps changing
 (the model never memorises a fixed set) while the CPU spends its time on training.
 

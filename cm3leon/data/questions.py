@@ -185,9 +185,9 @@ def worked_answer(qa: QA, description: str) -> QA:
     """`qa` answered by first describing the image, then "so the answer is X": "a red circle at the top left and
     a blue star at the center on a white background, so the answer is blue".
 
-    Why: the model names every object's colour, shape and position correctly in captions (attribute accuracy
-    ~0.99) yet answered binding questions ("what color is the star?") about as well as chance. Written out
-    first, the description turns the question into reading its own text back, where attention copies exactly.
+    Why: a model that names every object's colour, shape and position right in its captions may still answer
+    binding questions ("what color is the star?") poorly; written out first, the description turns the question
+    into reading its own text back, where attention copies exactly.
     """
     if qa.kind == REASONING_KIND:
         raise ValueError("reasoning answers are already worked")

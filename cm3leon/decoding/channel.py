@@ -5,9 +5,8 @@ its neighbour's colour) or under-described scenes (the world's short caption for
 Both leave the caption a poor explanation of the image. CM3Leon models both directions of a captioned image in
 one decoder, so the same model can score a caption candidate c of image x by the reverse direction, the
 "channel" log p(x | c) of its text->image documents (`caption <break> IMAGE`), and add the forward ("direct")
-log p(c | prompt) with a smaller weight. Measured on the shapes model's validation split (128 images, 32 samples
-at temperature 1.0): greedy 0.63 exact scenes, direct likelihood alone 0.51, channel alone 0.80, channel + 0.5 x
-direct 0.84 (any-candidate ceiling 0.89).
+log p(c | prompt) with a smaller weight: the channel term does most of the choosing, the direct term adds to it
+(the shapes model's measurements are in docs/model-history.md).
 
 Only text candidates of prompts that contain an image are scored this way; anything else goes to `fallback`.
 """
@@ -23,7 +22,7 @@ from cm3leon.decoding.prompts import document_prompt_ids, last_document
 from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, continuation_log_likelihoods
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
 
-# Weight of log p(caption | image) beside log p(image | caption); chosen on val (see the module docstring).
+# Weight of log p(caption | image) beside log p(image | caption); chosen on the validation split.
 DEFAULT_DIRECT_WEIGHT = 0.5
 # The score of a candidate that is no caption at all: empty, or cut off before <eos> by the token budget.
 NOT_A_CAPTION = float("-inf")

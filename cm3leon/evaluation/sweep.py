@@ -4,7 +4,7 @@ Text->image: temperature x CFG scale (CM3Leon sweeps the scale 1..7; a = 1 is pl
 guidance plausibility (0: plain CFG; > 0: guided sampling only among tokens the conditional stream finds
 plausible, see SamplingParams.guidance_plausibility); then CD-K's k (the candidate set's reference rank: with a
 confident expert, the k-th largest probability is tiny, so k > 1 lets in tokens that only the contrast between
-the streams favours; the shapes model drew no exact scene at k = 5 and 0.42 at k = 1 on validation), whose
+the streams favours), whose
 choice also sets the CD-K half of pooled decoding; the text guidance scale of editing (three streams, image scale
 as the preset) x its source-copy bias (SamplingParams.source_copy_bias; 0 is off) and the CFG scale x candidates
 of structure-guided generation (several candidates are reranked by the retriever given to the sweep, as
@@ -70,7 +70,7 @@ class SweepConfig:
     plausibilities: tuple[float, ...] = (0.0, 0.1)
     cdk_ks: tuple[int, ...] = (1, 5)
     edit_scales: tuple[float, ...] = (1.5, 3.0, 7.5)
-    edit_copy_biases: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0)  # stage 12 chose 2, the old edge
+    edit_copy_biases: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0)
     edit_candidates: tuple[int, ...] = (1, 8)  # at the best scale and bias; several: the caption check chooses
     structure_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     structure_candidates: tuple[int, ...] = (1, 8)  # several: reranked by the sweep's reranker

@@ -110,15 +110,11 @@ class RetrieverConfig:
 
 @dataclass(frozen=True)
 class RetrieverTrainingConfig:
-    """Optimisation and data mix of the contrastive training. Presets: `tiny` (tests) and `shapes`.
-
-    Measured with the `shapes` model on the shared 2-core build box (one thread): 0.33 s per step of 128
-    pairs; a 1.9-minute run (289 steps) already gave test recall@1 0.93 text->image (n=1000).
-    """
+    """Optimisation and data mix of the contrastive training. Presets: `tiny` (tests) and `shapes`."""
 
     # 128 pairs (with near misses and scene-aware targets) leave enough negatives and twice the steps of 256.
     batch_size: int = 128
-    # Best of 5e-4 / 1e-3 / 2e-3 / 4e-3 for the text tower (300-step probes); the image tower is not sensitive.
+    # The text tower's best rate in short probes; the image tower is not sensitive to it.
     learning_rate: float = 1e-3
     min_lr_ratio: float = 0.05
     # Linear warmup over this fraction of the run (of its steps, or of its time budget), so a short smoke run
@@ -135,7 +131,7 @@ class RetrieverTrainingConfig:
     # Fraction of each batch in (scene, one-attribute sibling) twos: the hard negatives (see `pairs.py`).
     near_miss_fraction: float = 0.5
     # bf16 autocast of the text tower, for CPUs with avx512_bf16 / AMX or GPUs. Off by default: on a CPU
-    # without them (this project's 2-core AMD EPYC build machine) bf16 is emulated and measured 9x slower.
+    # without them bf16 is emulated and far slower than fp32.
     bf16_autocast: bool = False
     log_every: int = 10
     eval_every: int = 100

@@ -39,9 +39,7 @@ class ImageEncoder(nn.Module):
 
     BatchNorm, as in CLIP's ResNets: it normalises each channel over the batch, so an image's background colour
     (which captions name) survives, where a per-image norm (GroupNorm, LayerNorm over channels and space)
-    would subtract it. Measured with a linear probe trained to read every scene attribute off this tower
-    (150 steps of 128 images): without any norm 0.09 of val scenes were read exactly right, with BatchNorm 0.90;
-    in contrastive training the unnormalised tower barely learned in 150 steps.
+    would subtract it; without any norm the tower learns far more slowly.
     """
 
     def __init__(self, config: RetrieverConfig) -> None:

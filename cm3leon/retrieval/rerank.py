@@ -77,11 +77,9 @@ class ExpectedCaptionScorer(RetrieverScorer):
     """Text-image similarity of each image candidate to the caption its request is expected to show, keyed by the
     request's `prompt_ids` (a missing key or None: `fallback` scores the candidates).
 
-    On the shapes model's validation split (8 candidates, n = 200; `scripts/edit_check_rules.py` and
-    `scripts/text_render_check_rules.py` compare the rules on the same samples) this similarity alone keeps an exact
-    edit 0.525 / 0.580 of the time (seeds 1 / 0) against 0.475 / 0.505 for the model's caption check, and a right
-    word 0.635 / 0.620 (seeds 0 / 1) against 0.565 / 0.545. The retriever was trained with near-miss negatives (a
-    letter, a colour, a shape changed), which is what tells such candidates apart."""
+    Why: the retriever was trained with near-miss negatives (a letter, a colour, a shape changed), so it tells such
+    candidates apart better than the model's own caption check (`experiments/rules/` compares the rules on the
+    same samples; the numbers are in docs/model-history.md)."""
 
     def __init__(
         self, retriever: Retriever, vocab: Vocabulary, image_tokenizer: ImageTokenizer,

@@ -1,17 +1,15 @@
 """Convolutional encoder and decoder of the VQ image tokenizer: patch (space-to-depth) stems and residual 3x3
 conv blocks that all run at code resolution.
 
-Why not the usual VQGAN pyramid (strided convs and residual blocks at every resolution)? Measured on this
-project's 2-core CPU and world, a plain autoencoder of that shape (16..128 channels, 64 -> 8) was still painting
-colourless blobs after 300 steps at ~45 images/s, while this one had the right colours and shapes at ~100 images/s:
-the pyramid spends its FLOPs at full resolution on thin, deep stacks that learn slowly. Here every pixel of an
+Why not the usual VQGAN pyramid (strided convs and residual blocks at every resolution)? On a small CPU it learns
+slowly: the pyramid spends its FLOPs at full resolution on thin, deep stacks. Here every pixel of an
 f x f patch reaches a wide feature vector through one 1x1 conv (PixelUnshuffle), the 3x3 convs mix neighbouring
 patches (an object spans two or three), and the decoder paints each patch back with a 1x1 conv + PixelShuffle.
 
 Normalisation never mixes images (no BatchNorm), so encoding one image or a batch gives the same codes. Its kind
 (`NORMS`) decides whether a code is local: GroupNorm ("group", the shipped tokenizer) normalises each group over the
-whole image, so its statistics, and with them every code, shift when any object changes (measured on the shapes
-tokenizer: removing one object changes ~35% of the codes five codes away from it, far outside the convs' reach);
+whole image, so its statistics, and with them every code, shift when any object changes (even codes far outside
+the convs' reach; `models/shapes/vq/MODEL_CARD.md`);
 "channel" normalises each position over its channels alone, so a code depends only on the pixels its convs see.
 Local codes matter to editing and infilling: what an edit leaves alone keeps its codes, so copying the source (and
 hiding a region from the infill prompt) means what it says.

@@ -61,7 +61,7 @@ class ImageTokenizerConfig:
     # EMA decay of the codebook's cluster sizes and sums (0.95: a code's statistics follow ~20 recent batches).
     ema_decay: float = 0.95
     # A code whose EMA count of uses per batch falls below this is restarted on a random encoder output.
-    # About 0.1 keeps nearly every code of a 512-entry book alive on this world; 0.03 let dozens die.
+    # About 0.1 keeps nearly every code of a 512-entry book alive on this world; much lower lets codes die.
     dead_code_threshold: float = 0.1
     commitment_weight: float = 0.25
     # k-means initialisation of the codebook on the first quantised batch (after the autoencoder warmup).
@@ -109,16 +109,14 @@ class ImageTokenizerConfig:
             )
         if name == "shapes":
             # The full-resolution decoder (three refine levels, 8 -> 64 px): the patch-painting decoder of
-            # `shapes-patch` plateaued below the bars (PSNR 25.7 dB, oracle 0.55 on reconstructions)
-            # because a linear 1x1 head cannot draw a small star's outline inside one 8x8 patch.
+            # `shapes-patch` cannot draw a small star's outline inside one 8x8 patch with a linear 1x1 head.
             return cls(encoder_blocks=2, refine_blocks=2, refine_width=128, refine_levels=3)
         if name == "shapes-local":
             # `shapes` with local codes (per-position channel norm): an edit or a hidden region leaves the other
-            # codes as they were. Not trained to quality yet (it needs a GPU round like the one that made `shapes`,
-            # and a decoder model on its codes): we read the shipped tokenizer's GroupNorm codes as editing's limit.
+            # codes as they were, which editing and infilling need (its status: models/shapes/vq/MODEL_CARD.md).
             return replace(cls.preset("shapes"), norm="channel")
         if name == "shapes-patch":
-            # The first shipped tokenizer's shape: every conv at code resolution; ~3x faster to train on a CPU.
+            # The first shipped tokenizer's shape: every conv at code resolution, faster to train on a CPU.
             return cls()
         if name == "256px":
             # The paper's tokenizer shape (Make-A-Scene style): 256x256 -> 32x32 codes from an 8192-entry book.

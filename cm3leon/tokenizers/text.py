@@ -24,8 +24,8 @@ class TextTokenizerConfig:
     def preset(cls, name: str) -> TextTokenizerConfig:
         presets = {
             "tiny": cls(vocab_size=320),
-            # 512 is where every world word is one token while capital letters stay single tokens (measured:
-            # at 768 letter pairs like "BC" start to merge, which would make text rendering harder to learn).
+            # 512 is where every world word is one token while capital letters stay single tokens (a larger
+            # vocabulary merges letter pairs like "BC", which would make text rendering harder to learn).
             "shapes": cls(vocab_size=512),
             # The paper's BPE has 56,320 entries; only meaningful with a web-scale corpus.
             "paper": cls(vocab_size=56_320),

@@ -108,7 +108,7 @@ def run_pretraining(run: PretrainRun, context: DistributedContext | None = None)
 def _run(run: PretrainRun, context: DistributedContext) -> TrainSummary:
     trainer_config = run.trainer or TrainerConfig.preset(run.preset)
     torch.manual_seed(trainer_config.seed)
-    # On the run's device: encoding the corpus on the CPU beside a GPU cost a whole GPU session once (100 img/s).
+    # On the run's device: encoding the corpus on the CPU beside an idle GPU wastes the GPU's time.
     image_tokenizer = ImageTokenizer.from_pretrained(run.vq_dir, device=context.device)
     # The model's context fixes the packed row length; the vocabulary fixes its embedding size.
     seq_len = DecoderConfig.preset(run.preset, vocab_size=1).max_seq_len

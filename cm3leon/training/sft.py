@@ -48,9 +48,8 @@ class SFTRun:
     retrieved: int = 0
     retriever_dir: Path | None = None
     # Pool fields that replace the preset's (`TaskCorpusConfig`: scenes, words, edits, seed). Long runs need
-    # larger pools: a GPU run of ~400M tokens over the 20k-scene default saw each scene ~100 times and fitted
-    # the pool (train loss 0.25 vs 0.90 held out). Another seed draws other scenes: a model fine-tuned again
-    # from an SFT checkpoint can then learn from examples it has never seen.
+    # larger pools, or they fit the pool instead of the tasks. Another seed draws other scenes: a model fine-tuned
+    # again from an SFT checkpoint can then learn from examples it has never seen.
     pools: dict[str, int] = field(default_factory=dict)
     # Questions per training VQA document (`SFTDataConfig.vqa_questions_per_image`); held-out batches keep 1,
     # so their losses compare with runs trained one question at a time.

@@ -39,8 +39,8 @@ class TrainerConfig:
     checkpoint_every_minutes: float | None = 10.0
     log_every_steps: int = 10
     eval_every_steps: int | None = None
-    # bf16 autocast (master weights stay fp32). None: on where the device has native bf16 (about 2x fp32 on
-    # AVX512-BF16 CPUs and GPUs), off where it would be emulated (about 50x slower than fp32): see hardware.py.
+    # bf16 autocast (master weights stay fp32). None: on where the device has native bf16 (AVX512-BF16 CPUs and
+    # GPUs: faster than fp32), off where it would be emulated (far slower than fp32): see hardware.py.
     bf16: bool | None = None
     # Worker processes that build micro-batches ahead of the loop (0: built in the loop). A GPU step of the
     # shapes model takes less time than packing its batch in Python; the batch source is a pure function of

@@ -70,12 +70,12 @@ class VQTrainConfig:
     # (one training batch would be ~1000 vectors, mostly background, for 512 codes).
     codebook_init_images: int = 512
     grad_clip_norm: float = 1.0
-    # Re-render one bank chunk every this many steps: a 1024-image chunk costs ~0.7 s, 64 steps of 16 images ~20 s.
+    # Re-render one bank chunk every this many steps: rendering then takes a few percent of the training time.
     refresh_every_steps: int = 64
     log_every_steps: int = 20
     checkpoint_every_seconds: float = 180.0
     # bf16 autocast of the conv layers (the quantizer stays fp32). None: on where the device has native bf16
-    # (GPUs), off where it is emulated (AVX2 CPUs, where it measured ~20x slower than fp32): see hardware.py.
+    # (GPUs), off where it is emulated (AVX2 CPUs, where it is far slower than fp32): see hardware.py.
     bf16_autocast: bool | None = None
     world_preset: str = "shapes"
     bank_preset: str = "shapes"

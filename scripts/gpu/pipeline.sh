@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shapes model's training, end to end, as one prepared run on one GPU (this is how models/shapes was made;
-# MODEL_CARD.md names the exact call). Stages, each packed into $OUT as soon as it exists so that a run cut
+# models/shapes/MODEL_CARD.md names the exact call). Stages, each packed into $OUT as soon as it exists so that a run cut
 # short still returns what it finished:
 #   1. the VQ tokenizer: either two runs from scratch side by side (learning rates 2e-3 and 1e-3), evaluated, the
 #      better one kept; or, with VQ=DIR, that tokenizer, and with VQ_FT_MIN also a fine-tune of its pixel decoder

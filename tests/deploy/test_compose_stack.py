@@ -31,6 +31,9 @@ from services.stack import ROOT, Child, Stack
 from tests.serving.fixtures import API_KEYS, MEMORY_NAME, build_tiny_memory, build_tiny_model_dir, spans_of
 from worker.app import UNACKED_RESTORE_INTERVAL_S, make_celery
 
+# The compose topology on loopback: Redis, S3, two Celery workers and the gateway as processes.
+pytestmark = pytest.mark.slow
+
 WORKER_NAMES = ("worker-a", "worker-b")
 # Decode steps slowed so that jobs overlap and one can be caught running (65 steps per image: ~1.3 s).
 STEP_DELAY_S = 0.02

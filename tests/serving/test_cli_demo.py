@@ -21,6 +21,7 @@ from services.stack import Stack
 from worker.execute import claim
 
 
+@pytest.mark.slow
 def test_cli_submit_wait_out_get_list(target: str, tmp_path: Path) -> None:
     runner = CliRunner()
     env = {"CM3LEON_TARGET": target, "CM3LEON_API_KEY": "key-a"}
@@ -55,6 +56,7 @@ def test_cli_submit_wait_out_get_list(target: str, tmp_path: Path) -> None:
     assert found.exit_code == 0 and len(found.output.strip().splitlines()) == 2, found.output
 
 
+@pytest.mark.slow
 def test_stack_demo_end_to_end(stack: Stack, tmp_path: Path) -> None:
     """`cm3leon stack demo` with the tiny model: its own stack, every supported kind, a grid, clean stop."""
     from services.demo import DEMO_SCENES, run_stack_demo
@@ -89,6 +91,7 @@ def test_pool_processes_may_take_their_time_to_load_the_model() -> None:
         WorkerSettings(process_start_timeout_s=0)
 
 
+@pytest.mark.slow
 def test_a_poison_message_is_dead_lettered(stack: Stack) -> None:
     """A job whose worker died on every delivery is failed with DEAD_LETTER instead of being run again."""
     client = redis.Redis(port=stack.redis_port)

@@ -17,6 +17,9 @@ from services.client import Client
 from services.stack import Stack
 from tests.serving.fixtures import API_KEYS
 
+# Every test here talks to the session's real stack (Redis, S3, a Celery worker, the gateway).
+pytestmark = pytest.mark.slow
+
 FINISHED = api.FINISHED
 
 

@@ -18,6 +18,9 @@ from services.client import Client
 from services.objectstore import ObjectStore
 from services.stack import Stack
 
+# Every test here talks to the session's real stack (Redis, S3, a Celery worker, the gateway).
+pytestmark = pytest.mark.slow
+
 SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
 
 

@@ -27,6 +27,7 @@ from services.stack import ROOT, Stack
 from tests.serving.fixtures import spans_of
 
 
+@pytest.mark.slow
 def test_one_trace_from_gateway_through_worker(stack: Stack, client: Client) -> None:
     job = client.wait(client.submit(api.text_to_image("a traced circle", seed=4, retrieved_k=1)).job_id)
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
@@ -52,6 +53,7 @@ def test_one_trace_from_gateway_through_worker(stack: Stack, client: Client) -> 
     assert run["attributes"]["job.kind"] == "text_to_image" and run["attributes"]["tokens.generated"] > 0
 
 
+@pytest.mark.slow
 def test_health_and_reflection(target: str) -> None:
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -75,6 +77,7 @@ def test_stubs_are_fresh() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_corpus_add_search_delete(client: Client) -> None:
     documents = [
         corpus_pb2.CorpusDocument(doc_id="user-doc-1", text="a purple triangle at the bottom right"),
@@ -101,6 +104,7 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_killed_worker_loses_no_job(stack: Stack, client: Client) -> None:
     """SIGKILL the pool process mid-job: acks_late + reject_on_worker_lost requeue the message, a fresh pool
     process loads the model and the job still succeeds (its delivery count shows the second run)."""

@@ -27,6 +27,7 @@ def test_free_ports_are_distinct() -> None:
     assert len(set(ports)) == 32 and all(0 < p < 65536 for p in ports)
 
 
+@pytest.mark.slow
 def test_servers_whose_port_was_taken_meanwhile_start_again_on_others(
     tmp_path: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,6 +67,7 @@ def test_servers_whose_port_was_taken_meanwhile_start_again_on_others(
         stack.stop()
 
 
+@pytest.mark.slow
 def test_a_reused_workdir_reads_the_new_gateway_port_not_an_old_log_line(tmp_path: Path) -> None:
     """Logs are appended across runs (`make demo` twice in one checkout): the port must come from this gateway."""
     (tmp_path / "gateway.log").write_text("GATEWAY_PORT=1\nan earlier run's output\n")

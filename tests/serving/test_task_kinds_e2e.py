@@ -30,6 +30,9 @@ from services.stack import Stack
 from tests.serving.fixtures import API_KEYS
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
+# Every test here runs jobs through a second real stack with an instruction-tuned tiny model.
+pytestmark = pytest.mark.slow
+
 SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
 TEXT_KINDS = ("caption", "visual_question")
 # Kinds whose images come out of `generate` image block by image block, so a preview is published while running.

@@ -1,11 +1,11 @@
-"""Which rule best picks a right sample among text rendering's candidates? (the model card's "other ways of choosing")
+"""Which rule best picks a right sample among text rendering's candidates? (docs/model-history.md)
 
 Samples each validation word's candidates once, with the checkpoint's text-rendering defaults and the evaluation's
 seeds (so the samples are the ones `cm3leon eval all --split val --tasks text_render` sees), computes per candidate
 what each rule needs, and prints every rule's exact-word accuracy on the same samples: a paired comparison.
 
-    .venv/bin/python scripts/text_render_check_rules.py --checkpoint models/shapes --seed 0 --json /tmp/features.json
-    .venv/bin/python scripts/text_render_check_rules.py --seed 1 --candidates 16   # another draw, more samples
+    python experiments/rules/text_render_check_rules.py --checkpoint models/shapes --seed 0 --json /tmp/features.json
+    python experiments/rules/text_render_check_rules.py --seed 1 --candidates 16   # another draw, more samples
 
 "likeliest caption per token + 5.0 x retriever" is the rule serving and `eval all` use where a retriever is loaded
 (`cm3leon.policies.shapes.caption_check.text_render_scorer`).

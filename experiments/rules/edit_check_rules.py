@@ -1,4 +1,4 @@
-"""Which rule best picks a right sample among an edit's candidates? (the model card's editing-check comparison)
+"""Which rule best picks a right sample among an edit's candidates? (docs/model-history.md's editing-check comparison)
 
 Samples each validation edit's candidates once, with the checkpoint's editing defaults and the evaluation's seeds
 (so the direct samples are the ones `cm3leon eval all --split val --tasks edit` sees at that seed), and its redraws
@@ -7,8 +7,8 @@ candidate what each rule needs, and prints every rule's exact-scene accuracy on 
 comparison. `--greedy-plan` reads the source with one greedy caption (the plan before session 19) instead of the
 checkpoint's caption defaults.
 
-    .venv/bin/python scripts/edit_check_rules.py --checkpoint models/shapes --seed 1 --json /tmp/edit_features.json
-    .venv/bin/python scripts/edit_check_rules.py --seed 1 --candidates 8 --redraws 16   # the counts comparison
+    python experiments/rules/edit_check_rules.py --checkpoint models/shapes --seed 1 --json /tmp/edit_features.json
+    python experiments/rules/edit_check_rules.py --seed 1 --candidates 8 --redraws 16   # the counts comparison
 
 "direct samples and redraws: retriever (shipped)" is the rule serving and `eval all` use where a retriever is loaded
 (`cm3leon.policies.shapes.edit_check`); the "first D direct samples and first R redraws" rules replay smaller draws of the same
@@ -146,7 +146,7 @@ def redraws_first(score: Score) -> Score:
 
 def first_of_pool(direct: int, redraws: int) -> Callable[[EditCandidates], int]:
     """The retriever among the first `direct` direct samples and the first `redraws` redraws (what a smaller draw
-    of either would have given: the model card's counts comparison)."""
+    of either would have given: docs/model-history.md's counts comparison)."""
     def choose(edit: EditCandidates) -> int:
         # Each candidate's place among its own kind (direct samples first, then redraws, each in sampling order).
         order = [edit.redraw[:i].count(is_redraw) for i, is_redraw in enumerate(edit.redraw)]

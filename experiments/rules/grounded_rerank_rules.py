@@ -1,4 +1,4 @@
-"""Which rule best picks a right sample among grounded generation's candidates? (the model card's grounded comparison)
+"""Which rule best picks a right sample among grounded generation's candidates? (docs/model-history.md, grounded)
 
 Samples each validation scene's grounded candidates once, with the checkpoint's grounded defaults and the
 evaluation's seeds (the samples `cm3leon eval all --split val --tasks grounded` sees), and prints every rule's
@@ -7,7 +7,7 @@ exact-scene accuracy on the same samples. The rule in use scores the retriever's
 sizes, cells from the boxes, background), so its canonical caption, which names positions, can be scored instead,
 by the retriever and by the model's reading (mean per-token log-probability of that caption given the sample).
 
-    .venv/bin/python scripts/grounded_rerank_rules.py --checkpoint models/shapes --seed 0
+    python experiments/rules/grounded_rerank_rules.py --checkpoint models/shapes --seed 0
 """
 
 from __future__ import annotations
