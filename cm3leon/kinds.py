@@ -120,6 +120,14 @@ KIND_BY_NAME: dict[str, JobKind] = {kind.name: kind for kind in KINDS}
 KIND_BY_TYPE: dict[type, JobKind] = {kind.request_type: kind for kind in KINDS}
 JOB_KINDS: tuple[str, ...] = tuple(kind.name for kind in KINDS)
 PRETRAINED_KINDS: tuple[str, ...] = tuple(kind.name for kind in KINDS if kind.pretrained)
+# The shapes world's policy per kind (`cm3leon.policies.shapes`): what `cm3leon train sft` on the world's data
+# declares for the kinds it teaches.
+SHAPES_POLICIES: dict[str, str] = {
+    "edit": "shapes.edit_redraw",
+    "segmentation": "shapes.caption_check",
+    "grounded_generation": "shapes.scene_caption",
+    "text_rendering": "shapes.word_choice",
+}
 # The "pretrain" mixture entry keeps pretraining documents in an SFT mix: what the init could do stays.
 PRETRAIN_ENTRY = "pretrain"
 
@@ -196,9 +204,14 @@ class Capabilities:
         return path
 
 
-def trained_capabilities(init_dir: Path, mixture: Mapping[str, float]) -> Capabilities:
+def trained_capabilities(
+    init_dir: Path, mixture: Mapping[str, float], world_policies: Mapping[str, str] = SHAPES_POLICIES
+) -> Capabilities:
     """What an SFT run's output runs: its init's kinds and policies (instruction tuning keeps pretraining
-    documents in the mix, so what the init could do stays) plus the kinds of every entry with a positive weight."""
+    documents in the mix, so what the init could do stays) plus the kinds of every entry with a positive weight,
+    each with its world's policy where the world has one."""
     init = Capabilities.load(init_dir)
     taught = [kind for entry, weight in mixture.items() if weight > 0 for kind in kinds_taught_by(entry)]
-    return Capabilities(in_kind_order([*init.kinds, *taught]), init.policies)
+    kinds = in_kind_order([*init.kinds, *taught])
+    policies = {**{k: v for k, v in world_policies.items() if k in kinds}, **init.policies}
+    return Capabilities(kinds, {kind: policies[kind] for kind in kinds if kind in policies})

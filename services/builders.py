@@ -77,11 +77,9 @@ def edit(
     text_guidance_scale: float | None = None,
     image_guidance_scale: float | None = None,
     source_copy_bias: float | None = None,
-    redraw: bool | None = None,
     **options: Any,
 ) -> jobs_pb2.JobRequest:
-    """Unset scales and copy bias take the model's defaults (its sweep's; else the paper's text 7.5, image 1.5);
-    unset `redraw` is on (False: only edits of the source's own codes, no redraws of the planned scene)."""
+    """Unset scales and copy bias take the model's defaults (its sweep's; else the paper's text 7.5, image 1.5)."""
     body = jobs_pb2.Edit(image=image_input(image), instruction=instruction, sampling=sampling(**options))
     if text_guidance_scale is not None:
         body.text_guidance_scale = text_guidance_scale
@@ -89,9 +87,13 @@ def edit(
         body.image_guidance_scale = image_guidance_scale
     if source_copy_bias is not None:
         body.source_copy_bias = source_copy_bias
-    if redraw is not None:
-        body.redraw = redraw
     return jobs_pb2.JobRequest(edit=body)
+
+
+def plain(request: jobs_pb2.JobRequest) -> jobs_pb2.JobRequest:
+    """`request` asking for the engine's generic decoding of its kind, without the model's own policy for it."""
+    request.plain = True
+    return request
 
 
 def box(x0: float, y0: float, x1: float, y1: float) -> common_pb2.Box:

@@ -6,11 +6,16 @@ the engine's. Images arrive here as object keys (inline bytes were uploaded firs
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cm3leon import requests as domain
+from cm3leon.kinds import KIND_BY_NAME
 from services.api import common_pb2, jobs_pb2
 from services.records import JobRecord, JobState, StoredObject
 
@@ -23,6 +28,7 @@ METHODS = {
 STATES = {state: getattr(jobs_pb2, f"JOB_STATE_{state.value}") for state in JobState}
 STATES_FROM_PROTO = {value: state for state, value in STATES.items()}
 CAPTION_STYLES = {jobs_pb2.CAPTION_STYLE_SHORT: "short", jobs_pb2.CAPTION_STYLE_DETAILED: "detailed"}
+UNSET = object()  # a proto3 scalar at its zero value: the domain dataclass's default applies
 
 
 def sampling(message: jobs_pb2.Sampling) -> domain.Sampling:
@@ -52,39 +58,46 @@ def box(message: common_pb2.Box) -> domain.NormBox:
     return domain.NormBox(message.x0, message.y0, message.x1, message.y1)
 
 
+def grounded_object(message: jobs_pb2.GroundedObject) -> domain.GroundedObject:
+    return domain.GroundedObject(message.description, box(message.box))
+
+
+# Proto message and enum types -> their domain value, for the fields of every kind's request message.
+MESSAGES: dict[str, Callable[[Any], Any]] = {
+    "cm3leon.v1.ImageInput": image_ref,
+    "cm3leon.v1.Sampling": sampling,
+    "cm3leon.v1.Box": box,
+    "cm3leon.v1.GroundedObject": grounded_object,
+}
+ENUMS: dict[str, dict[int, str]] = {"cm3leon.v1.CaptionStyle": CAPTION_STYLES}
+
+
+def field_value(message: Message, field: FieldDescriptor) -> Any:
+    """One field as the domain takes it; `UNSET` for a scalar left at proto3's zero ("unset": the domain's default)."""
+    value = getattr(message, field.name)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        convert = MESSAGES[field.message_type.full_name]
+        repeated = field.is_repeated
+        return tuple(convert(item) for item in value) if repeated else convert(value)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return ENUMS[field.enum_type.full_name].get(value, UNSET)
+    if field.has_presence:
+        return value if message.HasField(field.name) else None
+    return value if value else UNSET
+
+
 def request_to_domain(request: jobs_pb2.JobRequest) -> domain.JobRequest:
-    kind = request.WhichOneof("kind")
-    body = getattr(request, kind) if kind else None
-    if kind == "text_to_image":
-        return domain.TextToImage(body.prompt, body.num_images or 1, sampling(body.sampling))
-    if kind == "caption":
-        return domain.Caption(
-            image_ref(body.image), CAPTION_STYLES.get(body.style, "detailed"), sampling(body.sampling)
-        )
-    if kind == "visual_question":
-        return domain.VisualQuestion(image_ref(body.image), body.question, body.explain, sampling(body.sampling))
-    if kind == "edit":
-        return domain.Edit(
-            image_ref(body.image),
-            body.instruction,
-            body.text_guidance_scale if body.HasField("text_guidance_scale") else None,
-            body.image_guidance_scale if body.HasField("image_guidance_scale") else None,
-            sampling(body.sampling),
-            body.source_copy_bias if body.HasField("source_copy_bias") else None,
-        )
-    if kind == "infill":
-        regions = tuple(box(region) for region in body.regions)
-        return domain.Infill(image_ref(body.image), regions, body.text, sampling(body.sampling))
-    if kind == "segmentation":
-        return domain.Segmentation(image_ref(body.image))
-    if kind == "structure_guided":
-        return domain.StructureGuided(image_ref(body.segmentation_map), body.caption, sampling(body.sampling))
-    if kind == "grounded_generation":
-        objects = tuple(domain.GroundedObject(o.description, box(o.box)) for o in body.objects)
-        return domain.GroundedGeneration(objects, body.prompt, sampling(body.sampling))
-    if kind == "text_rendering":
-        return domain.TextRendering(body.text, sampling(body.sampling))
-    raise ValueError(f"no job kind set (got {kind!r})")
+    """The domain request of the kind `request` carries, field by field (the kind's table entry names its type)."""
+    name = request.WhichOneof("kind")
+    if name is None:
+        raise ValueError("no job kind set")
+    body, request_type = getattr(request, name), KIND_BY_NAME[name].request_type
+    values = {
+        field.name: field_value(body, body.DESCRIPTOR.fields_by_name[field.name])
+        for field in dataclasses.fields(request_type)
+        if field.name in body.DESCRIPTOR.fields_by_name
+    }
+    return request_type(**{key: value for key, value in values.items() if value is not UNSET})
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:

@@ -1,7 +1,8 @@
 """Validation of submitted requests, with messages that name the field (INVALID_ARGUMENT).
 
-Checks every kind's text lengths, parameter ranges and boxes, and decodes inline images (PNG/JPEG only, size,
-dimensions, pixel count) into normalised PNG bytes, so the worker only ever reads well-formed images.
+Every kind is checked by its declaration in `cm3leon.kinds` (its texts, ranges, boxes, image fields and sampling
+rules) and every enum by the proto; inline images are decoded (PNG/JPEG only, size, dimensions, pixel count) into
+normalised PNG bytes, so the worker only ever reads well-formed images.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import math
 import re
 from dataclasses import dataclass
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from PIL import Image, UnidentifiedImageError
 
+from cm3leon.kinds import GUIDANCE, KIND_BY_NAME, KINDS, Boxes, JobKind, Range, Rule, Text
 from services.api import common_pb2, jobs_pb2
 from services.errors import InvalidArgument
 from services.objectstore import REFERENCEABLE_KEY, png_bytes
@@ -21,19 +25,14 @@ from services.settings import GatewaySettings
 ALLOWED_FORMATS = ("PNG", "JPEG")
 # Ranges of the sampling parameters (beyond them decoding degenerates or the batch explodes).
 TEMPERATURE_RANGE = (0.0, 5.0)
-GUIDANCE_RANGE = (0.0, 20.0)
-COPY_BIAS_RANGE = (0.0, 20.0)  # a logit bonus; a large one copies the source whatever the instruction says
 PLAUSIBILITY_RANGE = (0.0, 1.0)  # a fraction of the conditional stream's largest probability
 CANDIDATES_RANGE = (1, 16)
 RETRIEVED_K_RANGE = (0, 8)
 MEMORY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-NUM_IMAGES_RANGE = (1, 4)
 MAX_REQUEST_ID_CHARS = 128
-MAX_OBJECTS = 9  # grounded generation: one per cell of the shapes world's 3x3 grid, and a sane bound elsewhere
-MAX_REGIONS = 9
 # Kinds the model was trained to read retrieved documents for (the instruction-tuned kinds never saw any).
-RETRIEVAL_KINDS = frozenset({"text_to_image", "caption"})
-# Infilling fills CM3 spans greedily: of the sampling options only the seed applies.
+RETRIEVAL_KINDS = ", ".join(kind.name for kind in KINDS if kind.retrieval)
+# A greedy kind takes only the seed of its sampling options.
 GREEDY_ONLY_OPTIONS = ("temperature", "top_p", "guidance_scale", "guidance_plausibility", "num_candidates")
 
 
@@ -66,7 +65,7 @@ def check_sampling(path: str, sampling: jobs_pb2.Sampling) -> None:
     if sampling.HasField("top_p"):
         check_range(f"{path}.top_p", sampling.top_p, 0.0, 1.0, low_open=True)
     if sampling.HasField("guidance_scale"):
-        check_range(f"{path}.guidance_scale", sampling.guidance_scale, *GUIDANCE_RANGE)
+        check_range(f"{path}.guidance_scale", sampling.guidance_scale, *GUIDANCE)
     if sampling.HasField("guidance_plausibility"):
         check_range(f"{path}.guidance_plausibility", sampling.guidance_plausibility, *PLAUSIBILITY_RANGE)
     if sampling.HasField("num_candidates"):
@@ -112,63 +111,64 @@ def normalise_image(path: str, data: bytes, settings: GatewaySettings) -> bytes:
         raise InvalidArgument(path, f"is not a readable PNG or JPEG image ({error})") from error
 
 
+def check_enums(path: str, message: Message) -> None:
+    """Every enum field of `message` (nested messages included) holds a value its enum defines."""
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type.values_by_number.get(value) is None:
+            raise InvalidArgument(f"{path}.{field.name}", f"unknown {field.enum_type.name} {value}")
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
+            check_enums(f"{path}.{field.name}", value)
+
+
+def is_set(body: Message, name: str) -> bool:
+    """A field with presence when present, else when it is not its zero value (proto3: 0 means unset)."""
+    return body.HasField(name) if body.DESCRIPTOR.fields_by_name[name].has_presence else bool(getattr(body, name))
+
+
+def check_rule(path: str, body: Message, rule: Rule, settings: GatewaySettings) -> None:
+    if isinstance(rule, Text):
+        check_text(f"{path}.{rule.name}", getattr(body, rule.name), settings, required=rule.required)
+    elif isinstance(rule, Range):
+        if is_set(body, rule.name) or not rule.optional:
+            check_range(f"{path}.{rule.name}", getattr(body, rule.name), rule.low, rule.high, rule.low_open)
+    elif isinstance(rule, Boxes):
+        items = getattr(body, rule.name)
+        if not 1 <= len(items) <= rule.max_count:
+            raise InvalidArgument(f"{path}.{rule.name}", f"give 1 to {rule.max_count} {rule.name}, got {len(items)}")
+        for index, item in enumerate(items):
+            where = f"{path}.{rule.name}[{index}]"
+            if rule.text is None:
+                check_box(where, item)
+            else:
+                check_text(f"{where}.{rule.text}", getattr(item, rule.text), settings)
+                check_box(f"{where}.box", item.box)
+
+
+def check_kind_sampling(path: str, kind: JobKind, sampling: jobs_pb2.Sampling) -> None:
+    """The kind's sampling rules from its declaration (the engine checks the same on domain requests)."""
+    check_sampling(path, sampling)
+    if not kind.retrieval and sampling.retrieved_k:
+        raise InvalidArgument(
+            f"{path}.retrieved_k", f"{kind.name} does not use retrieved context (only {RETRIEVAL_KINDS})"
+        )
+    if kind.sampling == "seed" and (sampling.method or any(sampling.HasField(n) for n in GREEDY_ONLY_OPTIONS)):
+        raise InvalidArgument(path, f"{kind.name} decodes greedily: only the seed may be set")
+
+
 def validate_request(request: jobs_pb2.JobRequest, settings: GatewaySettings) -> tuple[str, list[ImageField]]:
     """(the kind, its image inputs) after every check; raises InvalidArgument naming the first bad field."""
-    kind = request.WhichOneof("kind")
-    if kind is None:
-        raise InvalidArgument("request", "choose one job kind (text_to_image, caption, ...)")
-    path = f"request.{kind}"
-    body = getattr(request, kind)
-    images: list[ImageField] = []
-    if hasattr(body, "sampling"):
-        check_sampling(f"{path}.sampling", body.sampling)
-        if kind not in RETRIEVAL_KINDS and body.sampling.retrieved_k:
-            raise InvalidArgument(
-                f"{path}.sampling.retrieved_k", f"{kind} does not use retrieved context (only text_to_image, caption)"
-            )
-    if kind == "text_to_image":
-        check_text(f"{path}.prompt", body.prompt, settings)
-        if body.num_images:
-            check_range(f"{path}.num_images", body.num_images, *NUM_IMAGES_RANGE)
-    elif kind == "caption":
-        images.append(check_image_field(f"{path}.image", body.image))
-        if body.style not in jobs_pb2.CaptionStyle.values():
-            raise InvalidArgument(f"{path}.style", f"unknown caption style {body.style}")
-    elif kind == "visual_question":
-        images.append(check_image_field(f"{path}.image", body.image))
-        check_text(f"{path}.question", body.question, settings)
-    elif kind == "edit":
-        images.append(check_image_field(f"{path}.image", body.image))
-        check_text(f"{path}.instruction", body.instruction, settings)
-        for name in ("text_guidance_scale", "image_guidance_scale"):
-            if body.HasField(name):
-                check_range(f"{path}.{name}", getattr(body, name), *GUIDANCE_RANGE)
-        if body.HasField("source_copy_bias"):
-            check_range(f"{path}.source_copy_bias", body.source_copy_bias, *COPY_BIAS_RANGE)
-    elif kind == "infill":
-        images.append(check_image_field(f"{path}.image", body.image))
-        if not 1 <= len(body.regions) <= MAX_REGIONS:
-            raise InvalidArgument(f"{path}.regions", f"give 1 to {MAX_REGIONS} regions, got {len(body.regions)}")
-        for index, box in enumerate(body.regions):
-            check_box(f"{path}.regions[{index}]", box)
-        if body.sampling.method or any(body.sampling.HasField(name) for name in GREEDY_ONLY_OPTIONS):
-            raise InvalidArgument(f"{path}.sampling", "infilling decodes greedily: only the seed may be set")
-        check_text(f"{path}.text", body.text, settings, required=False)
-    elif kind == "segmentation":
-        images.append(check_image_field(f"{path}.image", body.image))
-    elif kind == "structure_guided":
-        images.append(check_image_field(f"{path}.segmentation_map", body.segmentation_map))
-        check_text(f"{path}.caption", body.caption, settings)
-    elif kind == "grounded_generation":
-        if not 1 <= len(body.objects) <= MAX_OBJECTS:
-            raise InvalidArgument(f"{path}.objects", f"give 1 to {MAX_OBJECTS} objects, got {len(body.objects)}")
-        for index, obj in enumerate(body.objects):
-            check_text(f"{path}.objects[{index}].description", obj.description, settings)
-            check_box(f"{path}.objects[{index}].box", obj.box)
-        check_text(f"{path}.prompt", body.prompt, settings, required=False)
-    elif kind == "text_rendering":
-        check_text(f"{path}.text", body.text, settings)
-    return kind, images
+    name = request.WhichOneof("kind")
+    if name is None:
+        raise InvalidArgument("request", f"choose one job kind ({', '.join(KIND_BY_NAME)})")
+    kind, path = KIND_BY_NAME[name], f"request.{name}"
+    body = getattr(request, name)
+    check_enums(path, body)
+    if kind.sampling != "none":
+        check_kind_sampling(f"{path}.sampling", kind, body.sampling)
+    images = [check_image_field(f"{path}.{field}", getattr(body, field)) for field in kind.images]
+    for rule in kind.rules:
+        check_rule(path, body, rule, settings)
+    return name, images
 
 
 def check_request_id(request_id: str) -> None:

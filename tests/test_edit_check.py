@@ -1,4 +1,4 @@
-"""Edits checked against captions (cm3leon.policies.shapes.edit_check): the instruction applied to the source's caption is
+"""Edits checked against captions (policies.shapes.edit_check): the instruction applied to the source's caption is
 the edit's target, the scorer accepts exactly the candidates whose caption shows it, and several candidates switch
 the check on in the evaluation and in serving."""
 
@@ -19,10 +19,10 @@ from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT
 from cm3leon.evaluation.image_tasks_eval import evaluate_edits
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference.engine import Engine, EngineConfig
-from cm3leon.requests import Edit, Sampling
 from cm3leon.policies.shapes.caption_check import AGREES, DISAGREES, CaptionCheckScorer
-from cm3leon.tasks.decode import sample_image_outputs
 from cm3leon.policies.shapes.edit_check import expected_scenes
+from cm3leon.requests import Edit, Sampling
+from cm3leon.tasks.decode import sample_image_outputs
 from cm3leon.tokenizers.vocab import ImageCodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
@@ -89,14 +89,14 @@ def test_edit_jobs_with_several_candidates_run_the_check(tmp_path: Path) -> None
     engine = Engine.load(directory, EngineConfig.preset("tiny"))
     stages: list[str] = []
     encoded: list[int] = []
-    encode = engine.encode_image
-    engine.encode_image = lambda image: encoded.append(1) or encode(image)  # type: ignore[method-assign]
+    encode = engine.bundle.encode_image
+    engine.bundle.encode_image = lambda image: encoded.append(1) or encode(image)  # type: ignore[method-assign]
 
     def stage(name: str, attributes: object) -> contextlib.AbstractContextManager:
         stages.append(name)
         return contextlib.nullcontext()
 
-    image = np.full((engine.image_size, engine.image_size, 3), 255, dtype=np.uint8)
+    image = np.full((engine.bundle.image_size, engine.bundle.image_size, 3), 255, dtype=np.uint8)
     result = engine.run(Edit(image, "remove the red circle", sampling=Sampling(seed=3)), stage=stage)
-    assert "edit_check" in stages and result.images[0].shape == (engine.image_size, engine.image_size, 3)
+    assert "edit_check" in stages and result.images[0].shape == (engine.bundle.image_size, engine.bundle.image_size, 3)
     assert len(encoded) == 1, "the source is encoded once, for the prompt and the check"

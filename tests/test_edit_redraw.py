@@ -1,4 +1,4 @@
-"""Edits pooled with redraws of their expected scene (cm3leon.policies.shapes.edit_check): the redraw prompt asks for exactly
+"""Edits pooled with redraws of their expected scene (policies.shapes.edit_check): the redraw prompt asks for exactly
 the planned scene, both prompts of an edit are judged against it, the kept candidate is the best scored of the pool
 (ties keep the direct sample), an edit without a plan is never redrawn, and the edit job decodes the same way."""
 
@@ -18,17 +18,21 @@ from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
 from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT, EDIT_REDRAW, load_decoding_defaults
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference.engine import Engine, EngineConfig
-from cm3leon.inference.task_prompts import task_setup
+from cm3leon.policies.shapes import edit_check
+from cm3leon.policies.shapes.edit_check import (
+    EditPlan,
+    EditSettings,
+    edit_scorer,
+    redraw_prompt,
+    redraw_wins,
+    sample_edits,
+)
 from cm3leon.requests import Edit, Sampling
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks import edit_check
-from cm3leon.policies.shapes.edit_check import EditPlan, EditSettings, edit_scorer, redraw_prompt, redraw_wins, sample_edits
 from cm3leon.tasks.parsing import grounded_spec
 from cm3leon.tokenizers.text import TextTokenizer
 from cm3leon.tokenizers.vocab import ImageCodes
-from services import client as api
-from services.convert import request_to_domain
 from tests.serving.fixtures import record_decodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
@@ -102,7 +106,7 @@ def test_edit_jobs_pool_a_redraw_of_the_planned_scene(tmp_path: Path, monkeypatc
     retriever = Retriever.build(RetrieverConfig.preset("tiny"), TextTokenizer.load(directory))
     engine = Engine.load(directory, EngineConfig.preset("tiny"), retriever=retriever)
     decoded = record_decodes(monkeypatch)
-    image = np.full((engine.image_size, engine.image_size, 3), 255, dtype=np.uint8)
+    image = np.full((engine.bundle.image_size, engine.bundle.image_size, 3), 255, dtype=np.uint8)
     request = Edit(image, "remove the red circle", sampling=Sampling(seed=3))
     monkeypatch.setattr(edit_check, "expected_edits", lambda *args: [None])
     engine.run(request)
@@ -114,12 +118,9 @@ def test_edit_jobs_pool_a_redraw_of_the_planned_scene(tmp_path: Path, monkeypatc
     requests, results = decoded[-1]
     assert len(requests) == 2 and [r.params.num_candidates for r in requests] == [2, 3]
     assert requests[1].params.seed == requests[0].params.seed == 3
-    assert requests[1].prompt_ids == redraw_prompt(task_setup(engine).formatter, planned)
+    assert requests[1].prompt_ids == redraw_prompt(engine.formatter, planned)
     kept = 1 if results[1].score > results[0].score else 0
     assert np.array_equal(result.images[0], np.asarray(results[kept].images[0]))
-    # The API's `redraw` travels to the handler: false keeps the edit to the source's own codes.
-    for sent, requests_decoded in ((None, 2), (True, 2), (False, 1)):
-        converted = request_to_domain(api.edit("key:inputs/source.png", "remove the red circle", redraw=sent, seed=3))
-        assert isinstance(converted, Edit) and converted.redraw is (sent is not False)
-        engine.run(replace(converted, image=image))
-        assert len(decoded[-1][0]) == requests_decoded, sent
+    # A plain request skips the model's policy: the generic path decodes the direct samples alone.
+    engine.run(request, plain=True)
+    assert len(decoded[-1][0]) == 1 and decoded[-1][0][0].params.num_candidates == 2

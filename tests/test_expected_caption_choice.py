@@ -25,19 +25,19 @@ from cm3leon.decoding.defaults import DEFAULTS_FILE, GROUNDED_GENERATION, TEXT_R
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference.engine import Engine, EngineConfig
-from cm3leon.requests import GroundedGeneration, GroundedObject, NormBox, Sampling, TextRendering
-from cm3leon.retrieval.config import RetrieverConfig
-from cm3leon.retrieval.rerank import ExpectedCaptionScorer
-from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks import edit_check
+from cm3leon.policies.shapes import edit_check
 from cm3leon.policies.shapes.caption_check import (
     READING_RETRIEVER_WEIGHT,
     CaptionCheckScorer,
     ExpectedCaptionLikelihoodScorer,
     text_render_scorer,
 )
-from cm3leon.tasks.decode import decode_codes
 from cm3leon.policies.shapes.edit_check import EditSettings, edit_scorer
+from cm3leon.requests import GroundedGeneration, GroundedObject, NormBox, Sampling, TextRendering
+from cm3leon.retrieval.config import RetrieverConfig
+from cm3leon.retrieval.rerank import ExpectedCaptionScorer
+from cm3leon.retrieval.retriever import Retriever
+from cm3leon.tasks.decode import decode_codes
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.text import TextTokenizer
 from cm3leon.tokenizers.vocab import Vocabulary, VocabularyConfig
@@ -250,7 +250,7 @@ def test_text_rendering_jobs_are_chosen_by_the_engines_retriever(
     engine = Engine.load(directory, EngineConfig.preset("tiny"), retriever=retriever)
     result = engine.run(TextRendering("AB in blue on black", sampling=Sampling(seed=4)))
     scorer = scorers[-1]
-    assert isinstance(scorer, WeightedSum) and result.images[0].shape[:2] == (engine.image_size,) * 2
+    assert isinstance(scorer, WeightedSum) and result.images[0].shape[:2] == (engine.bundle.image_size,) * 2
     (caption,) = scorer.parts[1][1].expected.values()  # type: ignore[attr-defined]
     assert caption is not None and '"AB"' in caption and "blue" in caption and "black" in caption
 

@@ -1,4 +1,4 @@
-"""Segmentation maps checked against a caption (cm3leon.policies.shapes.segmentation): the objects of a map (shape and cell)
+"""Segmentation maps checked against a caption (policies.shapes.segmentation): the objects of a map (shape and cell)
 read the true map's exactly, ignore specks and tell shapes in swapped cells apart, captions give their placed shapes
 (none for word scenes or noise), and the decoding loop redraws exactly the maps that disagree, keeps what agrees,
 and is reproducible by seed."""

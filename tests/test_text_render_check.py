@@ -1,4 +1,4 @@
-"""Text rendering checked by the model's own reading (cm3leon.policies.shapes.caption_check): the scorer accepts exactly the
+"""Text rendering checked by the model's own reading (policies.shapes.caption_check): the scorer accepts exactly the
 candidates read back as the word scene asked for, and several candidates switch the check on in the evaluation, the
 sweep's defaults and serving."""
 
@@ -20,8 +20,8 @@ from cm3leon.decoding.rerank import continuation_log_likelihoods
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference.engine import Engine, EngineConfig
-from cm3leon.requests import Sampling, TextRendering
 from cm3leon.policies.shapes.caption_check import AGREES, DISAGREES, CaptionCheckScorer, text_render_check_scorer
+from cm3leon.requests import Sampling, TextRendering
 from tests.serving.fixtures import record_scorers
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 

@@ -154,7 +154,8 @@ def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | No
         span.set_attribute("job.kind", record.kind)
         reporter = JobReporter(runtime, job_id)
         try:
-            request = request_to_domain(jobs_pb2.JobRequest.FromString(record.request))
+            wire = jobs_pb2.JobRequest.FromString(record.request)
+            request = request_to_domain(wire)
             if any(isinstance(getattr(request, name), ImageRef) for name in kind_of(request).images):
                 with tracer().start_as_current_span("fetch_inputs"):
                     request = fetch_inputs(runtime, request)
@@ -163,6 +164,7 @@ def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | No
                 progress=reporter.progress,
                 should_cancel=reporter.should_cancel,
                 stage=lambda name, attrs: tracer().start_as_current_span(name, attributes=dict(attrs)),
+                plain=wire.plain,
             )
             span.set_attribute("tokens.generated", result.generated_tokens)
             record_result(runtime, job_id, result)

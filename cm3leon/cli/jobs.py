@@ -73,7 +73,7 @@ def build_request(
     if builder == "visual_question":
         return api.visual_question(args[0], args[1], explain=extra["explain"], **options)
     if builder == "edit":
-        scales = {k: extra[k] for k in ("text_guidance_scale", "image_guidance_scale", "source_copy_bias", "redraw")}
+        scales = {k: extra[k] for k in ("text_guidance_scale", "image_guidance_scale", "source_copy_bias")}
         return api.edit(args[0], args[1], **scales, **options)
     if builder == "infill":
         return api.infill(args[0], [parse_box(a) for a in args[1:]], text=extra["text"], seed=options["seed"])
@@ -150,9 +150,9 @@ def submit(
     source_copy_bias: Annotated[
         float | None, typer.Option(help="edit: keep the source's codes where the instruction allows (0: off).")
     ] = None,
-    redraw: Annotated[
-        bool | None, typer.Option(help="edit: also redraw the planned scene (default: on; --no-redraw: off).")
-    ] = None,
+    plain: Annotated[
+        bool, typer.Option(help="Decode without the model's own policy for the kind (e.g. no edit redraws).")
+    ] = False,
     request_id: Annotated[str, typer.Option(help="Idempotency key: a retry returns the same job.")] = "",
     target: Target = DEFAULT_TARGET,
     api_key: ApiKey = DEFAULT_API_KEY,
@@ -175,9 +175,10 @@ def submit(
     )
     extra = dict(
         text=text, explain=explain, text_guidance_scale=text_guidance_scale, image_guidance_scale=image_guidance_scale,
-        source_copy_bias=source_copy_bias, redraw=redraw,
+        source_copy_bias=source_copy_bias,
     )
     request = build_request(kind, args, options, style, num_images, extra)
+    request.plain = plain
     with Client(target, api_key) as client:
         job = client.submit(request, request_id=request_id)
         typer.echo(f"job {job.job_id} {jobs_pb2.JobState.Name(job.state)} (queue position {job.queue_position})")

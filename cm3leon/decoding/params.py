@@ -103,7 +103,7 @@ class SamplingParams:
             # Room for a worked VQA answer (a 3-object description, then "so the answer is X": up to 38 tokens with
             # `<eos>` in the shapes world); decoding stops at `<eos>`, so short answers cost no more.
             "greedy_text": cls(method="sample", temperature=0.0, max_new_tokens=64),
-            # One right class per pixel: greedy (see cm3leon.policies.shapes.segmentation for its caption-checked variant).
+            # One right class per pixel: greedy (see policies.shapes.segmentation for its caption-checked variant).
             "segmentation": cls(method="sample", temperature=0.0),
         }
         if name not in presets:

@@ -1,13 +1,13 @@
 """Evaluations of the image-writing instruction tasks, each judged against the world's exact ground truth.
 
 editing (three-stream guidance; the checkpoint's edit defaults, the paper's image 1.5 / text 7.5 unless a sweep
-chose others; several candidates: planned, pooled with redraws of the plan and chosen, `cm3leon.policies.shapes.edit_check`),
+chose others; several candidates: planned, pooled with redraws of the plan and chosen, `policies.shapes.edit_check`),
 infilling
 (CM3 sentinels, greedy codes), segmentation (greedy map, redrawn where it disagrees with the model's caption when
 the checkpoint's segmentation defaults say so; decoded to classes by the legend), structure-guided generation (the
 checkpoint's structure defaults, CFG 3 by the preset), grounded generation and text rendering (their own defaults,
 text->image's unless a sweep chose a number of candidates; several text-rendering candidates: the first the model
-reads back as the word asked for, `cm3leon.policies.shapes.caption_check`); `params` replaces a default (the sweep). Each
+reads back as the word asked for, `policies.shapes.caption_check`); `params` replaces a default (the sweep). Each
 returns its metrics and its grid rows (inputs, output with the oracle's verdict, ground truth).
 """
 
@@ -84,7 +84,7 @@ def evaluate_edits(
     params: SamplingParams | None = None, retriever: Retriever | None = None, redraw: SamplingParams | None = None,
 ) -> TaskResult:
     """Exact target scenes and which half of an edit failed, decoded as the edit job decodes
-    (`cm3leon.policies.shapes.edit_check.sample_edits`: with several candidates, planned, redrawn and chosen by `retriever`
+    (`policies.shapes.edit_check.sample_edits`: with several candidates, planned, redrawn and chosen by `retriever`
     against the expected scene, else by the caption check). `params` replaces the direct samples' defaults, `redraw`
     the redraws'. Beside the kept edit: the direct samples' own choice, how often the plan was the target, how
     often a redraw was kept, and whether some candidate was exact (the oracle choosing)."""
@@ -335,7 +335,7 @@ def evaluate_text_render(
     greedy caption of the true word image names its scene exactly, which bounds what the model's reading check
     among several candidates can find; with several candidates, `some_candidate_exact_word`, how often one of them
     draws the word (what a perfect choice would reach). Several candidates are chosen by `retriever` against the
-    asked-for word scene, else by the model's reading of them (`cm3leon.policies.shapes.caption_check`), as serving does."""
+    asked-for word scene, else by the model's reading of them (`policies.shapes.caption_check`), as serving does."""
     fmt, world = formatter(checkpoint), checkpoint.world
     params = params or load_decoding_defaults(checkpoint.directory)[TEXT_RENDERING]
     prompts = [fmt.text_render(scene, None).prompt for scene in cases.words]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm3leon.bundle import ModelBundle
 from cm3leon.decoding import GenerationCancelled, LikelihoodScorer, Scorer
@@ -24,10 +24,12 @@ from cm3leon.inference.policies import resolve
 from cm3leon.inference.running import CancelCheck, ProgressSink, RunContext, StageHook, no_stage
 from cm3leon.kinds import check_sampling_rules, kind_of
 from cm3leon.requests import EngineResult, JobCancelled, JobRequest, Sampling, TextToImage, UnsupportedJobKind
-from cm3leon.retrieval.memory import Memory
 from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.formats import TaskFormatter
+
+if TYPE_CHECKING:  # qdrant-client (hence grpc) only where a memory is given
+    from cm3leon.retrieval.memory import Memory
 
 
 @dataclass(frozen=True)

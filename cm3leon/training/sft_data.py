@@ -90,7 +90,7 @@ class SFTDataConfig:
     # (`TaskFormatter.vqa_read`): they teach reading the answer from the description.
     vqa_read_fraction: float = 0.0
     # Caption examples drawn from the word pool instead ("the word \"AB\" in red on ..."): reading, the inverse of
-    # text rendering, so a rendered word can be checked by the model's own reading (`cm3leon.policies.shapes.caption_check`).
+    # text rendering, so a rendered word can be checked by the model's own reading (`policies.shapes.caption_check`).
     caption_word_fraction: float = 0.0
     seed: int = 0
 

@@ -11,7 +11,7 @@ checkpoint's caption defaults.
     python experiments/rules/edit_check_rules.py --seed 1 --candidates 8 --redraws 16   # the counts comparison
 
 "direct samples and redraws: retriever (shipped)" is the rule serving and `eval all` use where a retriever is loaded
-(`cm3leon.policies.shapes.edit_check`); the "first D direct samples and first R redraws" rules replay smaller draws of the same
+(`policies.shapes.edit_check`); the "first D direct samples and first R redraws" rules replay smaller draws of the same
 candidates. This script also captions every candidate greedily (for the caption-check rules), which takes longer than
 the evaluation (~13 minutes for 200 edits of 8 + 16 candidates on 2 threads); on seed 1 it reproduces the model
 card's session-19 rows and `cm3leon eval all --split val --tasks edit`'s shipped number (0.850).
@@ -37,10 +37,10 @@ from cm3leon.data.language import detailed_caption, parse_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.decoding.defaults import CAPTION, EDIT, EDIT_REDRAW, load_decoding_defaults
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.retrieval.retriever import Retriever
 from cm3leon.policies.shapes.caption_check import CHECK_CAPTION_PARAMS, expected_caption_log_probs
-from cm3leon.tasks.decode import caption_images, decode_codes, sample_image_outputs
 from cm3leon.policies.shapes.edit_check import expected_edits, redraw_prompt
+from cm3leon.retrieval.retriever import Retriever
+from cm3leon.tasks.decode import caption_images, decode_codes, sample_image_outputs
 from cm3leon.tokenizers.vocab import ImageCodes
 
 

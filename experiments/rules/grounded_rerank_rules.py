@@ -24,9 +24,9 @@ from cm3leon.data.oracle import Oracle
 from cm3leon.data.tasks import grounded_spec_of_scene
 from cm3leon.decoding.defaults import GROUNDED_GENERATION, load_decoding_defaults
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
+from cm3leon.policies.shapes.caption_check import expected_caption_log_probs
 from cm3leon.retrieval.rerank import prompt_caption
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.policies.shapes.caption_check import expected_caption_log_probs
 from cm3leon.tasks.decode import decode_codes, sample_image_outputs
 
 

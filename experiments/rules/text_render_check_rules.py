@@ -35,8 +35,8 @@ from cm3leon.decoding.defaults import TEXT_RENDERING, load_decoding_defaults
 from cm3leon.decoding.prompts import TEXT_KINDS, mask_runs
 from cm3leon.decoding.rerank import continuation_log_likelihoods
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
-from cm3leon.retrieval.retriever import Retriever
 from cm3leon.policies.shapes.caption_check import CHECK_CAPTION_PARAMS
+from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.decode import caption_images, decode_codes, seeded_batches
 from cm3leon.tasks.parsing import image_output
 

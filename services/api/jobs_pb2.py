@@ -27,19 +27,19 @@ from services.api import common_pb2 as cm3leon_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63m3leon/v1/jobs.proto\x12\ncm3leon.v1\x1a\x17\x63m3leon/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n\x08Sampling\x12*\n\x06method\x18\x01 \x01(\x0e\x32\x1a.cm3leon.v1.DecodingMethod\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0enum_candidates\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x18\n\x0bretrieved_k\x18\x07 \x01(\x05H\x05\x88\x01\x01\x12\x0e\n\x06memory\x18\x08 \x01(\t\x12\"\n\x15guidance_plausibility\x18\t \x01(\x02H\x06\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x11\n\x0f_guidance_scaleB\x11\n\x0f_num_candidatesB\x07\n\x05_seedB\x0e\n\x0c_retrieved_kB\x18\n\x16_guidance_plausibility\"Y\n\x0bTextToImage\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nnum_images\x18\x02 \x01(\x05\x12&\n\x08sampling\x18\x03 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"\x81\x01\n\x07\x43\x61ption\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\'\n\x05style\x18\x02 \x01(\x0e\x32\x18.cm3leon.v1.CaptionStyle\x12&\n\x08sampling\x18\x03 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"\x82\x01\n\x0eVisualQuestion\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12&\n\x08sampling\x18\x04 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"\xb4\x02\n\x04\x45\x64it\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12 \n\x13text_guidance_scale\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12!\n\x14image_guidance_scale\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12&\n\x08sampling\x18\x05 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\x12\x1d\n\x10source_copy_bias\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\x13\n\x06redraw\x18\x07 \x01(\x08H\x03\x88\x01\x01\x42\x16\n\x14_text_guidance_scaleB\x17\n\x15_image_guidance_scaleB\x13\n\x11_source_copy_biasB\t\n\x07_redraw\"\x87\x01\n\x06Infill\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12 \n\x07regions\x18\x02 \x03(\x0b\x32\x0f.cm3leon.v1.Box\x12\x0c\n\x04text\x18\x03 \x01(\t\x12&\n\x08sampling\x18\x04 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"5\n\x0cSegmentation\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\"|\n\x0fStructureGuided\x12\x30\n\x10segmentation_map\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12&\n\x08sampling\x18\x03 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"C\n\x0eGroundedObject\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x1c\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0f.cm3leon.v1.Box\"y\n\x12GroundedGeneration\x12+\n\x07objects\x18\x01 \x03(\x0b\x32\x1a.cm3leon.v1.GroundedObject\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12&\n\x08sampling\x18\x03 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"E\n\rTextRendering\x12\x0c\n\x04text\x18\x01 \x01(\t\x12&\n\x08sampling\x18\x02 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"\xcc\x03\n\nJobRequest\x12\x30\n\rtext_to_image\x18\x01 \x01(\x0b\x32\x17.cm3leon.v1.TextToImageH\x00\x12&\n\x07\x63\x61ption\x18\x02 \x01(\x0b\x32\x13.cm3leon.v1.CaptionH\x00\x12\x35\n\x0fvisual_question\x18\x03 \x01(\x0b\x32\x1a.cm3leon.v1.VisualQuestionH\x00\x12 \n\x04\x65\x64it\x18\x04 \x01(\x0b\x32\x10.cm3leon.v1.EditH\x00\x12$\n\x06infill\x18\x05 \x01(\x0b\x32\x12.cm3leon.v1.InfillH\x00\x12\x30\n\x0csegmentation\x18\x06 \x01(\x0b\x32\x18.cm3leon.v1.SegmentationH\x00\x12\x37\n\x10structure_guided\x18\x07 \x01(\x0b\x32\x1b.cm3leon.v1.StructureGuidedH\x00\x12=\n\x13grounded_generation\x18\x08 \x01(\x0b\x32\x1e.cm3leon.v1.GroundedGenerationH\x00\x12\x33\n\x0etext_rendering\x18\t \x01(\x0b\x32\x19.cm3leon.v1.TextRenderingH\x00\x42\x06\n\x04kind\"O\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.cm3leon.v1.JobRequest\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"^\n\x0fListJobsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.cm3leon.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.cm3leon.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x08Progress\x12\x13\n\x0btokens_done\x18\x01 \x01(\x03\x12\x14\n\x0ctokens_total\x18\x02 \x01(\x03\"F\n\x0bLegendEntry\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0b\n\x03red\x18\x02 \x01(\x05\x12\r\n\x05green\x18\x03 \x01(\x05\x12\x0c\n\x04\x62lue\x18\x04 \x01(\x05\"i\n\tJobResult\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.cm3leon.v1.ObjectRef\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\'\n\x06legend\x18\x03 \x03(\x0b\x32\x17.cm3leon.v1.LegendEntry\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"I\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x03\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xd0\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.cm3leon.v1.JobState\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\'\n\x07request\x18\x06 \x01(\x0b\x32\x16.cm3leon.v1.JobRequest\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equeue_position\x18\n \x01(\x05\x12&\n\x08progress\x18\x0b \x01(\x0b\x32\x14.cm3leon.v1.Progress\x12&\n\x07preview\x18\x0c \x01(\x0b\x32\x15.cm3leon.v1.ObjectRef\x12%\n\x06result\x18\r \x01(\x0b\x32\x15.cm3leon.v1.JobResult\x12#\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x14.cm3leon.v1.JobError\x12\x30\n\tretrieved\x18\x0f \x03(\x0b\x32\x1d.cm3leon.v1.RetrievedDocument\x12 \n\x05usage\x18\x10 \x01(\x0b\x32\x11.cm3leon.v1.Usage\x12\x10\n\x08model_id\x18\x11 \x01(\t\x12\x0c\n\x04seed\x18\x12 \x01(\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\x9b\x01\n\x0e\x44\x65\x63odingMethod\x12\x1f\n\x1b\x44\x45\x43ODING_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45\x43ODING_METHOD_SAMPLE\x10\x01\x12\x17\n\x13\x44\x45\x43ODING_METHOD_CFG\x10\x02\x12\x17\n\x13\x44\x45\x43ODING_METHOD_CDK\x10\x03\x12\x1a\n\x16\x44\x45\x43ODING_METHOD_POOLED\x10\x04*b\n\x0c\x43\x61ptionStyle\x12\x1d\n\x19\x43\x41PTION_STYLE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41PTION_STYLE_SHORT\x10\x01\x12\x1a\n\x16\x43\x41PTION_STYLE_DETAILED\x10\x02\x32\xbd\x02\n\nJobService\x12:\n\tSubmitJob\x12\x1c.cm3leon.v1.SubmitJobRequest\x1a\x0f.cm3leon.v1.Job\x12\x34\n\x06GetJob\x12\x19.cm3leon.v1.GetJobRequest\x1a\x0f.cm3leon.v1.Job\x12:\n\x08WatchJob\x12\x1b.cm3leon.v1.WatchJobRequest\x1a\x0f.cm3leon.v1.Job0\x01\x12:\n\tCancelJob\x12\x1c.cm3leon.v1.CancelJobRequest\x1a\x0f.cm3leon.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.cm3leon.v1.ListJobsRequest\x1a\x1c.cm3leon.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63m3leon/v1/jobs.proto\x12\ncm3leon.v1\x1a\x17\x63m3leon/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n\x08Sampling\x12*\n\x06method\x18\x01 \x01(\x0e\x32\x1a.cm3leon.v1.DecodingMethod\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0enum_candidates\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x18\n\x0bretrieved_k\x18\x07 \x01(\x05H\x05\x88\x01\x01\x12\x0e\n\x06memory\x18\x08 \x01(\t\x12\"\n\x15guidance_plausibility\x18\t \x01(\x02H\x06\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x11\n\x0f_guidance_scaleB\x11\n\x0f_num_candidatesB\x07\n\x05_seedB\x0e\n\x0c_retrieved_kB\x18\n\x16_guidance_plausibility\"Y\n\x0bTextToImage\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nnum_images\x18\x02 \x01(\x05\x12&\n\x08sampling\x18\x03 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"\x81\x01\n\x07\x43\x61ption\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\'\n\x05style\x18\x02 \x01(\x0e\x32\x18.cm3leon.v1.CaptionStyle\x12&\n\x08sampling\x18\x03 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"\x82\x01\n\x0eVisualQuestion\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12&\n\x08sampling\x18\x04 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"\xa2\x02\n\x04\x45\x64it\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12 \n\x13text_guidance_scale\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12!\n\x14image_guidance_scale\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12&\n\x08sampling\x18\x05 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\x12\x1d\n\x10source_copy_bias\x18\x06 \x01(\x02H\x02\x88\x01\x01\x42\x16\n\x14_text_guidance_scaleB\x17\n\x15_image_guidance_scaleB\x13\n\x11_source_copy_biasJ\x04\x08\x07\x10\x08R\x06redraw\"\x87\x01\n\x06Infill\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12 \n\x07regions\x18\x02 \x03(\x0b\x32\x0f.cm3leon.v1.Box\x12\x0c\n\x04text\x18\x03 \x01(\t\x12&\n\x08sampling\x18\x04 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"5\n\x0cSegmentation\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\"|\n\x0fStructureGuided\x12\x30\n\x10segmentation_map\x18\x01 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12&\n\x08sampling\x18\x03 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"C\n\x0eGroundedObject\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x1c\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0f.cm3leon.v1.Box\"y\n\x12GroundedGeneration\x12+\n\x07objects\x18\x01 \x03(\x0b\x32\x1a.cm3leon.v1.GroundedObject\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12&\n\x08sampling\x18\x03 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"E\n\rTextRendering\x12\x0c\n\x04text\x18\x01 \x01(\t\x12&\n\x08sampling\x18\x02 \x01(\x0b\x32\x14.cm3leon.v1.Sampling\"\xdb\x03\n\nJobRequest\x12\x30\n\rtext_to_image\x18\x01 \x01(\x0b\x32\x17.cm3leon.v1.TextToImageH\x00\x12&\n\x07\x63\x61ption\x18\x02 \x01(\x0b\x32\x13.cm3leon.v1.CaptionH\x00\x12\x35\n\x0fvisual_question\x18\x03 \x01(\x0b\x32\x1a.cm3leon.v1.VisualQuestionH\x00\x12 \n\x04\x65\x64it\x18\x04 \x01(\x0b\x32\x10.cm3leon.v1.EditH\x00\x12$\n\x06infill\x18\x05 \x01(\x0b\x32\x12.cm3leon.v1.InfillH\x00\x12\x30\n\x0csegmentation\x18\x06 \x01(\x0b\x32\x18.cm3leon.v1.SegmentationH\x00\x12\x37\n\x10structure_guided\x18\x07 \x01(\x0b\x32\x1b.cm3leon.v1.StructureGuidedH\x00\x12=\n\x13grounded_generation\x18\x08 \x01(\x0b\x32\x1e.cm3leon.v1.GroundedGenerationH\x00\x12\x33\n\x0etext_rendering\x18\t \x01(\x0b\x32\x19.cm3leon.v1.TextRenderingH\x00\x12\r\n\x05plain\x18\x14 \x01(\x08\x42\x06\n\x04kind\"O\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.cm3leon.v1.JobRequest\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"^\n\x0fListJobsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.cm3leon.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.cm3leon.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x08Progress\x12\x13\n\x0btokens_done\x18\x01 \x01(\x03\x12\x14\n\x0ctokens_total\x18\x02 \x01(\x03\"F\n\x0bLegendEntry\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0b\n\x03red\x18\x02 \x01(\x05\x12\r\n\x05green\x18\x03 \x01(\x05\x12\x0c\n\x04\x62lue\x18\x04 \x01(\x05\"i\n\tJobResult\x12%\n\x06images\x18\x01 \x03(\x0b\x32\x15.cm3leon.v1.ObjectRef\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\'\n\x06legend\x18\x03 \x03(\x0b\x32\x17.cm3leon.v1.LegendEntry\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"I\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x03\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xd0\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.cm3leon.v1.JobState\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\'\n\x07request\x18\x06 \x01(\x0b\x32\x16.cm3leon.v1.JobRequest\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equeue_position\x18\n \x01(\x05\x12&\n\x08progress\x18\x0b \x01(\x0b\x32\x14.cm3leon.v1.Progress\x12&\n\x07preview\x18\x0c \x01(\x0b\x32\x15.cm3leon.v1.ObjectRef\x12%\n\x06result\x18\r \x01(\x0b\x32\x15.cm3leon.v1.JobResult\x12#\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x14.cm3leon.v1.JobError\x12\x30\n\tretrieved\x18\x0f \x03(\x0b\x32\x1d.cm3leon.v1.RetrievedDocument\x12 \n\x05usage\x18\x10 \x01(\x0b\x32\x11.cm3leon.v1.Usage\x12\x10\n\x08model_id\x18\x11 \x01(\t\x12\x0c\n\x04seed\x18\x12 \x01(\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\x9b\x01\n\x0e\x44\x65\x63odingMethod\x12\x1f\n\x1b\x44\x45\x43ODING_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45\x43ODING_METHOD_SAMPLE\x10\x01\x12\x17\n\x13\x44\x45\x43ODING_METHOD_CFG\x10\x02\x12\x17\n\x13\x44\x45\x43ODING_METHOD_CDK\x10\x03\x12\x1a\n\x16\x44\x45\x43ODING_METHOD_POOLED\x10\x04*b\n\x0c\x43\x61ptionStyle\x12\x1d\n\x19\x43\x41PTION_STYLE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41PTION_STYLE_SHORT\x10\x01\x12\x1a\n\x16\x43\x41PTION_STYLE_DETAILED\x10\x02\x32\xbd\x02\n\nJobService\x12:\n\tSubmitJob\x12\x1c.cm3leon.v1.SubmitJobRequest\x1a\x0f.cm3leon.v1.Job\x12\x34\n\x06GetJob\x12\x19.cm3leon.v1.GetJobRequest\x1a\x0f.cm3leon.v1.Job\x12:\n\x08WatchJob\x12\x1b.cm3leon.v1.WatchJobRequest\x1a\x0f.cm3leon.v1.Job0\x01\x12:\n\tCancelJob\x12\x1c.cm3leon.v1.CancelJobRequest\x1a\x0f.cm3leon.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.cm3leon.v1.ListJobsRequest\x1a\x1c.cm3leon.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cm3leon.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=3509
-  _globals['_JOBSTATE']._serialized_end=3663
-  _globals['_DECODINGMETHOD']._serialized_start=3666
-  _globals['_DECODINGMETHOD']._serialized_end=3821
-  _globals['_CAPTIONSTYLE']._serialized_start=3823
-  _globals['_CAPTIONSTYLE']._serialized_end=3921
+  _globals['_JOBSTATE']._serialized_start=3506
+  _globals['_JOBSTATE']._serialized_end=3660
+  _globals['_DECODINGMETHOD']._serialized_start=3663
+  _globals['_DECODINGMETHOD']._serialized_end=3818
+  _globals['_CAPTIONSTYLE']._serialized_start=3820
+  _globals['_CAPTIONSTYLE']._serialized_end=3918
   _globals['_SAMPLING']._serialized_start=96
   _globals['_SAMPLING']._serialized_end=466
   _globals['_TEXTTOIMAGE']._serialized_start=468
@@ -49,45 +49,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VISUALQUESTION']._serialized_start=692
   _globals['_VISUALQUESTION']._serialized_end=822
   _globals['_EDIT']._serialized_start=825
-  _globals['_EDIT']._serialized_end=1133
-  _globals['_INFILL']._serialized_start=1136
-  _globals['_INFILL']._serialized_end=1271
-  _globals['_SEGMENTATION']._serialized_start=1273
-  _globals['_SEGMENTATION']._serialized_end=1326
-  _globals['_STRUCTUREGUIDED']._serialized_start=1328
-  _globals['_STRUCTUREGUIDED']._serialized_end=1452
-  _globals['_GROUNDEDOBJECT']._serialized_start=1454
-  _globals['_GROUNDEDOBJECT']._serialized_end=1521
-  _globals['_GROUNDEDGENERATION']._serialized_start=1523
-  _globals['_GROUNDEDGENERATION']._serialized_end=1644
-  _globals['_TEXTRENDERING']._serialized_start=1646
-  _globals['_TEXTRENDERING']._serialized_end=1715
-  _globals['_JOBREQUEST']._serialized_start=1718
-  _globals['_JOBREQUEST']._serialized_end=2178
-  _globals['_SUBMITJOBREQUEST']._serialized_start=2180
-  _globals['_SUBMITJOBREQUEST']._serialized_end=2259
-  _globals['_GETJOBREQUEST']._serialized_start=2261
-  _globals['_GETJOBREQUEST']._serialized_end=2292
-  _globals['_WATCHJOBREQUEST']._serialized_start=2294
-  _globals['_WATCHJOBREQUEST']._serialized_end=2351
-  _globals['_CANCELJOBREQUEST']._serialized_start=2353
-  _globals['_CANCELJOBREQUEST']._serialized_end=2387
-  _globals['_LISTJOBSREQUEST']._serialized_start=2389
-  _globals['_LISTJOBSREQUEST']._serialized_end=2483
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2485
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2559
-  _globals['_PROGRESS']._serialized_start=2561
-  _globals['_PROGRESS']._serialized_end=2614
-  _globals['_LEGENDENTRY']._serialized_start=2616
-  _globals['_LEGENDENTRY']._serialized_end=2686
-  _globals['_JOBRESULT']._serialized_start=2688
-  _globals['_JOBRESULT']._serialized_end=2793
-  _globals['_JOBERROR']._serialized_start=2795
-  _globals['_JOBERROR']._serialized_end=2836
-  _globals['_USAGE']._serialized_start=2838
-  _globals['_USAGE']._serialized_end=2911
-  _globals['_JOB']._serialized_start=2914
-  _globals['_JOB']._serialized_end=3506
-  _globals['_JOBSERVICE']._serialized_start=3924
-  _globals['_JOBSERVICE']._serialized_end=4241
+  _globals['_EDIT']._serialized_end=1115
+  _globals['_INFILL']._serialized_start=1118
+  _globals['_INFILL']._serialized_end=1253
+  _globals['_SEGMENTATION']._serialized_start=1255
+  _globals['_SEGMENTATION']._serialized_end=1308
+  _globals['_STRUCTUREGUIDED']._serialized_start=1310
+  _globals['_STRUCTUREGUIDED']._serialized_end=1434
+  _globals['_GROUNDEDOBJECT']._serialized_start=1436
+  _globals['_GROUNDEDOBJECT']._serialized_end=1503
+  _globals['_GROUNDEDGENERATION']._serialized_start=1505
+  _globals['_GROUNDEDGENERATION']._serialized_end=1626
+  _globals['_TEXTRENDERING']._serialized_start=1628
+  _globals['_TEXTRENDERING']._serialized_end=1697
+  _globals['_JOBREQUEST']._serialized_start=1700
+  _globals['_JOBREQUEST']._serialized_end=2175
+  _globals['_SUBMITJOBREQUEST']._serialized_start=2177
+  _globals['_SUBMITJOBREQUEST']._serialized_end=2256
+  _globals['_GETJOBREQUEST']._serialized_start=2258
+  _globals['_GETJOBREQUEST']._serialized_end=2289
+  _globals['_WATCHJOBREQUEST']._serialized_start=2291
+  _globals['_WATCHJOBREQUEST']._serialized_end=2348
+  _globals['_CANCELJOBREQUEST']._serialized_start=2350
+  _globals['_CANCELJOBREQUEST']._serialized_end=2384
+  _globals['_LISTJOBSREQUEST']._serialized_start=2386
+  _globals['_LISTJOBSREQUEST']._serialized_end=2480
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2482
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2556
+  _globals['_PROGRESS']._serialized_start=2558
+  _globals['_PROGRESS']._serialized_end=2611
+  _globals['_LEGENDENTRY']._serialized_start=2613
+  _globals['_LEGENDENTRY']._serialized_end=2683
+  _globals['_JOBRESULT']._serialized_start=2685
+  _globals['_JOBRESULT']._serialized_end=2790
+  _globals['_JOBERROR']._serialized_start=2792
+  _globals['_JOBERROR']._serialized_end=2833
+  _globals['_USAGE']._serialized_start=2835
+  _globals['_USAGE']._serialized_end=2908
+  _globals['_JOB']._serialized_start=2911
+  _globals['_JOB']._serialized_end=3503
+  _globals['_JOBSERVICE']._serialized_start=3921
+  _globals['_JOBSERVICE']._serialized_end=4238
 # @@protoc_insertion_point(module_scope)

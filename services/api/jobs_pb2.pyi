@@ -104,22 +104,20 @@ class VisualQuestion(_message.Message):
     def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., question: _Optional[str] = ..., explain: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class Edit(_message.Message):
-    __slots__ = ("image", "instruction", "text_guidance_scale", "image_guidance_scale", "sampling", "source_copy_bias", "redraw")
+    __slots__ = ("image", "instruction", "text_guidance_scale", "image_guidance_scale", "sampling", "source_copy_bias")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     SOURCE_COPY_BIAS_FIELD_NUMBER: _ClassVar[int]
-    REDRAW_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.ImageInput
     instruction: str
     text_guidance_scale: float
     image_guidance_scale: float
     sampling: Sampling
     source_copy_bias: float
-    redraw: bool
-    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., instruction: _Optional[str] = ..., text_guidance_scale: _Optional[float] = ..., image_guidance_scale: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., source_copy_bias: _Optional[float] = ..., redraw: _Optional[bool] = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., instruction: _Optional[str] = ..., text_guidance_scale: _Optional[float] = ..., image_guidance_scale: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., source_copy_bias: _Optional[float] = ...) -> None: ...
 
 class Infill(_message.Message):
     __slots__ = ("image", "regions", "text", "sampling")
@@ -176,7 +174,7 @@ class TextRendering(_message.Message):
     def __init__(self, text: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("text_to_image", "caption", "visual_question", "edit", "infill", "segmentation", "structure_guided", "grounded_generation", "text_rendering")
+    __slots__ = ("text_to_image", "caption", "visual_question", "edit", "infill", "segmentation", "structure_guided", "grounded_generation", "text_rendering", "plain")
     TEXT_TO_IMAGE_FIELD_NUMBER: _ClassVar[int]
     CAPTION_FIELD_NUMBER: _ClassVar[int]
     VISUAL_QUESTION_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +184,7 @@ class JobRequest(_message.Message):
     STRUCTURE_GUIDED_FIELD_NUMBER: _ClassVar[int]
     GROUNDED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     TEXT_RENDERING_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_FIELD_NUMBER: _ClassVar[int]
     text_to_image: TextToImage
     caption: Caption
     visual_question: VisualQuestion
@@ -195,7 +194,8 @@ class JobRequest(_message.Message):
     structure_guided: StructureGuided
     grounded_generation: GroundedGeneration
     text_rendering: TextRendering
-    def __init__(self, text_to_image: _Optional[_Union[TextToImage, _Mapping]] = ..., caption: _Optional[_Union[Caption, _Mapping]] = ..., visual_question: _Optional[_Union[VisualQuestion, _Mapping]] = ..., edit: _Optional[_Union[Edit, _Mapping]] = ..., infill: _Optional[_Union[Infill, _Mapping]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., structure_guided: _Optional[_Union[StructureGuided, _Mapping]] = ..., grounded_generation: _Optional[_Union[GroundedGeneration, _Mapping]] = ..., text_rendering: _Optional[_Union[TextRendering, _Mapping]] = ...) -> None: ...
+    plain: bool
+    def __init__(self, text_to_image: _Optional[_Union[TextToImage, _Mapping]] = ..., caption: _Optional[_Union[Caption, _Mapping]] = ..., visual_question: _Optional[_Union[VisualQuestion, _Mapping]] = ..., edit: _Optional[_Union[Edit, _Mapping]] = ..., infill: _Optional[_Union[Infill, _Mapping]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., structure_guided: _Optional[_Union[StructureGuided, _Mapping]] = ..., grounded_generation: _Optional[_Union[GroundedGeneration, _Mapping]] = ..., text_rendering: _Optional[_Union[TextRendering, _Mapping]] = ..., plain: _Optional[bool] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("request_id", "request")

@@ -15,7 +15,7 @@ NO_OPTIONS = dict(
     retrieved_k=None, memory=None,
 )
 NO_EXTRA = dict(
-    text="", explain=False, text_guidance_scale=None, image_guidance_scale=None, source_copy_bias=None, redraw=None
+    text="", explain=False, text_guidance_scale=None, image_guidance_scale=None, source_copy_bias=None
 )
 
 
@@ -56,9 +56,7 @@ def test_every_kind_builds_its_oneof(png: str) -> None:
     edit = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, scales).edit
     assert (edit.text_guidance_scale, edit.image_guidance_scale, edit.source_copy_bias) == (5.0, 2.0, 1.5)
     unset = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, NO_EXTRA).edit
-    assert not unset.HasField("source_copy_bias") and not unset.HasField("redraw")
-    direct = build_request("edit", cases["edit"], dict(NO_OPTIONS), "detailed", 1, dict(NO_EXTRA, redraw=False)).edit
-    assert direct.HasField("redraw") and direct.redraw is False
+    assert not unset.HasField("source_copy_bias")
     assert isinstance(edit, jobs_pb2.Edit)
 
 

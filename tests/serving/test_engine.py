@@ -14,7 +14,9 @@ import pytest
 from cm3leon.decoding import ChannelScorer, SamplingParams
 from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_TO_IMAGE
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY
-from cm3leon.inference.engine import CAPABILITIES_FILE, Engine, EngineConfig
+from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.inference.handlers import HANDLERS
+from cm3leon.kinds import CAPABILITIES_FILE
 from cm3leon.requests import Caption, Edit, JobCancelled, Progress, Sampling, TextToImage, UnsupportedJobKind
 from cm3leon.retrieval.config import MemoryConfig
 from cm3leon.retrieval.memory import Memory
@@ -57,7 +59,7 @@ def test_pretrained_model_runs_text_to_image_and_captioning_only(engine: Engine)
 def test_declared_kinds_without_a_handler_fail_clearly(
     tmp_path: Path, artifacts: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cm3leon.inference.handlers import HANDLERS
+
 
     monkeypatch.delitem(HANDLERS, "edit")  # every kind has a handler now: take one away to see the refusal
     model_dir = artifacts[0]
@@ -102,7 +104,7 @@ def test_cancellation_between_decode_steps(engine: Engine) -> None:
             progress=lambda p: steps.append(p.tokens_done),
             should_cancel=lambda: len(steps) >= 3,
         )
-    assert max(steps) < engine.vocab.codes_per_image, "stopped long before the image was done"
+    assert max(steps) < engine.bundle.vocab.codes_per_image, "stopped long before the image was done"
 
 
 def test_short_captions_are_complete_and_shortest(engine: Engine) -> None:
@@ -123,7 +125,7 @@ def test_detailed_captions_from_several_candidates_keep_the_best_explanation_of_
     (request,), (result,) = decoded[-1]
     candidates = [candidate.token_ids for candidate in result.candidates]
     assert len(candidates) == 4 and caption.text == result.text.strip()
-    scores = ChannelScorer(engine.model, engine.vocab)(request, request.prompt_ids, candidates)
+    scores = ChannelScorer(engine.bundle.model, engine.bundle.vocab)(request, request.prompt_ids, candidates)
     assert result.best_index == max(range(4), key=lambda index: scores[index])
 
 
@@ -136,7 +138,7 @@ def test_pooled_images_are_reranked_by_the_retriever_as_evaluated(
     job = engine.run(TextToImage("a large red circle at the top left on a white background", sampling=sampling))
     (request,), (result,) = decoded[-1]
     candidates = [candidate.token_ids for candidate in result.candidates]
-    scores = RetrieverScorer(engine.retriever, engine.vocab, engine.image_tokenizer, never_called)(
+    scores = RetrieverScorer(engine.bundle.retriever, engine.bundle.vocab, engine.bundle.image_tokenizer, never_called)(
         request, request.prompt_ids, candidates
     )
     assert result.best_index == max(range(4), key=lambda index: scores[index])
@@ -162,14 +164,15 @@ def test_a_request_can_name_another_memory(engine: Engine) -> None:
     from cm3leon.retrieval.corpus import build_memory
     from cm3leon.retrieval.documents import RetrievalDocument
 
-    assert engine.memory is not None and engine.retriever is not None
+    assert engine.memory is not None and engine.bundle.retriever is not None
     other = Memory.open(
         replace(engine.memory.config, name="other"), engine.memory.vector_size, engine.memory.distance,
         engine.memory.client,
     )
-    image = np.zeros((engine.retriever.config.image_size,) * 2 + (3,), dtype=np.uint8)
+    image = np.zeros((engine.bundle.retriever.config.image_size,) * 2 + (3,), dtype=np.uint8)
     documents = [RetrievalDocument(f"other-{i}", text=f"a red circle {i}", image=image) for i in range(3)]
-    build_memory(other, engine.retriever, documents, image_tokenizer=engine.image_tokenizer, progress_bar=False)
+    bundle = engine.bundle
+    build_memory(other, bundle.retriever, documents, image_tokenizer=bundle.image_tokenizer, progress_bar=False)
     result = engine.run(TextToImage("a red circle", sampling=Sampling(seed=1, retrieved_k=2, memory="other")))
     assert {d.doc_id for d in result.retrieved} <= {d.doc_id for d in documents} and result.retrieved
     default = engine.run(TextToImage("a red circle", sampling=Sampling(seed=1, retrieved_k=2)))
@@ -197,7 +200,7 @@ def test_guidance_plausibility_travels_from_the_api_to_the_decoder(
     # No decoding_defaults.json in this model: unset, text->image keeps the guided preset's value.
     unset = decoded_text_to_image_params(engine, seen)
     assert unset.guidance_plausibility == GUIDED_PLAUSIBILITY == 0.1
-    assert unset == engine.defaults[TEXT_TO_IMAGE].replace(seed=4)
+    assert unset == engine.bundle.defaults[TEXT_TO_IMAGE].replace(seed=4)
     chosen = decoded_text_to_image_params(engine, seen, guidance_plausibility=0.5)
     assert chosen == unset.replace(guidance_plausibility=0.5), "only the field the job set changes"
     off = decoded_text_to_image_params(engine, seen, guidance_plausibility=0.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cm3leon.checkpoint import TRAINING_RECORD_FILE
 from cm3leon.data.render import colourise_segmentation, object_box, render, segmentation_legend
 from cm3leon.data.world import Split, World
 from cm3leon.decoding.defaults import (
@@ -26,7 +27,6 @@ from cm3leon.decoding.defaults import (
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY, SamplingParams
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.inference.task_handlers import shown_answer
-from cm3leon.inference.task_prompts import task_setup
 from cm3leon.requests import (
     Caption,
     Edit,
@@ -47,7 +47,6 @@ from cm3leon.requests import (
 )
 from cm3leon.tasks.decode import infill_plan
 from cm3leon.tasks.infill import span_lengths
-from cm3leon.training.pretrain import SUMMARY_FILE
 from tests.serving.fixtures import record_decoded_params
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 
@@ -61,7 +60,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 
 @pytest.fixture(scope="module")
 def scene_images(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
-    world = task_setup(engine).world
+    world = engine.formatter.world
     rendered = render(World(world).scenes(0, Split.TEST, 1, text=False)[0], world)
     return rendered.image, rendered.segmentation_image
 
@@ -76,7 +75,7 @@ def run(engine: Engine, request: JobRequest) -> tuple[EngineResult, list[Progres
 
 def test_image_kinds_return_one_image_with_previews(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
     image, seg_map = scene_images
-    size, corner = engine.image_size, NormBox(0.0, 0.0, 0.33, 0.33)
+    size, corner = engine.bundle.image_size, NormBox(0.0, 0.0, 0.33, 0.33)
     requests = [
         Edit(image, "make the red circle blue", sampling=Sampling(seed=1)),
         StructureGuided(seg_map, "a large red circle", sampling=Sampling(seed=2)),
@@ -89,7 +88,7 @@ def test_image_kinds_return_one_image_with_previews(engine: Engine, scene_images
         assert output.shape == (size, size, 3) and output.dtype == np.uint8
         previews = [e.preview for e in events if e.preview is not None]
         assert len(previews) == PREVIEWS and np.array_equal(previews[-1], output), type(request).__name__
-        assert result.generated_tokens == engine.vocab.codes_per_image + 1
+        assert result.generated_tokens == engine.bundle.vocab.codes_per_image + 1
         again = engine.run(request)
         assert np.array_equal(again.images[0], output), "the same seed gives the same image"
 
@@ -157,7 +156,7 @@ def test_infill_refuses_guidance_plausibility(engine: Engine, scene_images: tupl
 def test_segmentation_returns_the_map_its_class_ids_and_the_legend(
     engine: Engine, scene_images: tuple[np.ndarray, ...]
 ) -> None:
-    world = task_setup(engine).world
+    world = engine.formatter.world
     result, _ = run(engine, Segmentation(scene_images[0]))
     coloured, class_image = result.images
     classes = class_image[..., 0]
@@ -180,7 +179,7 @@ def test_segmentation_checks_its_map_against_the_caption_when_the_defaults_say_s
     second, _ = run(checking, Segmentation(scene_images[0]))
     assert all(np.array_equal(a, b) for a, b in zip(first.images, second.images, strict=True)), "one image, one map"
     # The check decoded a caption too (and maybe redrew the map): more tokens than the greedy map alone.
-    assert first.generated_tokens > greedy.generated_tokens >= checking.vocab.codes_per_image
+    assert first.generated_tokens > greedy.generated_tokens >= checking.bundle.vocab.codes_per_image
     assert first.seed == greedy.seed == 0 and first.legend == greedy.legend
 
 
@@ -189,20 +188,20 @@ def test_visual_questions_answer_in_text(engine: Engine, scene_images: tuple[np.
         request = VisualQuestion(scene_images[0], "how many objects are there?", explain, Sampling(seed=6))
         result, _ = run(engine, request)
         assert not result.images and isinstance(result.text, str) and result.generated_tokens >= 1
-        assert result.seed == 6 and result.prompt_tokens > engine.vocab.codes_per_image
+        assert result.seed == 6 and result.prompt_tokens > engine.bundle.vocab.codes_per_image
 
 
 def test_a_model_tuned_with_worked_answers_samples_its_description_as_captions_are(
     engine: Engine, scene_images: tuple[np.ndarray, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worked_dir = tmp_path / "worked"
-    shutil.copytree(engine.directory, worked_dir)
-    record = json.loads((worked_dir / SUMMARY_FILE).read_text())
+    shutil.copytree(engine.bundle.directory, worked_dir)
+    record = json.loads((worked_dir / TRAINING_RECORD_FILE).read_text())
     record["sft_data_config"]["vqa_worked_answers"] = True
-    (worked_dir / SUMMARY_FILE).write_text(json.dumps(record))
+    (worked_dir / TRAINING_RECORD_FILE).write_text(json.dumps(record))
     (worked_dir / DEFAULTS_FILE).write_text(json.dumps({CAPTION: {"temperature": 1.0, "num_candidates": 3}}))
     worked = Engine.load(worked_dir, EngineConfig.preset("tiny"))
-    assert worked.answers_worked and not engine.answers_worked
+    assert worked.bundle.answers_worked and not engine.bundle.answers_worked
     seen = record_decoded_params(monkeypatch)
     result, _ = run(worked, VisualQuestion(scene_images[0], "how many objects are there?", False, Sampling(seed=6)))
     assert (seen[0].num_candidates, seen[0].temperature, seen[0].seed) == (3, 1.0, 6)
@@ -216,7 +215,7 @@ def test_explain_keeps_a_worked_answer_whole_else_only_its_final_answer() -> Non
 
 
 def test_infill_fills_each_region_in_turn(engine: Engine, scene_images: tuple[np.ndarray, ...]) -> None:
-    world, vocab = task_setup(engine).world, engine.vocab
+    world, vocab = engine.formatter.world, engine.bundle.vocab
     image = scene_images[0]
     obj = World(world).scenes(0, Split.TEST, 1, text=False)[0].objects[0]
     boxes = [world.cell_box(obj.cell), object_box(obj, world)]

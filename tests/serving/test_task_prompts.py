@@ -9,7 +9,6 @@ import random
 from pathlib import Path
 
 import pytest
-from cm3leon.inference.capabilities import TASK_KINDS, trained_kinds, write_capabilities
 
 from cm3leon.data.language import text_render_prompt
 from cm3leon.data.questions import REASONING_KIND, qa_pairs, reasoning_pairs
@@ -18,19 +17,17 @@ from cm3leon.data.tasks import PixelBox, make_edit, make_grounded, make_infill
 from cm3leon.data.world import Scene, Split, World, WorldConfig
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.inference.task_prompts import (
-    TaskSetup,
     edit_prompt,
     grounded_prompt,
     image_codes,
     infill_prompt,
     segmentation_prompt,
     structure_prompt,
-    task_setup,
     text_rendering_prompt,
     visual_question_prompt,
 )
+from cm3leon.kinds import JOB_KINDS, Capabilities, kinds_taught_by, trained_capabilities
 from cm3leon.requests import (
-    JOB_KINDS,
     Edit,
     GroundedGeneration,
     GroundedObject,
@@ -56,14 +53,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return Engine.load(build_tiny_sft_model_dir(tmp_path_factory.mktemp("sft")), EngineConfig.preset("tiny"))
 
 
-@pytest.fixture(scope="module")
-def setup(engine: Engine) -> TaskSetup:
-    return task_setup(engine)
-
-
-def training_codes(setup: TaskSetup, pictures: list[tuple[Scene, bool]]) -> list[ImageCodes]:
+def training_codes(engine: Engine, pictures: list[tuple[Scene, bool]]) -> list[ImageCodes]:
     """Codes of (scene, segmentation?) pictures exactly as the SFT task corpus encodes them."""
-    world, tokenizer = setup.world, setup.checkpoint.image_tokenizer
+    world, tokenizer = engine.formatter.world, engine.bundle.image_tokenizer
     grids = encode_pictures(pictures, world, tokenizer, batch_size=len(pictures), progress=False)
     return [ImageCodes.of(grid.reshape(-1).tolist()) for grid in grids]
 
@@ -73,28 +65,31 @@ def norm(box: PixelBox, world: WorldConfig) -> NormBox:
 
 
 def test_sft_declares_exactly_the_kinds_it_trained(engine: Engine, tmp_path: Path) -> None:
-    assert engine.declared == JOB_KINDS and engine.supported_kinds == JOB_KINDS
-    assert set(TASK_KINDS) == set(MIXTURE_ENTRIES), "every mixture entry names the job kinds it teaches"
+    assert engine.bundle.capabilities.kinds == JOB_KINDS and engine.supported_kinds == JOB_KINDS
+    assert all(kinds_taught_by(entry) for entry in MIXTURE_ENTRIES), "every mixture entry names the kinds it teaches"
     pretrained = tmp_path / "pretrained"
     pretrained.mkdir()
     mixture = {"pretrain": 0.5, "vqa": 0.3, "reasoning": 0.2, "edit": 0.0}
-    assert trained_kinds(pretrained, mixture) == ("text_to_image", "caption", "visual_question")
-    write_capabilities(tmp_path, ["edit", "caption"])  # an init that already declares kinds keeps them
-    assert trained_kinds(tmp_path, {"seg2img": 1.0}) == ("caption", "edit", "structure_guided")
-    with pytest.raises(ValueError, match="no job kind"):
-        trained_kinds(tmp_path, {"dance": 1.0})
+    assert trained_capabilities(pretrained, mixture).kinds == ("text_to_image", "caption", "visual_question")
+    init = Capabilities(("caption", "edit"), {"edit": "shapes.edit_redraw"})
+    init.save(tmp_path)  # an init that already declares kinds and policies keeps them
+    assert trained_capabilities(tmp_path, {"seg2img": 1.0}) == Capabilities(
+        ("caption", "edit", "structure_guided"), {"edit": "shapes.edit_redraw"}
+    )
+    with pytest.raises(ValueError, match="teaches no job kind"):
+        trained_capabilities(tmp_path, {"dance": 1.0})
 
 
-def test_the_engine_encodes_images_as_the_training_corpus(engine: Engine, setup: TaskSetup) -> None:
-    scenes = World(setup.world).scenes(1, Split.TEST, CASES, text=False)
-    expected = training_codes(setup, [(s, False) for s in scenes])
-    assert [image_codes(engine, render(s, setup.world).image) for s in scenes] == expected
+def test_the_engine_encodes_images_as_the_training_corpus(engine: Engine) -> None:
+    scenes = World(engine.formatter.world).scenes(1, Split.TEST, CASES, text=False)
+    expected = training_codes(engine, [(s, False) for s in scenes])
+    assert [image_codes(engine, render(s, engine.formatter.world).image) for s in scenes] == expected
 
 
-def test_question_prompts(engine: Engine, setup: TaskSetup) -> None:
-    world, fmt = setup.world, setup.formatter
+def test_question_prompts(engine: Engine) -> None:
+    world, fmt = engine.formatter.world, engine.formatter
     scenes = World(world).scenes(2, Split.TEST, CASES, text=False)
-    codes = training_codes(setup, [(s, False) for s in scenes])
+    codes = training_codes(engine, [(s, False) for s in scenes])
     checked = 0
     for index, (scene, image) in enumerate(zip(scenes, codes, strict=True)):
         rng = random.Random(index)
@@ -109,36 +104,36 @@ def test_question_prompts(engine: Engine, setup: TaskSetup) -> None:
     assert checked >= CASES * 5
 
 
-def test_edit_segmentation_and_structure_prompts(engine: Engine, setup: TaskSetup) -> None:
-    world, fmt = setup.world, setup.formatter
+def test_edit_segmentation_and_structure_prompts(engine: Engine) -> None:
+    world, fmt = engine.formatter.world, engine.formatter
     edits = [make_edit(World(world), random.Random(i), Split.TEST) for i in range(CASES)]
     assert len({case.kind for case in edits}) > 1
-    sources = training_codes(setup, [(case.source, False) for case in edits])
+    sources = training_codes(engine, [(case.source, False) for case in edits])
     for case, codes in zip(edits, sources, strict=True):
         request = Edit(render(case.source, world).image, case.instruction)
         assert edit_prompt(engine, request) == fmt.edit(case, codes, None).prompt
         assert segmentation_prompt(engine, Segmentation(request.image)) == fmt.segmentation(codes, None).prompt
-    maps = training_codes(setup, [(case.source, True) for case in edits])
+    maps = training_codes(engine, [(case.source, True) for case in edits])
     for case, codes in zip(edits, maps, strict=True):
         request = StructureGuided(render(case.source, world).segmentation_image, case.instruction)
         assert structure_prompt(engine, request) == fmt.seg2img(codes, case.instruction, None).prompt
 
 
-def test_infill_prompts(engine: Engine, setup: TaskSetup) -> None:
-    world, fmt = setup.world, setup.formatter
+def test_infill_prompts(engine: Engine) -> None:
+    world, fmt = engine.formatter.world, engine.formatter
     cases = [make_infill(World(world), random.Random(i), Split.TEST) for i in range(CASES)]
-    images = training_codes(setup, [(case.scene, False) for case in cases])
+    images = training_codes(engine, [(case.scene, False) for case in cases])
     for case, codes in zip(cases, images, strict=True):
         pixels = render(case.scene, world).image
         for text, caption in ((case.caption, case.caption), ("", None)):
             request = Infill(pixels, (norm(case.region, world),), text)
             prompt, lengths = infill_prompt(engine, image_codes(engine, pixels), request, 0)
             assert prompt == fmt.infill(codes, case.region, caption).prompt
-            assert lengths == span_lengths(case.region, world, engine.vocab)
+            assert lengths == span_lengths(case.region, world, engine.bundle.vocab)
 
 
-def test_grounded_prompts(engine: Engine, setup: TaskSetup) -> None:
-    world, fmt = setup.world, setup.formatter
+def test_grounded_prompts(engine: Engine) -> None:
+    world, fmt = engine.formatter.world, engine.formatter
     for index in range(CASES):
         spec = make_grounded(World(world), random.Random(index), Split.TEST)
         expected = fmt.grounded(spec, None).prompt
@@ -150,8 +145,8 @@ def test_grounded_prompts(engine: Engine, setup: TaskSetup) -> None:
         assert grounded_prompt(engine, GroundedGeneration(tuple(loose), spec.scene.background)) == expected
 
 
-def test_text_rendering_prompts(engine: Engine, setup: TaskSetup) -> None:
-    world, fmt = setup.world, setup.formatter
+def test_text_rendering_prompts(engine: Engine) -> None:
+    world, fmt = engine.formatter.world, engine.formatter
     for index in range(CASES):
         scene = World(world).sample(random.Random(index), Split.TEST, text=True)
         expected = fmt.text_render(scene, None).prompt
@@ -162,8 +157,8 @@ def test_text_rendering_prompts(engine: Engine, setup: TaskSetup) -> None:
     assert text_rendering_prompt(engine, TextRendering("AB")) == fmt.text_render(defaults, None).prompt
 
 
-def test_inputs_the_world_cannot_express_fail_naming_the_field(engine: Engine, setup: TaskSetup) -> None:
-    world = setup.world
+def test_inputs_the_world_cannot_express_fail_naming_the_field(engine: Engine) -> None:
+    world = engine.formatter.world
     image = render(World(world).scenes(3, Split.TEST, 1, text=False)[0], world).image
     corner, centre = NormBox(0.0, 0.0, 0.3, 0.3), NormBox(0.4, 0.4, 0.6, 0.6)
     bad = [
@@ -176,7 +171,7 @@ def test_inputs_the_world_cannot_express_fail_naming_the_field(engine: Engine, s
         (TextRendering("HELLO"), "text: .*1 to 3 letters"),
         (TextRendering('"AB" in magenta'), "colour 'magenta'"),
         (Infill(image, (NormBox(0.0, 0.0, 1.0, 0.3),)), r"regions\[0\]: an infill region spanning every code column"),
-        (Infill(image, (corner,), sampling=Sampling(temperature=1.0)), "infilling decodes greedily"),
+        (Infill(image, (corner,), sampling=Sampling(temperature=1.0)), "infill decodes greedily"),
         (Edit(image, "make it blue", sampling=Sampling(retrieved_k=2)), "retrieved_k: edit"),
     ]
     for request, message in bad:
@@ -184,7 +179,7 @@ def test_inputs_the_world_cannot_express_fail_naming_the_field(engine: Engine, s
             engine.run(request)
 
 
-def test_formatter_world_is_the_recorded_one(setup: TaskSetup) -> None:
+def test_formatter_world_is_the_recorded_one(engine: Engine) -> None:
     """The world comes from the SFT run's training.json: the tiny preset's 32 px shapes world, as the VQ says."""
-    assert setup.world.image_size == setup.checkpoint.image_tokenizer.config.image_size == 32
-    assert setup.formatter.world == setup.world and setup.checkpoint.data_config.world_preset == "shapes32"
+    assert engine.formatter.world.image_size == engine.bundle.image_tokenizer.config.image_size == 32
+    assert engine.formatter.world == engine.bundle.world == WorldConfig.preset("shapes32")

@@ -15,7 +15,7 @@ candidate draws the word 0.735 of the time, the exact check kept a right one 0.5
 likelihood alone, without the greedy reading, 0.570, with a trial variant of this scorer that was not kept).
 Editing's check stays exact: its misses are the samples' (some candidate right 0.58, kept 0.475).
 
-Where a retriever is loaded it takes part (`text_render_scorer`; `cm3leon.policies.shapes.edit_check.edit_scorer`): CM3Leon's
+Where a retriever is loaded it takes part (`text_render_scorer`; `policies.shapes.edit_check.edit_scorer`): CM3Leon's
 CLIP reranking, here against the scene the request should show rather than the prompt. Edit candidates are ranked
 by the retriever's similarity to the expected scene's caption (validation, n = 200: 0.525 / 0.580 exact on seeds
 1 / 0, against 0.475 / 0.505 for the caption check). Word candidates are ranked by the model's mean per-token
