@@ -47,7 +47,8 @@ from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.image_tasks_eval import evaluate_edits, evaluate_segmentation, evaluate_text_render
 from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
 from cm3leon.evaluation.sweep import CONTRASTIVE, SweepConfig, best_defaults, run_sweep
-from cm3leon.evaluation.t2i_eval import T2IEvalConfig, evaluate_t2i, score_generated_images
+from cm3leon.evaluation.t2i_eval import T2IEvalConfig, score_generated_images
+from cm3leon.evaluation.t2i_task_eval import evaluate_t2i
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases
 from cm3leon.evaluation.text_tasks_eval import _questions, _vqa_hit, evaluate_questions
 

@@ -22,10 +22,10 @@ from cm3leon.data.language import (
     short_caption,
     short_caption_variants,
     text_render_prompt,
-    world_text_corpus,
 )
 from cm3leon.data.questions import QA_KINDS, REASONING_KIND, worked_answer
 from cm3leon.data.render import render, segmentation_classes
+from cm3leon.data.text_corpus import world_text_corpus
 from cm3leon.data.world import Scene, SceneObject, Split, World, WorldConfig
 
 CONFIG = WorldConfig.preset("tiny")

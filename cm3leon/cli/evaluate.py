@@ -75,8 +75,8 @@ def eval_t2i(
     from cm3leon.bundle import ModelBundle
     from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
-    from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, T2IEvalConfig, evaluate_t2i
-    from cm3leon.evaluation.t2i_task_eval import load_fd_retriever
+    from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, T2IEvalConfig
+    from cm3leon.evaluation.t2i_task_eval import evaluate_t2i, load_fd_retriever
 
     set_threads(threads)
     config = T2IEvalConfig(

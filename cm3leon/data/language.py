@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from cm3leon.data.questions import QA, article, final_answer, plural, qa_pairs, reasoning_pairs
-from cm3leon.data.world import Scene, SceneObject, Split, World, WorldConfig
+from cm3leon.data.world import Scene, SceneObject, WorldConfig
 
 __all__ = [
     "QA",
@@ -27,7 +27,6 @@ __all__ = [
     "qa_pairs",
     "reasoning_pairs",
     "final_answer",
-    "world_text_corpus",
     "position_phrase",
     "article",
     "join_phrases",
@@ -229,32 +228,3 @@ def vocabulary_words(config: WorldConfig) -> list[str]:
         *letters,
         *digits,
     ]
-
-
-def world_text_corpus(
-    config: WorldConfig, n_scenes: int, seed: int, text_fraction: float = CORPUS_TEXT_SCENE_FRACTION
-) -> Iterator[str]:
-    """Every kind of text the world produces, for training the BPE tokenizer.
-
-    Drawn from the train split only; the tokenizer pre-splits on whitespace, so it learns the same word pieces
-    as it would from all splits without ever seeing a held-out scene.
-    """
-    # tasks.py builds on this module's captions, so import it here rather than at module load.
-    from cm3leon.data.tasks import grounded_text, make_edit, make_grounded
-
-    world = World(config)
-    rng = random.Random(seed)
-    yield from vocabulary_words(config)
-    for _ in range(n_scenes):
-        scene = world.sample(rng, Split.TRAIN, text=rng.random() < text_fraction)
-        yield from detailed_caption_variants(scene, config)
-        yield from short_caption_variants(scene, config)
-        if scene.is_text:
-            yield text_render_prompt(scene, config)
-        for qa in [*qa_pairs(scene, config, rng), *reasoning_pairs(scene, config, rng)]:
-            yield qa.question
-            yield qa.answer
-        if not scene.is_text:
-            yield make_edit(world, rng, Split.TRAIN).instruction
-            for _, description in grounded_text(make_grounded(world, rng, Split.TRAIN), config):
-                yield description

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +28,7 @@ from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import render
 from cm3leon.data.world import Scene, Split
 from cm3leon.decoding import GenerationRequest, SamplingParams, generate
-from cm3leon.decoding.defaults import TEXT_TO_IMAGE, load_decoding_defaults, params_record
 from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, no_rerank
-from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.tasks.decode import request_seed
 
@@ -191,58 +189,3 @@ def save_t2i_grid(
             row.append((run.images[index], f"{method}: {verdict_label(run.predicted[index], scenes[index], world)}"))
         grid.append(row)
     return save_grid(grid, path, title=title)
-
-
-def evaluate_t2i(
-    checkpoint: ModelBundle,
-    config: T2IEvalConfig,
-    grid_path: Path | None = None,
-    defaults: SamplingParams | None = None,
-    retriever: Retriever | None = None,
-    retrieval: Callable[[Sequence[str]], list[list[int]]] | None = None,
-) -> dict[str, object]:
-    """The report: one section per method for the main split (`plain`, `cfg`, ...), the same for the
-    compositional split under `test_compositional`, and the decoding parameters each method used. Writes the
-    grid PNG(s) when `grid_path` is given (the compositional one beside it, suffixed `_test_compositional`).
-    With a `retriever`: each method's `fd` (Fréchet distance to the true renders in its image features) and
-    pooled candidates reranked by its text-image similarity. With `retrieval` (captions -> retrieved-document
-    prefixes, `cm3leon.evaluation.retrieval_prefix`): a `cfg_retrieval` method, CFG with retrieved documents.
-    """
-    # t2i_task_eval imports this module: import it here, not at the top.
-    from cm3leon.evaluation.t2i_task_eval import WITH_RETRIEVAL, generated_fd, retrieval_run
-
-
-    default = defaults or load_decoding_defaults(checkpoint.directory)[TEXT_TO_IMAGE]
-    oracle = Oracle(checkpoint.world)
-    params = {method: method_params(method, default, config.pooled_candidates) for method in config.methods}
-    report: dict[str, object] = {"split": config.split, "n": config.n, "seed": config.seed}
-    splits = [(Split(config.split), config.n)]
-    if config.compositional and Split(config.split) is not Split.TEST_COMPOSITIONAL:
-        splits.append((Split.TEST_COMPOSITIONAL, config.compositional_n))
-    for split, n in splits:
-        scenes = eval_scenes(checkpoint.world, split, n, config.seed)
-        captions = prompt_captions(scenes, checkpoint, config.seed)
-        reranker = retriever_reranker(checkpoint, retriever)
-        runs = {
-            method: run_method(checkpoint, oracle, scenes, captions, p, config.batch_size, config.seed, reranker)
-            for method, p in params.items()
-        }
-        if retrieval is not None and "cfg" in runs:
-            runs[WITH_RETRIEVAL] = retrieval_run(
-                checkpoint, oracle, scenes, captions, runs["cfg"], retrieval, config.batch_size, config.seed
-            )
-        for run in runs.values():
-            run.metrics["fd"] = generated_fd(retriever, run.images, scenes, checkpoint)
-        section = {method: run.metrics for method, run in runs.items()}
-        is_main = split is Split(config.split)
-        if is_main:
-            report.update(section)
-        else:
-            report[split.value] = section
-        if grid_path is not None:
-            path = grid_path if is_main else grid_path.with_name(f"{grid_path.stem}_{split.value}{grid_path.suffix}")
-            title = f"text->image, {split.value} split: {checkpoint.directory.name}"
-            save_t2i_grid(path, checkpoint, scenes, captions, runs, config.grid_rows, title)
-    report["decoding"] = {method: params_record(p) for method, p in params.items()}
-    report["reranker"] = "retriever text-image similarity" if retriever is not None else "model likelihood"
-    return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cm3leon.data.text_corpus import world_text_corpus
 from cm3leon.data.world import WorldConfig
 from cm3leon.tokenizers.text import TextTokenizer, TextTokenizerConfig
 
@@ -10,6 +11,4 @@ def train_world_tokenizer(
     world: WorldConfig, config: TextTokenizerConfig, n_scenes: int = 5_000, seed: int = 0
 ) -> TextTokenizer:
     """A byte-level BPE fitted to every kind of text the world produces (captions, questions, instructions...)."""
-    from cm3leon.data.language import world_text_corpus
-
     return TextTokenizer.train(world_text_corpus(world, n_scenes=n_scenes, seed=seed), config)

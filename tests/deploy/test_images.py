@@ -32,6 +32,7 @@ OPTIONAL_IMPORTS = {
     "pyyaml": "kombu registers a YAML serializer if PyYAML is installed",
     "psutil": "the OpenTelemetry SDK's process resource uses it if installed",
     "setuptools": "its .pth hook (_distutils_hack) loads at interpreter start in any venv that has it",
+    "cryptography": "redis probes it for OCSP support if installed (the dev extras bring it for test certificates)",
 }
 # The project itself (installed with --no-deps into the image).
 PROJECT = "cm3leon"
