@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cm3leon import requests as domain
+from cm3leon.requests import CaptionStyle, GroundedObject, ImageInput, NormBox, Sampling
 
 CAPABILITIES_FILE = "capabilities.json"
 
@@ -77,44 +77,143 @@ class JobKind:
     pretrained: bool = False
 
 
+@dataclass(frozen=True)
+class TextToImage:
+    prompt: str
+    num_images: int = 1
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+TEXT_TO_IMAGE = JobKind(
+    "text_to_image", TextToImage, rules=(Text("prompt"), Range("num_images", 1, 4)),
+    retrieval=True, defaults="text_to_image", sft_formats=("t2i",), pretrained=True,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Caption:
+    image: ImageInput
+    style: CaptionStyle = "detailed"
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+CAPTION = JobKind(
+    "caption", Caption, images=("image",), retrieval=True, defaults="caption", sft_formats=("caption",),
+    pretrained=True,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class VisualQuestion:
+    image: ImageInput
+    question: str
+    explain: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+VISUAL_QUESTION = JobKind(
+    "visual_question", VisualQuestion, images=("image",), rules=(Text("question"),),
+    sft_formats=("vqa", "reasoning"),
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Edit:
+    image: ImageInput
+    instruction: str
+    text_guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    source_copy_bias: float | None = None  # None: the checkpoint's default (SamplingParams.source_copy_bias)
+
+
+EDIT = JobKind(
+    "edit", Edit, images=("image",),
+    rules=(
+        Text("instruction"), Range("text_guidance_scale", *GUIDANCE), Range("image_guidance_scale", *GUIDANCE),
+        Range("source_copy_bias", *COPY_BIAS),
+    ),
+    defaults="edit", sft_formats=("edit",),
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Infill:
+    image: ImageInput
+    regions: tuple[NormBox, ...]
+    text: str = ""
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+INFILL = JobKind(
+    "infill", Infill, images=("image",), rules=(Boxes("regions", MAX_ITEMS), Text("text", required=False)),
+    sampling="seed", sft_formats=("infill",),
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    image: ImageInput
+
+
+SEGMENTATION = JobKind(
+    "segmentation", Segmentation, images=("image",), sampling="none", defaults="segmentation",
+    sft_formats=("segmentation",),
+)
+
+
+@dataclass(frozen=True, eq=False)
+class StructureGuided:
+    segmentation_map: ImageInput
+    caption: str
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+STRUCTURE_GUIDED = JobKind(
+    "structure_guided", StructureGuided, images=("segmentation_map",), rules=(Text("caption"),),
+    defaults="structure_guided", sft_formats=("seg2img",),
+)
+
+
+@dataclass(frozen=True)
+class GroundedGeneration:
+    objects: tuple[GroundedObject, ...]
+    prompt: str = ""
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+GROUNDED_GENERATION = JobKind(
+    "grounded_generation", GroundedGeneration,
+    rules=(Boxes("objects", MAX_ITEMS, text="description"), Text("prompt", required=False)),
+    defaults="grounded_generation", sft_formats=("grounded",),
+)
+
+
+@dataclass(frozen=True)
+class TextRendering:
+    text: str
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+TEXT_RENDERING = JobKind(
+    "text_rendering", TextRendering, rules=(Text("text"),), defaults="text_rendering", sft_formats=("text_render",)
+)
+
+
 KINDS: tuple[JobKind, ...] = (
-    JobKind(
-        "text_to_image", domain.TextToImage, rules=(Text("prompt"), Range("num_images", 1, 4)),
-        retrieval=True, defaults="text_to_image", sft_formats=("t2i",), pretrained=True,
-    ),
-    JobKind(
-        "caption", domain.Caption, images=("image",), retrieval=True, defaults="caption", sft_formats=("caption",),
-        pretrained=True,
-    ),
-    JobKind(
-        "visual_question", domain.VisualQuestion, images=("image",), rules=(Text("question"),),
-        sft_formats=("vqa", "reasoning"),
-    ),
-    JobKind(
-        "edit", domain.Edit, images=("image",),
-        rules=(
-            Text("instruction"), Range("text_guidance_scale", *GUIDANCE), Range("image_guidance_scale", *GUIDANCE),
-            Range("source_copy_bias", *COPY_BIAS),
-        ),
-        defaults="edit", sft_formats=("edit",),
-    ),
-    JobKind(
-        "infill", domain.Infill, images=("image",), rules=(Boxes("regions", MAX_ITEMS), Text("text", required=False)),
-        sampling="seed", sft_formats=("infill",),
-    ),
-    JobKind("segmentation", domain.Segmentation, images=("image",), sampling="none", defaults="segmentation",
-            sft_formats=("segmentation",)),
-    JobKind(
-        "structure_guided", domain.StructureGuided, images=("segmentation_map",), rules=(Text("caption"),),
-        defaults="structure_guided", sft_formats=("seg2img",),
-    ),
-    JobKind(
-        "grounded_generation", domain.GroundedGeneration,
-        rules=(Boxes("objects", MAX_ITEMS, text="description"), Text("prompt", required=False)),
-        defaults="grounded_generation", sft_formats=("grounded",),
-    ),
-    JobKind("text_rendering", domain.TextRendering, rules=(Text("text"),), defaults="text_rendering",
-            sft_formats=("text_render",)),
+    TEXT_TO_IMAGE, CAPTION, VISUAL_QUESTION, EDIT, INFILL, SEGMENTATION, STRUCTURE_GUIDED, GROUNDED_GENERATION,
+    TEXT_RENDERING,
+)
+JobRequest = (
+    TextToImage
+    | Caption
+    | VisualQuestion
+    | Edit
+    | Infill
+    | Segmentation
+    | StructureGuided
+    | GroundedGeneration
+    | TextRendering
 )
 KIND_BY_NAME: dict[str, JobKind] = {kind.name: kind for kind in KINDS}
 KIND_BY_TYPE: dict[type, JobKind] = {kind.request_type: kind for kind in KINDS}
@@ -132,7 +231,7 @@ SHAPES_POLICIES: dict[str, str] = {
 PRETRAIN_ENTRY = "pretrain"
 
 
-def kind_of(request: domain.JobRequest) -> JobKind:
+def kind_of(request: JobRequest) -> JobKind:
     return KIND_BY_TYPE[type(request)]
 
 
@@ -140,7 +239,7 @@ def kind_of(request: domain.JobRequest) -> JobKind:
 SAMPLING_OPTIONS = ("method", "temperature", "top_p", "guidance_scale", "guidance_plausibility", "num_candidates")
 
 
-def check_sampling_rules(kind: JobKind, sampling: domain.Sampling | None) -> None:
+def check_sampling_rules(kind: JobKind, sampling: Sampling | None) -> None:
     """The kind's sampling rules (the gateway checks the same on the wire): retrieved context only where the model
     was trained to read it, only the seed for a greedy kind. A ValueError naming the field otherwise."""
     if sampling is None:

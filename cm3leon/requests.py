@@ -1,8 +1,8 @@
-"""Domain requests and results of the inference engine: one frozen dataclass per job kind.
+"""What the job kinds' requests (`cm3leon.kinds`) are made of, and what the engine gives back: sampling options,
+images, boxes, progress, results and errors.
 
-Each type is declared as a job kind once, in `cm3leon.kinds`, under the name of its gRPC `JobRequest` oneof
-field. Image inputs are `ImageRef` (an object-store key) on the serving side and uint8 arrays (H, W, 3) once the
-worker has fetched them: the engine only accepts arrays. No torch here: the gateway builds them too.
+Image inputs are `ImageRef` (an object-store key) on the serving side and uint8 arrays (H, W, 3) once the worker
+has fetched them: the engine only accepts arrays. No torch here: the gateway builds them too.
 """
 
 from __future__ import annotations
@@ -54,87 +54,9 @@ class NormBox:
 
 
 @dataclass(frozen=True)
-class TextToImage:
-    prompt: str
-    num_images: int = 1
-    sampling: Sampling = field(default_factory=Sampling)
-
-
-@dataclass(frozen=True, eq=False)
-class Caption:
-    image: ImageInput
-    style: CaptionStyle = "detailed"
-    sampling: Sampling = field(default_factory=Sampling)
-
-
-@dataclass(frozen=True, eq=False)
-class VisualQuestion:
-    image: ImageInput
-    question: str
-    explain: bool = False
-    sampling: Sampling = field(default_factory=Sampling)
-
-
-@dataclass(frozen=True, eq=False)
-class Edit:
-    image: ImageInput
-    instruction: str
-    text_guidance_scale: float | None = None
-    image_guidance_scale: float | None = None
-    sampling: Sampling = field(default_factory=Sampling)
-    source_copy_bias: float | None = None  # None: the checkpoint's default (SamplingParams.source_copy_bias)
-
-
-@dataclass(frozen=True, eq=False)
-class Infill:
-    image: ImageInput
-    regions: tuple[NormBox, ...]
-    text: str = ""
-    sampling: Sampling = field(default_factory=Sampling)
-
-
-@dataclass(frozen=True, eq=False)
-class Segmentation:
-    image: ImageInput
-
-
-@dataclass(frozen=True, eq=False)
-class StructureGuided:
-    segmentation_map: ImageInput
-    caption: str
-    sampling: Sampling = field(default_factory=Sampling)
-
-
-@dataclass(frozen=True)
 class GroundedObject:
     description: str
     box: NormBox
-
-
-@dataclass(frozen=True)
-class GroundedGeneration:
-    objects: tuple[GroundedObject, ...]
-    prompt: str = ""
-    sampling: Sampling = field(default_factory=Sampling)
-
-
-@dataclass(frozen=True)
-class TextRendering:
-    text: str
-    sampling: Sampling = field(default_factory=Sampling)
-
-
-JobRequest = (
-    TextToImage
-    | Caption
-    | VisualQuestion
-    | Edit
-    | Infill
-    | Segmentation
-    | StructureGuided
-    | GroundedGeneration
-    | TextRendering
-)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cm3leon import kinds
 from cm3leon import requests as domain
 from cm3leon.kinds import KIND_BY_NAME
 from services.api import common_pb2, jobs_pb2
@@ -86,7 +87,7 @@ def field_value(message: Message, field: FieldDescriptor) -> Any:
     return value if value else UNSET
 
 
-def request_to_domain(request: jobs_pb2.JobRequest) -> domain.JobRequest:
+def request_to_domain(request: jobs_pb2.JobRequest) -> kinds.JobRequest:
     """The domain request of the kind `request` carries, field by field (the kind's table entry names its type)."""
     name = request.WhichOneof("kind")
     if name is None:

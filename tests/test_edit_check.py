@@ -19,9 +19,10 @@ from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT
 from cm3leon.evaluation.image_tasks_eval import evaluate_edits
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.kinds import Edit
 from cm3leon.policies.shapes.caption_check import AGREES, DISAGREES, CaptionCheckScorer
 from cm3leon.policies.shapes.edit_check import expected_scenes
-from cm3leon.requests import Edit, Sampling
+from cm3leon.requests import Sampling
 from cm3leon.tasks.decode import sample_image_outputs
 from cm3leon.tokenizers.vocab import ImageCodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir

@@ -18,6 +18,7 @@ from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
 from cm3leon.decoding.defaults import DEFAULTS_FILE, EDIT, EDIT_REDRAW, load_decoding_defaults
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.kinds import Edit
 from cm3leon.policies.shapes import edit_check
 from cm3leon.policies.shapes.edit_check import (
     EditPlan,
@@ -27,7 +28,7 @@ from cm3leon.policies.shapes.edit_check import (
     redraw_wins,
     sample_edits,
 )
-from cm3leon.requests import Edit, Sampling
+from cm3leon.requests import Sampling
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.parsing import grounded_spec

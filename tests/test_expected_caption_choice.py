@@ -25,6 +25,7 @@ from cm3leon.decoding.defaults import DEFAULTS_FILE, GROUNDED_GENERATION, TEXT_R
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.kinds import GroundedGeneration, TextRendering
 from cm3leon.policies.shapes import edit_check
 from cm3leon.policies.shapes.caption_check import (
     READING_RETRIEVER_WEIGHT,
@@ -33,7 +34,7 @@ from cm3leon.policies.shapes.caption_check import (
     text_render_scorer,
 )
 from cm3leon.policies.shapes.edit_check import EditSettings, edit_scorer
-from cm3leon.requests import GroundedGeneration, GroundedObject, NormBox, Sampling, TextRendering
+from cm3leon.requests import GroundedObject, NormBox, Sampling
 from cm3leon.retrieval.config import RetrieverConfig
 from cm3leon.retrieval.rerank import ExpectedCaptionScorer
 from cm3leon.retrieval.retriever import Retriever

@@ -20,8 +20,9 @@ from cm3leon.decoding.rerank import continuation_log_likelihoods
 from cm3leon.evaluation import image_tasks_eval
 from cm3leon.evaluation.task_cases import TaskEvalConfig, build_cases, formatter
 from cm3leon.inference.engine import Engine, EngineConfig
+from cm3leon.kinds import TextRendering
 from cm3leon.policies.shapes.caption_check import AGREES, DISAGREES, CaptionCheckScorer, text_render_check_scorer
-from cm3leon.requests import Sampling, TextRendering
+from cm3leon.requests import Sampling
 from tests.serving.fixtures import record_scorers
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir
 

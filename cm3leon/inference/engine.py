@@ -22,8 +22,8 @@ from cm3leon.decoding import GenerationCancelled, LikelihoodScorer, Scorer
 from cm3leon.inference.handlers import HANDLERS
 from cm3leon.inference.policies import resolve
 from cm3leon.inference.running import CancelCheck, ProgressSink, RunContext, StageHook, no_stage
-from cm3leon.kinds import check_sampling_rules, kind_of
-from cm3leon.requests import EngineResult, JobCancelled, JobRequest, Sampling, TextToImage, UnsupportedJobKind
+from cm3leon.kinds import JobRequest, TextToImage, check_sampling_rules, kind_of
+from cm3leon.requests import EngineResult, JobCancelled, Sampling, UnsupportedJobKind
 from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.formats import TaskFormatter

@@ -22,7 +22,8 @@ from cm3leon.inference.running import (
     sampling_params,
 )
 from cm3leon.inference.task_handlers import SFT_HANDLERS
-from cm3leon.requests import Caption, EngineResult, TextToImage
+from cm3leon.kinds import Caption, TextToImage
+from cm3leon.requests import EngineResult
 from cm3leon.tokenizers.vocab import ImageCodes
 
 

@@ -44,16 +44,8 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
-from cm3leon.requests import (
-    Edit,
-    EngineResult,
-    GroundedGeneration,
-    Infill,
-    Segmentation,
-    StructureGuided,
-    TextRendering,
-    VisualQuestion,
-)
+from cm3leon.kinds import Edit, GroundedGeneration, Infill, Segmentation, StructureGuided, TextRendering, VisualQuestion
+from cm3leon.requests import EngineResult
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
 from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
 from cm3leon.tasks.worked import DescriptionScorer, answer_worked

@@ -16,7 +16,8 @@ from cm3leon.data.questions import QA, REASONING_KIND
 from cm3leon.data.render import object_box
 from cm3leon.data.tasks import GroundedSpec, PixelBox, quantise_box
 from cm3leon.data.world import Scene, SceneObject, WorldConfig
-from cm3leon.requests import GroundedGeneration, NormBox, VisualQuestion
+from cm3leon.kinds import GroundedGeneration, VisualQuestion
+from cm3leon.requests import NormBox
 from cm3leon.tasks.parsing import question_and_answer
 
 # A float32 box edge meant to lie on a pixel edge lands within this many pixels of it (e.g. 21/64 * 64).

@@ -12,16 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cm3leon.inference.task_inputs import grounded_spec_of, pixel_box, question_of, text_scene_of
-from cm3leon.requests import (
-    Edit,
-    GroundedGeneration,
-    ImageInput,
-    Infill,
-    Segmentation,
-    StructureGuided,
-    TextRendering,
-    VisualQuestion,
-)
+from cm3leon.kinds import Edit, GroundedGeneration, Infill, Segmentation, StructureGuided, TextRendering, VisualQuestion
+from cm3leon.requests import ImageInput
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tokenizers.vocab import ImageCodes
 

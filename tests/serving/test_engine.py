@@ -16,8 +16,8 @@ from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_TO_IMAGE
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.inference.handlers import HANDLERS
-from cm3leon.kinds import CAPABILITIES_FILE
-from cm3leon.requests import Caption, Edit, JobCancelled, Progress, Sampling, TextToImage, UnsupportedJobKind
+from cm3leon.kinds import CAPABILITIES_FILE, Caption, Edit, TextToImage
+from cm3leon.requests import JobCancelled, Progress, Sampling, UnsupportedJobKind
 from cm3leon.retrieval.config import MemoryConfig
 from cm3leon.retrieval.memory import Memory
 from cm3leon.retrieval.rerank import RetrieverScorer

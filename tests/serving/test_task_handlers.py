@@ -27,24 +27,19 @@ from cm3leon.decoding.defaults import (
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY, SamplingParams
 from cm3leon.inference.engine import Engine, EngineConfig
 from cm3leon.inference.task_handlers import shown_answer
-from cm3leon.requests import (
+from cm3leon.kinds import (
     Caption,
     Edit,
-    EngineResult,
     GroundedGeneration,
-    GroundedObject,
     Infill,
-    JobCancelled,
     JobRequest,
-    NormBox,
-    Progress,
-    Sampling,
     Segmentation,
     StructureGuided,
     TextRendering,
     TextToImage,
     VisualQuestion,
 )
+from cm3leon.requests import EngineResult, GroundedObject, JobCancelled, NormBox, Progress, Sampling
 from cm3leon.tasks.decode import infill_plan
 from cm3leon.tasks.infill import span_lengths
 from tests.serving.fixtures import record_decoded_params

@@ -26,19 +26,20 @@ from cm3leon.inference.task_prompts import (
     text_rendering_prompt,
     visual_question_prompt,
 )
-from cm3leon.kinds import JOB_KINDS, Capabilities, kinds_taught_by, trained_capabilities
-from cm3leon.requests import (
+from cm3leon.kinds import (
+    JOB_KINDS,
+    Capabilities,
     Edit,
     GroundedGeneration,
-    GroundedObject,
     Infill,
-    NormBox,
-    Sampling,
     Segmentation,
     StructureGuided,
     TextRendering,
     VisualQuestion,
+    kinds_taught_by,
+    trained_capabilities,
 )
+from cm3leon.requests import GroundedObject, NormBox, Sampling
 from cm3leon.tasks.infill import span_lengths
 from cm3leon.tokenizers.vocab import ImageCodes
 from cm3leon.training.sft_data import MIXTURE_ENTRIES

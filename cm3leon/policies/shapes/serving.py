@@ -38,10 +38,11 @@ from cm3leon.inference.task_prompts import (
     segmentation_prompt,
     text_rendering_prompt,
 )
+from cm3leon.kinds import Edit, GroundedGeneration, Segmentation, TextRendering
 from cm3leon.policies.shapes.caption_check import expected_caption_scorer, text_render_scorer
 from cm3leon.policies.shapes.edit_check import EditSettings, edit_scorer, plan_edits, redraw_wins
 from cm3leon.policies.shapes.segmentation import MapDecoder, SegmentationParams, check_maps
-from cm3leon.requests import Edit, EngineResult, GroundedGeneration, Segmentation, TextRendering
+from cm3leon.requests import EngineResult
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS
 from cm3leon.tasks.parsing import segmentation_map
 
