@@ -95,10 +95,7 @@ class Engine:
     def _image_reranker(self) -> Scorer | None:
         """What chooses among several image candidates of a prompt that describes the image (text->image,
         structure-guided), as the evaluations do: the retriever's text-image similarity with the prompt's words
-        (CM3Leon reranks with CLIP), or None (the model's own likelihood) without a retriever. On the shapes model's
-        validation split, choosing among 8 candidates this way draws an exact scene from a segmentation map 0.875 of
-        the time (one candidate: 0.58; models/shapes/sweep_val.json). Edits, rendered words and grounded scenes are
-        scored against the scene they should show instead (`cm3leon.inference.task_handlers`)."""
+        (CM3Leon reranks with CLIP), or None (the model's own likelihood) without a retriever."""
         bundle = self.bundle
         if bundle.retriever is None or bundle.image_tokenizer is None:
             return None

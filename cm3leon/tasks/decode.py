@@ -5,7 +5,8 @@ Image and text outputs go through the project's `generate` (guidance, seeded req
 number of codes per `<mask:i>` span, which `generate` (one whole image block per image target) does not model,
 so it has its own small loop: every step re-reads the left-padded rows in full (no KV cache; an infill writes at
 most a few dozen tokens), takes the best image code where a code is due and forces the next sentinel where a
-span ends. The loops read only the checkpoint's model, vocabulary and VQ tokenizer.
+span ends; a forward without positions never touches the model's KV cache, so other decodes keep theirs. The
+loops read only the checkpoint's model, vocabulary and VQ tokenizer.
 """
 
 from __future__ import annotations
@@ -195,7 +196,6 @@ def _decode_infill_batch(
 ) -> list[list[int]]:
     model, vocab = checkpoint.model, checkpoint.vocab
     device = model.token_embedding.weight.device
-    getattr(model, "clear_caches", lambda: None)()  # without caches, forward attends over the rows given
     rows = [list(p) for p in prompts]
     generated: list[list[int]] = [[] for _ in prompts]
     image_ids = torch.arange(vocab.image_ids.start, vocab.image_ids.stop, device=device)

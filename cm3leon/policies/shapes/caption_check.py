@@ -1,29 +1,19 @@
-"""Image outputs checked against the model's own reading of them: several samples, the first whose caption is the
-scene the request asks for.
+"""Image outputs checked against what the request asks for: several samples, and the one the model's reading or the
+retriever finds closest to the expected scene.
 
 The shapes model's image samples are often wrong in a way its captions see (an edit that changed the wrong object,
 a word with a wrong letter), and among several samples one is right far more often than the first, while the
 model's likelihood of its own samples does not tell which. `CaptionCheckScorer` captions each candidate greedily,
 parses the caption with the world's grammar and scores 1 where it is the expected scene, else 0; `generate` keeps
-the first best, so the first agreeing sample (the first sample when none agrees). What differs per task is only
-where the expected scene comes from: editing applies the instruction to the source's caption
-(`cm3leon.policies.shapes.edit_check`); text rendering asks for a known word scene (`text_render_check_scorer`).
+the first best. What differs per task is only where the expected scene comes from: editing applies the instruction
+to the source's caption (`edit_check`); text rendering asks for a known word scene (`text_render_check_scorer`),
+and its check is graded (where no candidate reads back exactly, the likeliest expected caption wins).
 
-Text rendering's check is graded: where no candidate is read back exactly, the one whose expected caption the model
-finds likeliest is kept instead of the first. Measured on validation (stage 14, n = 200, 8 candidates): some
-candidate draws the word 0.735 of the time, the exact check kept a right one 0.530, the graded check 0.565 (the
-likelihood alone, without the greedy reading, 0.570, with a trial variant of this scorer that was not kept).
-Editing's check stays exact: its misses are the samples' (some candidate right 0.58, kept 0.475).
-
-Where a retriever is loaded it takes part (`text_render_scorer`; `policies.shapes.edit_check.edit_scorer`): CM3Leon's
-CLIP reranking, here against the scene the request should show rather than the prompt. Edit candidates are ranked
-by the retriever's similarity to the expected scene's caption (validation, n = 200: 0.525 / 0.580 exact on seeds
-1 / 0, against 0.475 / 0.505 for the caption check). Word candidates are ranked by the model's mean per-token
-log-probability of the asked-for caption plus `READING_RETRIEVER_WEIGHT` times that similarity: on the same
-validation samples (seeds 0 / 1, 8 candidates) the graded check kept a right word 0.565 / 0.545 of the time, the
-similarity alone 0.635 / 0.620, the sum 0.660 / 0.635; with 16 candidates (the shipped default since) 0.575 /
-0.590, 0.680 / 0.655 and 0.710 / 0.705 (`scripts/text_render_check_rules.py`). Neither decodes a caption per
-candidate.
+Where a retriever is loaded it takes part, as CM3Leon's CLIP reranking, here against the scene the request should
+show rather than the prompt: edit candidates by its similarity to the expected scene's caption; word candidates by
+the model's mean per-token log-probability of the asked-for caption plus `READING_RETRIEVER_WEIGHT` times that
+similarity. Neither decodes a caption per candidate. The validation comparisons behind each rule:
+docs/model-history.md and experiments/rules/.
 """
 
 from __future__ import annotations
@@ -43,13 +33,11 @@ from cm3leon.tasks.formats import TaskFormatter
 from cm3leon.tasks.parsing import image_output
 from cm3leon.tokenizers.vocab import ImageCodes
 
-# One greedy caption per candidate image: cheap, and on validation the edit check it gives accepted a wrong edit
-# only 5% of the times it accepted one.
+# One greedy caption per candidate image: cheap, and rarely accepts a wrong edit (docs/model-history.md).
 CHECK_CAPTION_PARAMS = SamplingParams.preset("greedy_text")
 AGREES, DISAGREES = 1.0, 0.0
 # Text rendering with a retriever: how much the retriever's cosine similarity (in [-1, 1]) counts against the
-# model's mean per-token log-probability of the asked-for caption. Of 1, 5 and 20, 5 kept the most right words on
-# validation (or tied) in all four comparisons (seeds 0 and 1, 8 and 16 candidates; module docstring).
+# model's mean per-token log-probability of the asked-for caption (chosen on validation: docs/model-history.md).
 READING_RETRIEVER_WEIGHT = 5.0
 
 Describer = Callable[[Sequence[ImageCodes]], list[str]]

@@ -6,27 +6,19 @@ wrong. With several candidates (`num_candidates` > 1 in the edit's SamplingParam
 1. The plan: the source is captioned as the caption job captions (the checkpoint's caption defaults: several
    samples, the noisy channel chooses) and the instruction is applied to that caption symbolically
    (`parse_edit_instruction`, the world's edit grammar): the expected scene. None where the caption does not read
-   or the instruction names no unique object of it. On validation (stage 14, n = 200, seed 1) the plan is the true
-   target 0.895 of the time; one greedy caption (the plan before session 19) gave 0.80.
+   or the instruction names no unique object of it.
 2. The samples: the direct edits (three-stream guidance), and where the plan is known, the checkpoint's
    `edit_redraw` count of redraws: grounded prompts of the expected scene (each object with its box), decoded as
-   grounded generation is. Why redraws: the shapes VQ's codes are not local (removing one object changes ~45% of the
-   codes outside its cell), so a direct edit must redraw the scene from the source's codes anyway, and among 8
-   direct samples some one is exact only 0.58 of the time; from its grounded prompt the model draws a known scene
-   far more reliably.
+   grounded generation is. Why redraws: the shapes VQ's codes are not local, so a direct edit must redraw the scene
+   from the source's codes anyway, and the model draws a known scene far more reliably from its grounded prompt.
 3. The choice, over direct samples and redraws alike: with a retriever, its similarity of each candidate with the
    expected scene's canonical caption (`ExpectedCaptionScorer`); without one, the caption check (the first sample
    whose greedy caption is the expected scene, direct samples first, else the first direct sample). No plan: the
    first direct sample.
 
-Validation (stage 14, n = 200, seeds 1 / 0; `cm3leon eval all --split val --tasks edit`): the shipped 2 direct samples
-and 16 redraws keep an exact edit 0.850 / 0.855 of the time (8 + 8: 0.850 / 0.820), against 0.54 / 0.63 for the
-retriever choosing among 8 direct samples alone with the same plans and 0.525 / 0.58 for the rule before (greedy
-plans, no redraws); with greedy plans 8 + 8 kept 0.79 on seed 1 (model card). A redraw repaints what the
-plan says, not the source's pixels: in the shapes world a scene is its caption (the oracle checks every object, kept
-ones included), and an image whose caption does not read gets direct samples only; `Edit.redraw = False` asks for
-direct edits only. The plan applies the world's instruction grammar symbolically: the model is not trained to
-rewrite a caption by an instruction itself.
+A redraw repaints what the plan says, not the source's pixels: in the shapes world a scene is its caption, and an
+image whose caption does not read gets direct samples only; a plain request (`JobRequest.plain`) skips the policy.
+Measured choices and their history: docs/model-history.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,17 @@
 """Segmentation maps that agree with the model's own caption of the image.
 
-The shapes model's segmentation errors are mostly whole objects drawn in the wrong class (a circle mapped as a
-square: 93 of 399 validation objects for the stage-8b weights), while its captions name the shapes of a scene
-right far more often (0.84 of validation scenes exactly). So one skill checks the other: the map is decoded
-greedily; where its objects (connected regions of one class, each placed in the grid cell of its centre) are
-not the shapes the caption names in the cells it names, `num_candidates` maps are sampled at `temperature` and
-the first that agrees is kept; where none does, or the caption names no shapes (a word scene, an unreadable
-caption), the greedy map stands. Checking places as well as shapes matters: with shape counts alone a sample
-that drew the right shapes in the wrong cells passed (validation mIoU, stage-12 weights: 0.828 by counts, 0.860
-by places, the same 200 scenes). The agreement check is
-the candidate scorer (`AgreementScorer`), so sampling and choosing use `generate`'s own reranking.
+The shapes model's segmentation errors are mostly whole objects drawn in the wrong class, while its captions name
+the shapes of a scene right far more often; so one skill checks the other. The map is decoded greedily; where its
+objects (connected regions of one class, each placed in the grid cell of its centre) are not the shapes the caption
+names in the cells it names, `num_candidates` maps are sampled at `temperature` and the first that agrees is kept;
+where none does, or the caption names no shapes (a word scene, an unreadable caption), the greedy map stands.
+Places are checked as well as shapes: a sample with the right shapes in the wrong cells must not pass. The
+agreement check is the candidate scorer (`AgreementScorer`), so sampling and choosing use `generate`'s reranking.
 
 The caption is decoded with the checkpoint's caption defaults (several samples reranked by the noisy channel);
 `SegmentationParams` holds both settings. `segment_images` does it all (the evaluation); `check_maps` is the check
-alone, for greedy maps decoded elsewhere (the server decodes them with progressive previews).
+alone, for greedy maps decoded elsewhere (the server decodes them with progressive previews). Measured effects:
+docs/model-history.md.
 """
 
 from __future__ import annotations
