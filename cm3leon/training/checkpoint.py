@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,28 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def write_checkpoint(
+    directory: Path, write_model: Callable[[Path], None], optimizer: torch.optim.Optimizer, state_json: str
+) -> Path:
+    """Write a complete checkpoint to `directory` atomically (a partial write never replaces a good one): the model
+    by `write_model(folder)`, then the optimizer, the RNG states and the scalars. Every trainer saves through here."""
+    directory = Path(directory)
+    partial = directory.with_name(directory.name + ".partial")
+    previous = directory.with_name(directory.name + ".previous")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write_model(partial)
+    torch.save(optimizer.state_dict(), partial / OPTIMIZER_FILE)
+    torch.save(capture_rng_states(), partial / RNG_FILE)
+    (partial / STATE_FILE).write_text(state_json)
+    if directory.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        directory.rename(previous)
+    partial.rename(directory)
+    shutil.rmtree(previous, ignore_errors=True)
+    return directory
+
+
 def save_training_checkpoint(
     directory: Path,
     model: nn.Module,
@@ -65,23 +87,13 @@ def save_training_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: Mapping[str, Any],
 ) -> Path:
-    """Write a complete checkpoint atomically. `state` must be JSON-serialisable (ints, floats, lists, dicts)."""
-    directory = Path(directory)
-    partial = directory.with_name(directory.name + ".partial")
-    previous = directory.with_name(directory.name + ".previous")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_weights(model, partial / WEIGHTS_FILE)
-    (partial / CONFIG_FILE).write_text(config_json)
-    torch.save(optimizer.state_dict(), partial / OPTIMIZER_FILE)
-    torch.save(capture_rng_states(), partial / RNG_FILE)
-    (partial / STATE_FILE).write_text(json.dumps(dict(state), indent=2) + "\n")
-    if directory.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        directory.rename(previous)
-    partial.rename(directory)
-    shutil.rmtree(previous, ignore_errors=True)
-    return directory
+    """A checkpoint of a module saved with its config JSON. `state` must be JSON-serialisable."""
+
+    def write_model(folder: Path) -> None:
+        save_weights(model, folder / WEIGHTS_FILE)
+        (folder / CONFIG_FILE).write_text(config_json)
+
+    return write_checkpoint(directory, write_model, optimizer, json.dumps(dict(state), indent=2) + "\n")
 
 
 def find_checkpoint(directory: Path) -> Path | None:

@@ -10,7 +10,6 @@ checkpoint directory also loads directly with `Transformer.from_pretrained`.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,11 @@ from cm3leon.training.checkpoint import (
     RNG_FILE,
     STATE_FILE,
     MetricsLogger,
-    capture_rng_states,
-    find_checkpoint,
     restore_rng_states,
+    write_checkpoint,
 )
 
-__all__ = ["MetricsLogger", "TrainerState", "latest_checkpoint", "load_training_state", "save_training_state"]
+__all__ = ["MetricsLogger", "TrainerState", "load_training_state", "save_training_state"]
 
 
 @dataclass
@@ -58,24 +56,7 @@ def save_training_state(
     directory: Path, model: Transformer, optimizer: torch.optim.Optimizer, state: TrainerState
 ) -> Path:
     """Write a complete checkpoint to `directory` atomically (a partial write never replaces a good one)."""
-    partial = directory.with_name(directory.name + ".partial")
-    previous = directory.with_name(directory.name + ".previous")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    torch.save(optimizer.state_dict(), partial / OPTIMIZER_FILE)
-    torch.save(capture_rng_states(), partial / RNG_FILE)
-    (partial / STATE_FILE).write_text(state.to_json())
-    if directory.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        directory.rename(previous)
-    partial.rename(directory)
-    shutil.rmtree(previous, ignore_errors=True)
-    return directory
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint to resume from: `directory`, or its `.previous` if a crash hit between the two renames."""
-    return find_checkpoint(directory)
+    return write_checkpoint(directory, model.save_pretrained, optimizer, state.to_json())
 
 
 def load_training_state(

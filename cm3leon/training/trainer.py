@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from cm3leon.hardware import resolve_bf16
 from cm3leon.model import Transformer
+from cm3leon.training.checkpoint import find_checkpoint
 from cm3leon.training.distributed import DistributedContext, all_reduce_sum, barrier, broadcast_from_main
 from cm3leon.training.losses import LossTotals, Modalities, evaluate_perplexity, masked_token_losses
 from cm3leon.training.packing import BatchSource, TokenBatch
@@ -34,7 +35,6 @@ from cm3leon.training.schedule import warmup_cosine_lr
 from cm3leon.training.state import (
     MetricsLogger,
     TrainerState,
-    latest_checkpoint,
     load_training_state,
     save_training_state,
 )
@@ -92,7 +92,7 @@ class Trainer:
 
     def resume_if_possible(self) -> bool:
         """Load `out_dir/checkpoint` when there is one (every rank loads it; DDP then starts in agreement)."""
-        found = latest_checkpoint(self.checkpoint_dir)
+        found = find_checkpoint(self.checkpoint_dir)
         if found is None:
             return False
         self.state = load_training_state(found, self.model, self.optimizer, self.context.device)
