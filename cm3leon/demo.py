@@ -13,12 +13,12 @@ from cm3leon.data.language import detailed_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import render
 from cm3leon.data.world import Split, World, WorldConfig
+from cm3leon.tokenizers.image import ImageTokenizer
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "shapes"
 
 
 def run_demo(out: Path, model_dir: Path = SHIPPED_MODEL_DIR, n: int = 12, seed: int = 0) -> None:
-    from cm3leon.tokenizers.image import ImageTokenizer
 
     vq_dir = model_dir / "vq"
     if not vq_dir.exists():

@@ -8,7 +8,7 @@ describe is unique.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +16,8 @@ from cm3leon.data.language import CORPUS_TEXT_SCENE_FRACTION
 from cm3leon.data.world import Scene, Split, World, WorldConfig
 from cm3leon.evaluation.frechet import frechet_distance, image_features
 from cm3leon.retrieval.metrics import RECALL_KS, recall_at_k
-
-if TYPE_CHECKING:
-    from cm3leon.retrieval.retriever import Retriever
+from cm3leon.retrieval.pairs import draw_pairs, stack_images
+from cm3leon.retrieval.retriever import Retriever
 
 # Suffix of the seed that draws the second, independent real set for the Fréchet floor.
 FLOOR_SEED_SUFFIX = "fd-floor"
@@ -40,7 +39,6 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     """Recall@1/5 text->image and image->text over `n` pairs of `split`, per scene kind too, and the Fréchet
     distance between two independent real image sets of size `n` (the floor any generator is measured against)."""
-    from cm3leon.retrieval.pairs import draw_pairs, stack_images
 
     world = World(world_config or WorldConfig.preset("shapes"))
     pairs = draw_pairs(world, seed, split, n, short_caption_fraction=0.0, text_scene_fraction=text_scene_fraction)

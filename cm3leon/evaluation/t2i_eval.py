@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -30,10 +30,9 @@ from cm3leon.data.world import Scene, Split
 from cm3leon.decoding import GenerationRequest, SamplingParams, generate
 from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, no_rerank
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
+from cm3leon.retrieval.rerank import RetrieverScorer
+from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.decode import request_seed
-
-if TYPE_CHECKING:
-    from cm3leon.retrieval.retriever import Retriever
 
 # Evaluation method -> the SamplingParams method it decodes with ("plain" is TopP sampling without guidance).
 T2I_METHODS: dict[str, str] = {"plain": "sample", "cfg": "cfg", "cdk": "cdk", "pooled": "pooled"}
@@ -159,7 +158,6 @@ def retriever_reranker(checkpoint: ModelBundle, retriever: Retriever | None) -> 
     """The retriever's text-image similarity as the pooled reranker (None: keep the likelihood default)."""
     if retriever is None:
         return None
-    from cm3leon.retrieval.rerank import RetrieverScorer
 
     fallback = LikelihoodScorer(checkpoint.model, checkpoint.vocab)
     return RetrieverScorer(retriever, checkpoint.vocab, checkpoint.image_tokenizer, fallback)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,10 +34,8 @@ from cm3leon.evaluation.t2i_eval import (
     score_generated_images,
 )
 from cm3leon.evaluation.task_cases import TaskEvalConfig
+from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.decode import generate_image_outputs
-
-if TYPE_CHECKING:
-    from cm3leon.retrieval.retriever import Retriever
 
 # Captions -> the retrieved documents' ids to put before each prompt (`<bos> doc <eos>` ...), most relevant last.
 RetrievalPrefix = Callable[[Sequence[str]], list[list[int]]]
@@ -49,7 +46,6 @@ def load_fd_retriever(directory: Path | None, image_size: int) -> Retriever | No
     """The retriever whose image tower gives the Fréchet features, or None when absent or for another image size."""
     if directory is None or not (Path(directory) / "retriever_config.json").exists():
         return None
-    from cm3leon.retrieval.retriever import Retriever  # only when a retriever is asked for
 
     retriever = Retriever.from_pretrained(directory)
     return retriever if retriever.config.image_size == image_size else None

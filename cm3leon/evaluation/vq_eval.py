@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cm3leon.data.grid import save_grid
 from cm3leon.data.oracle import Oracle, aggregate_scores, score_scene
 from cm3leon.data.render import render, segmentation_from_image
 from cm3leon.data.world import Scene, Split, World, WorldConfig
@@ -213,7 +214,6 @@ def _save_examples(
     count: int,
 ) -> None:
     """Rows of original | reconstruction | segmentation | its reconstruction; failures first, then word scenes."""
-    from cm3leon.data.grid import save_grid
 
     failures = [i for i, s in enumerate(scene_scores) if not s["exact"]]
     shown = (failures + [i for i in range(len(scenes)) if i not in set(failures)])[:count]

@@ -32,7 +32,8 @@ from cm3leon.retrieval.encoders import DualEncoder
 from cm3leon.retrieval.metrics import recall_at_k
 from cm3leon.retrieval.pairs import CaptionedImage, draw_pairs, stack_images
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tokenizers.text import TextTokenizer
+from cm3leon.tokenizers.text import TextTokenizer, TextTokenizerConfig
+from cm3leon.tokenizers.world_text import train_world_tokenizer
 from cm3leon.training.checkpoint import (
     MetricsLogger,
     find_checkpoint,
@@ -147,8 +148,6 @@ def validation_recall(retriever: Retriever, pairs: list[CaptionedImage]) -> floa
 def world_tokenizer(preset: str) -> TextTokenizer:
     """The BPE that `cm3leon train text-tokenizer --preset PRESET` trains with its defaults (same corpus, same
     seed, so the same merges): the retriever reads text the way the decoder does."""
-    from cm3leon.tokenizers.text import TextTokenizerConfig
-    from cm3leon.tokenizers.world_text import train_world_tokenizer
 
     return train_world_tokenizer(WorldConfig.preset("shapes"), TextTokenizerConfig.preset(preset))
 
