@@ -11,7 +11,7 @@ from collections.abc import Callable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cm3leon.inference import requests as domain
-from services.api import common_pb2, jobs_pb2
+from cm3leon_client.api import common_pb2, jobs_pb2
 from services.records import JobRecord, JobState, StoredObject
 
 METHODS = {

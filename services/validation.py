@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from services.api import common_pb2, jobs_pb2
+from cm3leon_client.api import common_pb2, jobs_pb2
 from services.errors import InvalidArgument
 from services.objectstore import REFERENCEABLE_KEY, png_bytes
 from services.settings import GatewaySettings

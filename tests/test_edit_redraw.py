@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cm3leon_client as api
 from cm3leon.data.tasks import grounded_spec_of_scene
 from cm3leon.data.world import Scene
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
@@ -27,7 +28,6 @@ from cm3leon.tasks.edit_check import EditPlan, EditSettings, edit_scorer, redraw
 from cm3leon.tasks.parsing import grounded_spec
 from cm3leon.tokenizers.text import TextTokenizer
 from cm3leon.tokenizers.vocab import ImageCodes
-from services import client as api
 from services.convert import request_to_domain
 from tests.serving.fixtures import record_decodes
 from tests.serving.sft_fixtures import build_tiny_sft_model_dir

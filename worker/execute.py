@@ -23,7 +23,7 @@ from cm3leon.inference.requests import (
     UnsupportedJobKind,
     image_fields,
 )
-from services.api import jobs_pb2
+from cm3leon_client.api import jobs_pb2
 from services.convert import request_to_domain
 from services.objectstore import output_key, preview_key
 from services.records import JobRecord, JobState, RetrievedInfo

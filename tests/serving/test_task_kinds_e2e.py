@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cm3leon_client as api
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.data.world import World
 from cm3leon.inference import JOB_KINDS
-from services import client as api
-from services.api import jobs_pb2
-from services.client import Client
-from services.demo import DEMO_REQUESTS, DemoCase, demo_scenes, run_jobs, supported_kinds, world_for
+from cm3leon_client import Client
+from cm3leon_client.api import jobs_pb2
+from cm3leon_stack.demo import DEMO_REQUESTS, DemoCase, demo_scenes, run_jobs, supported_kinds, world_for
 from services.objectstore import ObjectStore
 from services.stack import Stack
 from tests.serving.fixtures import API_KEYS
