@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -35,11 +36,14 @@ def isolated_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("client-venv") / "venv"
+    root = tmp_path_factory.mktemp("client-venv")
+    # Installed from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    source = shutil.copytree(CLIENT_DIR, root / "source", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    directory = root / "venv"
     venv.create(directory, with_pip=True)
     python = directory / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(CLIENT_DIR)],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
         env=isolated_env(),
         capture_output=True,
         text=True,

@@ -111,8 +111,9 @@ def test_the_demo_runs_and_labels_every_declared_kind(sft_stack: Stack, sft_clie
     assert sorted(kinds) == sorted(JOB_KINDS), "the SFT worker declares every kind"
     [row] = run_jobs(sft_client, kinds, world, tmp_path, scenes=1)
     labels = [label for _, label in row[1:]]
-    assert [label.split(":")[0] for label in labels] == kinds
-    assert all(label.split(": ")[1].startswith("succeeded") for label in labels), labels
+    # Each label: the request ("kind: field: text; ..."), then the result ("-> state[: text]").
+    assert [label.splitlines()[0].split(":")[0] for label in labels] == kinds
+    assert all(label.splitlines()[-1].startswith("-> succeeded") for label in labels), labels
     for kind in kinds:
         outputs = list(tmp_path.glob(f"{kind}-0*"))
         assert outputs, f"{kind} wrote no output"

@@ -1,1 +1,0 @@
-"""Generated gRPC stubs of protos/cm3leon/v1 (`python -m services.protos`)."""
