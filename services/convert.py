@@ -1,4 +1,4 @@
-"""Protobuf <-> domain: the wire types of `services.api` and the engine's requests / the store's records.
+"""Protobuf <-> domain: the wire types of `cm3leon_client.api` and the engine's requests / the store's records.
 
 Nothing here decides anything: validation happened before (`validation.py`), and the meaning of every field is
 the engine's. Images arrive here as object keys (inline bytes were uploaded first) and leave as `ImageRef`.
