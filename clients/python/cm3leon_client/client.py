@@ -67,9 +67,9 @@ def download_outputs(job: jobs_pb2.Job, directory: str | Path) -> list[Path]:
 class WaitState:
     """What `wait` has seen so far: the last sequence (to resume after) and the broken streams in a row."""
 
-    def __init__(self, timeout_s: float | None) -> None:
+    def __init__(self, timeout_s: float | None, after_sequence: int = 0) -> None:
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self.sequence = 0
+        self.sequence = after_sequence
         self.failures = 0
 
     def stream_timeout(self) -> float:
@@ -138,11 +138,16 @@ class Client:
         return self.jobs.WatchJob(message, metadata=self.metadata, timeout=timeout_s)
 
     def wait(
-        self, job_id: str, on_update: Callable[[jobs_pb2.Job], None] | None = None, timeout_s: float | None = None
+        self,
+        job_id: str,
+        on_update: Callable[[jobs_pb2.Job], None] | None = None,
+        timeout_s: float | None = None,
+        after_sequence: int = 0,
     ) -> jobs_pb2.Job:
-        """Watch until the job finishes, at most `timeout_s` (None: no limit); a broken stream (UNAVAILABLE: a
-        gateway restarting) is resumed after the last sequence seen, with backoff."""
-        state = WaitState(timeout_s)
+        """Watch until the job finishes, at most `timeout_s` (None: no limit), from the snapshot after
+        `after_sequence`; a broken stream (UNAVAILABLE: a gateway restarting) is resumed after the last sequence
+        seen, with backoff."""
+        state = WaitState(timeout_s, after_sequence)
         while True:
             try:
                 for job in self.watch(job_id, state.sequence, state.stream_timeout()):
@@ -222,9 +227,13 @@ class AsyncClient:
             yield job
 
     async def wait(
-        self, job_id: str, on_update: Callable[[jobs_pb2.Job], None] | None = None, timeout_s: float | None = None
+        self,
+        job_id: str,
+        on_update: Callable[[jobs_pb2.Job], None] | None = None,
+        timeout_s: float | None = None,
+        after_sequence: int = 0,
     ) -> jobs_pb2.Job:
-        state = WaitState(timeout_s)
+        state = WaitState(timeout_s, after_sequence)
         while True:
             try:
                 async for job in self.watch(job_id, state.sequence, state.stream_timeout()):

@@ -143,15 +143,17 @@ def watch(
     connection: Connection,
     after: Annotated[int, typer.Option(help="Resume after this sequence number.")] = 0,
 ) -> None:
-    """Print one line per snapshot until the job finishes (exit 1 unless it succeeded)."""
+    """Print one line per snapshot until the job finishes (exit 1 unless it succeeded); a broken stream is
+    resumed after the last snapshot printed."""
+
+    def print_line(job: jobs_pb2.Job) -> None:
+        preview = f" preview={job.preview.url}" if job.preview.key else ""
+        progress = f"{job.progress.tokens_done}/{job.progress.tokens_total}"
+        typer.echo(f"#{job.sequence} {state_name(job)} {progress}{preview}")
+
     with Client(connection=connection) as client:
-        final = None
-        for job in client.watch(job_id, after, timeout_s=None):
-            final = job
-            preview = f" preview={job.preview.url}" if job.preview.key else ""
-            progress = f"{job.progress.tokens_done}/{job.progress.tokens_total}"
-            typer.echo(f"#{job.sequence} {state_name(job)} {progress}{preview}")
-    if final is not None and final.state != jobs_pb2.JOB_STATE_SUCCEEDED:
+        final = client.wait(job_id, on_update=print_line, after_sequence=after)
+    if final.state != jobs_pb2.JOB_STATE_SUCCEEDED:
         raise typer.Exit(ExitCode.JOB_FAILED)
 
 

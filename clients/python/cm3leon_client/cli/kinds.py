@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Annotated, Any
 
 import typer
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -111,8 +112,6 @@ def parse_compact(descriptor: Descriptor, text: str) -> Message:
 
 
 def message_for(descriptor: Descriptor) -> Message:
-    from google.protobuf import message_factory
-
     return message_factory.GetMessageClass(descriptor)()
 
 
