@@ -34,6 +34,7 @@ OPTIONAL_IMPORTS = {
     "pyyaml": "kombu registers a YAML serializer if PyYAML is installed",
     "psutil": "the OpenTelemetry SDK's process resource uses it if installed",
     "setuptools": "its .pth hook (_distutils_hack) loads at interpreter start in any venv that has it",
+    "cryptography": "redis.utils imports it if installed (a dev dependency: the client's TLS test certificates)",
 }
 # The project itself (installed with --no-deps into the image) and its client (installed from clients/python).
 PROJECTS = {"cm3leon", "cm3leon-client"}
