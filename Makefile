@@ -10,10 +10,12 @@ TORCH_PIN ?= torch==2.13.0
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	# The client distribution first: the project depends on it (cm3leon-client is not on an index).
+	$(PY) -m pip install --quiet -e clients/python
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -35,10 +37,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(CLI) bench all --out bench/results
 
+# Style (ruff) and the direction of imports (import-linter: the contracts in pyproject.toml).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cm3leon services worker tests experiments
+	$(VENV)/bin/ruff check cm3leon cm3leon_cli cm3leon_stack services worker clients tests experiments
+	$(VENV)/bin/lint-imports
 
-# Regenerate the gRPC stubs in services/api from protos/ (a test fails when they are stale).
+# Regenerate the gRPC stubs in clients/python/cm3leon_client/api from protos/ (a test fails when they are stale).
 protos: $(STAMP)
 	$(PY) -m services.protos
 

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The gateway: services/ and worker/app.py on the serving dependencies only. No torch, no model: a slim image
+# The gateway: services/ and the client package on the serving dependencies only. No torch, no model: a slim image
 # (tests/deploy checks that the requirements cover what the gateway imports, and hold no torch).
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
@@ -8,12 +8,17 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
 # Dependencies first (a layer that changes only with pyproject.toml), derived from pyproject.toml.
-COPY pyproject.toml README.md ./
+# The client distribution first (grpcio, protobuf, typer; the project depends on it and it is on no index).
+COPY clients/python/ clients/python/
+RUN /opt/venv/bin/pip install ./clients/python
+COPY pyproject.toml README.md LICENSE ./
 COPY deploy/requirements.py deploy/requirements.py
 RUN python deploy/requirements.py gateway > /tmp/requirements.txt \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 # The code, without its dependencies (torch among them): the gateway imports cm3leon's torch-free request types.
 COPY cm3leon/ cm3leon/
+COPY cm3leon_cli/ cm3leon_cli/
+COPY cm3leon_stack/ cm3leon_stack/
 COPY services/ services/
 COPY worker/ worker/
 RUN /opt/venv/bin/pip install --no-deps . \

@@ -14,11 +14,16 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
-COPY pyproject.toml README.md ./
+# The client distribution first (grpcio, protobuf, typer; the project depends on it and it is on no index).
+COPY clients/python/ clients/python/
+RUN /opt/venv/bin/pip install ./clients/python
+COPY pyproject.toml README.md LICENSE ./
 COPY deploy/requirements.py deploy/requirements.py
 RUN python deploy/requirements.py worker > /tmp/requirements.txt \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 COPY cm3leon/ cm3leon/
+COPY cm3leon_cli/ cm3leon_cli/
+COPY cm3leon_stack/ cm3leon_stack/
 COPY services/ services/
 COPY worker/ worker/
 RUN /opt/venv/bin/pip install --no-deps .

@@ -1,4 +1,4 @@
-"""Protobuf <-> domain: the wire types of `services.api` and the engine's requests / the store's records.
+"""Protobuf <-> domain: the wire types of `cm3leon_client.api` and the engine's requests / the store's records.
 
 Nothing here decides anything: validation happened before (`validation.py`), and the meaning of every field is
 the engine's. Images arrive here as object keys (inline bytes were uploaded first) and leave as `ImageRef`.
@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cm3leon import kinds
 from cm3leon import requests as domain
 from cm3leon.kinds import KIND_BY_NAME
-from services.api import common_pb2, jobs_pb2
+from cm3leon_client.api import common_pb2, jobs_pb2
 from services.records import JobRecord, JobState, StoredObject
 
 METHODS = {

@@ -19,14 +19,14 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.api import corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from cm3leon_client.api import corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from services.interceptors import AuthInterceptor, ErrorInterceptor, TracingInterceptor
 from services.jobstore import AsyncJobStore
 from services.objectstore import ObjectStore
+from services.queue import make_celery
 from services.servicers import CorpusServicer, Gateway, JobServicer
 from services.settings import GatewaySettings
 from services.telemetry import setup_telemetry, shutdown_telemetry
-from worker.app import make_celery
 
 log = logging.getLogger(__name__)
 # On shutdown, health reports NOT_SERVING for this long while RPCs are still accepted (load balancers notice).

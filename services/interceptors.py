@@ -15,11 +15,11 @@ import grpc
 import redis
 from grpc import aio
 
+from cm3leon_client.channel import API_KEY_HEADER
 from services.errors import ServiceError
 from services.telemetry import tracer
 
 log = logging.getLogger(__name__)
-API_KEY_HEADER = "x-api-key"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
 Behaviour = Callable[..., Any]

@@ -16,18 +16,18 @@ from typing import Any
 import grpc
 from celery import Celery
 
+from cm3leon_client.api import common_pb2, corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from services import convert
-from services.api import common_pb2, corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
 from services.interceptors import current_tenant
 from services.jobstore import AsyncJobStore
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
+from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.telemetry import Metrics, inject_context, tracer
 from services.validation import check_request_id, check_text, normalise_image, validate_request
-from worker.app import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
 
 # Drawn seeds leave headroom below decoding's 63-bit seeds: image i of a job uses seed + i.
 ASSIGNED_SEED_BITS = 59

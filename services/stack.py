@@ -26,6 +26,8 @@ from services.keys import Keys, queue_names
 from services.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+# The children import the project from this checkout: its root and the client distribution (clients/python).
+PYTHON_PATH = (ROOT, ROOT / "clients" / "python")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 S3_ACCESS_KEY = "cm3leon"
@@ -145,7 +147,7 @@ class Stack:
         log_path = self.workdir / f"{name}.log"
         offset = log_path.stat().st_size if log_path.exists() else 0
         handle = open(log_path, "ab")
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, PYTHON_PATH)), **(env or {})}
         process = subprocess.Popen(
             args, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env, start_new_session=True
         )

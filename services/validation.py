@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from PIL import Image, UnidentifiedImageError
 
 from cm3leon.kinds import GUIDANCE, KIND_BY_NAME, KINDS, Boxes, JobKind, Range, Rule, Text
-from services.api import common_pb2, jobs_pb2
+from cm3leon_client.api import common_pb2, jobs_pb2
 from services.errors import InvalidArgument
 from services.objectstore import REFERENCEABLE_KEY, png_bytes
 from services.settings import GatewaySettings

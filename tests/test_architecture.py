@@ -11,9 +11,9 @@ import pytest
 from cm3leon.inference.handlers import HANDLERS
 from cm3leon.inference.policies import resolve
 from cm3leon.kinds import KINDS, SHAPES_POLICIES, Boxes, Range, Text
-from services.api import jobs_pb2
+from cm3leon_client.api import jobs_pb2
 
-PACKAGES = ("cm3leon", "services", "worker")
+PACKAGES = ("cm3leon", "services", "worker", "cm3leon_client", "cm3leon_cli", "cm3leon_stack")
 
 
 def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:

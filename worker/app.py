@@ -1,76 +1,19 @@
-"""The Celery application: broker and result backend on Redis, reliability settings, one queue per traffic class.
+"""The worker's Celery application: the shared configuration (`services.queue`) with the worker's tasks registered.
 
     celery -A worker.main worker -Q cm3.image,cm3.text,cm3.corpus --concurrency 1 --pool prefork
-
-Importable without torch (the gateway uses it to send tasks by name). Reliability (BRIEF section 3):
-acks_late + reject_on_worker_lost (a job whose worker dies is redelivered, not lost), prefetch 1 (a worker
-holds no job it is not running), soft < hard time limit < the broker's visibility timeout (a slow job is failed
-before the broker would hand its message to another worker), and a pool process may take its time to load the
-model before it reports up (`process_start_timeout_s`).
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
 
-from services.keys import queue_names
-from services.settings import StackSettings, WorkerSettings
-
-RUN_JOB = "cm3leon.run_job"
-CORPUS_ADD = "cm3leon.corpus_add"
-CORPUS_SEARCH = "cm3leon.corpus_search"
-CORPUS_DELETE = "cm3leon.corpus_delete"
-# Corpus calls return their results to the waiting gateway through the result backend; kept briefly.
-RESULT_EXPIRES_S = 600
-# How often each worker looks for messages a lost worker left unacknowledged (see broker_transport_options).
-UNACKED_RESTORE_INTERVAL_S = 5
-
-
-def make_celery(settings: StackSettings) -> Celery:
-    limits = settings if isinstance(settings, WorkerSettings) else WorkerSettings(**settings.model_dump())
-    queues = queue_names(settings.namespace)
-    app = Celery("cm3leon", broker=settings.redis_url, backend=settings.redis_url)
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_proc_alive_timeout=limits.process_start_timeout_s,
-        task_soft_time_limit=limits.soft_time_limit_s,
-        task_time_limit=limits.hard_time_limit_s,
-        broker_transport_options={
-            "visibility_timeout": limits.visibility_timeout_s,
-            # Every broker key under the namespace: two stacks can share one Redis.
-            "global_keyprefix": f"{settings.namespace}:broker:",
-            # A worker lost whole (container killed) leaves its message unacked; surviving workers sweep for
-            # such messages older than the visibility timeout every this many seconds (kombu's default,
-            # 10 s x throttle 10, waits up to 100 s more; tests/deploy kills a worker and relies on this).
-            "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
-            "unacked_restore_throttle": 1,
-        },
-        result_backend_transport_options={"global_keyprefix": f"{settings.namespace}:results:"},
-        result_expires=RESULT_EXPIRES_S,
-        task_ignore_result=True,  # only the corpus tasks store results (they say so)
-        task_queues=[Queue(name) for name in queues.values()],
-        task_default_queue=queues["image"],
-        task_serializer="json",
-        accept_content=["json"],
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        broker_connection_retry_on_startup=True,
-        task_routes={
-            CORPUS_ADD: {"queue": queues["corpus"]},
-            CORPUS_SEARCH: {"queue": queues["corpus"]},
-            CORPUS_DELETE: {"queue": queues["corpus"]},
-        },
-    )
-    return app
+from services.queue import make_celery
+from services.settings import WorkerSettings
+from worker import tasks
 
 
 def worker_app() -> Celery:
     """The app a worker process runs, from CM3LEON_* settings; registers the tasks."""
     app = make_celery(WorkerSettings())
-    from worker import tasks
-
     tasks.register(app)
     return app

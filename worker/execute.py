@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from cm3leon.kinds import JobRequest, kind_of
 from cm3leon.requests import EngineResult, ImageRef, JobCancelled, Progress, UnsupportedJobKind
-from services.api import jobs_pb2
+from cm3leon_client.api import jobs_pb2
 from services.convert import request_to_domain
 from services.objectstore import output_key, preview_key
 from services.records import JobRecord, JobState, RetrievedInfo

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_process_init
 
+from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
 from worker.runtime import get_runtime
 
 
@@ -63,8 +64,6 @@ def require_memory() -> tuple:
 
 
 def register(app: Celery) -> None:
-    from worker.app import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
-
     app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run_job)
     for name, function in ((CORPUS_ADD, corpus_add), (CORPUS_SEARCH, corpus_search), (CORPUS_DELETE, corpus_delete)):
         app.task(name=name, ignore_result=False)(function)

@@ -1,4 +1,8 @@
-"""`cm3leon corpus ...`: the retrieval memory (documents embedded into a Qdrant collection)."""
+"""`cm3leon corpus build`: the retrieval memory (documents embedded into a Qdrant collection), built locally.
+
+The commands that go through a running gateway (`corpus add|search|delete`) are the client's
+(`cm3leon_client.cli.corpus`); the `cm3leon` entry point shows both under `corpus`.
+"""
 
 from __future__ import annotations
 
@@ -59,41 +63,3 @@ def corpus_build(
         typer.echo(f"upserted {written} documents; memory {memory!r} holds {store.count()} points")
     finally:
         store.close()
-
-
-# ----- through the gateway's CorpusService (a running stack: `cm3leon stack up`) -----
-
-
-@corpus_app.command("add")
-def corpus_add(
-    doc_id: Annotated[str, typer.Option(help="Document id (letters, digits, '-', '_', '.').")],
-    text: Annotated[str, typer.Option(help="The document's text.")] = "",
-    image: Annotated[Path | None, typer.Option(help="The document's image (PNG/JPEG).")] = None,
-    target: Annotated[str, typer.Option(envvar="CM3LEON_TARGET", help="Gateway host:port.")] = "127.0.0.1:50051",
-    api_key: Annotated[str, typer.Option(envvar="CM3LEON_API_KEY", help="API key.")] = "dev-key",
-) -> None:
-    """Add (or overwrite) one document of text and/or image in the stack's retrieval memory."""
-    from services.api import corpus_pb2
-    from services.client import Client, image_input
-
-    document = corpus_pb2.CorpusDocument(doc_id=doc_id, text=text, image=image_input(image) if image else None)
-    with Client(target, api_key) as client:
-        response = client.add_documents([document])
-    typer.echo(f"added {', '.join(response.doc_ids)}; the memory holds {response.memory_size} documents")
-
-
-@corpus_app.command("search")
-def corpus_search(
-    text: Annotated[str, typer.Argument(help="Query text (may be empty with --image).")] = "",
-    image: Annotated[Path | None, typer.Option(help="Query image (PNG/JPEG).")] = None,
-    k: Annotated[int, typer.Option(help="Documents to return (0: the memory's default).")] = 0,
-    target: Annotated[str, typer.Option(envvar="CM3LEON_TARGET", help="Gateway host:port.")] = "127.0.0.1:50051",
-    api_key: Annotated[str, typer.Option(envvar="CM3LEON_API_KEY", help="API key.")] = "dev-key",
-) -> None:
-    """Search the stack's retrieval memory (relevance, modality and diversity rules); one line per document."""
-    from services.client import Client
-
-    with Client(target, api_key) as client:
-        response = client.search(text=text, image=image, k=k)
-    for document in response.documents:
-        typer.echo(f"{document.score:.3f}  {document.doc_id}  {document.text}")

@@ -231,6 +231,21 @@ def eval_sweep(
         typer.echo(f"wrote {path}")
 
 
+def check_tokenizer_dir(directory: Path) -> None:
+    """A usage error naming the folder to pass when `directory` holds no VQ tokenizer (e.g. the model's folder)."""
+    if (directory / "config.json").exists():
+        return
+    if (directory / "vq" / "config.json").exists():
+        raise typer.BadParameter(
+            f"{directory} is a model directory; pass its tokenizer folder: --checkpoint {directory / 'vq'}",
+            param_hint="--checkpoint",
+        )
+    raise typer.BadParameter(
+        f"no VQ tokenizer in {directory} (config.json + model.safetensors, e.g. models/shapes/vq)",
+        param_hint="--checkpoint",
+    )
+
+
 @eval_app.command("vq")
 def eval_vq(
     checkpoint: Annotated[
@@ -254,6 +269,7 @@ def eval_vq(
     if threads is not None:
         torch.set_num_threads(threads)
     directory = checkpoint / FINAL_SUBDIR if (checkpoint / FINAL_SUBDIR).is_dir() else checkpoint
+    check_tokenizer_dir(directory)
     tokenizer = ImageTokenizer.from_pretrained(directory)
     metrics = evaluate_vq(tokenizer, VQEvalConfig(n=n, seed=seed, world_preset=world), _grid_beside(json_path))
     write_report(f"VQ image tokenizer ({directory}, test, n={n})", metrics, json_path)

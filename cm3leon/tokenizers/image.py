@@ -178,6 +178,13 @@ def tensor_to_images(pixels: torch.Tensor) -> np.ndarray:
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+
+def dead_code_ratio(threshold: float, codebook_size: int) -> float:
+    """The library's `dead_code_threshold_ratio` for our config's threshold, converted as the library converts its
+    deprecated `threshold_ema_dead_code` (a count >= 1 is divided by the codebook size; below 1 it is the ratio),
+    so every saved config keeps its meaning without the library's deprecation warning."""
+    return threshold / codebook_size if threshold >= 1 else threshold
+
 class ImageTokenizer(nn.Module):
     """Encoder + VQ codebook + decoder. `encode`/`decode` are the inference API; `forward` is for training."""
 
@@ -197,7 +204,7 @@ class ImageTokenizer(nn.Module):
             codebook_size=config.codebook_size,
             decay=config.ema_decay,
             commitment_weight=config.commitment_weight,
-            threshold_ema_dead_code=config.dead_code_threshold,
+            dead_code_threshold_ratio=dead_code_ratio(config.dead_code_threshold, config.codebook_size),
             kmeans_init=config.kmeans_init,
             use_cosine_sim=config.use_cosine_similarity,
             accept_image_fmap=True,

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from services import client as api
-from services.api import jobs_pb2
-from services.client import Client
+import cm3leon_client as api
+from cm3leon_client import Client
+from cm3leon_client.api import jobs_pb2
 from services.keys import Keys
+from services.queue import UNACKED_RESTORE_INTERVAL_S, make_celery
 from services.stack import ROOT, Child, Stack
 from tests.serving.fixtures import API_KEYS, MEMORY_NAME, build_tiny_memory, build_tiny_model_dir, spans_of
-from worker.app import UNACKED_RESTORE_INTERVAL_S, make_celery
 
 # The compose topology on loopback: Redis, S3, two Celery workers and the gateway as processes.
 pytestmark = pytest.mark.slow

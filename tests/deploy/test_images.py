@@ -19,9 +19,11 @@ _spec = importlib.util.spec_from_file_location("deploy_requirements", ROOT / "de
 assert _spec is not None and _spec.loader is not None
 images = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(images)
-TORCH, dependencies, requirement_name, requirements = (
+TORCH, LOCAL, dependencies, client_dependencies, requirement_name, requirements = (
     images.TORCH,
+    images.LOCAL,
     images.dependencies,
+    images.client_dependencies,
     images.requirement_name,
     images.requirements,
 )
@@ -32,10 +34,10 @@ OPTIONAL_IMPORTS = {
     "pyyaml": "kombu registers a YAML serializer if PyYAML is installed",
     "psutil": "the OpenTelemetry SDK's process resource uses it if installed",
     "setuptools": "its .pth hook (_distutils_hack) loads at interpreter start in any venv that has it",
-    "cryptography": "redis probes it for OCSP support if installed (the dev extras bring it for test certificates)",
+    "cryptography": "redis.utils imports it if installed (a dev dependency: the client's TLS test certificates)",
 }
-# The project itself (installed with --no-deps into the image).
-PROJECT = "cm3leon"
+# The project itself (installed with --no-deps into the image) and its client (installed from clients/python).
+PROJECTS = {"cm3leon", "cm3leon-client"}
 
 
 def closure(roots: list[str]) -> set[str]:
@@ -77,15 +79,27 @@ def imported_distributions(module: str) -> set[str]:
 def test_gateway_requirements_cover_its_imports_without_torch() -> None:
     gateway = requirements("gateway")
     assert not {requirement_name(r) for r in gateway} & TORCH
-    pulled_in = closure(gateway)
+    pulled_in = closure(gateway + client_dependencies())
     assert "torch" not in pulled_in and "nvidia-cudnn-cu12" not in pulled_in
     imported = imported_distributions("services.gateway")
     assert {"grpcio", "celery", "redis", "minio"} <= imported, "the probe sees the gateway's imports"
-    missing = imported - pulled_in - set(OPTIONAL_IMPORTS) - {PROJECT}
+    missing = imported - pulled_in - set(OPTIONAL_IMPORTS) - PROJECTS
     assert not missing, f"the gateway imports {missing}, which its image would not install"
 
 
 def test_worker_requirements_are_the_rest() -> None:
     worker = requirements("worker")
-    assert {requirement_name(r) for r in worker} | TORCH == {requirement_name(r) for r in dependencies()}
+    assert {requirement_name(r) for r in worker} | TORCH | LOCAL == {requirement_name(r) for r in dependencies()}
     assert set(requirements("gateway")) <= set(worker)
+
+
+def test_client_is_slim_and_installed_first_in_every_image() -> None:
+    """The client distribution brings grpcio, protobuf and typer, never the model stack; both images install it
+    from the source tree before the project's requirements (it is on no index)."""
+    client = closure(client_dependencies())
+    assert {"grpcio", "protobuf", "typer"} <= client and not client & {"torch", "numpy", "celery", "redis"}
+    assert not {requirement_name(r) for image in ("gateway", "worker") for r in requirements(image)} & LOCAL
+    for image in ("gateway", "worker"):
+        text = (ROOT / "deploy" / f"{image}.Dockerfile").read_text()
+        assert "COPY clients/python/ clients/python/" in text, image
+        assert text.index("pip install ./clients/python") < text.index("requirements.py " + image), image

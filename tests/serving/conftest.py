@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.client import Client
+from cm3leon_client import Client
 from services.stack import Stack
 from tests.serving.fixtures import API_KEYS, MEMORY_NAME, build_tiny_memory, build_tiny_model_dir
 

@@ -13,7 +13,7 @@ import redis
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from cm3leon.cli import app
+from cm3leon_cli import app
 from services.jobstore import JobStore
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings, WorkerSettings
@@ -30,7 +30,7 @@ def test_cli_submit_wait_out_get_list(target: str, tmp_path: Path) -> None:
         [
             "jobs",
             "submit",
-            "t2i",
+            "text-to-image",
             "a large red circle at the top left",
             "--seed",
             "1",
@@ -41,14 +41,14 @@ def test_cli_submit_wait_out_get_list(target: str, tmp_path: Path) -> None:
         env=env,
     )
     assert result.exit_code == 0, result.output
-    assert "JOB_STATE_SUCCEEDED" in result.output
+    assert " SUCCEEDED" in result.output
     [png] = list(tmp_path.glob("*.png"))
     job_id = png.stem.rsplit("-", 1)[0]
     record = json.loads((tmp_path / f"{job_id}.json").read_text())
     assert record["state"] == "JOB_STATE_SUCCEEDED" and record["result"]["images"][0]["sizeBytes"] == str(
         png.stat().st_size
     )
-    shown = runner.invoke(app, ["jobs", "get", job_id], env=env)
+    shown = runner.invoke(app, ["jobs", "get", job_id, "--json"], env=env)
     assert shown.exit_code == 0 and json.loads(shown.output)["jobId"] == job_id
     listed = runner.invoke(app, ["jobs", "list", "--state", "SUCCEEDED", "--page-size", "100"], env=env)
     assert listed.exit_code == 0 and job_id in listed.output
@@ -59,7 +59,7 @@ def test_cli_submit_wait_out_get_list(target: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_stack_demo_end_to_end(stack: Stack, tmp_path: Path) -> None:
     """`cm3leon stack demo` with the tiny model: its own stack, every supported kind, a grid, clean stop."""
-    from services.demo import DEMO_SCENES, run_stack_demo
+    from cm3leon_stack.demo import DEMO_SCENES, run_stack_demo
 
     env = stack.worker_env  # type: ignore[attr-defined]
     model_dir = Path(env["CM3LEON_MODEL_DIR"])
@@ -83,7 +83,7 @@ def test_settings_are_validated_with_clear_errors() -> None:
 
 
 def test_pool_processes_may_take_their_time_to_load_the_model() -> None:
-    from worker.app import make_celery
+    from services.queue import make_celery
 
     assert make_celery(WorkerSettings()).conf.worker_proc_alive_timeout == 300.0  # Celery's own default is 4 s
     assert make_celery(WorkerSettings(process_start_timeout_s=30)).conf.worker_proc_alive_timeout == 30

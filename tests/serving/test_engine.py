@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cm3leon_client as api
 from cm3leon.decoding import ChannelScorer, SamplingParams
 from cm3leon.decoding.defaults import DEFAULTS_FILE, TEXT_TO_IMAGE
 from cm3leon.decoding.params import GUIDED_PLAUSIBILITY
@@ -22,7 +23,6 @@ from cm3leon.retrieval.config import MemoryConfig
 from cm3leon.retrieval.memory import Memory
 from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
-from services import client as api
 from services.convert import request_to_domain
 from tests.serving.fixtures import (
     MEMORY_NAME,

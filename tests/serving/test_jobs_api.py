@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services import client as api
-from services.api import common_pb2, jobs_pb2
-from services.client import Client
+import cm3leon_client as api
+from cm3leon_client import Client
+from cm3leon_client.api import common_pb2, jobs_pb2
 from services.stack import Stack
 from tests.serving.fixtures import API_KEYS
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services import client as api
-from services.api import jobs_pb2
-from services.client import Client
+import cm3leon_client as api
+from cm3leon_client import Client
+from cm3leon_client.api import jobs_pb2
 from services.objectstore import ObjectStore
 from services.stack import Stack
 
@@ -100,7 +100,7 @@ def test_kinds_the_model_does_not_declare_are_unimplemented(client: Client, requ
 def test_async_client(target: str) -> None:
     import asyncio
 
-    from services.client import AsyncClient
+    from cm3leon_client import AsyncClient
 
     async def run() -> tuple[jobs_pb2.Job, list[int]]:
         async with AsyncClient(target, "key-a") as client:

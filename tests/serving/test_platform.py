@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from services import client as api
-from services.api import corpus_pb2, jobs_pb2
-from services.client import Client
+import cm3leon_client as api
+from cm3leon_client import Client
+from cm3leon_client.api import corpus_pb2, jobs_pb2
 from services.keys import Keys
 from services.stack import ROOT, Stack
 from tests.serving.fixtures import spans_of
@@ -140,13 +140,14 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize(
     ("modules", "forbidden"),
     [
-        ("services.gateway, services.client, services.servicers", ("torch",)),
+        ("services.gateway, services.servicers", ("torch", "worker")),
+        ("cm3leon_client, cm3leon_client.cli", ("torch", "numpy", "cm3leon", "services", "worker")),
         (
             "cm3leon.inference.engine, cm3leon.inference.handlers",
             ("grpc", "celery", "redis", "minio", "opentelemetry", "services"),
         ),
     ],
-    ids=["gateway-never-imports-torch", "engine-never-imports-services"],
+    ids=["gateway-never-imports-torch", "client-imports-nothing-of-the-project", "engine-never-imports-services"],
 )
 def test_import_boundaries(modules: str, forbidden: tuple[str, ...]) -> None:
     code = f"import sys, {modules}; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(forbidden)!r}))"

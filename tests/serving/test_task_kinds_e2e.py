@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cm3leon_client as api
 from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.data.world import World
 from cm3leon.kinds import JOB_KINDS
-from services import client as api
-from services.api import jobs_pb2
-from services.client import Client
-from services.demo import DEMO_REQUESTS, DemoCase, demo_scenes, run_jobs, supported_kinds, world_for
+from cm3leon_client import Client
+from cm3leon_client.api import jobs_pb2
+from cm3leon_stack.demo import DEMO_REQUESTS, DemoCase, demo_scenes, run_jobs, supported_kinds, world_for
 from services.objectstore import ObjectStore
 from services.stack import Stack
 from tests.serving.fixtures import API_KEYS
@@ -114,8 +114,9 @@ def test_the_demo_runs_and_labels_every_declared_kind(sft_stack: Stack, sft_clie
     assert sorted(kinds) == sorted(JOB_KINDS), "the SFT worker declares every kind"
     [row] = run_jobs(sft_client, kinds, world, tmp_path, scenes=1)
     labels = [label for _, label in row[1:]]
-    assert [label.split(":")[0] for label in labels] == kinds
-    assert all(label.split(": ")[1].startswith("succeeded") for label in labels), labels
+    # Each label: the request ("kind: field: text; ..."), then the result ("-> state[: text]").
+    assert [label.splitlines()[0].split(":")[0] for label in labels] == kinds
+    assert all(label.splitlines()[-1].startswith("-> succeeded") for label in labels), labels
     for kind in kinds:
         outputs = list(tmp_path.glob(f"{kind}-0*"))
         assert outputs, f"{kind} wrote no output"

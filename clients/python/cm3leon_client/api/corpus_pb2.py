@@ -23,7 +23,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from services.api import common_pb2 as cm3leon_dot_v1_dot_common__pb2
+from cm3leon_client.api import common_pb2 as cm3leon_dot_v1_dot_common__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63m3leon/v1/corpus.proto\x12\ncm3leon.v1\x1a\x17\x63m3leon/v1/common.proto\"U\n\x0e\x43orpusDocument\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12%\n\x05image\x18\x03 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\"D\n\x13\x41\x64\x64\x44ocumentsRequest\x12-\n\tdocuments\x18\x01 \x03(\x0b\x32\x1a.cm3leon.v1.CorpusDocument\"<\n\x14\x41\x64\x64\x44ocumentsResponse\x12\x0f\n\x07\x64oc_ids\x18\x01 \x03(\t\x12\x13\n\x0bmemory_size\x18\x02 \x01(\x03\"X\n\x16SearchDocumentsRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x16.cm3leon.v1.ImageInput\x12\t\n\x01k\x18\x03 \x01(\x05\"K\n\x17SearchDocumentsResponse\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.cm3leon.v1.RetrievedDocument\")\n\x16\x44\x65leteDocumentsRequest\x12\x0f\n\x07\x64oc_ids\x18\x01 \x03(\t\".\n\x17\x44\x65leteDocumentsResponse\x12\x13\n\x0bmemory_size\x18\x01 \x01(\x03\x32\x9a\x02\n\rCorpusService\x12Q\n\x0c\x41\x64\x64\x44ocuments\x12\x1f.cm3leon.v1.AddDocumentsRequest\x1a .cm3leon.v1.AddDocumentsResponse\x12Z\n\x0fSearchDocuments\x12\".cm3leon.v1.SearchDocumentsRequest\x1a#.cm3leon.v1.SearchDocumentsResponse\x12Z\n\x0f\x44\x65leteDocuments\x12\".cm3leon.v1.DeleteDocumentsRequest\x1a#.cm3leon.v1.DeleteDocumentsResponseb\x06proto3')

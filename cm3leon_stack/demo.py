@@ -6,8 +6,9 @@ supports through the gRPC client, write the outputs and one labelled grid PNG, s
 Inputs come from the shapes world: each test-split scene gives every kind its request as the training data would
 (its detailed caption, rendered image and segmentation map, one of its questions, an edit of it, one of its cells
 to infill, its objects with their boxes, a word to draw), sent inline. A kind is demonstrated as soon as the model
-declares it and the engine has a handler (`DEMO_REQUESTS` has a request for every kind); each grid tile is
-labelled with its kind, state and text result.
+declares it and the engine has a handler (`DEMO_REQUESTS` has a request for every kind); under each grid tile is
+the request (its kind and every text it carries: prompt, instruction, question, text to draw, objects) and then
+the result (state, and the text the job returned), so a reader can judge the picture against what was asked.
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from PIL import Image
 
+import cm3leon_client as api
 from cm3leon.data.grid import Tile, save_grid
 from cm3leon.data.language import detailed_caption, text_render_prompt
 from cm3leon.data.questions import qa_pairs
 from cm3leon.data.render import object_box, render
 from cm3leon.data.tasks import applicable_edit_kinds, propose_edit
 from cm3leon.data.world import Scene, Split, World, WorldConfig
-from services import client as api
-from services.api import jobs_pb2
-from services.client import Client, download
+from cm3leon_client import Client, download
+from cm3leon_client.api import jobs_pb2
+from cm3leon_stack.launch import StackKeys, check_model, ensure_memory, new_stack, start_stack
 from services.keys import Keys
 from services.stack import Stack
 
@@ -113,9 +117,38 @@ def demo_scenes(world: World, count: int = DEMO_SCENES) -> list[Scene]:
     return world.scenes(DEMO_SEED, Split.TEST, count, text=False)
 
 
+def request_text(request: jobs_pb2.JobRequest) -> str:
+    """The texts a request carries (prompt, instruction, question, objects, ...), "field: value; ...", read
+    from the kind's message generically so every kind is described the same way."""
+    kind = request.WhichOneof("kind")
+    return "; ".join(f"{name}: {value}" for name, value in message_texts(getattr(request, kind))) if kind else ""
+
+
+def message_texts(message: Message) -> list[tuple[str, str]]:
+    texts: list[tuple[str, str]] = []
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING and value:
+            texts.append((field.name, ", ".join(value) if field.is_repeated else value))
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.name != "Sampling":
+            items = value if field.is_repeated else [value]
+            nested = [", ".join(v for _, v in message_texts(item)) for item in items]
+            if any(nested):
+                texts.append((field.name, "; ".join(n for n in nested if n)))
+    return texts
+
+
+def result_label(job: jobs_pb2.Job) -> str:
+    label = f"-> {jobs_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}"
+    if job.error.code:
+        label += f" ({job.error.code})"
+    if job.result.text or job.kind in ("caption", "visual_question"):
+        label += f": {job.result.text or '(empty text)'}"
+    return label
+
+
 def run_jobs(client: Client, kinds: list[str], world: World, out: Path, scenes: int = DEMO_SCENES) -> list[list[Tile]]:
     """One job of every kind per demo scene; grid rows: the scene, then each kind's first output image (white
-    for text-only kinds) labelled "kind: state[ (error)][: text]"."""
+    for text-only kinds) labelled with the request ("kind: field: text; ...") and the result ("-> state: text")."""
     rng = random.Random(DEMO_SEED)
     rows: list[list[Tile]] = []
     for index, scene in enumerate(demo_scenes(world, scenes)):
@@ -124,19 +157,17 @@ def run_jobs(client: Client, kinds: list[str], world: World, out: Path, scenes: 
         case = DemoCase(scene, world, text, index, DEMO_SEED + index)
         row: list[Tile] = [(image, f"scene {index}: {text}")]
         for kind in kinds:
-            job = client.wait(client.submit(DEMO_REQUESTS[kind](case)).job_id)
-            label = f"{kind}: {jobs_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}"
-            if job.error.code:
-                label += f" ({job.error.code})"
+            request = DEMO_REQUESTS[kind](case)
+            job = client.wait(client.submit(request).job_id)
             output = np.full_like(image, 255)
             for number, ref in enumerate(job.result.images):
                 path = download(ref, out / f"{kind}-{index}-{number}.png")
                 if number == 0:  # the main output (segmentation's second image is the class-id map)
                     output = np.asarray(Image.open(path).convert("RGB"))
             if job.result.text or job.kind in ("caption", "visual_question"):
-                label += f": {job.result.text or '(empty text)'}"
                 (out / f"{kind}-{index}.txt").write_text(job.result.text + "\n")
-            row.append((output, label))
+            asked = request_text(request)
+            row.append((output, f"{kind}{': ' + asked if asked else ''}\n{result_label(job)}"))
         rows.append(row)
     return rows
 
@@ -144,12 +175,10 @@ def run_jobs(client: Client, kinds: list[str], world: World, out: Path, scenes: 
 def run_stack_demo(
     model_dir: Path, out: Path, retriever_dir: Path, memory_path: Path, memory_name: str, memory_docs: int
 ) -> Path:
-    from cm3leon.cli.stack import check_model, ensure_memory, start_stack
-
     check_model(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     ensure_memory(retriever_dir, model_dir / "vq", memory_path, memory_name, memory_docs)
-    stack = Stack(out / "stack", namespace="demo", environment={"CM3LEON_API_KEYS": json.dumps({DEMO_API_KEY: "demo"})})
+    stack = new_stack(out / "stack", StackKeys({DEMO_API_KEY: "demo"}, DEMO_API_KEY), namespace="demo")
     try:
         start_stack(stack, model_dir, retriever_dir, memory_path, memory_name, port=0)
         kinds = supported_kinds(stack)

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from services.api import corpus_pb2 as cm3leon_dot_v1_dot_corpus__pb2
+from cm3leon_client.api import corpus_pb2 as cm3leon_dot_v1_dot_corpus__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,4 +1,4 @@
-"""Typed request builders, one per job kind (re-exported by `services.client`)."""
+"""Typed request builders, one per job kind (re-exported by `cm3leon_client`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.api import common_pb2, jobs_pb2
+from cm3leon_client.api import common_pb2, jobs_pb2
 
 METHODS = {
     "sample": jobs_pb2.DECODING_METHOD_SAMPLE,
