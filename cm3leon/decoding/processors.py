@@ -122,7 +122,7 @@ class StopCriteria:
         self.stop_ids = _id_mask(vocab.size, [vocab.eos_id, vocab.break_id], max_new.device)
         self.finished = torch.zeros(max_new.shape, dtype=torch.bool, device=max_new.device)
 
-    def apply(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+    def apply(self, tokens: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
         """Replace tokens of finished groups by pad, then mark the groups this token finishes."""
         tokens = torch.where(self.finished, torch.full_like(tokens, self.pad_id), tokens)
         self.finished |= self.stop_ids[tokens] | (self.max_new <= step + 1)

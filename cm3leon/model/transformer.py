@@ -11,6 +11,8 @@ Inference uses a static KV cache (see `kv_cache.py`): `setup_caches` once, then 
 writes keys/values at `input_pos` and attends causally over the cache. Batched prompts of different lengths are
 left-padded; `row_start` (B,) gives each row's first real position so that padding is never attended to and
 positions count from each row's own start (a row's logits then do not depend on how much it was padded).
+`forward_rows` is the serving scheduler's variant: caches owned by the caller (a pool of rows), every row at its
+own position, so rows that joined at different steps share one forward pass.
 """
 
 from __future__ import annotations
@@ -61,6 +63,25 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
 
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        rotary: RotaryEmbedding | None,
+        cache: KVCache,
+        rows: torch.Tensor | None,
+        cache_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """Like `forward`, against an external cache whose rows each sit at their own positions (R, T)."""
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotary(q, positions), rotary(k, positions)
+        k, v = cache.write_rows(rows, cache_pos, k, v)
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
+
 
 class FeedForward(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
@@ -89,6 +110,20 @@ class Block(nn.Module):
         cache_pos: torch.Tensor | None,
     ) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), positions, mask, rotary, cache_pos)
+        return x + self.ffn(self.ffn_norm(x))
+
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        rotary: RotaryEmbedding | None,
+        cache: KVCache,
+        rows: torch.Tensor | None,
+        cache_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        attention = self.attention.forward_rows(self.attention_norm(x), positions, mask, rotary, cache, rows, cache_pos)
+        x = x + attention
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -190,6 +225,44 @@ class Transformer(nn.Module):
         cache_pos = query_pos if use_cache else None
         for block in self.blocks:
             x = block(x, positions, mask, self.rotary, cache_pos)
+        return self.lm_head(self.final_norm(x))
+
+    def new_row_caches(self, num_rows: int, row_length: int, dtype: torch.dtype | None = None) -> list[KVCache]:
+        """One cache per layer for a pool of `num_rows` rows of `row_length` positions each, owned by the caller
+        (a scheduler), so that `generate`'s own caches in the model stay untouched."""
+        weight = self.token_embedding.weight
+        config = self.config
+        return [
+            KVCache(num_rows, row_length, config.n_heads, config.head_dim, dtype or weight.dtype, weight.device)
+            for _ in self.blocks
+        ]
+
+    def forward_rows(
+        self,
+        tokens: torch.Tensor,
+        cache_pos: torch.Tensor,
+        row_start: torch.Tensor,
+        caches: list[KVCache],
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens (R, T) of cache rows `rows` (R,) at their own cache positions `cache_pos` (R, T) -> logits.
+
+        Each row attends to its cache positions from `row_start` (R,) up to each query's; positions seen by the
+        embeddings count from `row_start`. `rows=None` means cache rows 0..R-1 (a decode step over the pool).
+        Rows are independent: a row's logits do not depend on the other rows' tokens or positions.
+        """
+        key_pos = caches[0].positions
+        allowed = (key_pos.view(1, 1, -1) >= row_start.view(-1, 1, 1)) & (
+            key_pos.view(1, 1, -1) <= cache_pos.unsqueeze(2)
+        )
+        itself = key_pos.view(1, 1, -1) == cache_pos.unsqueeze(2)  # rows parked on a scratch position
+        mask = (allowed | itself).unsqueeze(1)  # (R, 1, T, S)
+        positions = (cache_pos - row_start.unsqueeze(1)).clamp(0, self.config.max_seq_len - 1)
+        x = self.token_embedding(tokens)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(positions)
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block.forward_rows(x, positions, mask, self.rotary, cache, rows, cache_pos)
         return self.lm_head(self.final_norm(x))
 
     # --- persistence -------------------------------------------------------------------------------------------
