@@ -48,8 +48,12 @@ def mixed_requests(vocab: Vocabulary, count: int = 16) -> list[GenerationRequest
     for index in range(count):
         method = ("cfg", "sample", "cdk", "pooled")[index % 4]
         params = SamplingParams(
-            method=method, top_p=0.9 if index % 3 else 1.0, seed=100 + index, guidance_plausibility=0.1 * (index % 2),
-            num_candidates=2 if method == "pooled" else 1, max_new_tokens=6 + index,
+            method=method,
+            top_p=0.9 if index % 3 else 1.0,
+            seed=100 + index,
+            guidance_plausibility=0.1 * (index % 2),
+            num_candidates=2 if method == "pooled" else 1,
+            max_new_tokens=6 + index,
         )
         if index % 7 == 6:  # an edit: three streams
             params = params.replace(method="cfg", image_guidance_scale=1.5, source_copy_bias=1.0, num_candidates=1)

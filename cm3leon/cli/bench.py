@@ -50,6 +50,48 @@ def decode(
     _write(out, "decode", bench_decode(checkpoint, DecodeBenchConfig.preset(preset)))
 
 
+SUMMARY_KEYS = (
+    "engine_speedup_16",
+    "continuous_vs_static_16",
+    "hf_speedup_b1",
+    "hf_speedup_b16",
+    "kv_cache_bytes_per_row",
+    "machine",
+)
+
+
+@bench_app.command("serve")
+def serve(
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("bench/results"),
+    checkpoint: Annotated[Path, typer.Option(help="Model directory (decoder, tokenizer).")] = DEFAULT_MODEL_DIR,
+    preset: Annotated[str, typer.Option(help="standard (16 jobs, concurrency 1/4/16/64) or quick.")] = "standard",
+    model_preset: Annotated[
+        str | None, typer.Option(help="Time a decoder of this size with random weights (e.g. 350m) instead.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    threads: Annotated[int, typer.Option(help="torch intra-op threads.")] = 1,
+    hf: Annotated[bool, typer.Option(help="Also time the Hugging Face transformers peer.")] = True,
+    name: Annotated[str, typer.Option(help="Results file name (without .json).")] = "serve",
+) -> None:
+    """Continuous batching: 16 CFG text->image jobs through the scheduler against one at a time, a static batch
+    and Hugging Face generate; writes serve.json, a PNG sweep plot, and merges the headline keys into
+    summary.json."""
+    from cm3leon.bench.plot import save_sweep_plot
+    from cm3leon.bench.serve import ServeBenchConfig, bench_serve
+
+    config = ServeBenchConfig.preset(preset, device=device, dtype=dtype, threads=threads, hf=hf)
+    results = bench_serve(checkpoint, config, model_preset)
+    _write(out, name, results)
+    plot = save_sweep_plot(out / f"{name}.png", results["sweep"], f"{name}: jobs/s and latency vs concurrency")
+    typer.echo(f"wrote {plot}")
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary.update({key: results[key] for key in SUMMARY_KEYS if key in results})
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    typer.echo(f"updated {summary_path}")
+
+
 @bench_app.command("all")
 def run_all(
     out: Path = typer.Option(Path("bench/results")),

@@ -115,7 +115,7 @@ class EngineCore:
         self.config = config
         self.device = model.token_embedding.weight.device
         row_length = config.row_length or model.config.max_seq_len
-        capacity = max(config.max_rows, config.min_step_rows)
+        capacity = config.max_rows
         self.pool = RowPool(model, capacity, row_length)
         self.max_tokens = config.max_tokens or config.max_rows * row_length
         self.prefilling: list[Unit] = []
@@ -131,7 +131,7 @@ class EngineCore:
         self._group_steps = torch.zeros(0, **long)
         self._decode_rows = torch.zeros(0, **long)  # cache rows of the running units
         self._decode_row_groups = torch.zeros(0, **long)  # their group in the merged pipeline
-        self._step_rows = config.min_step_rows
+        self._step_rows = 0  # decode steps run cache rows 0..this-1 (the running units' rows are packed low)
 
     # --- admission ---------------------------------------------------------------------------------------------
     def never_fits(self, unit: Unit) -> str | None:
@@ -234,7 +234,11 @@ class EngineCore:
     def _decode(self) -> None:
         rows = self._step_rows
         logits = self.model.forward_rows(
-            self.step_tokens[:rows], self.step_positions[:rows], self.step_row_start[:rows], self.pool.caches
+            self.step_tokens[:rows],
+            self.step_positions[:rows],
+            self.step_row_start[:rows],
+            self.pool.caches,
+            min_rows=self.config.min_step_rows,
         )
         self.logits[:rows] = logits[:, -1].float()
         self.step_positions[self._decode_rows] += 1
@@ -275,5 +279,4 @@ class EngineCore:
         self._group_steps = torch.tensor(steps, **long)
         self._decode_rows = torch.cat(row_maps)  # type: ignore[arg-type]
         self._decode_row_groups = torch.tensor(row_groups, **long)
-        highest = max(max(unit.rows) for unit in self.running)
-        self._step_rows = min(self.pool.capacity, max(self.config.min_step_rows, highest + 1))
+        self._step_rows = max(max(unit.rows) for unit in self.running) + 1

@@ -92,12 +92,19 @@ class RequestHandle:
         unit = self._unit
         stop_ids = {self._scheduler.vocab.eos_id, self._scheduler.vocab.break_id}
         generated = [
-            until_stop(ids[: group.max_new], stop_ids) for ids, group in zip(unit.generated, unit.plan.groups, strict=True)
+            until_stop(ids[: group.max_new], stop_ids)
+            for ids, group in zip(unit.generated, unit.plan.groups, strict=True)
         ]
         scheduler = self._scheduler
         return build_results(
-            scheduler.model, scheduler.vocab, unit.plan, [unit.request], generated,
-            image_decoder=self._image_decoder, scorer=self._scorer, config=scheduler.decoding,
+            scheduler.model,
+            scheduler.vocab,
+            unit.plan,
+            [unit.request],
+            generated,
+            image_decoder=self._image_decoder,
+            scorer=self._scorer,
+            config=scheduler.decoding,
         )[0]
 
     def _set_done(self, error: BaseException | None = None) -> None:

@@ -73,14 +73,21 @@ class Attention(nn.Module):
         rows: torch.Tensor | None,
         cache_pos: torch.Tensor,
     ) -> torch.Tensor:
-        """Like `forward`, against an external cache whose rows each sit at their own positions (R, T)."""
+        """Like `forward`, against an external cache whose rows each sit at their own positions (R, T); rows past
+        the mask's (padding of the matrix products) skip attention and contribute zeros."""
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attending = mask.shape[0]
+        if attending < batch:
+            q, k, v = q[:attending], k[:attending], v[:attending]
         if rotary is not None:
             q, k = rotary(q, positions), rotary(k, positions)
         k, v = cache.write_rows(rows, cache_pos, k, v)
         y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
-        return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
+        y = y.transpose(1, 2).reshape(attending, length, width)
+        if attending < batch:
+            y = torch.cat([y, y.new_zeros((batch - attending, length, width))])
+        return self.out_proj(y)
 
 
 class FeedForward(nn.Module):
@@ -244,13 +251,19 @@ class Transformer(nn.Module):
         row_start: torch.Tensor,
         caches: list[KVCache],
         rows: torch.Tensor | None = None,
+        min_rows: int = 1,
     ) -> torch.Tensor:
         """tokens (R, T) of cache rows `rows` (R,) at their own cache positions `cache_pos` (R, T) -> logits.
 
         Each row attends to its cache positions from `row_start` (R,) up to each query's; positions seen by the
         embeddings count from `row_start`. `rows=None` means cache rows 0..R-1 (a decode step over the pool).
-        Rows are independent: a row's logits do not depend on the other rows' tokens or positions.
+        Rows are independent: a row's logits do not depend on the other rows' tokens or positions. The matrix
+        products run at least `min_rows` rows (padding rows, which attend to nothing): some backends take other
+        kernels, with other rounding, for few rows, so a fixed minimum keeps a row's bits the same in any batch.
         """
+        real_rows = tokens.shape[0]
+        if real_rows < min_rows:
+            tokens = torch.cat([tokens, tokens.new_zeros((min_rows - real_rows, tokens.shape[1]))])
         key_pos = caches[0].positions
         allowed = (key_pos.view(1, 1, -1) >= row_start.view(-1, 1, 1)) & (
             key_pos.view(1, 1, -1) <= cache_pos.unsqueeze(2)
@@ -260,10 +273,11 @@ class Transformer(nn.Module):
         positions = (cache_pos - row_start.unsqueeze(1)).clamp(0, self.config.max_seq_len - 1)
         x = self.token_embedding(tokens)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(positions)
+            position_vectors = self.position_embedding(positions)
+            x = x + _pad_rows(position_vectors, x.shape[0] - real_rows)
         for block, cache in zip(self.blocks, caches, strict=True):
             x = block.forward_rows(x, positions, mask, self.rotary, cache, rows, cache_pos)
-        return self.lm_head(self.final_norm(x))
+        return self.lm_head(self.final_norm(x))[:real_rows]
 
     # --- persistence -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: Path | str) -> None:
@@ -280,6 +294,10 @@ class Transformer(nn.Module):
         model = cls(config).to(device)
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
         return model.eval()
+
+
+def _pad_rows(x: torch.Tensor, count: int) -> torch.Tensor:
+    return x if not count else torch.cat([x, x.new_zeros((count, *x.shape[1:]))])
 
 
 def attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, row_start: torch.Tensor | None) -> torch.Tensor:
