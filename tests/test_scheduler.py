@@ -7,11 +7,13 @@ import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cm3leon.decoding import GenerationCancelled, GenerationRequest, SamplingParams, generate, no_rerank
 from cm3leon.decoding.engine_core import SchedulerConfig
 from cm3leon.decoding.scheduler import RequestHandle, Scheduler
 from cm3leon.model import DecoderConfig, Transformer
+from cm3leon.model.transformer import rows_linear
 from cm3leon.tokenizers.text import TextTokenizer, TextTokenizerConfig
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary, VocabularyConfig
 
@@ -100,18 +102,20 @@ def test_same_seed_same_output_alone_joined_static_and_generate(model: Transform
         assert single.result().seed == ref.seed
 
 
-def test_smaller_steps_are_not_batch_invariant_on_this_backend(model: Transformer, vocab: Vocabulary) -> None:
-    """Why `min_step_rows` exists: with steps as small as the batch, the logits' last bits depend on batch mates
-    (measured on CPU/MKL, where small matrix products take other kernels). Skipped where they happen not to."""
-    requests = mixed_requests(vocab, 8)
-    sched = scheduler(model, vocab, min_step_rows=1)
-    singles = [alone(sched, request) for request in requests]
-    together = [sched.submit(request, scorer=no_rerank, keep_logits=True) for request in requests]
-    while not all(handle.done() for handle in together):
-        sched.step()
-    if all(same_logits(a, b) for a, b in zip(singles, together, strict=True)):
-        pytest.skip("this backend's small matrix products happen to be batch-invariant")
-    assert [a.result().token_ids for a in singles] == [b.result().token_ids for b in together]
+def test_rows_linear_rounds_every_row_the_same_in_any_batch() -> None:
+    """`forward_rows`' matrix products: a row's bits never depend on how many rows share the product. Plain
+    `F.linear` on CPU does depend on it for few rows (another kernel); that half is skipped where it does not."""
+    generator = torch.Generator().manual_seed(0)
+    for inputs, outputs in ((64, 192), (256, 1024), (1024, 256)):
+        weight = torch.randn((outputs, inputs), generator=generator)
+        rows = torch.randn((300, inputs), generator=generator)
+        everything = rows_linear(rows, weight)
+        for count in (1, 2, 3, 7, 16, 33, 128, 129, 257):
+            assert torch.equal(rows_linear(rows[:count], weight), everything[:count])
+        assert torch.allclose(everything, F.linear(rows, weight), rtol=1e-4, atol=1e-4)
+    plain = [torch.equal(F.linear(rows[:count], weight), F.linear(rows, weight)[:count]) for count in (1, 2, 4, 8)]
+    if all(plain):
+        pytest.skip("this backend's F.linear happens to be batch-invariant too")
 
 
 def test_requests_join_and_leave_between_steps(model: Transformer, vocab: Vocabulary) -> None:

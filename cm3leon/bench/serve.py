@@ -53,7 +53,6 @@ class ServeBenchConfig:
     threads: int = 1
     hf: bool = True
     seed: int = 0
-    min_step_rows: int = 16
     device: str = "cpu"
     dtype: str = "float32"
     sweep_sides: tuple[str, ...] = ("ours", "one_at_a_time", "hf")
@@ -180,7 +179,7 @@ def make_scheduler(
 ) -> Scheduler:
     """A pool sized for `most_jobs` CFG jobs at once, rows just long enough for the longest job."""
     row_length = max(len(prompt_streams(vocab, job).full) for job in jobs) + vocab.codes_per_image + 1
-    settings = SchedulerConfig(max_rows=2 * most_jobs, row_length=row_length, min_step_rows=config.min_step_rows)
+    settings = SchedulerConfig(max_rows=2 * most_jobs, row_length=row_length)
     return Scheduler(model, vocab, settings)
 
 

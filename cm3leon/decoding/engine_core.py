@@ -6,10 +6,10 @@ stream, its own seed's uniforms), so its candidates' companion rows (CFG uncondi
 amateur) are admitted, stepped and evicted together. Rows of different units sit at different positions; the
 model's `forward_rows` gives each row its own positions and mask.
 
-Batch invariance (CPU): a row's logits must not depend on its batch mates. Matrix products with fewer than about
-16 rows take other kernels than larger ones (their last bits differ), so a decode step always runs at least
-`min_step_rows` rows; attention runs over the pool's fixed row length; each unit is prefilled on its own with
-chunk boundaries that depend only on the unit. A request's tokens are then the same alone or with any others.
+Batch invariance (CPU): a row's logits must not depend on its batch mates, not even in their last bits. The
+model's `forward_rows` computes its matrix products row-invariantly (`rows_linear`) and attention over the pool's
+fixed row length; each unit is prefilled on its own with chunk boundaries that depend only on the unit. A
+request's logits are then bit-identical alone or with any others, whenever it joined.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ class SchedulerConfig:
     row_length: int | None = None  # positions per row (prompt + new tokens); None: the model's max_seq_len
     max_tokens: int | None = None  # cache positions reserved by running requests; None: max_rows x row_length
     prefill_chunk_tokens: int = 512  # rows x positions per prefill chunk: bounds how long running rows wait
-    min_step_rows: int = 16  # a decode step runs at least this many rows (same kernels whatever the batch)
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "prefill_chunk_tokens", "min_step_rows"):
+        for name in ("max_rows", "prefill_chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -238,7 +237,6 @@ class EngineCore:
             self.step_positions[:rows],
             self.step_row_start[:rows],
             self.pool.caches,
-            min_rows=self.config.min_step_rows,
         )
         self.logits[:rows] = logits[:, -1].float()
         self.step_positions[self._decode_rows] += 1

@@ -34,6 +34,25 @@ CONFIG_FILE = "model_config.json"
 TRUNCATION_STDS = 3.0
 
 
+# Row blocks of `rows_linear`: within [2, this] rows the CPU (MKL) product W @ X^T rounds every row the same.
+ROWS_LINEAR_BLOCK = 128
+
+
+def rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight (N, K)^T with each row's result independent of how many rows there are.
+
+    `F.linear` picks other kernels, with other rounding, for fewer than about 16 rows; computed as weight @ X^T
+    in blocks of 2 to ROWS_LINEAR_BLOCK rows, a row's bits stay the same in any batch on CPU (and it is faster
+    there for 16 to 128 rows). Used by `forward_rows` only; the training and `generate` path keep `F.linear`.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    count = flat.shape[0]
+    if count % ROWS_LINEAR_BLOCK == 1:  # a lone last row takes another kernel: give it a zero partner
+        flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))])
+    out = torch.cat([(weight @ block.T).T for block in flat.split(ROWS_LINEAR_BLOCK)])[:count]
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
 class Attention(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -73,21 +92,15 @@ class Attention(nn.Module):
         rows: torch.Tensor | None,
         cache_pos: torch.Tensor,
     ) -> torch.Tensor:
-        """Like `forward`, against an external cache whose rows each sit at their own positions (R, T); rows past
-        the mask's (padding of the matrix products) skip attention and contribute zeros."""
+        """Like `forward`, against an external cache whose rows each sit at their own positions (R, T)."""
         batch, length, width = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attending = mask.shape[0]
-        if attending < batch:
-            q, k, v = q[:attending], k[:attending], v[:attending]
+        qkv = rows_linear(x, self.qkv.weight).reshape(batch, length, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = rotary(q, positions), rotary(k, positions)
         k, v = cache.write_rows(rows, cache_pos, k, v)
         y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
-        y = y.transpose(1, 2).reshape(attending, length, width)
-        if attending < batch:
-            y = torch.cat([y, y.new_zeros((batch - attending, length, width))])
-        return self.out_proj(y)
+        return rows_linear(y.transpose(1, 2).reshape(batch, length, width), self.out_proj.weight)
 
 
 class FeedForward(nn.Module):
@@ -98,6 +111,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.up_proj(x)))
+
+    def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return rows_linear(F.gelu(rows_linear(x, self.up_proj.weight)), self.down_proj.weight)
 
 
 class Block(nn.Module):
@@ -131,7 +147,7 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         attention = self.attention.forward_rows(self.attention_norm(x), positions, mask, rotary, cache, rows, cache_pos)
         x = x + attention
-        return x + self.ffn(self.ffn_norm(x))
+        return x + self.ffn.forward_rows(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):
@@ -251,19 +267,14 @@ class Transformer(nn.Module):
         row_start: torch.Tensor,
         caches: list[KVCache],
         rows: torch.Tensor | None = None,
-        min_rows: int = 1,
     ) -> torch.Tensor:
         """tokens (R, T) of cache rows `rows` (R,) at their own cache positions `cache_pos` (R, T) -> logits.
 
         Each row attends to its cache positions from `row_start` (R,) up to each query's; positions seen by the
         embeddings count from `row_start`. `rows=None` means cache rows 0..R-1 (a decode step over the pool).
-        Rows are independent: a row's logits do not depend on the other rows' tokens or positions. The matrix
-        products run at least `min_rows` rows (padding rows, which attend to nothing): some backends take other
-        kernels, with other rounding, for few rows, so a fixed minimum keeps a row's bits the same in any batch.
+        Rows are independent: a row's logits do not depend on the other rows' tokens or positions, and on CPU not
+        even in their last bits (see `rows_linear`; attention is computed per row over the cache's fixed length).
         """
-        real_rows = tokens.shape[0]
-        if real_rows < min_rows:
-            tokens = torch.cat([tokens, tokens.new_zeros((min_rows - real_rows, tokens.shape[1]))])
         key_pos = caches[0].positions
         allowed = (key_pos.view(1, 1, -1) >= row_start.view(-1, 1, 1)) & (
             key_pos.view(1, 1, -1) <= cache_pos.unsqueeze(2)
@@ -273,11 +284,10 @@ class Transformer(nn.Module):
         positions = (cache_pos - row_start.unsqueeze(1)).clamp(0, self.config.max_seq_len - 1)
         x = self.token_embedding(tokens)
         if self.position_embedding is not None:
-            position_vectors = self.position_embedding(positions)
-            x = x + _pad_rows(position_vectors, x.shape[0] - real_rows)
+            x = x + self.position_embedding(positions)
         for block, cache in zip(self.blocks, caches, strict=True):
             x = block.forward_rows(x, positions, mask, self.rotary, cache, rows, cache_pos)
-        return self.lm_head(self.final_norm(x))[:real_rows]
+        return rows_linear(self.final_norm(x), self.lm_head.weight)
 
     # --- persistence -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: Path | str) -> None:
@@ -294,10 +304,6 @@ class Transformer(nn.Module):
         model = cls(config).to(device)
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
         return model.eval()
-
-
-def _pad_rows(x: torch.Tensor, count: int) -> torch.Tensor:
-    return x if not count else torch.cat([x, x.new_zeros((count, *x.shape[1:]))])
 
 
 def attention_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, row_start: torch.Tensor | None) -> torch.Tensor:
