@@ -102,6 +102,22 @@ def test_same_seed_same_output_alone_joined_static_and_generate(model: Transform
         assert single.result().seed == ref.seed
 
 
+def test_without_batch_invariance_tokens_still_match(model: Transformer, vocab: Vocabulary) -> None:
+    """The faster mode (and CUDA's) keeps every row's computation separate; only last bits may differ, which on
+    these requests changes no token."""
+    requests = mixed_requests(vocab, 8)
+    invariant = scheduler(model, vocab).run_batch(requests, scorer=no_rerank)
+    fast = scheduler(model, vocab, batch_invariant=False)
+    handles = []
+    for index, request in enumerate(requests):
+        handles.append(fast.submit(request, scorer=no_rerank))
+        for _ in range(index % 2):
+            fast.step()
+    while not all(handle.done() for handle in handles):
+        fast.step()
+    assert [h.result().candidates for h in handles] == [result.candidates for result in invariant]
+
+
 def test_rows_linear_rounds_every_row_the_same_in_any_batch() -> None:
     """`forward_rows`' matrix products: a row's bits never depend on how many rows share the product. Plain
     `F.linear` on CPU does depend on it for few rows (another kernel); that half is skipped where it does not."""

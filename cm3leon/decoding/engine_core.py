@@ -37,6 +37,9 @@ class SchedulerConfig:
     row_length: int | None = None  # positions per row (prompt + new tokens); None: the model's max_seq_len
     max_tokens: int | None = None  # cache positions reserved by running requests; None: max_rows x row_length
     prefill_chunk_tokens: int = 512  # rows x positions per prefill chunk: bounds how long running rows wait
+    # Bit-identical logits in any batch (row-invariant matrix products, see Transformer.forward_rows); about 2x
+    # the cost of a step of one or two rows. None: on where it holds (CPU), off elsewhere (CUDA kernels are not).
+    batch_invariant: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "prefill_chunk_tokens"):
@@ -116,6 +119,8 @@ class EngineCore:
         row_length = config.row_length or model.config.max_seq_len
         capacity = config.max_rows
         self.pool = RowPool(model, capacity, row_length)
+        invariant = config.batch_invariant
+        self.batch_invariant = self.device.type == "cpu" if invariant is None else invariant
         self.max_tokens = config.max_tokens or config.max_rows * row_length
         self.prefilling: list[Unit] = []
         self.running: list[Unit] = []
@@ -189,7 +194,12 @@ class EngineCore:
             start, end = unit.prefilled, min(unit.prompt_length, unit.prefilled + chunk)
             positions = torch.arange(start, end, device=self.device).expand(unit.num_rows, -1)
             logits = self.model.forward_rows(
-                unit.tokens[:, start:end], positions, unit.row_start, self.pool.caches, unit.rows_tensor
+                unit.tokens[:, start:end],
+                positions,
+                unit.row_start,
+                self.pool.caches,
+                unit.rows_tensor,
+                batch_invariant=self.batch_invariant,
             )
             unit.prefilled, spent = end, spent + unit.num_rows * (end - start)
             if end == unit.prompt_length:
@@ -237,6 +247,7 @@ class EngineCore:
             self.step_positions[:rows],
             self.step_row_start[:rows],
             self.pool.caches,
+            batch_invariant=self.batch_invariant,
         )
         self.logits[:rows] = logits[:, -1].float()
         self.step_positions[self._decode_rows] += 1

@@ -17,6 +17,7 @@ own position, so rows that joined at different steps share one forward pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ CONFIG_FILE = "model_config.json"
 TRUNCATION_STDS = 3.0
 
 
+Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, weight) -> x @ weight^T
 # Row blocks of `rows_linear`: within [2, this] rows the CPU (MKL) product W @ X^T rounds every row the same.
 ROWS_LINEAR_BLOCK = 128
 
@@ -91,16 +93,17 @@ class Attention(nn.Module):
         cache: KVCache,
         rows: torch.Tensor | None,
         cache_pos: torch.Tensor,
+        linear: Linear,
     ) -> torch.Tensor:
         """Like `forward`, against an external cache whose rows each sit at their own positions (R, T)."""
         batch, length, width = x.shape
-        qkv = rows_linear(x, self.qkv.weight).reshape(batch, length, 3, self.n_heads, self.head_dim)
+        qkv = linear(x, self.qkv.weight).reshape(batch, length, 3, self.n_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = rotary(q, positions), rotary(k, positions)
         k, v = cache.write_rows(rows, cache_pos, k, v)
         y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
-        return rows_linear(y.transpose(1, 2).reshape(batch, length, width), self.out_proj.weight)
+        return linear(y.transpose(1, 2).reshape(batch, length, width), self.out_proj.weight)
 
 
 class FeedForward(nn.Module):
@@ -112,8 +115,8 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.up_proj(x)))
 
-    def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
-        return rows_linear(F.gelu(rows_linear(x, self.up_proj.weight)), self.down_proj.weight)
+    def forward_rows(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
+        return linear(F.gelu(linear(x, self.up_proj.weight)), self.down_proj.weight)
 
 
 class Block(nn.Module):
@@ -144,10 +147,13 @@ class Block(nn.Module):
         cache: KVCache,
         rows: torch.Tensor | None,
         cache_pos: torch.Tensor,
+        linear: Linear,
     ) -> torch.Tensor:
-        attention = self.attention.forward_rows(self.attention_norm(x), positions, mask, rotary, cache, rows, cache_pos)
+        attention = self.attention.forward_rows(
+            self.attention_norm(x), positions, mask, rotary, cache, rows, cache_pos, linear
+        )
         x = x + attention
-        return x + self.ffn.forward_rows(self.ffn_norm(x))
+        return x + self.ffn.forward_rows(self.ffn_norm(x), linear)
 
 
 class Transformer(nn.Module):
@@ -267,14 +273,17 @@ class Transformer(nn.Module):
         row_start: torch.Tensor,
         caches: list[KVCache],
         rows: torch.Tensor | None = None,
+        batch_invariant: bool = True,
     ) -> torch.Tensor:
         """tokens (R, T) of cache rows `rows` (R,) at their own cache positions `cache_pos` (R, T) -> logits.
 
         Each row attends to its cache positions from `row_start` (R,) up to each query's; positions seen by the
         embeddings count from `row_start`. `rows=None` means cache rows 0..R-1 (a decode step over the pool).
-        Rows are independent: a row's logits do not depend on the other rows' tokens or positions, and on CPU not
-        even in their last bits (see `rows_linear`; attention is computed per row over the cache's fixed length).
+        Rows are independent: a row's logits do not depend on the other rows' tokens or positions; with
+        `batch_invariant` (CPU) not even in their last bits (see `rows_linear`; attention is computed per row over
+        the cache's fixed length), at some cost for few rows; without it the matrix products are `F.linear`'s.
         """
+        linear: Linear = rows_linear if batch_invariant else F.linear
         key_pos = caches[0].positions
         allowed = (key_pos.view(1, 1, -1) >= row_start.view(-1, 1, 1)) & (
             key_pos.view(1, 1, -1) <= cache_pos.unsqueeze(2)
@@ -286,8 +295,8 @@ class Transformer(nn.Module):
         if self.position_embedding is not None:
             x = x + self.position_embedding(positions)
         for block, cache in zip(self.blocks, caches, strict=True):
-            x = block.forward_rows(x, positions, mask, self.rotary, cache, rows, cache_pos)
-        return rows_linear(self.final_norm(x), self.lm_head.weight)
+            x = block.forward_rows(x, positions, mask, self.rotary, cache, rows, cache_pos, linear)
+        return linear(self.final_norm(x), self.lm_head.weight)
 
     # --- persistence -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: Path | str) -> None:
