@@ -56,6 +56,7 @@ class ServeBenchConfig:
     device: str = "cpu"
     dtype: str = "float32"
     sweep_sides: tuple[str, ...] = ("ours", "one_at_a_time", "hf")
+    compile_decode: bool = True
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ServeBenchConfig:
@@ -179,7 +180,7 @@ def make_scheduler(
 ) -> Scheduler:
     """A pool sized for `most_jobs` CFG jobs at once, rows just long enough for the longest job."""
     row_length = max(len(prompt_streams(vocab, job).full) for job in jobs) + vocab.codes_per_image + 1
-    settings = SchedulerConfig(max_rows=2 * most_jobs, row_length=row_length)
+    settings = SchedulerConfig(max_rows=2 * most_jobs, row_length=row_length, compile_decode=config.compile_decode)
     return Scheduler(model, vocab, settings)
 
 

@@ -73,6 +73,7 @@ def serve(
     threads: Annotated[int, typer.Option(help="torch intra-op threads.")] = 1,
     hf: Annotated[bool, typer.Option(help="Also time the Hugging Face transformers peer.")] = True,
     name: Annotated[str, typer.Option(help="Results file name (without .json).")] = "serve",
+    compile_decode: Annotated[bool, typer.Option(help="torch.compile the scheduler's decode step.")] = True,
 ) -> None:
     """Continuous batching: 16 CFG text->image jobs through the scheduler against one at a time, a static batch
     and Hugging Face generate; writes serve.json, a PNG sweep plot, and merges the headline keys into
@@ -80,7 +81,9 @@ def serve(
     from cm3leon.bench.plot import save_sweep_plot
     from cm3leon.bench.serve import ServeBenchConfig, bench_serve
 
-    config = ServeBenchConfig.preset(preset, device=device, dtype=dtype, threads=threads, hf=hf)
+    config = ServeBenchConfig.preset(
+        preset, device=device, dtype=dtype, threads=threads, hf=hf, compile_decode=compile_decode
+    )
     results = bench_serve(checkpoint, config, model_preset)
     _write(out, name, results)
     plot = save_sweep_plot(out / f"{name}.png", results["sweep"], f"{name}: jobs/s and latency vs concurrency")

@@ -40,6 +40,10 @@ class SchedulerConfig:
     # Bit-identical logits in any batch (row-invariant matrix products, see Transformer.forward_rows); about 2x
     # the cost of a step of one or two rows. None: on where it holds (CPU), off elsewhere (CUDA kernels are not).
     batch_invariant: bool | None = None
+    # Decode steps through torch.compile (one dynamic-shape graph): fewer per-step fixed costs, after a one-off
+    # compile of tens of seconds at the first step. Prefill stays eager, so a request's tokens remain the same
+    # alone or batched; they are not the bits of the eager decode.
+    compile_decode: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "prefill_chunk_tokens"):
@@ -121,6 +125,9 @@ class EngineCore:
         self.pool = RowPool(model, capacity, row_length)
         invariant = config.batch_invariant
         self.batch_invariant = self.device.type == "cpu" if invariant is None else invariant
+        self._decode_forward = model.forward_rows
+        if config.compile_decode:
+            self._decode_forward = torch.compile(model.forward_rows, dynamic=True)  # type: ignore[assignment]
         self.max_tokens = config.max_tokens or config.max_rows * row_length
         self.prefilling: list[Unit] = []
         self.running: list[Unit] = []
@@ -242,7 +249,7 @@ class EngineCore:
 
     def _decode(self) -> None:
         rows = self._step_rows
-        logits = self.model.forward_rows(
+        logits = self._decode_forward(
             self.step_tokens[:rows],
             self.step_positions[:rows],
             self.step_row_start[:rows],
@@ -288,4 +295,6 @@ class EngineCore:
         self._group_steps = torch.tensor(steps, **long)
         self._decode_rows = torch.cat(row_maps)  # type: ignore[arg-type]
         self._decode_row_groups = torch.tensor(row_groups, **long)
-        self._step_rows = max(max(unit.rows) for unit in self.running) + 1
+        highest = max(max(unit.rows) for unit in self.running)
+        # At least two rows: a compiled graph would otherwise specialise (and recompile) for one.
+        self._step_rows = min(self.pool.capacity, max(2, highest + 1))
