@@ -104,5 +104,13 @@ def run_all(
     foundation(out=out, model_dir=model_dir)
     if (model_dir / "model_config.json").exists():
         decode(out=out, checkpoint=model_dir, preset="standard")
+        serve(out=out, checkpoint=model_dir, preset="standard", hf=_has_transformers())
     else:
-        typer.echo(f"decode: skipped, no decoder checkpoint in {model_dir}")
+        typer.echo(f"decode, serve: skipped, no decoder checkpoint in {model_dir}")
+
+
+def _has_transformers() -> bool:
+    """The serve benchmark's Hugging Face peer needs `transformers` (the dev extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
