@@ -110,7 +110,8 @@ def peer_cfg_generate(
     pad_id: int,
     seed: int,
 ) -> torch.Tensor:
-    """`generate(guidance_scale=...)` (transformers' unbatched CFG) of a static batch, left-padded."""
+    """`generate(guidance_scale=...)` (transformers' unbatched CFG: the unconditional prompts run as a second
+    model call per step) of a static batch, left-padded; generated tokens on the CPU."""
     device = next(peer.parameters()).device
     tokens, mask = _left_pad(prompts, pad_id, device)
     negative, negative_mask = _left_pad(unconditional, pad_id, device)
@@ -127,7 +128,7 @@ def peer_cfg_generate(
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
         pad_token_id=pad_id,
-    )
+    ).cpu()  # on a GPU: wait for the work, as our side's token read-back does
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

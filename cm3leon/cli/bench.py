@@ -52,6 +52,7 @@ def decode(
 
 SUMMARY_KEYS = (
     "engine_speedup_16",
+    "engine_speedup_16_burst",
     "continuous_vs_static_16",
     "hf_speedup_b1",
     "hf_speedup_b16",

@@ -23,6 +23,8 @@ from cm3leon.decoding.engine_core import (
     Unit,
     plan_unit,
 )
+
+__all__ = ["RequestHandle", "Scheduler", "SchedulerConfig"]
 from cm3leon.decoding.generate import ImageDecoder, build_results, until_stop
 from cm3leon.decoding.params import DecodingConfig, GenerationCancelled, GenerationRequest, GenerationResult
 from cm3leon.decoding.rerank import Scorer
