@@ -36,8 +36,11 @@ class TopK:
 
     def __init__(self, ks: torch.Tensor) -> None:
         self.ks = ks
+        self.active = bool((ks > 0).any())  # host-side, once: no group asks for top-k -> skip the sort
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return scores  # k = 0 everywhere keeps every token (exactly what the sort would give)
         vocab_size = scores.shape[-1]
         ks = torch.where(self.ks > 0, self.ks, torch.full_like(self.ks, vocab_size)).clamp(max=vocab_size)
         kth_best = scores.sort(dim=-1, descending=True).values.gather(1, (ks - 1).unsqueeze(1))
