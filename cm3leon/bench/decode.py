@@ -63,13 +63,8 @@ class DecodeBenchConfig:
         presets: dict[str, dict[str, Any]] = {
             "standard": {},
             "quick": dict(
-                cfg_batch_sizes=(1, 2),
-                caption_batch_size=2,
-                segmentation_batch_size=2,
-                checked_batch_size=2,
-                check_candidates=2,
-                threads=(1,),
-                repeats=1,
+                cfg_batch_sizes=(1, 2), caption_batch_size=2, segmentation_batch_size=2, checked_batch_size=2,
+                check_candidates=2, threads=(1,), repeats=1,
             ),
         }
         if name not in presets:
@@ -84,10 +79,7 @@ def _best_seconds(work: Callable[[], float], repeats: int) -> float:
 
 
 def _checked_task_runs(
-    checkpoint: EvalCheckpoint,
-    defaults: dict[str, SamplingParams],
-    cases: TaskCases,
-    config: DecodeBenchConfig,
+    checkpoint: EvalCheckpoint, defaults: dict[str, SamplingParams], cases: TaskCases, config: DecodeBenchConfig,
     retriever: Retriever | None,
 ) -> dict[str, Callable[[], float]]:
     """Timed runs of the checked image tasks, `<task>_{single,checked<k>,retriever<k>}` -> seconds for the batch
@@ -161,10 +153,7 @@ def bench_decode(
         return time.perf_counter() - start
 
     checked_runs = _checked_task_runs(
-        checkpoint,
-        defaults,
-        build_cases(checkpoint, TaskEvalConfig(n=config.checked_batch_size), BENCH_SPLIT),
-        config,
+        checkpoint, defaults, build_cases(checkpoint, TaskEvalConfig(n=config.checked_batch_size), BENCH_SPLIT), config,
         retriever,
     )
     results: dict[str, Any] = {
