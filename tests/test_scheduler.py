@@ -134,6 +134,23 @@ def test_rows_linear_rounds_every_row_the_same_in_any_batch() -> None:
         pytest.skip("this backend's F.linear happens to be batch-invariant too")
 
 
+def test_run_batch_keeps_generates_contract(model: Transformer, vocab: Vocabulary) -> None:
+    """Results, scores (default likelihood scorer), images decoded as one batch, progress up to the end."""
+    requests = [r for r in mixed_requests(vocab, 6) if r.target == "image"]
+
+    def pixels(codes: torch.Tensor) -> torch.Tensor:
+        return (codes * 37 % 256).to(torch.uint8).unsqueeze(-1).expand(*codes.shape, 3)
+
+    calls: list[tuple[int, int]] = []
+    results = scheduler(model, vocab).run_batch(requests, image_decoder=pixels, progress=lambda *c: calls.append(c))
+    reference = generate(model, vocab, requests, image_decoder=pixels)
+    for ours, theirs in zip(results, reference, strict=True):
+        assert ours.token_ids == theirs.token_ids and ours.best_index == theirs.best_index
+        assert [c.score for c in ours.candidates] == pytest.approx([c.score for c in theirs.candidates])
+        assert [img.tobytes() for img in ours.images] == [img.tobytes() for img in theirs.images]
+    assert calls[-1] == (vocab.codes_per_image + 1,) * 2 and calls == sorted(calls)
+
+
 def test_requests_join_and_leave_between_steps(model: Transformer, vocab: Vocabulary) -> None:
     sched = scheduler(model, vocab)
     image = GenerationRequest(prompt=[PROMPTS[0]], params=SamplingParams(seed=1))  # 2 rows, 17 steps

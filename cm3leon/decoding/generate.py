@@ -161,11 +161,11 @@ def build_results(
             )
         )
     if image_decoder is not None:
-        _decode_images(vocab, results, image_decoder)
+        decode_images(vocab, results, image_decoder)
     return results
 
 
-def _decode_images(vocab: Vocabulary, results: list[GenerationResult], image_decoder: ImageDecoder) -> None:
+def decode_images(vocab: Vocabulary, results: list[GenerationResult], image_decoder: ImageDecoder) -> None:
     """All results' image segments through the decoder in one batch."""
     owners = [(result, s) for result in results for s in result.segments if isinstance(s, ImageCodes)]
     if not owners:

@@ -25,7 +25,7 @@ from cm3leon.decoding.engine_core import (
 )
 
 __all__ = ["RequestHandle", "Scheduler", "SchedulerConfig"]
-from cm3leon.decoding.generate import ImageDecoder, build_results, until_stop
+from cm3leon.decoding.generate import ImageDecoder, build_results, decode_images, until_stop
 from cm3leon.decoding.params import DecodingConfig, GenerationCancelled, GenerationRequest, GenerationResult
 from cm3leon.decoding.rerank import Scorer
 from cm3leon.model.transformer import Transformer
@@ -168,23 +168,34 @@ class Scheduler:
         self,
         requests: Sequence[GenerationRequest],
         *,
+        progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
         scorer: Scorer | None = None,
         image_decoder: ImageDecoder | None = None,
     ) -> list[GenerationResult]:
-        """Decode `requests` together and block until all are done (a static batch through the scheduler).
+        """Decode `requests` together and block until all are done: `generate`'s contract through the scheduler.
 
-        Drives the loop itself when no loop thread runs. Raises GenerationCancelled if `should_cancel()` turns
-        True (every request of the batch is then cancelled).
+        Drives the loop itself when no loop thread runs. `progress(steps, total)` reports the least advanced
+        request. Images are decoded in one batch, as `generate` does. Raises GenerationCancelled if
+        `should_cancel()` turns True (every request of the batch is then cancelled).
         """
+        tracker = _BatchProgress(len(requests), progress) if progress is not None else None
         handles = [
-            self.submit(request, should_cancel=should_cancel, scorer=scorer, image_decoder=image_decoder)
-            for request in requests
+            self.submit(
+                request,
+                progress=tracker.reporter(index) if tracker is not None else None,
+                should_cancel=should_cancel,
+                scorer=scorer,
+            )
+            for index, request in enumerate(requests)
         ]
         if self._thread is None:
             while not all(handle.done() for handle in handles):
                 self.step()
-        return [handle.result() for handle in handles]
+        results = [handle.result() for handle in handles]
+        if image_decoder is not None:
+            decode_images(self.vocab, results, image_decoder)
+        return results
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -262,3 +273,23 @@ class Scheduler:
             "tokens_in_flight": core.tokens_in_flight,
             "kv_bytes_per_row": core.pool.bytes_per_row,
         }
+
+
+class _BatchProgress:
+    """Per-request progress folded into one: (steps of the least advanced request, the most steps any needs)."""
+
+    def __init__(self, count: int, progress: ProgressCallback) -> None:
+        self._done = [0] * count
+        self._totals = [0] * count
+        self._progress = progress
+        self._reported = -1
+
+    def reporter(self, index: int) -> ProgressCallback:
+        def report(done: int, total: int) -> None:
+            self._done[index], self._totals[index] = done, total
+            least = min(self._done)
+            if least > self._reported:
+                self._reported = least
+                self._progress(least, max(self._totals))
+
+        return report
