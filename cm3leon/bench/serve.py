@@ -15,6 +15,7 @@ within one run on one machine:
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -161,6 +162,30 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+# The headline keys `bench serve` merges into summary.json.
+SUMMARY_KEYS = (
+    "engine_speedup_16",
+    "engine_speedup_16_burst",
+    "continuous_vs_static_16",
+    "hf_speedup_b1",
+    "hf_speedup_b16",
+    "kv_cache_bytes_per_row",
+    "machine",
+)
+
+
+def write_serve_extras(out: Path, name: str, results: dict[str, Any]) -> list[Path]:
+    """The sweep's PNG plot beside the results, and the headline keys merged into `out/summary.json`."""
+    from cm3leon.bench.plot import save_sweep_plot
+
+    plot = save_sweep_plot(out / f"{name}.png", results["sweep"], f"{name}: jobs/s and latency vs concurrency")
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary.update({key: results[key] for key in SUMMARY_KEYS if key in results})
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return [plot, summary_path]
 
 
 def load_model(checkpoint: Path, preset: str | None, config: ServeBenchConfig) -> tuple[Transformer, Vocabulary]:

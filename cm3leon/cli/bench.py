@@ -50,17 +50,6 @@ def decode(
     _write(out, "decode", bench_decode(checkpoint, DecodeBenchConfig.preset(preset)))
 
 
-SUMMARY_KEYS = (
-    "engine_speedup_16",
-    "engine_speedup_16_burst",
-    "continuous_vs_static_16",
-    "hf_speedup_b1",
-    "hf_speedup_b16",
-    "kv_cache_bytes_per_row",
-    "machine",
-)
-
-
 @bench_app.command("serve")
 def serve(
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("bench/results"),
@@ -79,21 +68,15 @@ def serve(
     """Continuous batching: 16 CFG text->image jobs through the scheduler against one at a time, a static batch
     and Hugging Face generate; writes serve.json, a PNG sweep plot, and merges the headline keys into
     summary.json."""
-    from cm3leon.bench.plot import save_sweep_plot
-    from cm3leon.bench.serve import ServeBenchConfig, bench_serve
+    from cm3leon.bench.serve import ServeBenchConfig, bench_serve, write_serve_extras
 
     config = ServeBenchConfig.preset(
         preset, device=device, dtype=dtype, threads=threads, hf=hf, compile_decode=compile_decode
     )
     results = bench_serve(checkpoint, config, model_preset)
     _write(out, name, results)
-    plot = save_sweep_plot(out / f"{name}.png", results["sweep"], f"{name}: jobs/s and latency vs concurrency")
-    typer.echo(f"wrote {plot}")
-    summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary.update({key: results[key] for key in SUMMARY_KEYS if key in results})
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    typer.echo(f"updated {summary_path}")
+    for path in write_serve_extras(out, name, results):
+        typer.echo(f"wrote {path}")
 
 
 @bench_app.command("all")
