@@ -22,7 +22,19 @@ if [[ -z "${DTYPE:-}" ]]; then
   DTYPE=$("$PYTHON" -c "import torch; print('bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32')")
 fi
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-HF_FLAG=$([[ "$HF" == 1 ]] && echo --hf || echo --no-hf)
-PYTHONPATH=${PYTHONPATH:-.} "$PYTHON" -c "from cm3leon.cli import main; main()" bench serve --out "$OUT" \
-  --preset "$PRESET" --model-preset "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --threads "$THREADS" "$HF_FLAG" \
-  --name "serve_${MODEL}_${DEVICE}" 2>&1 | tee "$OUT/bench_serve.log"
+# The benchmark's own functions (not the CLI), so the script does not depend on where the commands live.
+PYTHONPATH=${PYTHONPATH:-.} "$PYTHON" - "$OUT" "$PRESET" "$MODEL" "$DEVICE" "$DTYPE" "$THREADS" "$HF" <<'PY' 2>&1 | tee "$OUT/bench_serve.log"
+import json, sys
+from pathlib import Path
+
+from cm3leon.bench.serve import ServeBenchConfig, bench_serve, write_serve_extras
+
+out, preset, model, device, dtype, threads, hf = sys.argv[1:]
+config = ServeBenchConfig.preset(preset, device=device, dtype=dtype, threads=int(threads), hf=hf == "1")
+results = bench_serve(Path("models/shapes"), config, model)
+name = f"serve_{model}_{device}"
+(Path(out) / f"{name}.json").write_text(json.dumps({"benchmark": name, **results}, indent=2, default=str) + "\n")
+for key in ("engine_speedup_16", "engine_speedup_16_burst", "continuous_vs_static_16", "hf_speedup_b1", "hf_speedup_b16"):
+    print(f"{key:<28} {results.get(key)}")
+print("wrote", *write_serve_extras(Path(out), name, results))
+PY
