@@ -32,6 +32,7 @@ from cm3leon.decoding.rerank import (
     no_rerank,
     score_continuation,
 )
+from cm3leon.decoding.scheduler import RequestHandle, Scheduler, SchedulerConfig
 from cm3leon.decoding.selector import TokenSelector, draw_uniforms
 
 __all__ = [
@@ -49,7 +50,10 @@ __all__ = [
     "ModalityConstraint",
     "ProgressCallback",
     "PromptStreams",
+    "RequestHandle",
     "SamplingParams",
+    "Scheduler",
+    "SchedulerConfig",
     "Scorer",
     "SourceCopyPrior",
     "StopCriteria",

@@ -20,7 +20,10 @@ def cdk_candidates(log_p_expert: torch.Tensor, alpha: torch.Tensor | float, k: t
     groups, vocab_size = log_p_expert.shape
     ks = torch.as_tensor(k, device=log_p_expert.device).expand(groups).clamp(1, vocab_size)
     alphas = torch.as_tensor(alpha, dtype=log_p_expert.dtype, device=log_p_expert.device).expand(groups)
-    kth_largest = log_p_expert.sort(dim=-1, descending=True).values.gather(1, (ks - 1).unsqueeze(1))
+    if isinstance(k, int) and k == 1:  # the largest: a max, not a sort (the same value)
+        kth_largest = log_p_expert.max(dim=-1, keepdim=True).values
+    else:
+        kth_largest = log_p_expert.sort(dim=-1, descending=True).values.gather(1, (ks - 1).unsqueeze(1))
     # In log space: log p >= log alpha + log p_k. When fewer than k tokens are allowed (p_k = 0, e.g. the forced
     # <eos> after an image), the threshold is -inf and V is every allowed token; forbidden ones (p_exp = 0)
     # are never candidates.

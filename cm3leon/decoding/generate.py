@@ -94,11 +94,11 @@ def decode_plan(
         progress(num_steps, num_steps)  # stopped early: everything left was padding
     stop_ids = {vocab.eos_id, vocab.break_id}
     return [
-        _until_stop(ids[: group.max_new], stop_ids) for ids, group in zip(generated.tolist(), plan.groups, strict=True)
+        until_stop(ids[: group.max_new], stop_ids) for ids, group in zip(generated.tolist(), plan.groups, strict=True)
     ]
 
 
-def _until_stop(ids: list[int], stop_ids: set[int]) -> list[int]:
+def until_stop(ids: list[int], stop_ids: set[int]) -> list[int]:
     for index, token in enumerate(ids):
         if token in stop_ids:
             return ids[: index + 1]
@@ -125,6 +125,23 @@ def generate(
     plan = plan_batch(vocab, requests)
     generated = decode_plan(model, vocab, plan, requests, progress=progress, should_cancel=should_cancel, config=config)
     _check_cancel(should_cancel)
+    return build_results(
+        model, vocab, plan, requests, generated, image_decoder=image_decoder, scorer=scorer, config=config
+    )
+
+
+def build_results(
+    model: Transformer,
+    vocab: Vocabulary,
+    plan: BatchPlan,
+    requests: Sequence[GenerationRequest],
+    generated: Sequence[list[int]],
+    *,
+    image_decoder: ImageDecoder | None = None,
+    scorer: Scorer | None = None,
+    config: DecodingConfig = DEFAULT_DECODING,
+) -> list[GenerationResult]:
+    """Per request: its candidates (`generated`, one id list per group of the plan) scored, the best one decoded."""
     scorer = scorer or LikelihoodScorer(model, vocab, batch_size=config.scoring_batch_size)
     results = []
     for request_index, request in enumerate(requests):
@@ -144,11 +161,11 @@ def generate(
             )
         )
     if image_decoder is not None:
-        _decode_images(vocab, results, image_decoder)
+        decode_images(vocab, results, image_decoder)
     return results
 
 
-def _decode_images(vocab: Vocabulary, results: list[GenerationResult], image_decoder: ImageDecoder) -> None:
+def decode_images(vocab: Vocabulary, results: list[GenerationResult], image_decoder: ImageDecoder) -> None:
     """All results' image segments through the decoder in one batch."""
     owners = [(result, s) for result in results for s in result.segments if isinstance(s, ImageCodes)]
     if not owners:

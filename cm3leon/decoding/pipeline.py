@@ -48,8 +48,9 @@ class StepPipeline:
     selector: TokenSelector
     stop: StopCriteria
 
-    def next_tokens(self, logits: torch.Tensor, step: int) -> torch.Tensor:
-        """logits (R, V) float of every row's last position -> (G,) next token per group."""
+    def next_tokens(self, logits: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+        """logits (R, V) float of every row's last position -> (G,) next token per group; `step` is shared (int)
+        or per group (G,)."""
         full, image_only, uncond = self.mixer.streams(logits)
         allowed = self.constraint.allowed()
         guided = self.mixer(logits)

@@ -36,8 +36,11 @@ class TopK:
 
     def __init__(self, ks: torch.Tensor) -> None:
         self.ks = ks
+        self.active = bool((ks > 0).any())  # host-side, once: no group asks for top-k -> skip the sort
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return scores  # k = 0 everywhere keeps every token (exactly what the sort would give)
         vocab_size = scores.shape[-1]
         ks = torch.where(self.ks > 0, self.ks, torch.full_like(self.ks, vocab_size)).clamp(max=vocab_size)
         kth_best = scores.sort(dim=-1, descending=True).values.gather(1, (ks - 1).unsqueeze(1))
@@ -122,7 +125,7 @@ class StopCriteria:
         self.stop_ids = _id_mask(vocab.size, [vocab.eos_id, vocab.break_id], max_new.device)
         self.finished = torch.zeros(max_new.shape, dtype=torch.bool, device=max_new.device)
 
-    def apply(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+    def apply(self, tokens: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
         """Replace tokens of finished groups by pad, then mark the groups this token finishes."""
         tokens = torch.where(self.finished, torch.full_like(tokens, self.pad_id), tokens)
         self.finished |= self.stop_ids[tokens] | (self.max_new <= step + 1)

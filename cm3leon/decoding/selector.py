@@ -25,10 +25,15 @@ class TokenSelector:
         self.uniforms = uniforms  # (G, steps) float64
         self.greedy = greedy  # (G,) bool
 
-    def __call__(self, probs: torch.Tensor, step: int) -> torch.Tensor:
+    def __call__(self, probs: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+        """`step`: the decode step of every group (an int), or of each group (G,) (groups that joined later)."""
         # float64 cumulative sums: u * total < total strictly, so the search never lands past the last token with
         # mass, and right=True skips zero-probability tokens (their cdf equals the previous one).
         cdf = probs.double().cumsum(dim=-1)
-        targets = self.uniforms[:, step : step + 1] * cdf[:, -1:]
+        if isinstance(step, torch.Tensor):
+            uniforms = self.uniforms.gather(1, step.unsqueeze(1))
+        else:
+            uniforms = self.uniforms[:, step : step + 1]
+        targets = uniforms * cdf[:, -1:]
         sampled = torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
         return torch.where(self.greedy, probs.argmax(dim=-1), sampled)

@@ -47,3 +47,22 @@ class KVCache(nn.Module):
         self.keys[:batch, :, input_pos] = new_keys.to(self.keys.dtype)
         self.values[:batch, :, input_pos] = new_values.to(self.values.dtype)
         return self.keys[:batch], self.values[:batch]
+
+    def write_rows(
+        self, rows: torch.Tensor | None, positions: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (R, H, T, D) keys/values of cache rows `rows` (R,) at per-row positions `positions` (R, T);
+        return those rows' whole caches (R, H, S, D). `rows=None`: rows 0..R-1 (no gather on the read)."""
+        batch = new_keys.shape[0]
+        row_index = torch.arange(batch, device=positions.device) if rows is None else rows
+        row_index = row_index.unsqueeze(1).expand_as(positions)
+        # Advanced indices around a slice put their dims first: the target is (R, T, H, D).
+        self.keys[row_index, :, positions] = new_keys.transpose(1, 2).to(self.keys.dtype)
+        self.values[row_index, :, positions] = new_values.transpose(1, 2).to(self.values.dtype)
+        if rows is None:
+            return self.keys[:batch], self.values[:batch]
+        return self.keys[rows], self.values[rows]
+
+    def bytes_per_row(self) -> int:
+        """Memory of one cache row (keys and values, every position) in this layer."""
+        return 2 * self.keys[0].numel() * self.keys.element_size()

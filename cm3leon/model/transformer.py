@@ -11,10 +11,13 @@ Inference uses a static KV cache (see `kv_cache.py`): `setup_caches` once, then 
 writes keys/values at `input_pos` and attends causally over the cache. Batched prompts of different lengths are
 left-padded; `row_start` (B,) gives each row's first real position so that padding is never attended to and
 positions count from each row's own start (a row's logits then do not depend on how much it was padded).
+`forward_rows` is the serving scheduler's variant: caches owned by the caller (a pool of rows), every row at its
+own position, so rows that joined at different steps share one forward pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,6 +33,26 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 # Truncated normal init is cut at this many standard deviations (the usual +-2 or +-3; we take 3).
 TRUNCATION_STDS = 3.0
+
+
+Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, weight) -> x @ weight^T
+# Row blocks of `rows_linear`: within [2, this] rows the CPU (MKL) product W @ X^T rounds every row the same.
+ROWS_LINEAR_BLOCK = 128
+
+
+def rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight (N, K)^T with each row's result independent of how many rows there are.
+
+    `F.linear` picks other kernels, with other rounding, for fewer than about 16 rows; computed as weight @ X^T
+    in blocks of 2 to ROWS_LINEAR_BLOCK rows, a row's bits stay the same in any batch on CPU (and it is faster
+    there for 16 to 128 rows). Used by `forward_rows` only; the training and `generate` path keep `F.linear`.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    count = flat.shape[0]
+    if count % ROWS_LINEAR_BLOCK == 1:  # a lone last row takes another kernel: give it a zero partner
+        flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))])
+    out = torch.cat([(weight @ block.T).T for block in flat.split(ROWS_LINEAR_BLOCK)])[:count]
+    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 class Attention(nn.Module):
@@ -61,6 +84,27 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
 
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        rotary: RotaryEmbedding | None,
+        cache: KVCache,
+        rows: torch.Tensor | None,
+        cache_pos: torch.Tensor,
+        linear: Linear,
+    ) -> torch.Tensor:
+        """Like `forward`, against an external cache whose rows each sit at their own positions (R, T)."""
+        batch, length, width = x.shape
+        qkv = linear(x, self.qkv.weight).reshape(batch, length, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotary(q, positions), rotary(k, positions)
+        k, v = cache.write_rows(rows, cache_pos, k, v)
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        return linear(y.transpose(1, 2).reshape(batch, length, width), self.out_proj.weight)
+
 
 class FeedForward(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
@@ -70,6 +114,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.up_proj(x)))
+
+    def forward_rows(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
+        return linear(F.gelu(linear(x, self.up_proj.weight)), self.down_proj.weight)
 
 
 class Block(nn.Module):
@@ -90,6 +137,23 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), positions, mask, rotary, cache_pos)
         return x + self.ffn(self.ffn_norm(x))
+
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        rotary: RotaryEmbedding | None,
+        cache: KVCache,
+        rows: torch.Tensor | None,
+        cache_pos: torch.Tensor,
+        linear: Linear,
+    ) -> torch.Tensor:
+        attention = self.attention.forward_rows(
+            self.attention_norm(x), positions, mask, rotary, cache, rows, cache_pos, linear
+        )
+        x = x + attention
+        return x + self.ffn.forward_rows(self.ffn_norm(x), linear)
 
 
 class Transformer(nn.Module):
@@ -191,6 +255,48 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x, positions, mask, self.rotary, cache_pos)
         return self.lm_head(self.final_norm(x))
+
+    def new_row_caches(self, num_rows: int, row_length: int, dtype: torch.dtype | None = None) -> list[KVCache]:
+        """One cache per layer for a pool of `num_rows` rows of `row_length` positions each, owned by the caller
+        (a scheduler), so that `generate`'s own caches in the model stay untouched."""
+        weight = self.token_embedding.weight
+        config = self.config
+        return [
+            KVCache(num_rows, row_length, config.n_heads, config.head_dim, dtype or weight.dtype, weight.device)
+            for _ in self.blocks
+        ]
+
+    def forward_rows(
+        self,
+        tokens: torch.Tensor,
+        cache_pos: torch.Tensor,
+        row_start: torch.Tensor,
+        caches: list[KVCache],
+        rows: torch.Tensor | None = None,
+        batch_invariant: bool = True,
+    ) -> torch.Tensor:
+        """tokens (R, T) of cache rows `rows` (R,) at their own cache positions `cache_pos` (R, T) -> logits.
+
+        Each row attends to its cache positions from `row_start` (R,) up to each query's; positions seen by the
+        embeddings count from `row_start`. `rows=None` means cache rows 0..R-1 (a decode step over the pool).
+        Rows are independent: a row's logits do not depend on the other rows' tokens or positions; with
+        `batch_invariant` (CPU) not even in their last bits (see `rows_linear`; attention is computed per row over
+        the cache's fixed length), at some cost for few rows; without it the matrix products are `F.linear`'s.
+        """
+        linear: Linear = rows_linear if batch_invariant else F.linear
+        key_pos = caches[0].positions
+        allowed = (key_pos.view(1, 1, -1) >= row_start.view(-1, 1, 1)) & (
+            key_pos.view(1, 1, -1) <= cache_pos.unsqueeze(2)
+        )
+        itself = key_pos.view(1, 1, -1) == cache_pos.unsqueeze(2)  # rows parked on a scratch position
+        mask = (allowed | itself).unsqueeze(1)  # (R, 1, T, S)
+        positions = (cache_pos - row_start.unsqueeze(1)).clamp(0, self.config.max_seq_len - 1)
+        x = self.token_embedding(tokens)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(positions)
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block.forward_rows(x, positions, mask, self.rotary, cache, rows, cache_pos, linear)
+        return linear(self.final_norm(x), self.lm_head.weight)
 
     # --- persistence -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: Path | str) -> None:
