@@ -6,6 +6,11 @@
     {ns}:idem:{sha}          idempotency key -> job id
     {ns}:tenant:{sha}:jobs   sorted set of the tenant's job ids by creation time (ListJobs)
     {ns}:queued:{queue}      sorted set of queued job ids by creation time (positions, backpressure)
+    {ns}:outbox              sorted set of job ids not yet published to the broker, by when they were written
+
+A new job (idempotency key, record, first event, indexes and outbox mark) is written by one Lua script, so two
+submissions with one request id can never both create a job, and a job never exists without its outbox mark
+(the gateway clears the mark once the broker has the message; `services.reaper` publishes what it missed).
 
 Every change is one optimistic transaction (WATCH the record, write record + snapshot event together), so the
 gateway (cancel) and the worker (progress, results) never overwrite each other's changes. `AsyncJobStore` is the
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import redis
@@ -29,8 +35,36 @@ from services.records import JobRecord, JobState
 Mutation = Callable[[JobRecord], bool]  # changes the record in place; False: nothing to write
 # How long a watcher blocks on the event stream before re-reading the record (a missed event costs this much).
 WATCH_BLOCK_MS = 1000
-# A concurrent submission with the same request id may not have written its record yet: wait this long for it.
-IDEMPOTENCY_WAIT_S = 2.0
+
+# KEYS: idempotency (or unused), job, events, tenant jobs, queued, outbox.
+# ARGV: job id, record JSON, created_at, ttl, sequence, has request id, now, job key prefix, events maxlen.
+# Returns {1} when created, {0, existing record JSON} when the request id already names a live job.
+CREATE_SCRIPT = """
+if ARGV[6] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then
+    local raw = redis.call('GET', ARGV[8] .. existing)
+    if raw then return {0, raw} end
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], ARGV[5] .. '-0', 'record', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[7], ARGV[1])
+return {1}
+"""
+# KEYS: job, events, tenant jobs, queued, outbox, idempotency (or unused). ARGV: job id, has request id.
+# Removes a job whose message was never published (its outbox mark still set); 1 when it was removed.
+WITHDRAW_SCRIPT = """
+if redis.call('ZREM', KEYS[5], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if ARGV[2] == '1' and redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
+return 1
+"""
 
 
 def encode_record(record: JobRecord) -> str:
@@ -128,25 +162,38 @@ class AsyncJobStore:
             raise AlreadyExists(f"request_id {request_id!r} was used for another request (job {record.job_id})")
         return record
 
-    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        """Store a new QUEUED job; with a request id, an existing job for it is returned instead: (job, created)."""
-        if record.request_id:
-            idem = self.keys.idempotency(record.tenant, record.request_id)
-            deadline = asyncio.get_running_loop().time() + IDEMPOTENCY_WAIT_S
-            while not await self.client.set(idem, record.job_id, nx=True, ex=self.ttl_s):
-                found = await self.existing(record.tenant, record.request_id, record.fingerprint)
-                if found is not None:
-                    return found, False
-                if asyncio.get_running_loop().time() > deadline:  # the other job expired or never got written
-                    await self.client.set(idem, record.job_id, ex=self.ttl_s)
-                    break
-                await asyncio.sleep(0.05)
-        async with self.client.pipeline(transaction=True) as pipe:
-            queue_writes(pipe, self.keys, record, self.ttl_s)
-            pipe.zadd(self.keys.tenant_jobs(record.tenant), {record.job_id: record.created_at})
-            pipe.zadd(self.keys.queued(record.queue), {record.job_id: record.created_at})
-            await pipe.execute()
-        return record, True
+    async def create(self, record: JobRecord, now: float | None = None) -> tuple[JobRecord, bool]:
+        """Store a new QUEUED job with its outbox mark, atomically; with a request id that already names a job,
+        that job is returned instead: (job, created). ALREADY_EXISTS when that job's payload differs."""
+        keys = self.keys
+        idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
+        job_keys = [idem, keys.job(record.job_id), keys.events(record.job_id)]
+        job_keys += [keys.tenant_jobs(record.tenant), keys.queued(record.queue), keys.outbox]
+        arguments = [record.job_id, encode_record(record), record.created_at, self.ttl_s, record.sequence]
+        arguments += ["1" if record.request_id else "0", now or time.time(), keys.job(""), EVENTS_MAXLEN]
+        reply = await self.client.eval(CREATE_SCRIPT, len(job_keys), *job_keys, *arguments)
+        if int(reply[0]) == 1:
+            return record, True
+        found = decode_record(reply[1])
+        assert found is not None
+        if found.fingerprint != record.fingerprint:
+            raise AlreadyExists(f"request_id {record.request_id!r} was used for another request (job {found.job_id})")
+        return found, False
+
+    async def mark_published(self, job_id: str) -> None:
+        await self.client.zrem(self.keys.outbox, job_id)
+
+    async def withdraw(self, record: JobRecord) -> bool:
+        """Remove a job whose message could not be published (and free its request id); False when the job had
+        been published meanwhile (by the outbox sweeper): it stays."""
+        keys = self.keys
+        idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
+        job_keys = [keys.job(record.job_id), keys.events(record.job_id), keys.tenant_jobs(record.tenant)]
+        job_keys += [keys.queued(record.queue), keys.outbox, idem]
+        reply = await self.client.eval(
+            WITHDRAW_SCRIPT, len(job_keys), *job_keys, record.job_id, "1" if record.request_id else "0"
+        )
+        return int(reply) == 1
 
     async def update(self, job_id: str, mutate: Mutation) -> JobRecord | None:
         key = self.keys.job(job_id)

@@ -40,6 +40,10 @@ class Keys:
         return f"{self.namespace}:workers:*"
 
     @property
+    def outbox(self) -> str:
+        return f"{self.namespace}:outbox"
+
+    @property
     def dead_letter(self) -> str:
         return f"{self.namespace}:dead-letter"
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import redis
 from celery import Celery
 
 from services import convert
@@ -29,6 +31,7 @@ from services.telemetry import Metrics, inject_context, tracer
 from services.validation import check_request_id, check_text, normalise_image, validate_request
 from worker.app import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
 
+log = logging.getLogger(__name__)
 # Drawn seeds leave headroom below decoding's 63-bit seeds: image i of a job uses seed + i.
 ASSIGNED_SEED_BITS = 59
 MAX_PAGE_SIZE = 100
@@ -67,6 +70,32 @@ class Gateway:
             return None
         infos = [json.loads(raw) for raw in await self.store.client.mget(keys) if raw]
         return {kind for info in infos for kind in info["kinds"]} if infos else None
+
+
+async def publish_new_job(gw: Gateway, record: JobRecord) -> None:
+    """Hand a new job to the broker and clear its outbox mark. When the broker refuses, the job is withdrawn (its
+    request id freed, so a retry creates a fresh job) and the caller gets UNAVAILABLE; when even that fails, the
+    mark stays and the outbox sweeper publishes the job later (a retry with the request id re-attaches to it)."""
+    with tracer().start_as_current_span("enqueue", attributes={"job.id": record.job_id, "job.kind": record.kind}):
+        carrier = inject_context()
+        try:
+            await asyncio.to_thread(
+                gw.celery.send_task, RUN_JOB, args=[record.job_id, carrier], queue=record.queue, task_id=record.job_id
+            )
+        except Exception as error:
+            log.warning("publishing job %s failed: %r", record.job_id, error)
+            try:
+                withdrawn = await gw.store.withdraw(record)
+            except redis.RedisError:
+                log.warning("withdrawing job %s failed: the outbox sweeper will publish it", record.job_id)
+                withdrawn = False
+            if withdrawn:
+                raise Unavailable("the job queue is unavailable; retry later (the request_id is free)") from error
+            return
+    try:
+        await gw.store.mark_published(record.job_id)
+    except redis.RedisError:  # the sweeper publishes it again: claiming is idempotent
+        log.warning("clearing the outbox mark of job %s failed", record.job_id)
 
 
 def assign_seed(body: Any) -> int:
@@ -133,16 +162,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         record, created = await gw.store.create(record)
         if created:
             gw.metrics.jobs.add(1, {"kind": kind, "state": JobState.QUEUED.value})
-            with tracer().start_as_current_span("enqueue", attributes={"job.id": job_id, "job.kind": kind}):
-                carrier = inject_context()
-                try:
-                    await asyncio.to_thread(
-                        gw.celery.send_task, RUN_JOB, args=[job_id, carrier], queue=record.queue, task_id=job_id
-                    )
-                except Exception as error:
-                    message = f"the job queue is unavailable: {error}"
-                    await gw.store.update(job_id, lambda r: r.finish(JobState.FAILED, "UNAVAILABLE", message) or True)
-                    raise Unavailable(f"the job queue is unavailable ({type(error).__name__})") from error
+            await publish_new_job(gw, record)
         return await gw.job_proto(record)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
