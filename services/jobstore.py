@@ -6,6 +6,7 @@
     {ns}:idem:{sha}          idempotency key -> job id
     {ns}:tenant:{sha}:jobs   sorted set of the tenant's job ids by creation time (ListJobs)
     {ns}:queued:{queue}      sorted set of queued job ids by creation time (positions, backpressure)
+    {ns}:leases              sorted set of running job ids by when their lease expires (services.reaper)
     {ns}:outbox              sorted set of job ids not yet published to the broker, by when they were written
 
 A new job (idempotency key, record, first event, indexes and outbox mark) is written by one Lua script, so two
@@ -33,6 +34,8 @@ from services.keys import EVENTS_MAXLEN, Keys
 from services.records import JobRecord, JobState
 
 Mutation = Callable[[JobRecord], bool]  # changes the record in place; False: nothing to write
+# Further writes of one change, inside its transaction (a lease, an outbox mark).
+AlsoWrite = Callable[[redis.client.Pipeline, JobRecord], None]
 # How long a watcher blocks on the event stream before re-reading the record (a missed event costs this much).
 WATCH_BLOCK_MS = 1000
 
@@ -82,8 +85,12 @@ def queue_writes(
     data = encode_record(record)
     pipe.set(keys.job(record.job_id), data)
     pipe.xadd(keys.events(record.job_id), {"record": data}, id=f"{record.sequence}-0", maxlen=EVENTS_MAXLEN)
-    if record.state != JobState.QUEUED:
+    if record.state == JobState.QUEUED:
+        pipe.zadd(keys.queued(record.queue), {record.job_id: record.created_at})
+    else:
         pipe.zrem(keys.queued(record.queue), record.job_id)
+    if record.state != JobState.RUNNING:
+        pipe.zrem(keys.leases, record.job_id)
     if record.state.finished:
         for key in (keys.job(record.job_id), keys.events(record.job_id), keys.cancel(record.job_id)):
             pipe.expire(key, ttl)
@@ -100,8 +107,9 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         return decode_record(self.client.get(self.keys.job(job_id)))
 
-    def update(self, job_id: str, mutate: Mutation) -> JobRecord | None:
-        """Apply `mutate` atomically; the record after it (None when the job does not exist)."""
+    def update(self, job_id: str, mutate: Mutation, also: AlsoWrite | None = None) -> JobRecord | None:
+        """Apply `mutate` atomically (with `also`'s writes); the record after it (None when the job does not
+        exist)."""
         key = self.keys.job(job_id)
 
         def change(pipe: redis.client.Pipeline) -> JobRecord | None:
@@ -111,12 +119,21 @@ class JobStore:
             record.sequence += 1
             pipe.multi()
             queue_writes(pipe, self.keys, record, self.ttl_s)
+            if also is not None:
+                also(pipe, record)
             return record
 
         return self.client.transaction(change, key, value_from_callable=True)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.client.exists(self.keys.cancel(job_id)))
+
+    def lease_expiry(self, job_id: str) -> float | None:
+        return self.client.zscore(self.keys.leases, job_id)
+
+    def renew_lease(self, job_id: str, ttl_s: float) -> None:
+        """Push the lease of a job this worker runs forward (never re-creates a lease the job no longer has)."""
+        self.client.zadd(self.keys.leases, {job_id: time.time() + ttl_s}, xx=True)
 
     def publish_worker(self, name: str, info: dict, ttl_s: int) -> None:
         self.client.set(self.keys.worker(name), json.dumps(info), ex=ttl_s)

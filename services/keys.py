@@ -40,6 +40,14 @@ class Keys:
         return f"{self.namespace}:workers:*"
 
     @property
+    def leases(self) -> str:
+        return f"{self.namespace}:leases"
+
+    @property
+    def reaper_lock(self) -> str:
+        return f"{self.namespace}:reaper-lock"
+
+    @property
     def outbox(self) -> str:
         return f"{self.namespace}:outbox"
 

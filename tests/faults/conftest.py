@@ -5,6 +5,7 @@ for a worker and gateway with their own settings (own namespace) on the same Red
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,9 +43,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, str]) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("fault-stack")
-    stack = Stack(
-        root / "run", namespace="f", environment={"CM3LEON_API_KEYS": json.dumps(API_KEYS), **FAST_RECOVERY}
-    )
+    stack = Stack(root / "run", namespace="f", environment={"CM3LEON_API_KEYS": json.dumps(API_KEYS), **FAST_RECOVERY})
     try:
         stack.start_redis()
         stack.start_s3()
@@ -65,7 +64,9 @@ def side_stack(stack: Stack, artifacts: dict[str, str], tmp_path: Path) -> Itera
         side = Stack(tmp_path / namespace, namespace=namespace, environment=dict(stack.environment))
         side.redis_port, side.s3_port = stack.redis_port, stack.s3_port
         started.append(side)
-        side.start_worker("worker", {**artifacts, **(worker_env or {})})
+        memory = tmp_path / namespace / "qdrant"  # Qdrant local mode: one process per directory
+        shutil.copytree(artifacts["CM3LEON_MEMORY_PATH"], memory)
+        side.start_worker("worker", {**artifacts, "CM3LEON_MEMORY_PATH": str(memory), **(worker_env or {})})
         side.start_gateway()
         return side
 
