@@ -177,7 +177,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
         record = await self.gw.store.cancel(request.job_id, current_tenant())
         if record.state == JobState.CANCELLED:  # it was queued: drop the message too (the flag covers a miss)
-            await asyncio.to_thread(self.gw.celery.control.revoke, record.job_id)
+            try:
+                await asyncio.to_thread(self.gw.celery.control.revoke, record.job_id)
+            except Exception as error:  # the cancel took effect: a worker that takes the message skips the job
+                log.warning("revoking job %s failed (%s); its cancel flag stands", record.job_id, error)
         return await self.gw.job_proto(record)
 
     async def ListJobs(
