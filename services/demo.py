@@ -34,6 +34,7 @@ from services import client as api
 from services.api import jobs_pb2
 from services.client import Client, download
 from services.keys import Keys
+from services.presence import live_workers
 from services.stack import Stack
 
 DEMO_SEED = 0
@@ -105,7 +106,7 @@ DEMO_REQUESTS: dict[str, Callable[[DemoCase], jobs_pb2.JobRequest]] = {
 
 def supported_kinds(stack: Stack) -> list[str]:
     client = redis.Redis(port=stack.redis_port)
-    infos = [json.loads(raw) for raw in client.mget(client.keys(Keys(stack.namespace).workers_pattern())) if raw]
+    infos = live_workers(client, Keys(stack.namespace)).values()
     return sorted({kind for info in infos for kind in info["kinds"]})
 
 

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import redis
 import redis.asyncio as aioredis
 
+from services import presence
 from services.errors import AlreadyExists, InvalidArgument, NotFound
 from services.keys import EVENTS_MAXLEN, Keys
 from services.records import JobRecord, JobState
@@ -135,8 +136,8 @@ class JobStore:
         """Push the lease of a job this worker runs forward (never re-creates a lease the job no longer has)."""
         self.client.zadd(self.keys.leases, {job_id: time.time() + ttl_s}, xx=True)
 
-    def publish_worker(self, name: str, info: dict, ttl_s: int) -> None:
-        self.client.set(self.keys.worker(name), json.dumps(info), ex=ttl_s)
+    def publish_worker(self, name: str, info: dict) -> None:
+        presence.publish(self.client, self.keys, name, info)
 
     def dead_letter(self, job_id: str) -> None:
         self.client.rpush(self.keys.dead_letter, job_id)

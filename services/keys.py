@@ -33,11 +33,9 @@ class Keys:
     def queued(self, queue: str) -> str:
         return f"{self.namespace}:queued:{queue}"
 
-    def worker(self, name: str) -> str:
-        return f"{self.namespace}:workers:{name}"
-
-    def workers_pattern(self) -> str:
-        return f"{self.namespace}:workers:*"
+    @property
+    def workers(self) -> str:
+        return f"{self.namespace}:workers"
 
     @property
     def leases(self) -> str:

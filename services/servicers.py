@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from services.interceptors import current_tenant
 from services.jobstore import AsyncJobStore
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
+from services.presence import live_workers_async
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.telemetry import Metrics, inject_context, tracer
@@ -65,10 +65,7 @@ class Gateway:
 
     async def supported_kinds(self) -> set[str] | None:
         """Kinds some live worker's model runs; None while no worker has reported (jobs wait in the queue)."""
-        keys = [key async for key in self.store.client.scan_iter(match=self.store.keys.workers_pattern())]
-        if not keys:
-            return None
-        infos = [json.loads(raw) for raw in await self.store.client.mget(keys) if raw]
+        infos = (await live_workers_async(self.store.client, self.store.keys)).values()
         return {kind for info in infos for kind in info["kinds"]} if infos else None
 
 

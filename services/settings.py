@@ -34,6 +34,9 @@ class StackSettings(BaseSettings):
     presign_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)  # S3's presigned URLs last at most 7 days
     # Finished jobs (records, events, idempotency keys) are kept this long.
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    # fsync policy of the embedded stack's Redis append-only file: everysec (at most the last second of accepted
+    # writes can go in a crash) or always (none can; every write waits for the disk).
+    redis_appendfsync: Literal["everysec", "always"] = "everysec"
     # Every Redis client: a hung Redis fails a call after this long (UNAVAILABLE, or a retry) instead of hanging it;
     # idle connections are checked before use this often (a restarted Redis is noticed, not written into).
     redis_socket_timeout_s: float = Field(5.0, gt=0)

@@ -1,9 +1,9 @@
 """Per-process worker state: settings, stores and the engine, loaded once when a pool process starts.
 
 Celery's `worker_process_init` (prefork children) builds it and warms the model up; a heartbeat thread
-publishes what this worker's model can run ({ns}:workers:{name}, with a TTL), which the gateway reads to
-answer UNIMPLEMENTED for kinds no live worker supports, and renews the lease of the job it runs; a reaper thread
-(`services.reaper`) takes back jobs other workers lost.
+publishes what this worker's model can run (its entry in the {ns}:workers hash, `services.presence`), which the
+gateway reads to answer UNIMPLEMENTED for kinds no live worker supports; another thread renews the lease of the
+job it runs; a reaper thread (`services.reaper`) takes back jobs other workers lost.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
-HEARTBEAT_TTL_S = 30
 
 
 @dataclass
@@ -99,7 +98,7 @@ def heartbeat(runtime: Runtime) -> None:
     info = {"model_id": runtime.engine.model_id, "kinds": list(runtime.engine.supported_kinds), "pid": os.getpid()}
     while True:
         try:
-            runtime.store.publish_worker(runtime.name, info, HEARTBEAT_TTL_S)
+            runtime.store.publish_worker(runtime.name, info)
         except redis.RedisError:
             log.exception("heartbeat failed")
         threading.Event().wait(HEARTBEAT_S)

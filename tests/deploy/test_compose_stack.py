@@ -27,6 +27,7 @@ from services import client as api
 from services.api import jobs_pb2
 from services.client import Client
 from services.keys import Keys
+from services.presence import live_workers
 from services.stack import ROOT, Child, Stack
 from tests.serving.fixtures import API_KEYS, MEMORY_NAME, build_tiny_memory, build_tiny_model_dir, spans_of
 from worker.app import UNACKED_RESTORE_INTERVAL_S, make_celery
@@ -124,7 +125,7 @@ def wait_for_spans(stack: Stack, job_ids: list[str], timeout_s: float = 10.0) ->
 
 def test_two_workers_with_distinct_names(compose: ComposeStack) -> None:
     store = redis.Redis(port=compose.stack.redis_port)
-    heartbeats = store.keys(Keys(compose.stack.namespace).workers_pattern())
+    heartbeats = live_workers(store, Keys(compose.stack.namespace))
     assert len(heartbeats) == len(WORKER_NAMES), heartbeats
     app = make_celery(compose.stack.settings())
     replies = app.control.inspect(timeout=2.0).ping() or {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -11,6 +10,7 @@ import redis
 
 from services.jobstore import JobStore
 from services.keys import Keys
+from services.presence import live_workers
 from services.records import JobRecord
 from services.stack import Stack
 
@@ -22,7 +22,7 @@ def job_store(stack: Stack, namespace: str = "") -> JobStore:
 def pool_pids(stack: Stack) -> set[int]:
     """Pids of the live pool processes of the stack's workers (from their heartbeats)."""
     client = redis.Redis(port=stack.redis_port)
-    pids = {int(json.loads(raw)["pid"]) for raw in client.mget(client.keys(Keys(stack.namespace).workers_pattern()))}
+    pids = {int(info["pid"]) for info in live_workers(client, Keys(stack.namespace)).values()}
     return {pid for pid in pids if alive(pid)}
 
 
