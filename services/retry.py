@@ -19,9 +19,9 @@ MAX_DELAY_S = 2.0
 class DeadlineExceeded(Exception):
     """The call kept failing until the deadline; `__cause__` is the last error."""
 
-    def __init__(self, what: str, deadline_s: float) -> None:
+    def __init__(self, what: str, deadline_s: float, service: str) -> None:
         super().__init__(f"{what} kept failing for {deadline_s:g} s")
-        self.what, self.deadline_s = what, deadline_s
+        self.what, self.deadline_s, self.service = what, deadline_s, service
 
 
 def retry_call(
@@ -31,6 +31,7 @@ def retry_call(
     deadline_s: float,
     retry_on: tuple[type[BaseException], ...],
     between: Callable[[], None] | None = None,
+    service: str = "a backing service",
 ) -> T:
     """`call()`, tried again on `retry_on` errors with backoff until `deadline_s` has passed (then DeadlineExceeded
     from the last error). `between` runs before each new try (a cancellation check may raise there)."""
@@ -42,7 +43,7 @@ def retry_call(
         except retry_on as error:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DeadlineExceeded(what, deadline_s) from error
+                raise DeadlineExceeded(what, deadline_s, service) from error
             log.warning("%s failed (%s); retrying in %.1f s", what, type(error).__name__, min(delay, remaining))
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, MAX_DELAY_S)

@@ -111,6 +111,10 @@ class WorkerSettings(StackSettings):
     # that is not up within its default 4 s and starts another, forever, when loading takes longer (a cold
     # `import torch` on a busy 2-core machine already does; a 7B checkpoint takes minutes).
     process_start_timeout_s: float = Field(300.0, gt=0)
+    # The retrieval memory (Qdrant) failing during a job is retried for retrieval_retry_deadline_s; then "fail":
+    # the job fails UNAVAILABLE, or "skip": it is generated without retrieved documents (recorded on the job).
+    retrieval_outage: Literal["fail", "skip"] = "fail"
+    retrieval_retry_deadline_s: float = Field(10.0, ge=0)
     # Progressive previews per image (at each 1/N of the image block; the issue asks for at least 4).
     previews_per_image: int = Field(4, ge=0)
     # Debug: sleep this long per decode step (to watch progress; the tests use it to cancel mid-decode).

@@ -11,10 +11,11 @@ Redis blip in a progress update is logged, not fatal. A job's error message neve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import redis
@@ -68,6 +69,7 @@ def with_s3_retries(runtime: Runtime, job_id: str, what: str, call: Callable[[],
         deadline_s=runtime.settings.s3_retry_deadline_s,
         retry_on=S3_TRANSIENT,
         between=lambda: check_cancel(runtime, job_id),
+        service="the object store",
     )
 
 
@@ -88,6 +90,7 @@ def store_update(runtime: Runtime, job_id: str, mutate: Callable[[JobRecord], bo
         what=f"recording job {job_id}",
         deadline_s=FINAL_WRITE_DEADLINE_S,
         retry_on=(redis.RedisError,),
+        service="the job store",
     )
 
 
@@ -218,6 +221,60 @@ def record_result(runtime: Runtime, job_id: str, result: EngineResult) -> None:
         runtime.metrics.tokens_per_s.record(result.generated_tokens / result.seconds)
 
 
+class RetrievalUnavailable(Exception):
+    """The retrieval memory failed while a job searched it (a Qdrant outage)."""
+
+
+@contextlib.contextmanager
+def stage_span(name: str, attributes: Mapping[str, object]) -> Iterator[None]:
+    """The engine's stage hook: a span per stage; an error inside "retrieval" becomes RetrievalUnavailable (a
+    request's own error, a cancel or a time limit pass through)."""
+    with tracer().start_as_current_span(name, attributes=dict(attributes)):  # type: ignore[arg-type]
+        try:
+            yield
+        except (JobCancelled, ValueError, SoftTimeLimitExceeded):
+            raise
+        except Exception as error:
+            if name != "retrieval":
+                raise
+            log.warning("retrieval failed (%s)", type(error).__name__, exc_info=error)
+            raise RetrievalUnavailable() from error
+
+
+def run_engine(runtime: Runtime, job_id: str, request: JobRequest, reporter: JobReporter) -> tuple[EngineResult, bool]:
+    """The engine's result, retrying a retrieval outage until its deadline; past it, by `retrieval_outage`: fail
+    (DeadlineExceeded) or run without retrieval. Returns (result, whether retrieval was skipped)."""
+
+    def run(job: JobRequest) -> EngineResult:
+        return runtime.engine.run(
+            job, progress=reporter.progress, should_cancel=reporter.should_cancel, stage=stage_span
+        )
+
+    try:
+        result = retry_call(
+            lambda: run(request),
+            what=f"retrieval for job {job_id}",
+            deadline_s=runtime.settings.retrieval_retry_deadline_s,
+            retry_on=(RetrievalUnavailable,),
+            between=lambda: check_cancel(runtime, job_id),
+            service="the retrieval memory",
+        )
+        return result, False
+    except DeadlineExceeded:
+        if runtime.settings.retrieval_outage != "skip" or not hasattr(request, "sampling"):
+            raise
+    log.warning("job %s: the retrieval memory is unavailable; generating without retrieval", job_id)
+    without = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, retrieved_k=0))
+    return run(without), True
+
+
+def mark_retrieval_skipped(record: JobRecord) -> bool:
+    if record.state.finished:
+        return False
+    record.retrieval_skipped = True
+    return True
+
+
 def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | None) -> str:
     """Run one job to a final state; returns that state (or "skipped")."""
     attributes = {"job.id": job_id}
@@ -246,12 +303,10 @@ def run_claimed(runtime: Runtime, job_id: str, record: JobRecord, span: Any) -> 
         if any(isinstance(getattr(request, name), ImageRef) for name in image_fields(request)):
             with tracer().start_as_current_span("fetch_inputs"):
                 request = fetch_inputs(runtime, job_id, request)
-        result = runtime.engine.run(
-            request,
-            progress=reporter.progress,
-            should_cancel=reporter.should_cancel,
-            stage=lambda name, attrs: tracer().start_as_current_span(name, attributes=dict(attrs)),
-        )
+        result, skipped = run_engine(runtime, job_id, request, reporter)
+        if skipped:
+            span.set_attribute("retrieval.skipped", True)
+            store_update(runtime, job_id, mark_retrieval_skipped)
         span.set_attribute("tokens.generated", result.generated_tokens)
         record_result(runtime, job_id, result)
         return JobState.SUCCEEDED.value
@@ -265,7 +320,7 @@ def run_claimed(runtime: Runtime, job_id: str, record: JobRecord, span: Any) -> 
         finish(runtime, job_id, JobState.FAILED, "DEADLINE_EXCEEDED", f"the job ran past {limit} s")
     except DeadlineExceeded as error:
         log.warning("job %s: %s", job_id, error, exc_info=error.__cause__)
-        message = f"the object store was unavailable for {error.deadline_s:g} s; retry the job"
+        message = f"{error.service} was unavailable for {error.deadline_s:g} s; retry the job"
         finish(runtime, job_id, JobState.FAILED, "UNAVAILABLE", message)
     except ValueError as error:
         finish(runtime, job_id, JobState.FAILED, "INVALID_ARGUMENT", str(error))
