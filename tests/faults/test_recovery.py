@@ -149,3 +149,18 @@ def test_a_job_hung_past_the_hard_time_limit_fails(side_stack: Callable[..., Sta
         final = own.wait(job.job_id, timeout_s=60)
     assert final.state == jobs_pb2.JOB_STATE_FAILED
     assert final.error.code == "DEADLINE_EXCEEDED" and "hard time limit" in final.error.message
+
+
+def test_cancel_racing_the_claim_never_leaves_a_job_running(stack: Stack, client: Client) -> None:
+    """Each job is cancelled right after submit, racing the worker's claim: every one ends final, and one that
+    ended CANCELLED has no outputs."""
+    jobs = [client.submit(api.text_to_image(f"cancelled at once {i}", seed=i + 1)) for i in range(6)]
+    cancelled = [client.cancel(job.job_id) for job in jobs]
+    finals = [client.wait(job.job_id, timeout_s=60) for job in jobs]
+    assert all(f.state in (jobs_pb2.JOB_STATE_CANCELLED, jobs_pb2.JOB_STATE_SUCCEEDED) for f in finals), finals
+    assert sum(f.state == jobs_pb2.JOB_STATE_CANCELLED for f in finals) >= 1
+    for answer, final in zip(cancelled, finals, strict=True):
+        if final.state == jobs_pb2.JOB_STATE_CANCELLED:
+            assert not final.result.images
+        if answer.state == jobs_pb2.JOB_STATE_CANCELLED:
+            assert final.state == jobs_pb2.JOB_STATE_CANCELLED, "a cancel that answered CANCELLED holds"
