@@ -276,18 +276,20 @@ def mark_retrieval_skipped(record: JobRecord) -> bool:
 
 
 def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | None) -> str:
-    """Run one job to a final state; returns that state (or "skipped")."""
-    attributes = {"job.id": job_id}
+    """Run one job to a final state; returns that state (or "skipped": a message for a job that is finished or
+    leased by another worker, which gets no `worker.run_job` span: one span per delivery that ran)."""
+    if runtime.store.cancel_requested(job_id):
+        with tracer().start_as_current_span("worker.run_job", context=extract_context(trace_context)):
+            finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled before it started")
+        return JobState.CANCELLED.value
+    record = claim(runtime, job_id)
+    if record is None:
+        log.info("job %s: finished or running elsewhere, message skipped", job_id)
+        return "skipped"
+    attributes = {"job.id": job_id, "job.kind": record.kind}
     with tracer().start_as_current_span(
         "worker.run_job", context=extract_context(trace_context), attributes=attributes
     ) as span:
-        if runtime.store.cancel_requested(job_id):
-            finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled before it started")
-            return JobState.CANCELLED.value
-        record = claim(runtime, job_id)
-        if record is None:
-            return "skipped"
-        span.set_attribute("job.kind", record.kind)
         runtime.current_job = job_id  # the runtime renews its lease from now on
         try:
             return run_claimed(runtime, job_id, record, span)
