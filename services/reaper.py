@@ -124,6 +124,8 @@ def celery_publisher(celery: object, task_name: str) -> Publish:
     """Publish a job's message as SubmitJob does (task id = job id)."""
 
     def publish(job_id: str, queue: str) -> None:
-        celery.send_task(task_name, args=[job_id, None], queue=queue, task_id=job_id)  # type: ignore[attr-defined]
+        celery.send_task(  # type: ignore[attr-defined]
+            task_name, args=[job_id, None], queue=queue, task_id=job_id, ignore_result=True
+        )
 
     return publish

@@ -32,15 +32,18 @@ def retry_call(
     retry_on: tuple[type[BaseException], ...],
     between: Callable[[], None] | None = None,
     service: str = "a backing service",
+    transient: Callable[[BaseException], bool] = lambda _: True,
 ) -> T:
-    """`call()`, tried again on `retry_on` errors with backoff until `deadline_s` has passed (then DeadlineExceeded
-    from the last error). `between` runs before each new try (a cancellation check may raise there)."""
+    """`call()`, tried again on `retry_on` errors that are `transient` with backoff until `deadline_s` has passed
+    (then DeadlineExceeded from the last error). `between` runs before each new try (a cancel check may raise)."""
     deadline = time.monotonic() + deadline_s
     delay = FIRST_DELAY_S
     while True:
         try:
             return call()
         except retry_on as error:
+            if not transient(error):
+                raise
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(what, deadline_s, service) from error

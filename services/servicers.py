@@ -77,7 +77,12 @@ async def publish_new_job(gw: Gateway, record: JobRecord) -> None:
         carrier = inject_context()
         try:
             await asyncio.to_thread(
-                gw.celery.send_task, RUN_JOB, args=[record.job_id, carrier], queue=record.queue, task_id=record.job_id
+                gw.celery.send_task,
+                RUN_JOB,
+                args=[record.job_id, carrier],
+                queue=record.queue,
+                task_id=record.job_id,
+                ignore_result=True,  # else Celery subscribes to a result channel per job (and waits on an outage)
             )
         except Exception as error:
             log.warning("publishing job %s failed: %r", record.job_id, error)

@@ -46,6 +46,8 @@ PROGRESS_INTERVAL_S = 0.25  # at most this often a progress snapshot (previews a
 CANCEL_CHECK_INTERVAL_S = 0.05  # the cancel flag is read from Redis at most this often
 # What an object-store call may fail with while the server is away (connection refused, reset, 5xx, timeouts).
 S3_TRANSIENT = (urllib3.exceptions.HTTPError, S3Error, OSError)
+# What an answer of the object store can say that no retry changes.
+S3_PERMANENT = frozenset({"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 # How long the final write of a job (result or error) is retried while Redis is away.
 FINAL_WRITE_DEADLINE_S = 30.0
 INTERNAL_MESSAGE = "the worker failed to run the job; the details are in its log and the job's trace"
@@ -70,6 +72,7 @@ def with_s3_retries(runtime: Runtime, job_id: str, what: str, call: Callable[[],
         retry_on=S3_TRANSIENT,
         between=lambda: check_cancel(runtime, job_id),
         service="the object store",
+        transient=lambda error: not (isinstance(error, S3Error) and error.code in S3_PERMANENT),
     )
 
 

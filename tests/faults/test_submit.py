@@ -56,35 +56,37 @@ def test_eight_racing_submits_with_one_request_id_make_one_job(stack: Stack, cli
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error
 
 
-def _in_process_gateway(stack: Stack, broker_url: str) -> tuple[JobServicer, AsyncJobStore]:
-    settings = GatewaySettings(**stack.settings().model_dump(), api_keys=API_KEYS)
-    store = AsyncJobStore(aioredis.Redis(port=stack.redis_port), stack.namespace, settings.job_ttl_s)
+def _in_process_gateway(stack: Stack, namespace: str, broker_url: str) -> tuple[JobServicer, AsyncJobStore]:
+    settings = GatewaySettings(**{**stack.settings().model_dump(), "namespace": namespace}, api_keys=API_KEYS)
+    store = AsyncJobStore(aioredis.Redis(port=stack.redis_port), namespace, settings.job_ttl_s)
     celery = make_celery(settings.model_copy(update={"redis_url": broker_url}))
     return JobServicer(Gateway(settings, store, ObjectStore.from_settings(settings), celery)), store
 
 
-def test_a_refused_publish_withdraws_the_job_and_frees_its_request_id(stack: Stack, client: Client) -> None:
+def test_a_refused_publish_withdraws_the_job_and_frees_its_request_id(stack: Stack) -> None:
     """The broker is unreachable at submit: UNAVAILABLE, no job left behind (not even QUEUED), and the retry the
-    documentation asks for, with the same request id, creates a fresh job that runs."""
-    TENANT.set(API_KEYS["key-a"])
-    keys = Keys(stack.namespace)
+    documentation asks for, with the same request id, creates a fresh job. (A namespace no reaper serves, so that
+    no sweeper publishes the job while the publish fails.)"""
+    namespace, tenant = "quiet-submit", API_KEYS["key-a"]
+    TENANT.set(tenant)
+    keys = Keys(namespace)
     request = jobs_pb2.SubmitJobRequest(request=api.text_to_image("a refused publish"), request_id="refused-1")
-    servicer, store = _in_process_gateway(stack, f"redis://127.0.0.1:{free_port()}/0")
 
-    async def submit() -> None:
+    async def submit(broker_url: str) -> jobs_pb2.Job:
+        servicer, store = _in_process_gateway(stack, namespace, broker_url)
         try:
-            await servicer.SubmitJob(request, None)  # type: ignore[arg-type]
+            return await servicer.SubmitJob(request, None)  # type: ignore[arg-type]
         finally:
             await store.client.aclose()
 
-    before = redis.Redis(port=stack.redis_port).zcard(keys.tenant_jobs(API_KEYS["key-a"]))
-    with pytest.raises(Unavailable, match="request_id is free"):
-        asyncio.run(submit())
     sync = redis.Redis(port=stack.redis_port)
-    assert sync.get(keys.idempotency(API_KEYS["key-a"], "refused-1")) is None
-    assert sync.zcard(keys.tenant_jobs(API_KEYS["key-a"])) == before
-    assert sync.zcard(keys.outbox) == 0
+    with pytest.raises(Unavailable, match="request_id is free"):
+        asyncio.run(submit(f"redis://127.0.0.1:{free_port()}/0"))
+    assert sync.get(keys.idempotency(tenant, "refused-1")) is None
+    assert sync.zcard(keys.tenant_jobs(tenant)) == 0 and sync.zcard(keys.outbox) == 0
+    assert not sync.keys(f"{namespace}:job:*")
 
-    retried = client.submit(request.request, request_id="refused-1")
-    final = client.wait(retried.job_id, timeout_s=120)
-    assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error
+    retried = asyncio.run(submit(stack.redis_url))
+    assert retried.state == jobs_pb2.JOB_STATE_QUEUED
+    assert sync.get(keys.idempotency(tenant, "refused-1")) == retried.job_id.encode()
+    assert sync.zcard(keys.tenant_jobs(tenant)) == 1 and sync.zcard(keys.outbox) == 0, "published, mark cleared"
