@@ -8,6 +8,7 @@
     {ns}:queued:{queue}      sorted set of queued job ids by creation time (positions, backpressure)
     {ns}:leases              sorted set of running job ids by when their lease expires (services.reaper)
     {ns}:outbox              sorted set of job ids not yet published to the broker, by when they were written
+    {ns}:published           sorted set of queued job ids by when their message was last published
 
 A new job (idempotency key, record, first event, indexes and outbox mark) is written by one Lua script, so two
 submissions with one request id can never both create a job, and a job never exists without its outbox mark
@@ -90,11 +91,18 @@ def queue_writes(
         pipe.zadd(keys.queued(record.queue), {record.job_id: record.created_at})
     else:
         pipe.zrem(keys.queued(record.queue), record.job_id)
+        pipe.zrem(keys.published, record.job_id)
     if record.state != JobState.RUNNING:
         pipe.zrem(keys.leases, record.job_id)
     if record.state.finished:
         for key in (keys.job(record.job_id), keys.events(record.job_id), keys.cancel(record.job_id)):
             pipe.expire(key, ttl)
+
+
+def mark_published(pipe: redis.client.Pipeline | aioredis.client.Pipeline, keys: Keys, job_id: str) -> None:
+    """The job's message is with the broker (as of now): out of the outbox, into the published set."""
+    pipe.zrem(keys.outbox, job_id)
+    pipe.zadd(keys.published, {job_id: time.time()})
 
 
 class JobStore:
@@ -128,6 +136,11 @@ class JobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.client.exists(self.keys.cancel(job_id)))
+
+    def mark_published(self, job_id: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            mark_published(pipe, self.keys, job_id)
+            pipe.execute()
 
     def lease_expiry(self, job_id: str) -> float | None:
         return self.client.zscore(self.keys.leases, job_id)
@@ -199,7 +212,9 @@ class AsyncJobStore:
         return found, False
 
     async def mark_published(self, job_id: str) -> None:
-        await self.client.zrem(self.keys.outbox, job_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            mark_published(pipe, self.keys, job_id)
+            await pipe.execute()
 
     async def withdraw(self, record: JobRecord) -> bool:
         """Remove a job whose message could not be published (and free its request id); False when the job had

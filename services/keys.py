@@ -46,6 +46,10 @@ class Keys:
         return f"{self.namespace}:reaper-lock"
 
     @property
+    def published(self) -> str:
+        return f"{self.namespace}:published"
+
+    @property
     def outbox(self) -> str:
         return f"{self.namespace}:outbox"
 

@@ -6,6 +6,8 @@ Every gateway and every worker runs one in a thread; a short Redis lock lets one
             a double publish only costs a skipped message.
     leases: a RUNNING job whose worker stopped renewing its lease (SIGKILL, a hung process, a lost machine) is
             requeued and published, or failed `DEAD_LETTER` once it has had `max_deliveries` deliveries.
+    stale:  a job still QUEUED `republish_after_s` after its last publish is published again (its message may
+            have been reserved by a worker that died before claiming it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ BATCH = 100  # jobs looked at per pass and kind (the next pass takes the rest)
 class ReapReport:
     published: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
+    republished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
 
@@ -47,6 +50,7 @@ class Reaper:
         report = ReapReport()
         self.sweep_outbox(now, report)
         self.reap_leases(now, report)
+        self.republish_stale(now, report)
         return report
 
     def sweep_outbox(self, now: float, report: ReapReport) -> None:
@@ -59,7 +63,25 @@ class Reaper:
                 log.warning("job %s: still in the outbox after %.1f s, published again", job_id, waited)
                 self.publish(job_id, record.queue)
                 report.published.append(job_id)
+                self.store.mark_published(job_id)
             client.zrem(keys.outbox, job_id)
+
+    def republish_stale(self, now: float, report: ReapReport) -> None:
+        """Publish again every job still QUEUED `republish_after_s` after its last publish: its message may have
+        gone with a worker that reserved it and died before claiming it (the broker would restore it only after
+        its visibility timeout)."""
+        client, keys = self.store.client, self.store.keys
+        cutoff = now - self.settings.republish_after_s
+        for raw in client.zrangebyscore(keys.published, "-inf", cutoff, start=0, num=BATCH):
+            job_id = raw.decode()
+            record = self.store.get(job_id)
+            if record is None or record.state != JobState.QUEUED:
+                client.zrem(keys.published, job_id)
+                continue
+            log.warning("job %s: still queued %.0f s after its last publish, published again", job_id, now - cutoff)
+            self.publish(job_id, record.queue)
+            self.store.mark_published(job_id)
+            report.republished.append(job_id)
 
     def reap_leases(self, now: float, report: ReapReport) -> None:
         client, keys = self.store.client, self.store.keys
@@ -97,7 +119,7 @@ class Reaper:
         if record.state == JobState.QUEUED:
             log.warning("job %s: its worker's lease expired; requeued (delivery %d)", job_id, record.deliveries)
             self.publish(job_id, record.queue)
-            self.store.client.zrem(keys.outbox, job_id)
+            self.store.mark_published(job_id)
             report.requeued.append(job_id)
         else:
             self.store.dead_letter(job_id)

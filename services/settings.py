@@ -47,6 +47,10 @@ class StackSettings(BaseSettings):
     reaper_interval_s: float = Field(5.0, gt=0)
     # A job still in the outbox (written, not known to be published) this long after submit is published again.
     outbox_age_s: float = Field(5.0, gt=0)
+    # A job still queued this long after its message was last published is published again (the message may
+    # have gone with a worker that died holding it unclaimed; the broker restores such a message only after its
+    # visibility timeout). Each extra message of a job is skipped by the worker that takes it.
+    republish_after_s: float = Field(300.0, gt=0)
     # Deliveries of one job before it is dead-lettered (a poison message that kills its worker every time).
     max_deliveries: int = Field(3, ge=1)
     # "none", "console", "otlp" (OTEL_EXPORTER_OTLP_ENDPOINT) or "file:PATH" (JSON lines; tests use it).

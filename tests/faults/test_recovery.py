@@ -164,3 +164,18 @@ def test_cancel_racing_the_claim_never_leaves_a_job_running(stack: Stack, client
             assert not final.result.images
         if answer.state == jobs_pb2.JOB_STATE_CANCELLED:
             assert final.state == jobs_pb2.JOB_STATE_CANCELLED, "a cancel that answered CANCELLED holds"
+
+
+def test_the_reaper_republishes_a_job_queued_long_after_its_publish(stack: Stack) -> None:
+    """A worker that reserved a message and died before claiming it took the message along (until the broker's
+    visibility timeout): a job still QUEUED `republish_after_s` after its publish is published again."""
+    store = job_store(stack, QUIET)
+    waiting, gone = _record(stack, "a reserved message lost"), _record(stack, "already running", state=JobState.RUNNING)
+    for record in (waiting, gone):
+        store.client.set(store.keys.job(record.job_id), record.model_dump_json())
+        store.client.zadd(store.keys.published, {record.job_id: time.time() - 400})
+    published: list[str] = []
+    _reaper(stack, published).run_once()
+    assert published == [waiting.job_id]
+    assert store.client.zscore(store.keys.published, waiting.job_id) > time.time() - 5
+    assert store.client.zscore(store.keys.published, gone.job_id) is None
