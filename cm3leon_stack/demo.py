@@ -38,6 +38,7 @@ from cm3leon_client import Client, download
 from cm3leon_client.api import jobs_pb2
 from cm3leon_stack.launch import StackKeys, check_model, ensure_memory, new_stack, start_stack
 from services.keys import Keys
+from services.presence import live_workers
 from services.stack import Stack
 
 DEMO_SEED = 0
@@ -109,7 +110,7 @@ DEMO_REQUESTS: dict[str, Callable[[DemoCase], jobs_pb2.JobRequest]] = {
 
 def supported_kinds(stack: Stack) -> list[str]:
     client = redis.Redis(port=stack.redis_port)
-    infos = [json.loads(raw) for raw in client.mget(client.keys(Keys(stack.namespace).workers_pattern())) if raw]
+    infos = live_workers(client, Keys(stack.namespace)).values()
     return sorted({kind for info in infos for kind in info["kinds"]})
 
 

@@ -4,9 +4,10 @@
     python deploy/healthcheck.py worker                         # this host's worker publishes its heartbeat
 
 The gateway's check speaks the gRPC health protocol (what a load balancer or grpc_health_probe would ask), so a
-draining gateway (NOT_SERVING) turns unhealthy at once. The worker's check reads the heartbeat key a pool process
-writes only once its model has loaded and keeps refreshing while it runs (`{ns}:workers:{hostname}-{pid}`, with a
-TTL): a container whose Celery pool died or hangs before the model is ready is unhealthy. Settings come from the
+draining gateway (NOT_SERVING) turns unhealthy at once. The worker's check reads the presence entry a pool process
+writes only once its model has loaded and keeps refreshing while it runs (field `{hostname}-{pid}` of the
+`{ns}:workers` hash, `services.presence`): a container whose Celery pool died or hangs before the model is ready
+is unhealthy. One hash read: no scan of a keyspace that grows with the job history. Settings come from the
 same CM3LEON_* variables the services read.
 """
 
@@ -18,7 +19,6 @@ import sys
 
 # A probe must answer well within compose's healthcheck timeout.
 PROBE_TIMEOUT_S = 3.0
-GLOB_SPECIALS = "*?[]\\"
 
 
 def gateway_healthy(target: str) -> bool:
@@ -39,25 +39,28 @@ def gateway_healthy(target: str) -> bool:
 
 
 def worker_healthy(hostname: str) -> bool:
+    """A pool process of this host has written its presence entry within the presence TTL."""
     import redis
 
     from services.keys import Keys
+    from services.presence import live_workers
     from services.settings import StackSettings
 
     settings = StackSettings()
-    escaped = "".join(f"\\{c}" if c in GLOB_SPECIALS else c for c in hostname)
-    pattern = Keys(settings.namespace).worker(f"{escaped}-*")
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=PROBE_TIMEOUT_S)
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S
+    )
     try:
-        found = next(iter(client.scan_iter(match=pattern)), None)
+        workers = live_workers(client, Keys(settings.namespace))
     except redis.RedisError as error:
-        print(f"worker: redis: {error}", file=sys.stderr)
+        print(f"worker: redis: {type(error).__name__}", file=sys.stderr)
         return False
     finally:
         client.close()
-    if found is None:
-        print(f"worker: no heartbeat under {pattern}", file=sys.stderr)
-    return found is not None
+    found = [name for name in workers if name.rsplit("-", 1)[0] == hostname]
+    if not found:
+        print(f"worker: no heartbeat of {hostname} in the presence hash", file=sys.stderr)
+    return bool(found)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,9 @@
 
     python -m services.gateway            # settings from CM3LEON_* (see the README's Serving section)
 
-Start: settings validated, bucket created, Redis pinged, then SERVING. Shutdown (SIGTERM/SIGINT): health goes
-NOT_SERVING at once (load balancers stop sending) and stays so for a moment while RPCs are still served, then
-new RPCs are refused and in-flight ones get `drain_s` before the server stops.
+Start: settings validated, bucket created, Redis pinged, then SERVING and the reaper thread (`services.reaper`).
+Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING at once (load balancers stop sending) and stays so for a moment
+while RPCs are still served, then new RPCs are refused and in-flight ones get `drain_s` before the server stops.
 Prints `GATEWAY_PORT=<port>` once listening (the embedded stack and the tests read it).
 """
 
@@ -14,16 +14,17 @@ import asyncio
 import logging
 import signal
 
-import redis.asyncio as aioredis
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cm3leon_client.api import corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from services.interceptors import AuthInterceptor, ErrorInterceptor, TracingInterceptor
-from services.jobstore import AsyncJobStore
+from services.jobstore import AsyncJobStore, JobStore
 from services.objectstore import ObjectStore
-from services.queue import make_celery
+from services.queue import RUN_JOB, make_celery
+from services.reaper import celery_publisher, start_reaper
+from services.redis_clients import async_redis_client, redis_client
 from services.servicers import CorpusServicer, Gateway, JobServicer
 from services.settings import GatewaySettings
 from services.telemetry import setup_telemetry, shutdown_telemetry
@@ -40,7 +41,7 @@ SERVICE_NAMES = (
 class GatewayServer:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = async_redis_client(settings)
         self.objects = ObjectStore.from_settings(settings)
         self.celery = make_celery(settings)
         gateway = Gateway(
@@ -67,6 +68,8 @@ class GatewayServer:
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reaper_store = JobStore(redis_client(self.settings), self.settings.namespace, self.settings.job_ttl_s)
+        self.stop_reaper = start_reaper(reaper_store, self.settings, celery_publisher(self.celery, RUN_JOB))
         return self.port
 
     async def stop(self) -> None:
@@ -74,6 +77,7 @@ class GatewayServer:
         the ones in flight `drain_s` to finish."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.stop_reaper.set()
         await asyncio.sleep(min(UNREADY_HOLD_S, self.settings.drain_s))
         await self.server.stop(grace=self.settings.drain_s)
         await self.redis.aclose()

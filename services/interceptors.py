@@ -13,7 +13,11 @@ from typing import Any
 
 import grpc
 import redis
+import urllib3
 from grpc import aio
+from kombu.exceptions import KombuError
+from minio.error import MinioException
+from opentelemetry import trace
 
 from cm3leon_client.channel import API_KEY_HEADER
 from services.errors import ServiceError
@@ -90,16 +94,29 @@ class AuthInterceptor(aio.ServerInterceptor):
         return wrap(handler, around)
 
 
+# A dependency's errors -> what the client is told (UNAVAILABLE: retry later); the details go to the log and trace.
+OUTAGES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
+    ((redis.RedisError,), "the job store is unavailable; retry later"),
+    ((KombuError,), "the job queue is unavailable; retry later"),
+    ((MinioException, urllib3.exceptions.HTTPError), "the object store is unavailable; retry later"),
+    ((ConnectionError, TimeoutError), "a backing service is unavailable; retry later"),
+)
+INTERNAL_MESSAGE = "internal error; the details are in the gateway's log and the call's trace"
+
+
 def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status code (from the documented list) and a message with no internals."""
     if isinstance(error, ServiceError):
         return grpc.StatusCode[error.code], str(error)
-    if isinstance(error, redis.RedisError):
-        return grpc.StatusCode.UNAVAILABLE, f"the job store is unavailable ({type(error).__name__})"
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__})"
+    for kinds, message in OUTAGES:
+        if isinstance(error, kinds):
+            return grpc.StatusCode.UNAVAILABLE, message
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Domain errors -> their status code; store outages -> UNAVAILABLE; anything else -> INTERNAL (logged)."""
+    """Domain errors -> their status code; dependency outages -> UNAVAILABLE; anything else -> INTERNAL. Every
+    error but a domain one is logged and recorded on the call's span."""
 
     async def intercept_service(self, continuation: Callable[..., Awaitable], details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -108,8 +125,9 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
         async def fail(error: Exception, context: aio.ServicerContext) -> None:
             code, message = status_of(error)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", details.method, exc_info=error)
+            if not isinstance(error, ServiceError):
+                log.error("%s failed: %s", details.method, code.name, exc_info=error)
+                trace.get_current_span().record_exception(error)
             await context.abort(code, message)
 
         def around(behaviour: Behaviour, streaming: bool) -> Behaviour:
@@ -119,7 +137,9 @@ class ErrorInterceptor(aio.ServerInterceptor):
                     try:
                         async for item in behaviour(request, context):
                             yield item
-                    except (ServiceError, redis.RedisError) as error:
+                    except aio.AbortError:
+                        raise
+                    except Exception as error:
                         await fail(error, context)
 
                 return stream
@@ -127,7 +147,9 @@ class ErrorInterceptor(aio.ServerInterceptor):
             async def unary(request: Any, context: aio.ServicerContext) -> Any:
                 try:
                     return await behaviour(request, context)
-                except (ServiceError, redis.RedisError) as error:
+                except aio.AbortError:
+                    raise
+                except Exception as error:
                     await fail(error, context)
 
             return unary

@@ -6,6 +6,13 @@
     {ns}:idem:{sha}          idempotency key -> job id
     {ns}:tenant:{sha}:jobs   sorted set of the tenant's job ids by creation time (ListJobs)
     {ns}:queued:{queue}      sorted set of queued job ids by creation time (positions, backpressure)
+    {ns}:leases              sorted set of running job ids by when their lease expires (services.reaper)
+    {ns}:outbox              sorted set of job ids not yet published to the broker, by when they were written
+    {ns}:published           sorted set of queued job ids by when their message was last published
+
+A new job (idempotency key, record, first event, indexes and outbox mark) is written by one Lua script, so two
+submissions with one request id can never both create a job, and a job never exists without its outbox mark
+(the gateway clears the mark once the broker has the message; `services.reaper` publishes what it missed).
 
 Every change is one optimistic transaction (WATCH the record, write record + snapshot event together), so the
 gateway (cancel) and the worker (progress, results) never overwrite each other's changes. `AsyncJobStore` is the
@@ -17,20 +24,52 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import redis
 import redis.asyncio as aioredis
 
+from services import presence
 from services.errors import AlreadyExists, InvalidArgument, NotFound
 from services.keys import EVENTS_MAXLEN, Keys
 from services.records import JobRecord, JobState
 
 Mutation = Callable[[JobRecord], bool]  # changes the record in place; False: nothing to write
+# Further writes of one change, inside its transaction (a lease, an outbox mark).
+AlsoWrite = Callable[[redis.client.Pipeline, JobRecord], None]
 # How long a watcher blocks on the event stream before re-reading the record (a missed event costs this much).
 WATCH_BLOCK_MS = 1000
-# A concurrent submission with the same request id may not have written its record yet: wait this long for it.
-IDEMPOTENCY_WAIT_S = 2.0
+
+# KEYS: idempotency (or unused), job, events, tenant jobs, queued, outbox.
+# ARGV: job id, record JSON, created_at, ttl, sequence, has request id, now, job key prefix, events maxlen.
+# Returns {1} when created, {0, existing record JSON} when the request id already names a live job.
+CREATE_SCRIPT = """
+if ARGV[6] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then
+    local raw = redis.call('GET', ARGV[8] .. existing)
+    if raw then return {0, raw} end
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], ARGV[5] .. '-0', 'record', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[7], ARGV[1])
+return {1}
+"""
+# KEYS: job, events, tenant jobs, queued, outbox, idempotency (or unused). ARGV: job id, has request id.
+# Removes a job whose message was never published (its outbox mark still set); 1 when it was removed.
+WITHDRAW_SCRIPT = """
+if redis.call('ZREM', KEYS[5], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if ARGV[2] == '1' and redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
+return 1
+"""
 
 
 def encode_record(record: JobRecord) -> str:
@@ -48,11 +87,22 @@ def queue_writes(
     data = encode_record(record)
     pipe.set(keys.job(record.job_id), data)
     pipe.xadd(keys.events(record.job_id), {"record": data}, id=f"{record.sequence}-0", maxlen=EVENTS_MAXLEN)
-    if record.state != JobState.QUEUED:
+    if record.state == JobState.QUEUED:
+        pipe.zadd(keys.queued(record.queue), {record.job_id: record.created_at})
+    else:
         pipe.zrem(keys.queued(record.queue), record.job_id)
+        pipe.zrem(keys.published, record.job_id)
+    if record.state != JobState.RUNNING:
+        pipe.zrem(keys.leases, record.job_id)
     if record.state.finished:
         for key in (keys.job(record.job_id), keys.events(record.job_id), keys.cancel(record.job_id)):
             pipe.expire(key, ttl)
+
+
+def mark_published(pipe: redis.client.Pipeline | aioredis.client.Pipeline, keys: Keys, job_id: str) -> None:
+    """The job's message is with the broker (as of now): out of the outbox, into the published set."""
+    pipe.zrem(keys.outbox, job_id)
+    pipe.zadd(keys.published, {job_id: time.time()})
 
 
 class JobStore:
@@ -66,8 +116,9 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         return decode_record(self.client.get(self.keys.job(job_id)))
 
-    def update(self, job_id: str, mutate: Mutation) -> JobRecord | None:
-        """Apply `mutate` atomically; the record after it (None when the job does not exist)."""
+    def update(self, job_id: str, mutate: Mutation, also: AlsoWrite | None = None) -> JobRecord | None:
+        """Apply `mutate` atomically (with `also`'s writes); the record after it (None when the job does not
+        exist)."""
         key = self.keys.job(job_id)
 
         def change(pipe: redis.client.Pipeline) -> JobRecord | None:
@@ -77,6 +128,8 @@ class JobStore:
             record.sequence += 1
             pipe.multi()
             queue_writes(pipe, self.keys, record, self.ttl_s)
+            if also is not None:
+                also(pipe, record)
             return record
 
         return self.client.transaction(change, key, value_from_callable=True)
@@ -84,8 +137,20 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.client.exists(self.keys.cancel(job_id)))
 
-    def publish_worker(self, name: str, info: dict, ttl_s: int) -> None:
-        self.client.set(self.keys.worker(name), json.dumps(info), ex=ttl_s)
+    def mark_published(self, job_id: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            mark_published(pipe, self.keys, job_id)
+            pipe.execute()
+
+    def lease_expiry(self, job_id: str) -> float | None:
+        return self.client.zscore(self.keys.leases, job_id)
+
+    def renew_lease(self, job_id: str, ttl_s: float) -> None:
+        """Push the lease of a job this worker runs forward (never re-creates a lease the job no longer has)."""
+        self.client.zadd(self.keys.leases, {job_id: time.time() + ttl_s}, xx=True)
+
+    def publish_worker(self, name: str, info: dict) -> None:
+        presence.publish(self.client, self.keys, name, info)
 
     def dead_letter(self, job_id: str) -> None:
         self.client.rpush(self.keys.dead_letter, job_id)
@@ -128,25 +193,40 @@ class AsyncJobStore:
             raise AlreadyExists(f"request_id {request_id!r} was used for another request (job {record.job_id})")
         return record
 
-    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        """Store a new QUEUED job; with a request id, an existing job for it is returned instead: (job, created)."""
-        if record.request_id:
-            idem = self.keys.idempotency(record.tenant, record.request_id)
-            deadline = asyncio.get_running_loop().time() + IDEMPOTENCY_WAIT_S
-            while not await self.client.set(idem, record.job_id, nx=True, ex=self.ttl_s):
-                found = await self.existing(record.tenant, record.request_id, record.fingerprint)
-                if found is not None:
-                    return found, False
-                if asyncio.get_running_loop().time() > deadline:  # the other job expired or never got written
-                    await self.client.set(idem, record.job_id, ex=self.ttl_s)
-                    break
-                await asyncio.sleep(0.05)
+    async def create(self, record: JobRecord, now: float | None = None) -> tuple[JobRecord, bool]:
+        """Store a new QUEUED job with its outbox mark, atomically; with a request id that already names a job,
+        that job is returned instead: (job, created). ALREADY_EXISTS when that job's payload differs."""
+        keys = self.keys
+        idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
+        job_keys = [idem, keys.job(record.job_id), keys.events(record.job_id)]
+        job_keys += [keys.tenant_jobs(record.tenant), keys.queued(record.queue), keys.outbox]
+        arguments = [record.job_id, encode_record(record), record.created_at, self.ttl_s, record.sequence]
+        arguments += ["1" if record.request_id else "0", now or time.time(), keys.job(""), EVENTS_MAXLEN]
+        reply = await self.client.eval(CREATE_SCRIPT, len(job_keys), *job_keys, *arguments)
+        if int(reply[0]) == 1:
+            return record, True
+        found = decode_record(reply[1])
+        assert found is not None
+        if found.fingerprint != record.fingerprint:
+            raise AlreadyExists(f"request_id {record.request_id!r} was used for another request (job {found.job_id})")
+        return found, False
+
+    async def mark_published(self, job_id: str) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
-            queue_writes(pipe, self.keys, record, self.ttl_s)
-            pipe.zadd(self.keys.tenant_jobs(record.tenant), {record.job_id: record.created_at})
-            pipe.zadd(self.keys.queued(record.queue), {record.job_id: record.created_at})
+            mark_published(pipe, self.keys, job_id)
             await pipe.execute()
-        return record, True
+
+    async def withdraw(self, record: JobRecord) -> bool:
+        """Remove a job whose message could not be published (and free its request id); False when the job had
+        been published meanwhile (by the outbox sweeper): it stays."""
+        keys = self.keys
+        idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
+        job_keys = [keys.job(record.job_id), keys.events(record.job_id), keys.tenant_jobs(record.tenant)]
+        job_keys += [keys.queued(record.queue), keys.outbox, idem]
+        reply = await self.client.eval(
+            WITHDRAW_SCRIPT, len(job_keys), *job_keys, record.job_id, "1" if record.request_id else "0"
+        )
+        return int(reply) == 1
 
     async def update(self, job_id: str, mutate: Mutation) -> JobRecord | None:
         key = self.keys.job(job_id)

@@ -33,11 +33,25 @@ class Keys:
     def queued(self, queue: str) -> str:
         return f"{self.namespace}:queued:{queue}"
 
-    def worker(self, name: str) -> str:
-        return f"{self.namespace}:workers:{name}"
+    @property
+    def workers(self) -> str:
+        return f"{self.namespace}:workers"
 
-    def workers_pattern(self) -> str:
-        return f"{self.namespace}:workers:*"
+    @property
+    def leases(self) -> str:
+        return f"{self.namespace}:leases"
+
+    @property
+    def reaper_lock(self) -> str:
+        return f"{self.namespace}:reaper-lock"
+
+    @property
+    def published(self) -> str:
+        return f"{self.namespace}:published"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.namespace}:outbox"
 
     @property
     def dead_letter(self) -> str:

@@ -25,6 +25,11 @@ CORPUS_DELETE = "cm3leon.corpus_delete"
 RESULT_EXPIRES_S = 600
 # How often each worker looks for messages a lost worker left unacknowledged (see broker_transport_options).
 UNACKED_RESTORE_INTERVAL_S = 5
+# Broker sockets: a hung Redis fails a publish or a poll after this long instead of hanging the caller.
+BROKER_SOCKET_TIMEOUT_S = 5.0
+BROKER_HEALTH_CHECK_S = 10
+# A publish retries a lost connection this often before it fails (the gateway then answers UNAVAILABLE).
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
 
 def make_celery(settings: StackSettings) -> Celery:
@@ -47,7 +52,11 @@ def make_celery(settings: StackSettings) -> Celery:
             # 10 s x throttle 10, waits up to 100 s more; tests/deploy kills a worker and relies on this).
             "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
             "unacked_restore_throttle": 1,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S,
+            "health_check_interval": BROKER_HEALTH_CHECK_S,
         },
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         result_backend_transport_options={"global_keyprefix": f"{settings.namespace}:results:"},
         result_expires=RESULT_EXPIRES_S,
         task_ignore_result=True,  # only the corpus tasks store results (they say so)

@@ -74,6 +74,7 @@ class JobRecord(BaseModel):
     model_id: str = ""
     seed: int = 0
     deliveries: int = 0  # how many times a worker started it (dead-lettered past the limit)
+    retrieval_skipped: bool = False  # the memory was unavailable and the job ran without retrieval (by setting)
 
     def finish(self, state: JobState, code: str = "", message: str = "") -> None:
         self.state = state

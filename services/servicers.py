@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import redis
 from celery import Celery
 
 from cm3leon_client.api import common_pb2, corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
@@ -23,12 +24,14 @@ from services.interceptors import current_tenant
 from services.jobstore import AsyncJobStore
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
+from services.presence import live_workers_async
 from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.telemetry import Metrics, inject_context, tracer
 from services.validation import check_request_id, check_text, normalise_image, validate_request
 
+log = logging.getLogger(__name__)
 # Drawn seeds leave headroom below decoding's 63-bit seeds: image i of a job uses seed + i.
 ASSIGNED_SEED_BITS = 59
 MAX_PAGE_SIZE = 100
@@ -62,11 +65,39 @@ class Gateway:
 
     async def supported_kinds(self) -> set[str] | None:
         """Kinds some live worker's model runs; None while no worker has reported (jobs wait in the queue)."""
-        keys = [key async for key in self.store.client.scan_iter(match=self.store.keys.workers_pattern())]
-        if not keys:
-            return None
-        infos = [json.loads(raw) for raw in await self.store.client.mget(keys) if raw]
+        infos = (await live_workers_async(self.store.client, self.store.keys)).values()
         return {kind for info in infos for kind in info["kinds"]} if infos else None
+
+
+async def publish_new_job(gw: Gateway, record: JobRecord) -> None:
+    """Hand a new job to the broker and clear its outbox mark. When the broker refuses, the job is withdrawn (its
+    request id freed, so a retry creates a fresh job) and the caller gets UNAVAILABLE; when even that fails, the
+    mark stays and the outbox sweeper publishes the job later (a retry with the request id re-attaches to it)."""
+    with tracer().start_as_current_span("enqueue", attributes={"job.id": record.job_id, "job.kind": record.kind}):
+        carrier = inject_context()
+        try:
+            await asyncio.to_thread(
+                gw.celery.send_task,
+                RUN_JOB,
+                args=[record.job_id, carrier],
+                queue=record.queue,
+                task_id=record.job_id,
+                ignore_result=True,  # else Celery subscribes to a result channel per job (and waits on an outage)
+            )
+        except Exception as error:
+            log.warning("publishing job %s failed: %r", record.job_id, error)
+            try:
+                withdrawn = await gw.store.withdraw(record)
+            except redis.RedisError:
+                log.warning("withdrawing job %s failed: the outbox sweeper will publish it", record.job_id)
+                withdrawn = False
+            if withdrawn:
+                raise Unavailable("the job queue is unavailable; retry later (the request_id is free)") from error
+            return
+    try:
+        await gw.store.mark_published(record.job_id)
+    except redis.RedisError:  # the sweeper publishes it again: claiming is idempotent
+        log.warning("clearing the outbox mark of job %s failed", record.job_id)
 
 
 def assign_seed(body: Any) -> int:
@@ -133,16 +164,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         record, created = await gw.store.create(record)
         if created:
             gw.metrics.jobs.add(1, {"kind": kind, "state": JobState.QUEUED.value})
-            with tracer().start_as_current_span("enqueue", attributes={"job.id": job_id, "job.kind": kind}):
-                carrier = inject_context()
-                try:
-                    await asyncio.to_thread(
-                        gw.celery.send_task, RUN_JOB, args=[job_id, carrier], queue=record.queue, task_id=job_id
-                    )
-                except Exception as error:
-                    message = f"the job queue is unavailable: {error}"
-                    await gw.store.update(job_id, lambda r: r.finish(JobState.FAILED, "UNAVAILABLE", message) or True)
-                    raise Unavailable(f"the job queue is unavailable ({type(error).__name__})") from error
+            await publish_new_job(gw, record)
         return await gw.job_proto(record)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
@@ -157,7 +179,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
         record = await self.gw.store.cancel(request.job_id, current_tenant())
         if record.state == JobState.CANCELLED:  # it was queued: drop the message too (the flag covers a miss)
-            await asyncio.to_thread(self.gw.celery.control.revoke, record.job_id)
+            try:
+                await asyncio.to_thread(self.gw.celery.control.revoke, record.job_id)
+            except Exception as error:  # the cancel took effect: a worker that takes the message skips the job
+                log.warning("revoking job %s failed (%s); its cancel flag stands", record.job_id, error)
         return await self.gw.job_proto(record)
 
     async def ListJobs(

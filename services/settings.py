@@ -29,9 +29,30 @@ class StackSettings(BaseSettings):
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     s3_bucket: str = "cm3leon"
+    # Object-store calls of a job (input fetch, output upload) are retried with backoff for this long.
+    s3_retry_deadline_s: float = Field(60.0, ge=0)
     presign_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)  # S3's presigned URLs last at most 7 days
     # Finished jobs (records, events, idempotency keys) are kept this long.
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    # fsync policy of the embedded stack's Redis append-only file: everysec (at most the last second of accepted
+    # writes can go in a crash) or always (none can; every write waits for the disk).
+    redis_appendfsync: Literal["everysec", "always"] = "everysec"
+    # Every Redis client: a hung Redis fails a call after this long (UNAVAILABLE, or a retry) instead of hanging it;
+    # idle connections are checked before use this often (a restarted Redis is noticed, not written into).
+    redis_socket_timeout_s: float = Field(5.0, gt=0)
+    redis_health_check_s: int = Field(10, ge=0)
+    # A running job holds a lease its worker renews (every third of it); a reaper (in every gateway and worker,
+    # one at a time) requeues each job whose lease expired, or fails it past `max_deliveries` deliveries.
+    lease_ttl_s: float = Field(30.0, gt=0)
+    reaper_interval_s: float = Field(5.0, gt=0)
+    # A job still in the outbox (written, not known to be published) this long after submit is published again.
+    outbox_age_s: float = Field(5.0, gt=0)
+    # A job still queued this long after its message was last published is published again (the message may
+    # have gone with a worker that died holding it unclaimed; the broker restores such a message only after its
+    # visibility timeout). Each extra message of a job is skipped by the worker that takes it.
+    republish_after_s: float = Field(300.0, gt=0)
+    # Deliveries of one job before it is dead-lettered (a poison message that kills its worker every time).
+    max_deliveries: int = Field(3, ge=1)
     # "none", "console", "otlp" (OTEL_EXPORTER_OTLP_ENDPOINT) or "file:PATH" (JSON lines; tests use it).
     otel_exporter: str = "none"
     service_name: str = "cm3leon"
@@ -94,8 +115,10 @@ class WorkerSettings(StackSettings):
     # that is not up within its default 4 s and starts another, forever, when loading takes longer (a cold
     # `import torch` on a busy 2-core machine already does; a 7B checkpoint takes minutes).
     process_start_timeout_s: float = Field(300.0, gt=0)
-    # Deliveries of one job before it is dead-lettered (a poison message that kills its worker every time).
-    max_deliveries: int = Field(3, ge=1)
+    # The retrieval memory (Qdrant) failing during a job is retried for retrieval_retry_deadline_s; then "fail":
+    # the job fails UNAVAILABLE, or "skip": it is generated without retrieved documents (recorded on the job).
+    retrieval_outage: Literal["fail", "skip"] = "fail"
+    retrieval_retry_deadline_s: float = Field(10.0, ge=0)
     # Progressive previews per image (at each 1/N of the image block; the issue asks for at least 4).
     previews_per_image: int = Field(4, ge=0)
     # Debug: sleep this long per decode step (to watch progress; the tests use it to cancel mid-decode).

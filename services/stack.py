@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 
 from services.keys import Keys, queue_names
+from services.presence import live_workers
 from services.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +140,9 @@ class Stack:
     redis_port: int = 0
     s3_port: int = 0
     gateway_port: int = 0
+    # Redis keeps an append-only file in the stack's data dir: accepted jobs survive a restart (`restart_redis`).
+    appendfsync: str = field(default_factory=lambda: StackSettings().redis_appendfsync)
+    s3_ports: dict[str, int] = field(default_factory=dict)
 
     # ----- processes -----
 
@@ -209,30 +213,37 @@ class Stack:
             s3_secret_key=S3_SECRET_KEY,
         )
 
-    def start_redis(self) -> None:
+    def start_redis(self, same_port: bool = False) -> None:
+        """Redis with an append-only file (fsync `appendfsync`) in the stack's data dir; `same_port`: again on the
+        port it had (a restart: clients reconnect, the AOF is replayed)."""
         data = self.workdir / "redis"
         data.mkdir(parents=True, exist_ok=True)
 
         def start() -> tuple[Child, Callable[[], object], str]:
-            self.redis_port = free_port()
+            self.redis_port = self.redis_port if same_port else free_port()
             args = [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
-            child = self.spawn("redis", [*args, "--appendonly", "no", "--dir", str(data)])
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync, "--dir", str(data)]
+            child = self.spawn("redis", args)
             # Timeouts: until the child exits, a taken port may belong to a process that never answers.
             client = redis.Redis(port=self.redis_port, socket_timeout=1.0, socket_connect_timeout=1.0)
             return child, client.ping, "redis"
 
         self.start_on_free_ports(start)
 
-    def start_s3(self) -> None:
+    def start_s3(self, same_ports: bool = False) -> None:
+        """`weed mini` on free ports; `same_ports`: again on the ports it had (a restart, same data dir)."""
         from services.objectstore import ObjectStore
 
         data = self.workdir / "s3"
         data.mkdir(parents=True, exist_ok=True)
 
         def start() -> tuple[Child, Callable[[], object], str]:
-            ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS)), strict=True))
-            ports["admin.port"], ports["admin.port.grpc"] = free_port_pair(WEED_GRPC_OFFSET)
-            self.s3_port = ports["s3.port"]
+            if same_ports and self.s3_ports:
+                ports = dict(self.s3_ports)
+            else:
+                ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS)), strict=True))
+                ports["admin.port"], ports["admin.port.grpc"] = free_port_pair(WEED_GRPC_OFFSET)
+            self.s3_ports, self.s3_port = ports, ports["s3.port"]
             args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
             args += [f"-{flag}={port}" for flag, port in ports.items()]
             args += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
@@ -249,12 +260,10 @@ class Stack:
         args = [sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", ",".join(queues)]
         args += ["--concurrency", "1", "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO"]
         args += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-        client = redis.Redis(port=self.redis_port)
-        before = set(client.keys(Keys(self.namespace).workers_pattern()))
+        client, keys = redis.Redis(port=self.redis_port), Keys(self.namespace)
+        before = set(live_workers(client, keys))
         child = self.spawn(name, args, {**self.settings_env(), **(env or {})})
-        self.wait_until(
-            child, lambda: set(client.keys(Keys(self.namespace).workers_pattern())) - before, "worker model"
-        )
+        self.wait_until(child, lambda: set(live_workers(client, keys)) - before, "worker model")
         return child
 
     def start_gateway(self, name: str = "gateway", env: dict[str, str] | None = None) -> tuple[Child, int]:
@@ -276,6 +285,24 @@ class Stack:
         if name == "gateway":
             self.gateway_port = port[0]
         return child, port[0]
+
+    def stop_service(self, name: str) -> None:
+        """Stop one child by name (SIGTERM to its group, as `stop`), e.g. "redis" or "s3" to inject an outage."""
+        for child in [c for c in self.children if c.name == name]:
+            child.stop()
+            self.children.remove(child)
+
+    def kill_service(self, name: str) -> None:
+        """SIGKILL one child's process group (a crash, not a shutdown)."""
+        for child in [c for c in self.children if c.name == name]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGKILL)
+            child.process.wait()
+            self.children.remove(child)
+
+    def restart_redis(self) -> None:
+        self.stop_service("redis")
+        self.start_redis(same_port=True)
 
     def stop(self) -> None:
         """Gateway first (drains), then workers, then the stores; every child waited for."""

@@ -1,36 +1,93 @@
 """One job's life on a worker: claim it, fetch inputs, run the engine with progress, upload, record the result.
 
-Idempotent per job id: a finished job is skipped, outputs go to deterministic keys (a redelivered job writes
-the same objects), and a job delivered more than `max_deliveries` times (its worker died every time: a poison
-message) is failed with DEAD_LETTER and listed under {ns}:dead-letter instead of being run again.
+Idempotent per job id: a finished job is skipped, a job another worker holds the lease of is skipped (a double
+publish), outputs go to deterministic keys (a redelivered job writes the same objects), and a job delivered more
+than `max_deliveries` times (its worker died every time: a poison message) is failed with DEAD_LETTER and listed
+under {ns}:dead-letter instead of being run again. A running job holds a lease the runtime renews; when the worker
+dies, or its final write cannot reach Redis, the lease expires and the reaper takes the job back
+(`services.reaper`). Object-store calls are retried until `s3_retry_deadline_s`; previews are best-effort; a
+Redis blip in a progress update is logged, not fatal. A job's error message never carries internals.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
+import redis
+import urllib3
 from celery.exceptions import SoftTimeLimitExceeded
+from minio.error import S3Error
 
 from cm3leon.kinds import JobRequest, kind_of
 from cm3leon.requests import EngineResult, ImageRef, JobCancelled, Progress, UnsupportedJobKind
 from cm3leon_client.api import jobs_pb2
 from services.convert import request_to_domain
 from services.objectstore import output_key, preview_key
-from services.records import JobRecord, JobState, RetrievedInfo
+from services.records import JobRecord, JobState, RetrievedInfo, StoredObject
+from services.retry import DeadlineExceeded, retry_call
 from services.telemetry import extract_context, tracer
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PROGRESS_INTERVAL_S = 0.25  # at most this often a progress snapshot (previews are always published)
 CANCEL_CHECK_INTERVAL_S = 0.05  # the cancel flag is read from Redis at most this often
+# What an object-store call may fail with while the server is away (connection refused, reset, 5xx, timeouts).
+S3_TRANSIENT = (urllib3.exceptions.HTTPError, S3Error, OSError)
+# What an answer of the object store can say that no retry changes.
+S3_PERMANENT = frozenset({"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+# How long the final write of a job (result or error) is retried while Redis is away.
+FINAL_WRITE_DEADLINE_S = 30.0
+INTERNAL_MESSAGE = "the worker failed to run the job; the details are in its log and the job's trace"
 
 
-def fetch_inputs(runtime: Runtime, request: JobRequest) -> JobRequest:
-    images = {name: runtime.objects.get_image(getattr(request, name).key) for name in kind_of(request).images}
+def check_cancel(runtime: Runtime, job_id: str) -> None:
+    """Raise JobCancelled when the job's cancel flag is set (a Redis blip reads as not cancelled)."""
+    try:
+        cancelled = runtime.store.cancel_requested(job_id)
+    except redis.RedisError:
+        return
+    if cancelled:
+        raise JobCancelled()
+
+
+def with_s3_retries(runtime: Runtime, job_id: str, what: str, call: Callable[[], T]) -> T:
+    """`call` retried while the object store is away, until `s3_retry_deadline_s`; cancel is checked between."""
+    return retry_call(
+        call,
+        what=what,
+        deadline_s=runtime.settings.s3_retry_deadline_s,
+        retry_on=S3_TRANSIENT,
+        between=lambda: check_cancel(runtime, job_id),
+        service="the object store",
+        transient=lambda error: not (isinstance(error, S3Error) and error.code in S3_PERMANENT),
+    )
+
+
+def fetch_inputs(runtime: Runtime, job_id: str, request: JobRequest) -> JobRequest:
+    images = {}
+    for name in kind_of(request).images:
+        check_cancel(runtime, job_id)
+        key = getattr(request, name).key
+        images[name] = with_s3_retries(runtime, job_id, f"fetching {key}", lambda k=key: runtime.objects.get_image(k))
     return dataclasses.replace(request, **images) if images else request
+
+
+def store_update(runtime: Runtime, job_id: str, mutate: Callable[[JobRecord], bool]) -> JobRecord | None:
+    """A final write, retried while Redis is away (past the deadline it raises: the lease then expires and the
+    reaper takes the job back)."""
+    return retry_call(
+        lambda: runtime.store.update(job_id, mutate),
+        what=f"recording job {job_id}",
+        deadline_s=FINAL_WRITE_DEADLINE_S,
+        retry_on=(redis.RedisError,),
+        service="the job store",
+    )
 
 
 class JobReporter:
@@ -51,11 +108,7 @@ class JobReporter:
         if progress.preview is None and not final and now - self.last_publish < PROGRESS_INTERVAL_S:
             return
         self.last_publish = now
-        stored = None
-        if progress.preview is not None:
-            with tracer().start_as_current_span("upload.preview", attributes={"job.id": self.job_id}):
-                stored = self.runtime.objects.put_image(preview_key(self.job_id, self.previews), progress.preview)
-            self.previews += 1
+        stored = self.upload_preview(progress) if progress.preview is not None else None
 
         def apply(record: JobRecord) -> bool:
             if record.state != JobState.RUNNING:
@@ -64,22 +117,45 @@ class JobReporter:
             record.preview = stored or record.preview
             return True
 
-        self.runtime.store.update(self.job_id, apply)
+        try:
+            self.runtime.store.update(self.job_id, apply)
+        except redis.RedisError as error:  # the next update (or the final one, retried) carries it
+            log.warning("job %s: progress update skipped (%s)", self.job_id, type(error).__name__)
+
+    def upload_preview(self, progress: Progress) -> StoredObject | None:
+        """Best-effort: a preview the object store refuses is skipped (the job goes on)."""
+        key = preview_key(self.job_id, self.previews)
+        self.previews += 1
+        try:
+            with tracer().start_as_current_span("upload.preview", attributes={"job.id": self.job_id}):
+                return self.runtime.objects.put_image(key, progress.preview)
+        except S3_TRANSIENT as error:
+            log.warning("job %s: preview %s skipped (%s)", self.job_id, key, type(error).__name__)
+            return None
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
         if now - self.last_cancel_check < CANCEL_CHECK_INTERVAL_S:
             return False
         self.last_cancel_check = now
-        return self.runtime.store.cancel_requested(self.job_id)
+        try:
+            return self.runtime.store.cancel_requested(self.job_id)
+        except redis.RedisError:
+            return False
 
 
 def claim(runtime: Runtime, job_id: str) -> JobRecord | None:
-    """Mark the job RUNNING (counting deliveries); None when there is nothing to run."""
+    """Mark the job RUNNING (counting deliveries) and take its lease; None when there is nothing to run (finished,
+    or running under another worker's live lease: this message is a second publish)."""
+    expiry = runtime.store.lease_expiry(job_id)
+    held = expiry is not None and expiry > time.time()
+    changed: list[bool] = []
 
     def start(record: JobRecord) -> bool:
-        if record.state.finished:
+        changed.clear()
+        if record.state.finished or (record.state == JobState.RUNNING and held):
             return False
+        changed.append(True)
         record.deliveries += 1
         if record.deliveries > runtime.settings.max_deliveries:
             record.finish(
@@ -91,9 +167,13 @@ def claim(runtime: Runtime, job_id: str) -> JobRecord | None:
         record.model_id = runtime.engine.bundle.model_id
         return True
 
-    record = runtime.store.update(job_id, start)
-    if record is None or record.state != JobState.RUNNING:
-        if record is not None and record.error_code == "DEAD_LETTER":
+    def take_lease(pipe: redis.client.Pipeline, record: JobRecord) -> None:
+        if record.state == JobState.RUNNING:
+            pipe.zadd(runtime.store.keys.leases, {job_id: time.time() + runtime.settings.lease_ttl_s})
+
+    record = runtime.store.update(job_id, start, also=take_lease)
+    if record is None or record.state != JobState.RUNNING or not changed:
+        if record is not None and changed and record.error_code == "DEAD_LETTER":
             runtime.store.dead_letter(job_id)
         return None
     return record
@@ -106,13 +186,18 @@ def finish(runtime: Runtime, job_id: str, state: JobState, code: str = "", messa
         record.finish(state, code, message)
         return True
 
-    runtime.store.update(job_id, apply)
+    store_update(runtime, job_id, apply)
     runtime.metrics.jobs.add(1, {"state": state.value})
 
 
 def record_result(runtime: Runtime, job_id: str, result: EngineResult) -> None:
+    stored = []
     with tracer().start_as_current_span("upload", attributes={"job.id": job_id, "images": len(result.images)}):
-        stored = [runtime.objects.put_image(output_key(job_id, i), image) for i, image in enumerate(result.images)]
+        for index, image in enumerate(result.images):
+            check_cancel(runtime, job_id)
+            key = output_key(job_id, index)
+            put = lambda k=key, i=image: runtime.objects.put_image(k, i)  # noqa: E731
+            stored.append(with_s3_retries(runtime, job_id, f"uploading {key}", put))
 
     def apply(record: JobRecord) -> bool:
         if record.state.finished:
@@ -125,54 +210,124 @@ def record_result(runtime: Runtime, job_id: str, result: EngineResult) -> None:
         record.finish(JobState.SUCCEEDED)
         return True
 
-    runtime.store.update(job_id, apply)
+    store_update(runtime, job_id, apply)
     runtime.metrics.jobs.add(1, {"state": JobState.SUCCEEDED.value})
     runtime.metrics.duration.record(result.seconds)
     if result.seconds > 0:
         runtime.metrics.tokens_per_s.record(result.generated_tokens / result.seconds)
 
 
+class RetrievalUnavailable(Exception):
+    """The retrieval memory failed while a job searched it (a Qdrant outage)."""
+
+
+@contextlib.contextmanager
+def stage_span(name: str, attributes: Mapping[str, object]) -> Iterator[None]:
+    """The engine's stage hook: a span per stage; an error inside "retrieval" becomes RetrievalUnavailable (a
+    request's own error, a cancel or a time limit pass through)."""
+    with tracer().start_as_current_span(name, attributes=dict(attributes)):  # type: ignore[arg-type]
+        try:
+            yield
+        except (JobCancelled, ValueError, SoftTimeLimitExceeded):
+            raise
+        except Exception as error:
+            if name != "retrieval":
+                raise
+            log.warning("retrieval failed (%s)", type(error).__name__, exc_info=error)
+            raise RetrievalUnavailable() from error
+
+
+def run_engine(
+    runtime: Runtime, job_id: str, request: JobRequest, reporter: JobReporter, plain: bool = False
+) -> tuple[EngineResult, bool]:
+    """The engine's result (`plain`: without the model's policy for the kind), retrying a retrieval outage until its
+    deadline; past it, by `retrieval_outage`: fail (DeadlineExceeded) or run without retrieval. Returns (result,
+    whether retrieval was skipped)."""
+
+    def run(job: JobRequest) -> EngineResult:
+        return runtime.engine.run(
+            job, progress=reporter.progress, should_cancel=reporter.should_cancel, stage=stage_span, plain=plain
+        )
+
+    try:
+        result = retry_call(
+            lambda: run(request),
+            what=f"retrieval for job {job_id}",
+            deadline_s=runtime.settings.retrieval_retry_deadline_s,
+            retry_on=(RetrievalUnavailable,),
+            between=lambda: check_cancel(runtime, job_id),
+            service="the retrieval memory",
+        )
+        return result, False
+    except DeadlineExceeded:
+        if runtime.settings.retrieval_outage != "skip" or not hasattr(request, "sampling"):
+            raise
+    log.warning("job %s: the retrieval memory is unavailable; generating without retrieval", job_id)
+    without = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, retrieved_k=0))
+    return run(without), True
+
+
+def mark_retrieval_skipped(record: JobRecord) -> bool:
+    if record.state.finished:
+        return False
+    record.retrieval_skipped = True
+    return True
+
+
 def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | None) -> str:
-    """Run one job to a final state; returns that state (or "skipped")."""
-    attributes = {"job.id": job_id}
+    """Run one job to a final state; returns that state (or "skipped": a message for a job that is finished or
+    leased by another worker, which gets no `worker.run_job` span: one span per delivery that ran)."""
+    if runtime.store.cancel_requested(job_id):
+        with tracer().start_as_current_span("worker.run_job", context=extract_context(trace_context)):
+            finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled before it started")
+        return JobState.CANCELLED.value
+    record = claim(runtime, job_id)
+    if record is None:
+        log.info("job %s: finished or running elsewhere, message skipped", job_id)
+        return "skipped"
+    attributes = {"job.id": job_id, "job.kind": record.kind}
     with tracer().start_as_current_span(
         "worker.run_job", context=extract_context(trace_context), attributes=attributes
     ) as span:
-        if runtime.store.cancel_requested(job_id):
-            finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled before it started")
-            return JobState.CANCELLED.value
-        record = claim(runtime, job_id)
-        if record is None:
-            return "skipped"
-        span.set_attribute("job.kind", record.kind)
-        reporter = JobReporter(runtime, job_id)
+        runtime.current_job = job_id  # the runtime renews its lease from now on
         try:
-            wire = jobs_pb2.JobRequest.FromString(record.request)
-            request = request_to_domain(wire)
-            if any(isinstance(getattr(request, name), ImageRef) for name in kind_of(request).images):
-                with tracer().start_as_current_span("fetch_inputs"):
-                    request = fetch_inputs(runtime, request)
-            result = runtime.engine.run(
-                request,
-                progress=reporter.progress,
-                should_cancel=reporter.should_cancel,
-                stage=lambda name, attrs: tracer().start_as_current_span(name, attributes=dict(attrs)),
-                plain=wire.plain,
-            )
-            span.set_attribute("tokens.generated", result.generated_tokens)
-            record_result(runtime, job_id, result)
-            return JobState.SUCCEEDED.value
-        except JobCancelled:
-            finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled while running")
-            return JobState.CANCELLED.value
-        except UnsupportedJobKind as error:
-            finish(runtime, job_id, JobState.FAILED, "UNIMPLEMENTED", str(error))
-        except SoftTimeLimitExceeded:
-            limit = runtime.settings.soft_time_limit_s
-            finish(runtime, job_id, JobState.FAILED, "DEADLINE_EXCEEDED", f"the job ran past {limit} s")
-        except ValueError as error:
-            finish(runtime, job_id, JobState.FAILED, "INVALID_ARGUMENT", str(error))
-        except Exception as error:
-            log.exception("job %s failed", job_id)
-            finish(runtime, job_id, JobState.FAILED, "INTERNAL", f"{type(error).__name__}: {error}")
-        return JobState.FAILED.value
+            return run_claimed(runtime, job_id, record, span)
+        finally:
+            runtime.current_job = None
+
+
+def run_claimed(runtime: Runtime, job_id: str, record: JobRecord, span: Any) -> str:
+    """Run a claimed job to a final state; returns that state."""
+    reporter = JobReporter(runtime, job_id)
+    try:
+        wire = jobs_pb2.JobRequest.FromString(record.request)
+        request = request_to_domain(wire)
+        if any(isinstance(getattr(request, name), ImageRef) for name in kind_of(request).images):
+            with tracer().start_as_current_span("fetch_inputs"):
+                request = fetch_inputs(runtime, job_id, request)
+        result, skipped = run_engine(runtime, job_id, request, reporter, plain=wire.plain)
+        if skipped:
+            span.set_attribute("retrieval.skipped", True)
+            store_update(runtime, job_id, mark_retrieval_skipped)
+        span.set_attribute("tokens.generated", result.generated_tokens)
+        record_result(runtime, job_id, result)
+        return JobState.SUCCEEDED.value
+    except JobCancelled:
+        finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled while running")
+        return JobState.CANCELLED.value
+    except UnsupportedJobKind as error:
+        finish(runtime, job_id, JobState.FAILED, "UNIMPLEMENTED", str(error))
+    except SoftTimeLimitExceeded:
+        limit = runtime.settings.soft_time_limit_s
+        finish(runtime, job_id, JobState.FAILED, "DEADLINE_EXCEEDED", f"the job ran past {limit} s")
+    except DeadlineExceeded as error:
+        log.warning("job %s: %s", job_id, error, exc_info=error.__cause__)
+        message = f"{error.service} was unavailable for {error.deadline_s:g} s; retry the job"
+        finish(runtime, job_id, JobState.FAILED, "UNAVAILABLE", message)
+    except ValueError as error:
+        finish(runtime, job_id, JobState.FAILED, "INVALID_ARGUMENT", str(error))
+    except Exception as error:
+        log.exception("job %s failed", job_id)
+        span.record_exception(error)
+        finish(runtime, job_id, JobState.FAILED, "INTERNAL", INTERNAL_MESSAGE)
+    return JobState.FAILED.value

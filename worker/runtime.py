@@ -1,8 +1,9 @@
 """Per-process worker state: settings, stores and the engine, loaded once when a pool process starts.
 
 Celery's `worker_process_init` (prefork children) builds it and warms the model up; a heartbeat thread
-publishes what this worker's model can run ({ns}:workers:{name}, with a TTL), which the gateway reads to
-answer UNIMPLEMENTED for kinds no live worker supports.
+publishes what this worker's model can run (its entry in the {ns}:workers hash, `services.presence`), which the
+gateway reads to answer UNIMPLEMENTED for kinds no live worker supports; another thread renews the lease of the
+job it runs; a reaper thread (`services.reaper`) takes back jobs other workers lost.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import redis
 
 from services.jobstore import JobStore
 from services.objectstore import ObjectStore
+from services.reaper import celery_publisher, start_reaper
+from services.redis_clients import redis_client
 from services.settings import WorkerSettings
 from services.telemetry import Metrics, setup_telemetry
 
@@ -29,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
-HEARTBEAT_TTL_S = 30
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Runtime:
     retriever: Retriever | None
     metrics: Metrics
     name: str
+    current_job: str | None = None  # the job this process runs (its lease is renewed while set)
 
 
 _runtime: Runtime | None = None
@@ -70,6 +73,7 @@ def build_runtime(settings: WorkerSettings) -> Runtime:
     import torch
 
     from cm3leon.inference.engine import Engine, EngineConfig
+    from services.queue import RUN_JOB, make_celery
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -80,10 +84,12 @@ def build_runtime(settings: WorkerSettings) -> Runtime:
     config = EngineConfig(device=settings.device, previews_per_image=settings.previews_per_image)
     engine = Engine.load(settings.model_dir, config, memory=memory, retriever=retriever)
     engine.warm_up()
-    store = JobStore(redis.Redis.from_url(settings.redis_url), settings.namespace, settings.job_ttl_s)
+    store = JobStore(redis_client(settings), settings.namespace, settings.job_ttl_s)
     name = f"{socket.gethostname()}-{os.getpid()}"
     runtime = Runtime(settings, store, objects, engine, memory, retriever, Metrics(), name)
     threading.Thread(target=heartbeat, args=(runtime,), daemon=True, name="cm3leon-heartbeat").start()
+    threading.Thread(target=renew_leases, args=(runtime,), daemon=True, name="cm3leon-lease").start()
+    start_reaper(store, settings, celery_publisher(make_celery(settings), RUN_JOB))
     log.info("worker %s ready: model %s runs %s", name, engine.bundle.model_id, engine.supported_kinds)
     return runtime
 
@@ -93,10 +99,23 @@ def heartbeat(runtime: Runtime) -> None:
     info = {"model_id": engine.bundle.model_id, "kinds": list(engine.supported_kinds), "pid": os.getpid()}
     while True:
         try:
-            runtime.store.publish_worker(runtime.name, info, HEARTBEAT_TTL_S)
+            runtime.store.publish_worker(runtime.name, info)
         except redis.RedisError:
             log.exception("heartbeat failed")
         threading.Event().wait(HEARTBEAT_S)
+
+
+def renew_leases(runtime: Runtime) -> None:
+    """Every third of the lease, push the running job's lease forward (also through a long native call)."""
+    interval = runtime.settings.lease_ttl_s / 3
+    while True:
+        job_id = runtime.current_job
+        if job_id is not None:
+            try:
+                runtime.store.renew_lease(job_id, runtime.settings.lease_ttl_s)
+            except redis.RedisError as error:
+                log.warning("renewing the lease of job %s failed (%s)", job_id, type(error).__name__)
+        threading.Event().wait(interval)
 
 
 def get_runtime() -> Runtime:

@@ -21,6 +21,7 @@ import typer
 from cm3leon_client import Client, text_to_image
 from cm3leon_stack.launch import StackKeys, check_settings, new_stack
 from services.keys import Keys
+from services.presence import live_workers
 from services.stack import ROOT, Stack
 
 READY_LINE = "Ctrl-C stops everything"
@@ -95,7 +96,7 @@ def test_stack_up_uses_the_configured_keys_and_namespace(stack: Stack, tmp_path:
             client.list()
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         redis_url = re.search(r"^redis\s+(\S+)", text, re.M).group(1)  # type: ignore[union-attr]
-        assert redis.Redis.from_url(redis_url).keys(Keys("team-ns").workers_pattern()), "the worker's namespace"
+        assert live_workers(redis.Redis.from_url(redis_url), Keys("team-ns")), "the worker's namespace"
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)

@@ -27,6 +27,7 @@ import cm3leon_client as api
 from cm3leon_client import Client
 from cm3leon_client.api import jobs_pb2
 from services.keys import Keys
+from services.presence import live_workers
 from services.queue import UNACKED_RESTORE_INTERVAL_S, make_celery
 from services.stack import ROOT, Child, Stack
 from tests.serving.fixtures import API_KEYS, MEMORY_NAME, build_tiny_memory, build_tiny_model_dir, spans_of
@@ -127,7 +128,7 @@ def wait_for_spans(stack: Stack, job_ids: list[str], timeout_s: float = 10.0) ->
 
 def test_two_workers_with_distinct_names(compose: ComposeStack) -> None:
     store = redis.Redis(port=compose.stack.redis_port)
-    heartbeats = store.keys(Keys(compose.stack.namespace).workers_pattern())
+    heartbeats = live_workers(store, Keys(compose.stack.namespace))
     assert len(heartbeats) == len(WORKER_NAMES), heartbeats
     app = make_celery(compose.stack.settings())
     replies = app.control.inspect(timeout=2.0).ping() or {}

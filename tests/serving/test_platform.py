@@ -23,6 +23,7 @@ import cm3leon_client as api
 from cm3leon_client import Client
 from cm3leon_client.api import corpus_pb2, jobs_pb2
 from services.keys import Keys
+from services.presence import live_workers
 from services.stack import ROOT, Stack
 from tests.serving.fixtures import spans_of
 
@@ -115,7 +116,7 @@ def test_killed_worker_loses_no_job(stack: Stack, client: Client) -> None:
     for snapshot in client.watch(job.job_id):
         if snapshot.state == jobs_pb2.JOB_STATE_RUNNING and snapshot.progress.tokens_done > 0:
             break
-    pids = {int(json.loads(store.get(k))["pid"]) for k in store.keys(keys.workers_pattern())}
+    pids = {int(info["pid"]) for info in live_workers(store, keys).values()}
     running = [pid for pid in pids if _alive(pid)]
     assert running, "the pool process that runs the job"
     for pid in running:
