@@ -36,6 +36,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(CLI) bench all --out bench/results
+	$(CLI) bench chaos --out bench/results
 
 # Style (ruff) and the direction of imports (import-linter: the contracts in pyproject.toml).
 lint: $(STAMP)

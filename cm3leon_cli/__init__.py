@@ -32,6 +32,17 @@ app.add_typer(corpus_app, name="corpus", help=CORPUS_HELP)
 app.add_typer(jobs_app, name="jobs", help=JOBS_HELP)
 app.add_typer(stack_app, name="stack", help="The embedded serving stack: up, demo.")
 app.command("demo")(demo_command)
+bench_group = next(group for group, name, _ in GROUPS if name == "bench")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@bench_group.command("chaos", context_settings=PASS_THROUGH)
+def bench_chaos(ctx: typer.Context) -> None:
+    """The chaos soak (services.chaos): jobs through the embedded stack while workers, Redis and S3 fail ->
+    bench/results/chaos.json. Options: `cm3leon bench chaos --help`."""
+    from services.chaos import main as chaos_main  # the stack's processes: loaded only when asked for
+
+    raise typer.Exit(chaos_main(ctx.args))
 
 
 def main() -> None:
