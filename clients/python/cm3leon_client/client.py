@@ -95,8 +95,11 @@ class WaitState:
         return reconnect_delay(self.failures)
 
 
-class Client:
-    """The gateway's API, synchronously. `Client(target, api_key)` or `Client(connection=Connection(...))`."""
+class GatewayStubs:
+    """The two services' stubs on one channel of `connection` (asyncio's when `asynchronous`), with the key's
+    metadata and the default deadline: what `Client` and `AsyncClient` share."""
+
+    asynchronous = False
 
     def __init__(
         self,
@@ -107,11 +110,15 @@ class Client:
         connection: Connection | None = None,
     ) -> None:
         self.connection = connection or Connection(target=target, api_key=api_key, timeout_s=timeout_s)
-        self.channel = self.connection.channel()
+        self.channel = self.connection.aio_channel() if self.asynchronous else self.connection.channel()
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
         self.corpus = corpus_pb2_grpc.CorpusServiceStub(self.channel)
         self.metadata = self.connection.metadata()
         self.timeout_s = self.connection.timeout_s
+
+
+class Client(GatewayStubs):
+    """The gateway's API, synchronously. `Client(target, api_key)` or `Client(connection=Connection(...))`."""
 
     def __enter__(self) -> Client:
         return self
@@ -184,23 +191,10 @@ class Client:
         return self.corpus.DeleteDocuments(message, metadata=self.metadata, timeout=self.timeout_s)
 
 
-class AsyncClient:
+class AsyncClient(GatewayStubs):
     """The gateway's API on asyncio, with the same channel policy and `wait` semantics as `Client`."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        api_key: str = "",
-        timeout_s: float = 30.0,
-        *,
-        connection: Connection | None = None,
-    ) -> None:
-        self.connection = connection or Connection(target=target, api_key=api_key, timeout_s=timeout_s)
-        self.channel = self.connection.aio_channel()
-        self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
-        self.corpus = corpus_pb2_grpc.CorpusServiceStub(self.channel)
-        self.metadata = self.connection.metadata()
-        self.timeout_s = self.connection.timeout_s
+    asynchronous = True
 
     async def __aenter__(self) -> AsyncClient:
         return self
