@@ -70,8 +70,11 @@ def test_object_store_outage_cancel_during_upload_and_fetch_then_success(stack: 
         client.cancel(fetching.job_id)
         assert client.wait(fetching.job_id, timeout_s=30).state == jobs_pb2.JOB_STATE_CANCELLED
         _until(client, fetched.job_id, lambda job: job.state == jobs_pb2.JOB_STATE_RUNNING)
-        with pytest.raises(grpc.RpcError) as refused:  # an inline image cannot be stored now
-            client.submit(api.caption(_png(), seed=6))
+        # An inline image cannot be stored now. The client retries UNAVAILABLE (5 attempts with backoff), so it is
+        # given the time to hear the gateway's last answer rather than its own deadline.
+        patient = Client(f"127.0.0.1:{stack.gateway_port}", "key-a", timeout_s=300)
+        with patient, pytest.raises(grpc.RpcError) as refused:
+            patient.submit(api.caption(_png(), seed=6))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "object store is unavailable" in refused.value.details()
     finally:

@@ -47,7 +47,7 @@ def engine_parts(stack: Stack, artifacts: dict[str, str], tmp_path_factory: pyte
         retrieval_retry_deadline_s=0.5,
     )
     memory, retriever = open_memory(settings)
-    engine = Engine(Path(settings.model_dir), EngineConfig(device="cpu", previews_per_image=0), memory, retriever)
+    engine = Engine.load(Path(settings.model_dir), EngineConfig(device="cpu", previews_per_image=0), memory, retriever)
 
     def down(*_: object, **__: object) -> None:
         raise ConnectionRefusedError(111, "Connection refused")
