@@ -20,7 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cm3leon_client.api import corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from services.interceptors import AuthInterceptor, ErrorInterceptor, TracingInterceptor
+from services.auth import KeyAuthInterceptor, KeyRing
+from services.interceptors import ErrorInterceptor, TracingInterceptor
 from services.jobstore import AsyncJobStore
 from services.objectstore import ObjectStore
 from services.queue import make_celery
@@ -51,7 +52,8 @@ class GatewayServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
         self.server = aio.server(
-            interceptors=[TracingInterceptor(), AuthInterceptor(settings.api_keys), ErrorInterceptor()], options=options
+            interceptors=[TracingInterceptor(), KeyAuthInterceptor(KeyRing.from_settings(settings)), ErrorInterceptor()],
+            options=options,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(gateway), self.server)
         corpus_pb2_grpc.add_CorpusServiceServicer_to_server(CorpusServicer(gateway), self.server)
