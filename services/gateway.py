@@ -51,10 +51,8 @@ class GatewayServer:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
-        self.server = aio.server(
-            interceptors=[TracingInterceptor(), KeyAuthInterceptor(KeyRing.from_settings(settings)), ErrorInterceptor()],
-            options=options,
-        )
+        auth = KeyAuthInterceptor(KeyRing.from_settings(settings))
+        self.server = aio.server(interceptors=[TracingInterceptor(), auth, ErrorInterceptor()], options=options)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(gateway), self.server)
         corpus_pb2_grpc.add_CorpusServiceServicer_to_server(CorpusServicer(gateway), self.server)
         self.health = health.aio.HealthServicer()

@@ -18,6 +18,7 @@ from celery import Celery
 
 from cm3leon_client.api import common_pb2, corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from services import convert
+from services.auth import current_principal  # security: scoped keys, tenant-owned documents
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
 from services.interceptors import current_tenant
 from services.jobstore import AsyncJobStore
@@ -27,6 +28,7 @@ from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.telemetry import Metrics, inject_context, tracer
+from services.tenancy import check_memory_access, corpus_owner, corpus_reader
 from services.validation import check_request_id, check_text, normalise_image, validate_request
 
 # Drawn seeds leave headroom below decoding's 63-bit seeds: image i of a job uses seed + i.
@@ -91,6 +93,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         gw, tenant = self.gw, current_tenant()
         check_request_id(request.request_id)
         kind, images = validate_request(request.request, gw.settings)
+        check_memory_access(request.request, current_principal(), gw.settings)
         payload_hash = fingerprint(request.request)
         if request.request_id:  # a retry re-attaches before any admission check (it costs nothing new)
             found = await gw.store.existing(tenant, request.request_id, payload_hash)
@@ -219,7 +222,7 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
             if not doc.text and image_key is None:
                 raise InvalidArgument(path, "a document needs text, an image, or both")
             documents.append({"doc_id": doc.doc_id, "text": doc.text or None, "image_key": image_key})
-        size = await self.call(CORPUS_ADD, documents)
+        size = await self.call(CORPUS_ADD, documents, corpus_owner(current_principal()))
         return corpus_pb2.AddDocumentsResponse(doc_ids=[d["doc_id"] for d in documents], memory_size=size)
 
     async def SearchDocuments(
@@ -231,7 +234,8 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
         image_key = await self.upload("image", request.image)
         if not request.text and image_key is None:
             raise InvalidArgument("text", "a search needs text, an image, or both")
-        found = await self.call(CORPUS_SEARCH, request.text or None, image_key, request.k)
+        reader = corpus_reader(current_principal())
+        found = await self.call(CORPUS_SEARCH, request.text or None, image_key, request.k, reader)
         return corpus_pb2.SearchDocumentsResponse(
             documents=[
                 common_pb2.RetrievedDocument(
@@ -250,4 +254,6 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
     ) -> corpus_pb2.DeleteDocumentsResponse:
         if not request.doc_ids:
             raise InvalidArgument("doc_ids", "give at least one document id")
-        return corpus_pb2.DeleteDocumentsResponse(memory_size=await self.call(CORPUS_DELETE, list(request.doc_ids)))
+        owner = corpus_owner(current_principal())
+        size = await self.call(CORPUS_DELETE, list(request.doc_ids), owner)
+        return corpus_pb2.DeleteDocumentsResponse(memory_size=size)

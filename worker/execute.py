@@ -16,6 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from cm3leon.kinds import JobRequest, kind_of
 from cm3leon.requests import EngineResult, ImageRef, JobCancelled, Progress, UnsupportedJobKind
+from cm3leon.retrieval.owners import read_as
 from cm3leon_client.api import jobs_pb2
 from services.convert import request_to_domain
 from services.objectstore import output_key, preview_key
@@ -145,6 +146,7 @@ def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | No
         if record is None:
             return "skipped"
         span.set_attribute("job.kind", record.kind)
+        read_as(record.tenant)  # security: the job retrieves only its tenant's and the base memory's documents
         reporter = JobReporter(runtime, job_id)
         try:
             wire = jobs_pb2.JobRequest.FromString(record.request)

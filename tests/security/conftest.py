@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cm3leon_client import Client
-from services.auth import ADMIN, CORPUS_WRITE, READ, SCOPES, SUBMIT, hashed_entry, keys_file_env
+from services.auth import CORPUS_WRITE, READ, SCOPES, SUBMIT, hashed_entry, keys_file_env
 from services.stack import Stack
 from tests.serving.fixtures import MEMORY_NAME, build_tiny_memory, build_tiny_model_dir
 
