@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from services.auth import SCOPES, hashed_entry, parse_keys
 from services.settings import GatewaySettings, StackSettings, WorkerSettings
 from services.stack import Stack
+from services.tls import tls_env
 
 SESSION_TENANT = "dev"
 
@@ -95,6 +96,18 @@ def new_stack(workdir: Path, keys: StackKeys, namespace: str | None = None) -> S
     """A stack whose processes get every CM3LEON_* setting of this environment, with `keys` as the API keys."""
     namespace = namespace or StackSettings().namespace
     return Stack(workdir, namespace=namespace, environment={"CM3LEON_API_KEYS": json.dumps(keys.keys)})
+
+
+def serve_tls(stack: Stack, directory: Path) -> Path:
+    """Make a throwaway CA and a server certificate under `directory`; the gateway serves TLS with them.
+    Returns the CA certificate's path (what clients trust)."""
+    try:
+        from cm3leon_stack.certs import make_throwaway_pki
+    except ImportError as error:  # cryptography is a development dependency
+        raise typer.BadParameter(f"--tls needs the 'cryptography' package ({error})") from None
+    pki = make_throwaway_pki(directory)
+    stack.environment.update(tls_env(pki.server_cert, pki.server_key))
+    return pki.ca_cert
 
 
 def start_stack(stack: Stack, model: Path, retriever: Path, memory_path: Path, memory_name: str, port: int) -> None:

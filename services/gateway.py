@@ -28,6 +28,7 @@ from services.queue import make_celery
 from services.servicers import CorpusServicer, Gateway, JobServicer
 from services.settings import GatewaySettings
 from services.telemetry import setup_telemetry, shutdown_telemetry
+from services.tls import add_port
 
 log = logging.getLogger(__name__)
 # On shutdown, health reports NOT_SERVING for this long while RPCs are still accepted (load balancers notice).
@@ -63,7 +64,7 @@ class GatewayServer:
     async def start(self) -> int:
         await self.redis.ping()
         await asyncio.to_thread(self.objects.ensure_bucket)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        self.port = add_port(self.server, f"{self.settings.host}:{self.settings.port}", self.settings)  # TLS if set
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
