@@ -19,7 +19,9 @@ from celery import Celery
 from cm3leon_client.api import common_pb2, corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from services import convert
 from services.auth import current_principal  # security: scoped keys, tenant-owned documents
+from services.bounds import check_doc_ids, check_job_id, check_list_request, check_stored_size, without_unknown_fields
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
+from services.images import decode_image
 from services.interceptors import current_tenant
 from services.jobstore import AsyncJobStore
 from services.keys import queue_for, queue_names
@@ -29,7 +31,7 @@ from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.telemetry import Metrics, inject_context, tracer
 from services.tenancy import check_memory_access, corpus_owner, corpus_reader
-from services.validation import check_request_id, check_text, normalise_image, validate_request
+from services.validation import check_request_id, check_text, validate_request
 
 # Drawn seeds leave headroom below decoding's 63-bit seeds: image i of a job uses seed + i.
 ASSIGNED_SEED_BITS = 59
@@ -111,18 +113,20 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         job_id = new_job_id()
         accepted = jobs_pb2.JobRequest()
         accepted.CopyFrom(request.request)
+        without_unknown_fields(accepted)  # security: never stored
         seed = assign_seed(getattr(accepted, kind))
         for image in images:  # inline bytes -> the object store; the job carries keys only
             if image.message.WhichOneof("source") == "object_key":
                 await gw.check_reference(f"{image.path}.object_key", image.message.object_key, tenant)
                 continue
-            png = normalise_image(f"{image.path}.data", image.message.data, gw.settings)
+            png = await decode_image(f"{image.path}.data", image.message.data, gw.settings)
             field = image.path.rsplit(".", 1)[-1]
             key = input_key(job_id, field)
             await asyncio.to_thread(gw.objects.put, key, png)
             target = getattr(getattr(accepted, kind), field)
             target.Clear()
             target.object_key = key
+        check_stored_size("request", accepted)
         record = JobRecord(
             job_id=job_id,
             tenant=tenant,
@@ -149,15 +153,18 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return await gw.job_proto(record)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        check_job_id(request.job_id)
         return await self.gw.job_proto(await self.gw.store.get(request.job_id, current_tenant()))
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.Job]:
+        check_job_id(request.job_id)
         async for record in self.gw.store.watch(request.job_id, current_tenant(), request.after_sequence):
             yield await self.gw.job_proto(record)
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        check_job_id(request.job_id)
         record = await self.gw.store.cancel(request.job_id, current_tenant())
         if record.state == JobState.CANCELLED:  # it was queued: drop the message too (the flag covers a miss)
             await asyncio.to_thread(self.gw.celery.control.revoke, record.job_id)
@@ -168,6 +175,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.ListJobsResponse:
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must lie in [0, {MAX_PAGE_SIZE}], got {request.page_size}")
+        check_list_request(request.states, request.page_token)
         states = []
         for index, state in enumerate(request.states):
             if state not in convert.STATES_FROM_PROTO:
@@ -202,7 +210,7 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
         if source == "object_key":
             await self.gw.check_reference(f"{path}.object_key", image.object_key, current_tenant())
             return image.object_key
-        png = normalise_image(f"{path}.data", image.data, self.gw.settings)
+        png = await decode_image(f"{path}.data", image.data, self.gw.settings)
         key = f"corpus/{hashlib.sha256(png).hexdigest()}.png"
         await asyncio.to_thread(self.gw.objects.put, key, png)
         return key
@@ -252,8 +260,7 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
     async def DeleteDocuments(
         self, request: corpus_pb2.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> corpus_pb2.DeleteDocumentsResponse:
-        if not request.doc_ids:
-            raise InvalidArgument("doc_ids", "give at least one document id")
+        check_doc_ids(request.doc_ids)
         owner = corpus_owner(current_principal())
         size = await self.call(CORPUS_DELETE, list(request.doc_ids), owner)
         return corpus_pb2.DeleteDocumentsResponse(memory_size=size)

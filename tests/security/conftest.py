@@ -21,6 +21,7 @@ KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "key-b": ("tenant-b", TENANT_SCOPES),
     "key-read-only": ("tenant-a", (READ,)),
     "key-admin": ("operators", tuple(SCOPES)),
+    "key-bulk": ("tenant-bulk", TENANT_SCOPES),  # big corpus writes, apart from the tenancy tests' tenants
 }
 
 

@@ -48,9 +48,7 @@ def test_stack_up_tls_makes_a_ca_and_points_the_gateway_at_its_certificate(tmp_p
 
 
 @pytest.mark.slow
-def test_tls_refuses_plaintext_and_serves_clients_trusting_the_ca(
-    secure_stack: Stack, pki: ThrowawayPki
-) -> None:
+def test_tls_refuses_plaintext_and_serves_clients_trusting_the_ca(secure_stack: Stack, pki: ThrowawayPki) -> None:
     _, port = secure_stack.start_gateway("gateway-tls", env=tls_env(pki.server_cert, pki.server_key))
     target = f"127.0.0.1:{port}"
     with client(target) as plaintext:
