@@ -26,6 +26,12 @@ class SecuritySettings(BaseSettings):
     dev_keys: bool = False
     # Retrieval memories every tenant may name in `sampling.memory` (their own documents and the shared base).
     shared_memories: list[str] = Field(default_factory=lambda: ["shapes"])
+    # Fair use per tenant, in cost units (a job's images x candidates): a token bucket refilled at `rate` per
+    # second up to `burst`, and a cap on the cost of its queued jobs (so one tenant cannot fill the global queue).
+    tenant_rate_per_s: float = Field(5.0, gt=0)
+    tenant_burst: int = Field(64, ge=1)
+    tenant_max_queued_cost: int = Field(32, ge=1)
+    tenant_queued_retry_s: float = Field(5.0, gt=0)  # the retry-after hint when the queued cap is what refused
     # TLS: the server's certificate chain and key (PEM); with a client CA, clients must show a certificate.
     tls_cert_file: str = ""
     tls_key_file: str = ""

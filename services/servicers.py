@@ -27,6 +27,7 @@ from services.jobstore import AsyncJobStore
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
 from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
+from services.quotas import admit
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.telemetry import Metrics, inject_context, tracer
@@ -111,6 +112,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         if queued >= gw.settings.max_queued_jobs:
             raise QueueFull(f"{queued} jobs are queued (limit {gw.settings.max_queued_jobs}); retry later")
         job_id = new_job_id()
+        await admit(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, request.request, context)
         accepted = jobs_pb2.JobRequest()
         accepted.CopyFrom(request.request)
         without_unknown_fields(accepted)  # security: never stored
