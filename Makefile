@@ -36,6 +36,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(CLI) bench all --out bench/results
+	$(PY) -m services.fuzz --n 20000 --out bench/results --model models/shapes
 
 # Style (ruff) and the direction of imports (import-linter: the contracts in pyproject.toml).
 lint: $(STAMP)

@@ -22,6 +22,7 @@ KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "key-read-only": ("tenant-a", (READ,)),
     "key-admin": ("operators", tuple(SCOPES)),
     "key-bulk": ("tenant-bulk", TENANT_SCOPES),  # big corpus writes, apart from the tenancy tests' tenants
+    "key-fuzz": ("tenant-fuzz", TENANT_SCOPES),
 }
 
 
