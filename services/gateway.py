@@ -51,9 +51,15 @@ class GatewayServer:
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.drain_s * 1000) + 1000),
         ]
         auth = KeyAuthInterceptor(KeyRing.from_settings(settings))
-        self.server = aio.server(interceptors=[TracingInterceptor(), auth, ErrorInterceptor()], options=options)
+        self.server = aio.server(
+            interceptors=[TracingInterceptor(), auth, ErrorInterceptor()],
+            options=options,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(gateway), self.server)
         corpus_pb2_grpc.add_CorpusServiceServicer_to_server(CorpusServicer(gateway), self.server)
         self.health = health.aio.HealthServicer()

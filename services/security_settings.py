@@ -32,6 +32,11 @@ class SecuritySettings(BaseSettings):
     tenant_burst: int = Field(64, ge=1)
     tenant_max_queued_cost: int = Field(32, ge=1)
     tenant_queued_retry_s: float = Field(5.0, gt=0)  # the retry-after hint when the queued cap is what refused
+    # Long-lived RPCs: open WatchJob streams per tenant (per gateway), RPCs in flight per gateway, and how long
+    # a connection lives before the server asks the client to reconnect (clients resume where they were).
+    max_watch_streams_per_tenant: int = Field(64, ge=1)
+    max_concurrent_rpcs: int = Field(2000, ge=1)
+    max_connection_age_s: float = Field(1800.0, gt=0)
     # TLS: the server's certificate chain and key (PEM); with a client CA, clients must show a certificate.
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -30,6 +30,7 @@ from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
 from services.quotas import admit
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
+from services.streams import WATCHES
 from services.telemetry import Metrics, inject_context, tracer
 from services.tenancy import check_memory_access, corpus_owner, corpus_reader
 from services.validation import check_request_id, check_text, validate_request
@@ -162,8 +163,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.Job]:
         check_job_id(request.job_id)
-        async for record in self.gw.store.watch(request.job_id, current_tenant(), request.after_sequence):
-            yield await self.gw.job_proto(record)
+        async with WATCHES.slot(current_tenant(), self.gw.settings):  # security: streams per tenant are capped
+            async for record in self.gw.store.watch(request.job_id, current_tenant(), request.after_sequence):
+                yield await self.gw.job_proto(record)
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
         check_job_id(request.job_id)

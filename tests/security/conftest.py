@@ -46,7 +46,13 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> I
     root = tmp_path_factory.mktemp("secure-stack")
     model_dir = build_tiny_model_dir(root / "artifacts")
     retriever_dir, memory_path = build_tiny_memory(model_dir, root / "artifacts")
-    stack = Stack(root / "run", namespace="sec", environment={**keys_file_env(keys_file)})
+    spans = root / "spans.jsonl"
+    stack = Stack(
+        root / "run",
+        namespace="sec",
+        environment={**keys_file_env(keys_file), "CM3LEON_OTEL_EXPORTER": f"file:{spans}"},
+    )
+    stack.spans_path = spans  # type: ignore[attr-defined]
     worker_env = {
         "CM3LEON_MODEL_DIR": str(model_dir),
         "CM3LEON_RETRIEVER_DIR": str(retriever_dir),
