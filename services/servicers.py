@@ -27,7 +27,7 @@ from services.jobstore import AsyncJobStore
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
 from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
-from services.quotas import admit
+from services.quotas import admit, reserve
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.streams import WATCHES
@@ -130,6 +130,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             target.Clear()
             target.object_key = key
         check_stored_size("request", accepted)
+        await reserve(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, accepted, context)
         record = JobRecord(
             job_id=job_id,
             tenant=tenant,

@@ -4,7 +4,7 @@ tenant flooding does not stop another's submits, and a refusal says when to retr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import pytest
@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 import cm3leon_client as api
 from cm3leon_client import Client
-from services.quotas import RETRY_AFTER_HEADER, QuotaExceeded, admit, job_cost
+from services.quotas import RETRY_AFTER_HEADER, QuotaExceeded, admit, job_cost, reserve
 from services.settings import GatewaySettings
 from services.stack import Stack
 
@@ -35,15 +35,21 @@ def test_cost_is_images_times_candidates() -> None:
     assert job_cost(api.text_to_image("x")) == 1
 
 
-def test_concurrent_admissions_never_overshoot(secure_stack: Stack) -> None:
-    settings = GatewaySettings(tenant_rate_per_s=0.001, tenant_burst=10, tenant_max_queued_cost=1000)
+@pytest.mark.parametrize("step", [admit, reserve], ids=["rate", "queued"])
+def test_concurrent_admissions_never_overshoot(secure_stack: Stack, step: Callable[..., Awaitable[None]]) -> None:
+    """50 concurrent admissions against a burst (or a queued cap) of 10: exactly 10 pass, however they interleave."""
+    loose = 1000
+    burst, cap = (10, loose) if step is admit else (loose, 10)
+    settings = GatewaySettings(tenant_rate_per_s=0.001, tenant_burst=burst, tenant_max_queued_cost=cap)
 
     async def race() -> list[bool]:
         client = aioredis.Redis(port=secure_stack.redis_port)
 
         async def one(index: int) -> bool:
             try:
-                await admit(client, settings, "quota-race", "t", f"{index:032x}", api.text_to_image("x"), Context())
+                await step(
+                    client, settings, f"race-{step.__name__}", "t", f"{index:032x}", api.text_to_image("x"), Context()
+                )
                 return True
             except QuotaExceeded:
                 return False
@@ -53,7 +59,7 @@ def test_concurrent_admissions_never_overshoot(secure_stack: Stack) -> None:
         finally:
             await client.aclose()
 
-    assert sum(asyncio.run(race())) == 10, "exactly the burst, however the 50 admissions interleave"
+    assert sum(asyncio.run(race())) == 10
 
 
 @pytest.fixture(scope="module")
