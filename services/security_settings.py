@@ -41,6 +41,9 @@ class SecuritySettings(BaseSettings):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # With TLS: also listen in plaintext on 127.0.0.1 at this port (0: not), for the container's own health probe
+    # (a probe cannot present a client certificate or know the certificate's name); loopback only.
+    probe_port: int = Field(0, ge=0, le=65535)
 
     @field_validator("api_keys")
     @classmethod

@@ -28,10 +28,12 @@ def server_credentials(settings: SecuritySettings) -> grpc.ServerCredentials | N
 
 
 def add_port(server: aio.Server, address: str, settings: SecuritySettings) -> int:
-    """Listen on `address` as the settings say; the port bound."""
+    """Listen on `address` as the settings say (and on the loopback probe port, if any); the port bound."""
     credentials = server_credentials(settings)
     if credentials is None:
         return server.add_insecure_port(address)
+    if settings.probe_port:
+        server.add_insecure_port(f"127.0.0.1:{settings.probe_port}")
     return server.add_secure_port(address, credentials)
 
 

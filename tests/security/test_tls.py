@@ -7,13 +7,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cm3leon_client import Client
 from cm3leon_client.channel import Connection
 from cm3leon_stack.certs import ThrowawayPki, make_throwaway_pki
 from cm3leon_stack.launch import serve_tls
 from services.settings import GatewaySettings
-from services.stack import Stack
+from services.stack import Stack, free_port
 from services.tls import server_credentials, tls_env
 from tests.security.helpers import code_of
 
@@ -49,7 +50,9 @@ def test_stack_up_tls_makes_a_ca_and_points_the_gateway_at_its_certificate(tmp_p
 
 @pytest.mark.slow
 def test_tls_refuses_plaintext_and_serves_clients_trusting_the_ca(secure_stack: Stack, pki: ThrowawayPki) -> None:
-    _, port = secure_stack.start_gateway("gateway-tls", env=tls_env(pki.server_cert, pki.server_key))
+    probe = free_port()
+    env = {**tls_env(pki.server_cert, pki.server_key), "CM3LEON_PROBE_PORT": str(probe)}
+    _, port = secure_stack.start_gateway("gateway-tls", env=env)
     target = f"127.0.0.1:{port}"
     with client(target) as plaintext:
         assert code_of(lambda: plaintext.list())[0] == grpc.StatusCode.UNAVAILABLE
@@ -57,6 +60,9 @@ def test_tls_refuses_plaintext_and_serves_clients_trusting_the_ca(secure_stack: 
         assert code_of(lambda: wrong_trust.list())[0] == grpc.StatusCode.UNAVAILABLE
     with client(target, ca_file=pki.ca_cert) as trusting:
         assert trusting.list().next_page_token is not None
+    with grpc.insecure_channel(f"127.0.0.1:{probe}") as channel:  # the container's health probe, loopback only
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.mark.slow
