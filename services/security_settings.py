@@ -37,6 +37,7 @@ class SecuritySettings(BaseSettings):
     max_watch_streams_per_tenant: int = Field(64, ge=1)
     max_concurrent_rpcs: int = Field(2000, ge=1)
     max_connection_age_s: float = Field(1800.0, gt=0)
+    max_corpus_calls_per_tenant: int = Field(4, ge=1)  # CorpusService calls in flight per tenant (per gateway)
     # TLS: the server's certificate chain and key (PEM); with a client CA, clients must show a certificate.
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -1,28 +1,39 @@
-"""Long-lived RPCs are bounded: a tenant's WatchJob streams are capped per gateway (another tenant's are not
-affected), and closing one frees its slot. Jobs of a namespace no worker serves stay queued, so streams stay open."""
+"""Long-lived RPCs are bounded: a tenant's WatchJob streams and corpus calls in flight are capped per gateway
+(another tenant's are not affected), and a finished one frees its slot. In a namespace no worker serves, jobs stay
+queued (streams stay open) and corpus calls wait for their timeout."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import cm3leon_client as api
 from cm3leon_client import Client
-from cm3leon_client.api import jobs_pb2
+from cm3leon_client.api import corpus_pb2, corpus_pb2_grpc, jobs_pb2
+from cm3leon_client.channel import API_KEY_HEADER
 from services.stack import Stack
 from tests.security.helpers import code_of
 
 pytestmark = pytest.mark.slow
 CAP = 2
+CORPUS_TIMEOUT_S = 4
 
 
 @pytest.fixture(scope="module")
 def idle_target(secure_stack: Stack) -> str:
     """A gateway of its own namespace: no worker takes its jobs."""
-    env = {"CM3LEON_NAMESPACE": "idle", "CM3LEON_MAX_WATCH_STREAMS_PER_TENANT": str(CAP)}
+    env = {
+        "CM3LEON_NAMESPACE": "idle",
+        "CM3LEON_MAX_WATCH_STREAMS_PER_TENANT": str(CAP),
+        "CM3LEON_MAX_CORPUS_CALLS_PER_TENANT": str(CAP),
+        "CM3LEON_CORPUS_TIMEOUT_S": str(CORPUS_TIMEOUT_S),
+    }
     _, port = secure_stack.start_gateway("gateway-idle", env=env)
     return f"127.0.0.1:{port}"
 
@@ -66,3 +77,26 @@ def test_watch_streams_are_capped_per_tenant(clients: tuple[Client, Client]) -> 
         stream.cancel()
     a.cancel(job_a.job_id)
     b.cancel(job_b.job_id)
+
+
+def search_once(target: str, key: str, text: str) -> tuple[grpc.StatusCode, str]:
+    """One SearchDocuments attempt (the SDK's channel would retry UNAVAILABLE)."""
+    with grpc.insecure_channel(target) as channel:
+        stub = corpus_pb2_grpc.CorpusServiceStub(channel)
+        request = corpus_pb2.SearchDocumentsRequest(text=text, k=1)
+        return code_of(lambda: stub.SearchDocuments(request, metadata=((API_KEY_HEADER, key),), timeout=30))
+
+
+def test_corpus_calls_in_flight_are_capped_per_tenant(idle_target: str) -> None:
+    with ThreadPoolExecutor(max_workers=CAP + 1) as pool:
+        waiting = [pool.submit(search_once, idle_target, "key-a", "unanswered") for _ in range(CAP)]
+        time.sleep(1.0)  # both calls are in flight (nothing answers them before the timeout)
+        code, details = search_once(idle_target, "key-a", "one more")
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "corpus calls" in details
+        other = pool.submit(search_once, idle_target, "key-b", "another tenant")
+        with grpc.insecure_channel(idle_target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        codes = [future.result()[0] for future in [*waiting, other]]
+    assert codes == [grpc.StatusCode.UNAVAILABLE] * (CAP + 1), "unanswered: UNAVAILABLE at the timeout"
+    assert search_once(idle_target, "key-a", "again")[0] == grpc.StatusCode.UNAVAILABLE, "the slots were freed"
