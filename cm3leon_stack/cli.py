@@ -16,7 +16,15 @@ from typing import Annotated
 
 import typer
 
-from cm3leon_stack.launch import StackKeys, check_model, check_settings, ensure_memory, new_stack, start_stack
+from cm3leon_stack.launch import (
+    StackKeys,
+    check_model,
+    check_settings,
+    ensure_memory,
+    new_stack,
+    serve_tls,
+    start_stack,
+)
 
 stack_app = typer.Typer(no_args_is_help=True)
 
@@ -39,10 +47,13 @@ MemoryName = Annotated[str, typer.Option(envvar="CM3LEON_MEMORY_NAME", help="Mem
 MemoryDocs = Annotated[int, typer.Option(help="World documents to build the memory with when it is empty.")]
 
 
-def announce(target: str, keys: StackKeys, redis_url: str, s3_port: int, workdir: Path) -> None:
-    typer.echo(f"gateway   {target}   (grpcurl -plaintext {target} list)")
+def announce(target: str, keys: StackKeys, redis_url: str, s3_port: int, workdir: Path, ca: Path | None) -> None:
+    typer.echo(f"gateway   {target}   (grpcurl {f'-cacert {ca}' if ca else '-plaintext'} {target} list)")
     for line in keys.describe(target):
         typer.echo(line)
+    if ca is not None:
+        typer.echo(f"TLS CA    {ca}   (a throwaway CA made for this session)")
+        typer.echo(f"client:   export CM3LEON_CA_FILE={ca}")
     typer.echo(f"redis     {redis_url}")
     typer.echo(f"s3        http://127.0.0.1:{s3_port}   logs in {workdir}/")
     typer.echo("try:      cm3leon jobs submit text-to-image 'a large red circle' --wait --out out/jobs")
@@ -58,6 +69,7 @@ def up(
     memory_docs: MemoryDocs = DEFAULT_MEMORY_DOCS,
     port: Annotated[int, typer.Option(envvar="CM3LEON_PORT", help="Gateway port (0: a free one).")] = 0,
     workdir: Annotated[Path, typer.Option(help="Logs and data of the stack's processes.")] = Path("out/stack"),
+    tls: Annotated[bool, typer.Option("--tls", help="Serve TLS with a throwaway CA (its path is printed).")] = False,
 ) -> None:
     """Start the stack on 127.0.0.1 and keep it up until Ctrl-C (every process is stopped and waited for).
 
@@ -67,12 +79,13 @@ def up(
     ensure_memory(retriever, model / "vq", memory_path, memory, memory_docs)
     keys = StackKeys.from_environment()
     stack = new_stack(workdir, keys)
+    ca = serve_tls(stack, workdir / "tls") if tls else None
     # Ctrl-C and SIGTERM alike stop the stack (SIGINT is re-armed: a background shell job starts with it ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         start_stack(stack, model, retriever, memory_path, memory, port)
-        announce(f"127.0.0.1:{stack.gateway_port}", keys, stack.redis_url, stack.s3_port, workdir)
+        announce(f"127.0.0.1:{stack.gateway_port}", keys, stack.redis_url, stack.s3_port, workdir, ca)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

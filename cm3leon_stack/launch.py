@@ -8,12 +8,15 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
 
+from services.auth import SCOPES, hashed_entry, parse_keys
 from services.settings import GatewaySettings, StackSettings, WorkerSettings
 from services.stack import Stack
+from services.tls import tls_env
 
 SESSION_TENANT = "dev"
 
@@ -22,7 +25,7 @@ SESSION_TENANT = "dev"
 class StackKeys:
     """The API keys the gateway accepts; `session_key` is set when none were configured and one was made."""
 
-    keys: dict[str, str]
+    keys: dict[str, Any]  # CM3LEON_API_KEYS's mapping (a made key is stored hashed, with every scope)
     session_key: str | None = None
 
     @classmethod
@@ -30,7 +33,7 @@ class StackKeys:
         if os.environ.get("CM3LEON_API_KEYS"):
             return cls(GatewaySettings().api_keys)
         key = secrets.token_urlsafe(18)
-        return cls({key: SESSION_TENANT}, key)
+        return cls(hashed_entry(key, SESSION_TENANT, SCOPES), key)
 
     def describe(self, target: str) -> list[str]:
         """What to tell the user: which key to use and the client's environment variables."""
@@ -39,7 +42,7 @@ class StackKeys:
                 f"API key   {self.session_key}   (made for this session: CM3LEON_API_KEYS is not set)",
                 f"client:   export CM3LEON_TARGET={target} CM3LEON_API_KEY={self.session_key}",
             ]
-        tenants = ", ".join(sorted(set(self.keys.values())))
+        tenants = ", ".join(sorted({grant.tenant for grant in parse_keys(self.keys, "CM3LEON_API_KEYS").values()}))
         return [
             f"API keys  from CM3LEON_API_KEYS ({len(self.keys)} keys; tenants {tenants})",
             f"client:   export CM3LEON_TARGET={target} CM3LEON_API_KEY=<one of those keys>",
@@ -93,6 +96,18 @@ def new_stack(workdir: Path, keys: StackKeys, namespace: str | None = None) -> S
     """A stack whose processes get every CM3LEON_* setting of this environment, with `keys` as the API keys."""
     namespace = namespace or StackSettings().namespace
     return Stack(workdir, namespace=namespace, environment={"CM3LEON_API_KEYS": json.dumps(keys.keys)})
+
+
+def serve_tls(stack: Stack, directory: Path) -> Path:
+    """Make a throwaway CA and a server certificate under `directory`; the gateway serves TLS with them.
+    Returns the CA certificate's path (what clients trust)."""
+    try:
+        from cm3leon_stack.certs import make_throwaway_pki
+    except ImportError as error:  # cryptography is a development dependency
+        raise typer.BadParameter(f"--tls needs the 'cryptography' package ({error})") from None
+    pki = make_throwaway_pki(directory)
+    stack.environment.update(tls_env(pki.server_cert, pki.server_key))
+    return pki.ca_cert
 
 
 def start_stack(stack: Stack, model: Path, retriever: Path, memory_path: Path, memory_name: str, port: int) -> None:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="service", required=True)
     gateway = commands.add_parser("gateway", help="gRPC health of the gateway")
-    gateway.add_argument("--target", help="HOST:PORT (default 127.0.0.1:$CM3LEON_PORT)")
+    gateway.add_argument("--target", help="HOST:PORT (default 127.0.0.1:$CM3LEON_PROBE_PORT or $CM3LEON_PORT)")
     worker = commands.add_parser("worker", help="a heartbeat of this host's worker")
     worker.add_argument("--hostname", default=socket.gethostname(), help="(default: this container's hostname)")
     args = parser.parse_args(argv)
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.target is None:
             from services.settings import GatewaySettings
 
-            args.target = f"127.0.0.1:{GatewaySettings().port}"
+            settings = GatewaySettings()
+            args.target = f"127.0.0.1:{settings.probe_port or settings.port}"  # the plaintext probe port under TLS
         return 0 if gateway_healthy(args.target) else 1
     return 0 if worker_healthy(args.hostname) else 1
 

@@ -19,7 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cm3leon_client.api import corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from services.interceptors import AuthInterceptor, ErrorInterceptor, TracingInterceptor
+from services.auth import KeyAuthInterceptor, KeyRing
+from services.interceptors import ErrorInterceptor, TracingInterceptor
 from services.jobstore import AsyncJobStore, JobStore
 from services.objectstore import ObjectStore
 from services.queue import RUN_JOB, make_celery
@@ -28,6 +29,7 @@ from services.redis_clients import async_redis_client, redis_client
 from services.servicers import CorpusServicer, Gateway, JobServicer
 from services.settings import GatewaySettings
 from services.telemetry import setup_telemetry, shutdown_telemetry
+from services.tls import add_port
 
 log = logging.getLogger(__name__)
 # On shutdown, health reports NOT_SERVING for this long while RPCs are still accepted (load balancers notice).
@@ -50,9 +52,14 @@ class GatewayServer:
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.drain_s * 1000) + 1000),
         ]
+        auth = KeyAuthInterceptor(KeyRing.from_settings(settings))
         self.server = aio.server(
-            interceptors=[TracingInterceptor(), AuthInterceptor(settings.api_keys), ErrorInterceptor()], options=options
+            interceptors=[TracingInterceptor(), auth, ErrorInterceptor()],
+            options=options,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(gateway), self.server)
         corpus_pb2_grpc.add_CorpusServiceServicer_to_server(CorpusServicer(gateway), self.server)
@@ -64,7 +71,7 @@ class GatewayServer:
     async def start(self) -> int:
         await self.redis.ping()
         await asyncio.to_thread(self.objects.ensure_bucket)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        self.port = add_port(self.server, f"{self.settings.host}:{self.settings.port}", self.settings)  # TLS if set
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -19,17 +19,24 @@ from celery import Celery
 
 from cm3leon_client.api import common_pb2, corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from services import convert
+from services.auth import current_principal  # security: scoped keys, tenant-owned documents
+from services.bounds import check_doc_ids, check_job_id, check_list_request, check_stored_size, without_unknown_fields
+from services.corpus_calls import CORPUS_WAITS
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
+from services.images import decode_image
 from services.interceptors import current_tenant
 from services.jobstore import AsyncJobStore
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
 from services.presence import live_workers_async
 from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
+from services.quotas import admit, reserve
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
+from services.streams import WATCHES
 from services.telemetry import Metrics, inject_context, tracer
-from services.validation import check_request_id, check_text, normalise_image, validate_request
+from services.tenancy import check_memory_access, corpus_owner, corpus_reader
+from services.validation import check_request_id, check_text, validate_request
 
 log = logging.getLogger(__name__)
 # Drawn seeds leave headroom below decoding's 63-bit seeds: image i of a job uses seed + i.
@@ -122,6 +129,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         gw, tenant = self.gw, current_tenant()
         check_request_id(request.request_id)
         kind, images = validate_request(request.request, gw.settings)
+        check_memory_access(request.request, current_principal(), gw.settings)
         payload_hash = fingerprint(request.request)
         if request.request_id:  # a retry re-attaches before any admission check (it costs nothing new)
             found = await gw.store.existing(tenant, request.request_id, payload_hash)
@@ -137,20 +145,24 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         if queued >= gw.settings.max_queued_jobs:
             raise QueueFull(f"{queued} jobs are queued (limit {gw.settings.max_queued_jobs}); retry later")
         job_id = new_job_id()
+        await admit(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, request.request, context)
         accepted = jobs_pb2.JobRequest()
         accepted.CopyFrom(request.request)
+        without_unknown_fields(accepted)  # security: never stored
         seed = assign_seed(getattr(accepted, kind))
         for image in images:  # inline bytes -> the object store; the job carries keys only
             if image.message.WhichOneof("source") == "object_key":
                 await gw.check_reference(f"{image.path}.object_key", image.message.object_key, tenant)
                 continue
-            png = normalise_image(f"{image.path}.data", image.message.data, gw.settings)
+            png = await decode_image(f"{image.path}.data", image.message.data, gw.settings)
             field = image.path.rsplit(".", 1)[-1]
             key = input_key(job_id, field)
             await asyncio.to_thread(gw.objects.put, key, png)
             target = getattr(getattr(accepted, kind), field)
             target.Clear()
             target.object_key = key
+        check_stored_size("request", accepted)
+        await reserve(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, accepted, context)
         record = JobRecord(
             job_id=job_id,
             tenant=tenant,
@@ -168,15 +180,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return await gw.job_proto(record)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        check_job_id(request.job_id)
         return await self.gw.job_proto(await self.gw.store.get(request.job_id, current_tenant()))
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.Job]:
-        async for record in self.gw.store.watch(request.job_id, current_tenant(), request.after_sequence):
-            yield await self.gw.job_proto(record)
+        check_job_id(request.job_id)
+        async with WATCHES.slot(current_tenant(), self.gw.settings):  # security: streams per tenant are capped
+            async for record in self.gw.store.watch(request.job_id, current_tenant(), request.after_sequence):
+                yield await self.gw.job_proto(record)
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        check_job_id(request.job_id)
         record = await self.gw.store.cancel(request.job_id, current_tenant())
         if record.state == JobState.CANCELLED:  # it was queued: drop the message too (the flag covers a miss)
             try:
@@ -190,6 +206,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.ListJobsResponse:
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must lie in [0, {MAX_PAGE_SIZE}], got {request.page_size}")
+        check_list_request(request.states, request.page_token)
         states = []
         for index, state in enumerate(request.states):
             if state not in convert.STATES_FROM_PROTO:
@@ -209,11 +226,15 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
         self.gw = gateway
 
     async def call(self, task: str, *args: Any) -> Any:
+        async with CORPUS_WAITS.slot(current_tenant(), self.gw.settings):  # security: per-tenant calls capped
+            return await self.send_and_wait(task, *args)
+
+    async def send_and_wait(self, task: str, *args: Any) -> Any:
         result = await asyncio.to_thread(
             self.gw.celery.send_task, task, args=list(args), queue=queue_names(self.gw.settings.namespace)["corpus"]
         )
         try:
-            return await asyncio.to_thread(result.get, timeout=self.gw.settings.corpus_timeout_s)
+            return await CORPUS_WAITS.result(result, self.gw.settings.corpus_timeout_s)  # security: own pool
         except TimeoutError as error:
             raise Unavailable(f"no worker answered {task} within {self.gw.settings.corpus_timeout_s} s") from error
 
@@ -224,7 +245,7 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
         if source == "object_key":
             await self.gw.check_reference(f"{path}.object_key", image.object_key, current_tenant())
             return image.object_key
-        png = normalise_image(f"{path}.data", image.data, self.gw.settings)
+        png = await decode_image(f"{path}.data", image.data, self.gw.settings)
         key = f"corpus/{hashlib.sha256(png).hexdigest()}.png"
         await asyncio.to_thread(self.gw.objects.put, key, png)
         return key
@@ -244,7 +265,7 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
             if not doc.text and image_key is None:
                 raise InvalidArgument(path, "a document needs text, an image, or both")
             documents.append({"doc_id": doc.doc_id, "text": doc.text or None, "image_key": image_key})
-        size = await self.call(CORPUS_ADD, documents)
+        size = await self.call(CORPUS_ADD, documents, corpus_owner(current_principal()))
         return corpus_pb2.AddDocumentsResponse(doc_ids=[d["doc_id"] for d in documents], memory_size=size)
 
     async def SearchDocuments(
@@ -256,7 +277,8 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
         image_key = await self.upload("image", request.image)
         if not request.text and image_key is None:
             raise InvalidArgument("text", "a search needs text, an image, or both")
-        found = await self.call(CORPUS_SEARCH, request.text or None, image_key, request.k)
+        reader = corpus_reader(current_principal())
+        found = await self.call(CORPUS_SEARCH, request.text or None, image_key, request.k, reader)
         return corpus_pb2.SearchDocumentsResponse(
             documents=[
                 common_pb2.RetrievedDocument(
@@ -273,6 +295,7 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
     async def DeleteDocuments(
         self, request: corpus_pb2.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> corpus_pb2.DeleteDocumentsResponse:
-        if not request.doc_ids:
-            raise InvalidArgument("doc_ids", "give at least one document id")
-        return corpus_pb2.DeleteDocumentsResponse(memory_size=await self.call(CORPUS_DELETE, list(request.doc_ids)))
+        check_doc_ids(request.doc_ids)
+        owner = corpus_owner(current_principal())
+        size = await self.call(CORPUS_DELETE, list(request.doc_ids), owner)
+        return corpus_pb2.DeleteDocumentsResponse(memory_size=size)

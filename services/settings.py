@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.security_settings import SecuritySettings
+
 ENV_PREFIX = "CM3LEON_"
 MIB = 1024 * 1024
 
@@ -72,11 +74,9 @@ class StackSettings(BaseSettings):
         return value
 
 
-class GatewaySettings(StackSettings):
+class GatewaySettings(SecuritySettings, StackSettings):  # keys, TLS, tenancy: services/security_settings.py
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)  # 0: any free port (printed at start)
-    # API keys -> tenant, as JSON: CM3LEON_API_KEYS='{"key-1": "tenant-a"}'. Jobs belong to the key's tenant.
-    api_keys: dict[str, str] = Field(default_factory=lambda: {"dev-key": "dev"})
     # Queued jobs over all queues above which SubmitJob answers RESOURCE_EXHAUSTED (load shedding).
     max_queued_jobs: int = Field(64, ge=0)
     max_image_bytes: int = Field(4 * MIB, ge=1)  # an inline image (PNG/JPEG)
@@ -88,13 +88,6 @@ class GatewaySettings(StackSettings):
     drain_s: float = Field(5.0, ge=0)
     # How long a CorpusService call waits for a worker.
     corpus_timeout_s: float = Field(60.0, gt=0)
-
-    @field_validator("api_keys")
-    @classmethod
-    def _keys_present(cls, value: dict[str, str]) -> dict[str, str]:
-        if not value or any(not key or not tenant for key, tenant in value.items()):
-            raise ValueError("api_keys needs at least one non-empty key -> tenant pair")
-        return value
 
 
 class WorkerSettings(StackSettings):

@@ -22,7 +22,10 @@ from services.errors import InvalidArgument
 from services.objectstore import REFERENCEABLE_KEY, png_bytes
 from services.settings import GatewaySettings
 
-ALLOWED_FORMATS = ("PNG", "JPEG")
+ALLOWED_FORMATS = ("PNG", "JPEG")  # the only PIL plugins that ever see untrusted bytes
+# 8-bit colour or grey, with or without alpha: palette, CMYK and 16-bit images are refused, not guessed at.
+ALLOWED_MODES = ("RGB", "RGBA", "L", "LA")
+PNG_BIT_DEPTH_OFFSET = 24  # signature (8) + IHDR length and type (8) + width and height (8)
 # Ranges of the sampling parameters (beyond them decoding degenerates or the batch explodes).
 TEMPERATURE_RANGE = (0.0, 5.0)
 PLAUSIBILITY_RANGE = (0.0, 1.0)  # a fraction of the conditional stream's largest probability
@@ -97,9 +100,8 @@ def normalise_image(path: str, data: bytes, settings: GatewaySettings) -> bytes:
     if len(data) > settings.max_image_bytes:
         raise InvalidArgument(path, f"is {len(data)} bytes; the limit is {settings.max_image_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as picture:
-            if picture.format not in ALLOWED_FORMATS:
-                raise InvalidArgument(path, f"format {picture.format} is not accepted; send PNG or JPEG")
+        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as picture:
+            check_image_kind(path, picture, data)
             width, height = picture.size
             if width * height > settings.max_image_pixels:
                 raise InvalidArgument(path, f"has {width}x{height} pixels; the limit is {settings.max_image_pixels}")
@@ -107,8 +109,22 @@ def normalise_image(path: str, data: bytes, settings: GatewaySettings) -> bytes:
                 raise InvalidArgument(path, f"is {width}x{height}; each side must be >= {settings.min_image_side}")
             picture.load()
             return png_bytes(picture)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError as error:
+        raise InvalidArgument(path, "is not a PNG or JPEG image (other formats are not accepted)") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InvalidArgument(path, f"is not a readable PNG or JPEG image ({error})") from error
+
+
+def check_image_kind(path: str, picture: Image.Image, data: bytes) -> None:
+    """One still 8-bit RGB/grey image (alpha allowed), nothing the normalisation would have to guess about."""
+    if picture.format not in ALLOWED_FORMATS:
+        raise InvalidArgument(path, f"format {picture.format} is not accepted; send PNG or JPEG")
+    if picture.get_format_mimetype() == "image/apng" or getattr(picture, "n_frames", 1) > 1:
+        raise InvalidArgument(path, "animated images (APNG) are not accepted; send one still PNG or JPEG")
+    if picture.format == "PNG" and len(data) > PNG_BIT_DEPTH_OFFSET and data[PNG_BIT_DEPTH_OFFSET] != 8:
+        raise InvalidArgument(path, f"has {data[PNG_BIT_DEPTH_OFFSET]}-bit samples; send an 8-bit image")
+    if picture.mode not in ALLOWED_MODES:
+        raise InvalidArgument(path, f"mode {picture.mode} is not accepted; send 8-bit RGB, RGBA or greyscale")
 
 
 def check_enums(path: str, message: Message) -> None:

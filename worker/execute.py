@@ -25,6 +25,7 @@ from minio.error import S3Error
 
 from cm3leon.kinds import JobRequest, kind_of
 from cm3leon.requests import EngineResult, ImageRef, JobCancelled, Progress, UnsupportedJobKind
+from cm3leon.retrieval.owners import read_as
 from cm3leon_client.api import jobs_pb2
 from services.convert import request_to_domain
 from services.objectstore import output_key, preview_key
@@ -290,6 +291,7 @@ def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | No
         "worker.run_job", context=extract_context(trace_context), attributes=attributes
     ) as span:
         runtime.current_job = job_id  # the runtime renews its lease from now on
+        read_as(record.tenant)  # the job retrieves only its tenant's and the base memory's documents
         try:
             return run_claimed(runtime, job_id, record, span)
         finally:

@@ -60,8 +60,9 @@ def run_job(job_id: str, trace_context: dict[str, str] | None = None) -> str:
     return execute(get_runtime(), job_id, trace_context)
 
 
-def corpus_add(documents: list[dict[str, str | None]]) -> int:
-    """documents: [{"doc_id", "text" (or None), "image_key" (or None)}] -> the memory's size afterwards."""
+def corpus_add(documents: list[dict[str, str | None]], owner: str) -> int:
+    """documents: [{"doc_id", "text" (or None), "image_key" (or None)}], written as `owner`'s (a tenant, or ""
+    for the shared base memory) -> the number of documents the owner can read afterwards."""
     from cm3leon.inference.corpus import NewDocument, add_documents
 
     runtime = get_runtime()
@@ -74,10 +75,10 @@ def corpus_add(documents: list[dict[str, str | None]]) -> int:
         )
         for d in documents
     ]
-    return add_documents(runtime.engine, memory, retriever, new)
+    return add_documents(runtime.engine, memory, retriever, new, owner)
 
 
-def corpus_search(text: str | None, image_key: str | None, k: int) -> list[dict]:
+def corpus_search(text: str | None, image_key: str | None, k: int, reader: str) -> list[dict]:
     import dataclasses
 
     from cm3leon.inference.corpus import search
@@ -85,14 +86,14 @@ def corpus_search(text: str | None, image_key: str | None, k: int) -> list[dict]
     runtime = get_runtime()
     memory, retriever = require_memory()
     image = runtime.objects.get_image(image_key) if image_key else None
-    return [dataclasses.asdict(doc) for doc in search(memory, retriever, text, image, k)]
+    return [dataclasses.asdict(doc) for doc in search(memory, retriever, text, image, k, reader)]
 
 
-def corpus_delete(doc_ids: list[str]) -> int:
+def corpus_delete(doc_ids: list[str], owner: str) -> int:
     from cm3leon.inference.corpus import delete_documents
 
     memory, _ = require_memory()
-    return delete_documents(memory, doc_ids)
+    return delete_documents(memory, doc_ids, owner)
 
 
 def require_memory() -> tuple:

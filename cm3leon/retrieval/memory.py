@@ -4,6 +4,7 @@ One collection per memory name; its vector size and distance come from the retri
 id is uuid5 of the document id, so re-building a memory overwrites the same points (idempotent). Payload:
 
     doc_id, text (or null), has_text, has_image, split,
+    owner     the tenant whose document it is (absent: the shared base memory, readable by every tenant),
     codes     the image's VQ codes inline, a list of ints (when an image tokenizer was given), or
     image_key the object-store key of the image (otherwise; the serving side uploads it there).
 
@@ -12,6 +13,11 @@ image is 64 codes (a few hundred bytes of JSON), so carrying them in the payload
 worker that builds a prompt gets everything from the one search call, with no object-store round trip per
 retrieved document and no re-encoding. Images whose codes would not be small (large images, or a memory
 built without a tokenizer) are referenced by `image_key` instead.
+
+Owners: a served memory holds every tenant's documents beside the shared base. A document's point id is derived
+from (owner, doc_id), so one tenant can never overwrite or delete another's; a search made for a reader sees
+only the reader's documents and the base ones. Offline tools (building, training, evaluation) read as nobody
+in particular: they see everything, as before.
 
 Where the store lives: `QDRANT_URL` (and `QDRANT_API_KEY`) in the environment, or `MemoryConfig.url`, selects
 a Qdrant server with no code change; otherwise the embedded local mode keeps the collection under
@@ -35,6 +41,7 @@ from qdrant_client import QdrantClient, models
 
 from cm3leon.retrieval.config import Distance, MemoryConfig
 from cm3leon.retrieval.documents import RetrievalDocument
+from cm3leon.retrieval.owners import BASE_OWNER, READER
 from cm3leon.retrieval.search import Candidate, select_documents
 
 if TYPE_CHECKING:
@@ -46,10 +53,23 @@ IN_MEMORY = ":memory:"
 # Namespace of the point ids: uuid5(namespace, doc_id). Fixed forever: changing it would orphan every point.
 POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "cm3leon/retrieval-memory")
 QDRANT_DISTANCES: dict[str, models.Distance] = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT}
+OWNER_FIELD = "owner"  # absent on the shared base memory's documents
 
 
-def point_id(doc_id: str) -> str:
-    return str(uuid.uuid5(POINT_NAMESPACE, doc_id))
+def point_id(doc_id: str, owner: str = BASE_OWNER) -> str:
+    """The point of a document: base documents keep the id of their doc_id alone; an owner's are apart."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{owner}\0{doc_id}" if owner else doc_id))
+
+
+def visible_to(reader: str | None) -> models.Filter | None:
+    """The filter of what `reader` may read: its own documents and the base memory's (None: no filter)."""
+    if reader is None:
+        return None
+    base = models.IsEmptyCondition(is_empty=models.PayloadField(key=OWNER_FIELD))
+    if reader == BASE_OWNER:
+        return models.Filter(must=[base])
+    own = models.FieldCondition(key=OWNER_FIELD, match=models.MatchValue(value=reader))
+    return models.Filter(should=[own, base])
 
 
 @dataclass(frozen=True)
@@ -126,8 +146,9 @@ class Memory:
                 "it was built by another retriever; use another memory name"
             )
 
-    def count(self) -> int:
-        return self.client.count(self.collection, exact=True).count
+    def count(self, reader: str | None = None) -> int:
+        """Documents `reader` can read (None: all of them)."""
+        return self.client.count(self.collection, count_filter=visible_to(reader), exact=True).count
 
     def codes_fingerprint(self) -> str | None:
         """The image-tokenizer fingerprint of the memory's inline codes (None: no inline codes, or unrecorded)."""
@@ -140,9 +161,10 @@ class Memory:
         self.client.delete_collection(self.collection)
         self._ensure_collection()
 
-    def delete(self, doc_ids: Sequence[str]) -> None:
-        """Remove documents by id (ids not in the memory are ignored)."""
-        self.client.delete(self.collection, points_selector=models.PointIdsList(points=[point_id(d) for d in doc_ids]))
+    def delete(self, doc_ids: Sequence[str], owner: str = BASE_OWNER) -> None:
+        """Remove `owner`'s documents by id (ids it has not are ignored; another owner's are never touched)."""
+        points = [point_id(d, owner) for d in doc_ids]
+        self.client.delete(self.collection, points_selector=models.PointIdsList(points=points))  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.client.close()
@@ -150,7 +172,11 @@ class Memory:
     # ----- writing -----
 
     def payload(
-        self, document: RetrievalDocument, codes: Sequence[int] | None, codes_vq: str | None = None
+        self,
+        document: RetrievalDocument,
+        codes: Sequence[int] | None,
+        codes_vq: str | None = None,
+        owner: str = BASE_OWNER,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "doc_id": document.doc_id,
@@ -159,6 +185,8 @@ class Memory:
             "has_image": document.has_image,
             "split": document.split,
         }
+        if owner:
+            payload[OWNER_FIELD] = owner
         if document.has_image and codes is not None:
             payload["codes"] = [int(c) for c in codes]
             payload["codes_vq"] = codes_vq  # the image tokenizer's fingerprint: whose codes these are
@@ -172,15 +200,18 @@ class Memory:
         vectors: np.ndarray,
         codes: Sequence[Sequence[int] | None] | None = None,
         codes_vq: str | None = None,
+        owner: str = BASE_OWNER,
     ) -> None:
-        """Insert or overwrite documents with their embeddings (N, D) and, optionally, each image's codes (made
-        by the image tokenizer whose fingerprint is `codes_vq`)."""
+        """Insert or overwrite `owner`'s documents with their embeddings (N, D) and, optionally, each image's
+        codes (made by the image tokenizer whose fingerprint is `codes_vq`)."""
         if vectors.shape != (len(documents), self.vector_size):
             raise ValueError(f"expected vectors ({len(documents)}, {self.vector_size}), got {vectors.shape}")
         codes = codes if codes is not None else [None] * len(documents)
         points = [
             models.PointStruct(
-                id=point_id(doc.doc_id), vector=vector.tolist(), payload=self.payload(doc, doc_codes, codes_vq)
+                id=point_id(doc.doc_id, owner),
+                vector=vector.tolist(),
+                payload=self.payload(doc, doc_codes, codes_vq, owner),
             )
             for doc, vector, doc_codes in zip(documents, vectors, codes, strict=True)
         ]
@@ -190,11 +221,12 @@ class Memory:
     # ----- searching -----
 
     def candidates(self, query_vector: np.ndarray, exclude_ids: Collection[str] = ()) -> list[Candidate]:
-        """The `config.candidates` nearest documents, never one of `exclude_ids`."""
-        query_filter = None
+        """The `config.candidates` nearest documents the context's reader may read, never one of `exclude_ids`."""
+        query_filter = visible_to(READER.get())
         if exclude_ids:
             excluded = [point_id(doc_id) for doc_id in exclude_ids]
-            query_filter = models.Filter(must_not=[models.HasIdCondition(has_id=excluded)])  # type: ignore[arg-type]
+            query_filter = query_filter or models.Filter()
+            query_filter.must_not = [models.HasIdCondition(has_id=excluded)]  # type: ignore[list-item]
         response = self.client.query_points(
             self.collection,
             query=np.asarray(query_vector, dtype=np.float32).tolist(),

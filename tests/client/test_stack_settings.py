@@ -20,6 +20,7 @@ import typer
 
 from cm3leon_client import Client, text_to_image
 from cm3leon_stack.launch import StackKeys, check_settings, new_stack
+from services.auth import SCOPES, hashed_entry
 from services.keys import Keys
 from services.presence import live_workers
 from services.stack import ROOT, Stack
@@ -33,7 +34,9 @@ def test_a_session_key_is_made_when_none_is_configured(monkeypatch: pytest.Monke
     assert first.session_key and first.session_key != second.session_key and "dev-key" not in first.keys
     assert f"CM3LEON_API_KEY={first.session_key}" in "\n".join(first.describe("127.0.0.1:1"))
     stack = new_stack(tmp_path, first)
-    assert json.loads(stack.settings_env()["CM3LEON_API_KEYS"]) == {first.session_key: "dev"}
+    stored = json.loads(stack.settings_env()["CM3LEON_API_KEYS"])
+    assert stored == hashed_entry(first.session_key, "dev", SCOPES), "the made key is passed on as its hash only"
+    assert first.session_key not in json.dumps(stored)
 
 
 def test_configured_keys_and_namespace_are_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

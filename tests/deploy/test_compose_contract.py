@@ -41,6 +41,8 @@ UPSTREAM_PORTS = {"redis": 6379, "minio": 9000, "qdrant": 6333, "jaeger": 4317}
 SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|ROOT_USER)", re.IGNORECASE)
 # Defaults that must never reach a container: loopback addresses (the container itself) and dev credentials.
 LOOPBACK = ("127.0.0.1", "localhost")
+# Settings whose names look secret but are not (a path, an interval, a flag): compose may leave them unset.
+NOT_SECRETS = frozenset({"api_keys_file", "api_keys_reload_s", "dev_keys", "tls_key_file"})
 HOST_PORT = re.compile(r"(?:[a-z]+://)?(?P<host>[a-z][a-z0-9-]*):(?P<port>\d+)")
 
 
@@ -126,7 +128,8 @@ def test_settings_variables_exist_and_validate(
     defaults = settings_class.model_construct()
     for field in settings_class.model_fields:
         value, default = getattr(settings, field), getattr(defaults, field)
-        wrong_here = any(host in str(default) for host in LOOPBACK) or SECRET_NAME.search(field)
+        secret = SECRET_NAME.search(field) and field not in NOT_SECRETS
+        wrong_here = any(host in str(default) for host in LOOPBACK) or secret
         if wrong_here and field != "host":
             assert f"{ENV_PREFIX}{field}".upper() in given and value != default, f"{name}: set {field}"
     if name == "gateway":
@@ -236,3 +239,21 @@ def test_no_secret_is_inlined(compose: dict[str, Any]) -> None:
     assert all("change-me" in example[name] for name in required), "placeholders, not values"
     with pytest.raises(UnsetVariable):
         interpolate(compose, {k: v for k, v in example.items() if k != "QDRANT_API_KEY"})
+
+
+def test_the_plaintext_gateway_port_is_loopback_and_redis_and_s3_are_locked(resolved: dict[str, Any]) -> None:
+    """Security (docs/security.md): no plaintext API port beyond the host, a Redis password and memory limit, an
+    S3 user that reaches only the bucket."""
+    all_services = services(resolved)
+    gateway = environment(all_services["gateway"])
+    if not gateway.get("CM3LEON_TLS_CERT_FILE"):
+        assert all(str(port).startswith("127.0.0.1:") for port in all_services["gateway"]["ports"])
+    password = read_env_file(ENV_EXAMPLE)["REDIS_PASSWORD"]
+    for name in ("gateway", *WORKERS):
+        assert f":{password}@redis:" in environment(all_services[name])["CM3LEON_REDIS_URL"], name
+    redis = all_services["redis"]
+    assert "requirepass" in " ".join(redis["entrypoint"]) and password not in " ".join(redis["command"])
+    assert redis["command"][redis["command"].index("--maxmemory") + 1], "a memory limit"
+    init = " ".join(all_services["minio-init"]["entrypoint"])
+    assert "readwrite" not in init and 'bucket="arn:aws:s3:::$CM3LEON_S3_BUCKET"' in init
+    assert "policy attach root cm3leon-bucket" in init

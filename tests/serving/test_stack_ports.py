@@ -71,7 +71,7 @@ def test_servers_whose_port_was_taken_meanwhile_start_again_on_others(
 def test_a_reused_workdir_reads_the_new_gateway_port_not_an_old_log_line(tmp_path: Path) -> None:
     """Logs are appended across runs (`make demo` twice in one checkout): the port must come from this gateway."""
     (tmp_path / "gateway.log").write_text("GATEWAY_PORT=1\nan earlier run's output\n")
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, environment={"CM3LEON_DEV_KEYS": "true"})  # a gateway starts only with some key
     try:
         stack.start_redis()
         stack.start_s3()

@@ -1,0 +1,101 @@
+"""Fair use: per-tenant token buckets and queued-work caps, weighted by cost, taken atomically in Redis; one
+tenant flooding does not stop another's submits, and a refusal says when to retry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+import cm3leon_client as api
+from cm3leon_client import Client
+from services.quotas import RETRY_AFTER_HEADER, QuotaExceeded, admit, job_cost, reserve
+from services.settings import GatewaySettings
+from services.stack import Stack
+
+pytestmark = pytest.mark.slow
+LIMITS = {"CM3LEON_TENANT_RATE_PER_S": "1", "CM3LEON_TENANT_BURST": "4", "CM3LEON_TENANT_MAX_QUEUED_COST": "6"}
+
+
+class Context:
+    """The one ServicerContext call `admit` makes (setting trailing metadata), recorded."""
+
+    def __init__(self) -> None:
+        self.trailing: tuple = ()
+
+    def set_trailing_metadata(self, metadata: tuple) -> None:
+        self.trailing = metadata
+
+
+def test_cost_is_images_times_candidates() -> None:
+    assert job_cost(api.text_to_image("x", num_images=4, num_candidates=4)) == 16
+    assert job_cost(api.text_to_image("x")) == 1
+
+
+@pytest.mark.parametrize("step", [admit, reserve], ids=["rate", "queued"])
+def test_concurrent_admissions_never_overshoot(secure_stack: Stack, step: Callable[..., Awaitable[None]]) -> None:
+    """50 concurrent admissions against a burst (or a queued cap) of 10: exactly 10 pass, however they interleave."""
+    loose = 1000
+    burst, cap = (10, loose) if step is admit else (loose, 10)
+    settings = GatewaySettings(tenant_rate_per_s=0.001, tenant_burst=burst, tenant_max_queued_cost=cap)
+
+    async def race() -> list[bool]:
+        client = aioredis.Redis(port=secure_stack.redis_port)
+
+        async def one(index: int) -> bool:
+            try:
+                await step(
+                    client, settings, f"race-{step.__name__}", "t", f"{index:032x}", api.text_to_image("x"), Context()
+                )
+                return True
+            except QuotaExceeded:
+                return False
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(50)))
+        finally:
+            await client.aclose()
+
+    assert sum(asyncio.run(race())) == 10
+
+
+@pytest.fixture(scope="module")
+def limited_target(secure_stack: Stack) -> str:
+    _, port = secure_stack.start_gateway("gateway-limited", env=LIMITS)
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture()
+def flooder(limited_target: str) -> Iterator[Client]:
+    with Client(limited_target, "key-a") as client:
+        yield client
+
+
+def test_a_flooding_tenant_does_not_stop_another(limited_target: str, flooder: Client) -> None:
+    accepted, refusals = [], []
+    for index in range(20):
+        try:
+            accepted.append(flooder.submit(api.text_to_image(f"flood {index}", seed=index)))
+        except grpc.RpcError as error:
+            refusals.append(error)
+    assert refusals and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refusals)
+    assert 1 <= len(accepted) <= 6
+    retry_after = dict(refusals[0].trailing_metadata())[RETRY_AFTER_HEADER]
+    assert float(retry_after) > 0, "a retry-after hint in seconds"
+    with Client(limited_target, "key-b") as other:
+        others = [other.submit(api.text_to_image(f"other {index}", seed=index)) for index in range(3)]
+        assert all(job.job_id for job in others)
+        for job in [*accepted, *others]:
+            (flooder if job in accepted else other).cancel(job.job_id)
+
+
+def test_a_costly_job_takes_its_cost(limited_target: str) -> None:
+    with Client(limited_target, "key-admin") as client:
+        job = client.submit(api.text_to_image("costly", num_images=2, num_candidates=2, seed=1))  # cost 4 = burst
+        with pytest.raises(grpc.RpcError) as raised:
+            client.submit(api.text_to_image("cheap", seed=2))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate" in raised.value.details()
+        client.cancel(job.job_id)
