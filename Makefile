@@ -37,7 +37,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(CLI) bench all --out bench/results
 	$(CLI) bench chaos --out bench/results
-	$(PY) -m services.fuzz --n 20000 --out bench/results --model models/shapes
+	$(CLI) bench fuzz --n 20000 --out bench/results --model models/shapes
 
 # Style (ruff) and the direction of imports (import-linter: the contracts in pyproject.toml).
 lint: $(STAMP)

@@ -45,5 +45,14 @@ def bench_chaos(ctx: typer.Context) -> None:
     raise typer.Exit(chaos_main(ctx.args))
 
 
+@bench_group.command("fuzz", context_settings=PASS_THROUGH)
+def bench_fuzz(ctx: typer.Context) -> None:
+    """Fuzz both services (services.fuzz): generated requests against a real gateway -> bench/results/fuzz.json.
+    Options: `cm3leon bench fuzz --help`."""
+    from services.fuzz import main as fuzz_main  # a stack's processes: loaded only when asked for
+
+    raise typer.Exit(fuzz_main(ctx.args))
+
+
 def main() -> None:
     sys.exit(run(app, prog_name="cm3leon"))

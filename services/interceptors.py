@@ -19,7 +19,6 @@ from kombu.exceptions import KombuError
 from minio.error import MinioException
 from opentelemetry import trace
 
-from cm3leon_client.channel import API_KEY_HEADER
 from services.errors import ServiceError
 from services.telemetry import tracer
 
@@ -52,46 +51,6 @@ def is_open(method: str) -> bool:
     return method.startswith(OPEN_PREFIXES)
 
 
-class AuthInterceptor(aio.ServerInterceptor):
-    def __init__(self, api_keys: dict[str, str]) -> None:
-        self.api_keys = api_keys
-
-    async def intercept_service(self, continuation: Callable[..., Awaitable], details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if is_open(details.method):
-            return handler
-        metadata = dict(details.invocation_metadata or ())
-        tenant = self.api_keys.get(str(metadata.get(API_KEY_HEADER, "")))
-
-        def around(behaviour: Behaviour, streaming: bool) -> Behaviour:
-            async def reject(request: Any, context: aio.ServicerContext) -> None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"send a valid API key in '{API_KEY_HEADER}'")
-
-            if tenant is None:
-                if streaming:
-
-                    async def reject_stream(request: Any, context: aio.ServicerContext) -> Any:
-                        await reject(request, context)
-                        yield  # pragma: no cover (abort raised)
-
-                    return reject_stream
-                return reject
-            if streaming:
-
-                async def stream(request: Any, context: aio.ServicerContext) -> Any:
-                    TENANT.set(tenant)
-                    async for item in behaviour(request, context):
-                        yield item
-
-                return stream
-
-            async def unary(request: Any, context: aio.ServicerContext) -> Any:
-                TENANT.set(tenant)
-                return await behaviour(request, context)
-
-            return unary
-
-        return wrap(handler, around)
 
 
 # A dependency's errors -> what the client is told (UNAVAILABLE: retry later); the details go to the log and trace.
