@@ -145,6 +145,7 @@ def record_to_proto(record: JobRecord, url: Callable[[str], str], queue_position
         ),
         model_id=record.model_id,
         seed=record.seed,
+        retrieval_skipped=record.retrieval_skipped,
     )
     if record.preview is not None:
         job.preview.CopyFrom(object_ref(record.preview, url))

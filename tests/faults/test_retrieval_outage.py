@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from services.convert import record_to_proto
 from services.jobstore import AsyncJobStore
 from services.objectstore import ObjectStore
 from services.records import JobState
@@ -82,3 +83,4 @@ def test_retrieval_outage_follows_the_setting(stack: Stack, engine_parts: tuple,
     else:
         assert final.state == JobState.SUCCEEDED and final.retrieval_skipped and final.retrieved == []
         assert len(final.images) == 1
+    assert record_to_proto(final, url=lambda key: key).retrieval_skipped is (behaviour == "skip"), "clients see it"

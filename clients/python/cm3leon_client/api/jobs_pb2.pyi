@@ -292,7 +292,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "sequence", "state", "kind", "request_id", "request", "created_at", "started_at", "finished_at", "queue_position", "progress", "preview", "result", "error", "retrieved", "usage", "model_id", "seed")
+    __slots__ = ("job_id", "sequence", "state", "kind", "request_id", "request", "created_at", "started_at", "finished_at", "queue_position", "progress", "preview", "result", "error", "retrieved", "usage", "model_id", "seed", "retrieval_skipped")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +311,7 @@ class Job(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sequence: int
     state: JobState
@@ -329,4 +330,5 @@ class Job(_message.Message):
     usage: Usage
     model_id: str
     seed: int
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., request: _Optional[_Union[JobRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queue_position: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., preview: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., retrieved: _Optional[_Iterable[_Union[_common_pb2.RetrievedDocument, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model_id: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    retrieval_skipped: bool
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., request: _Optional[_Union[JobRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queue_position: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., preview: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., retrieved: _Optional[_Iterable[_Union[_common_pb2.RetrievedDocument, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model_id: _Optional[str] = ..., seed: _Optional[int] = ..., retrieval_skipped: _Optional[bool] = ...) -> None: ...
