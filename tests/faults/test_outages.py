@@ -14,11 +14,15 @@ from PIL import Image
 
 import cm3leon_client as api
 from cm3leon_client import Client
-from cm3leon_client.api import jobs_pb2
+from cm3leon_client.api import jobs_pb2, jobs_pb2_grpc
+from cm3leon_client.channel import API_KEY_HEADER
 from services.stack import Stack
 
 pytestmark = pytest.mark.slow
 FINAL = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
+
+
+KEY_A = ((API_KEY_HEADER, "key-a"),)
 
 
 def _png() -> bytes:
@@ -70,11 +74,11 @@ def test_object_store_outage_cancel_during_upload_and_fetch_then_success(stack: 
         client.cancel(fetching.job_id)
         assert client.wait(fetching.job_id, timeout_s=30).state == jobs_pb2.JOB_STATE_CANCELLED
         _until(client, fetched.job_id, lambda job: job.state == jobs_pb2.JOB_STATE_RUNNING)
-        # An inline image cannot be stored now. The client retries UNAVAILABLE (5 attempts with backoff), so it is
-        # given the time to hear the gateway's last answer rather than its own deadline.
-        patient = Client(f"127.0.0.1:{stack.gateway_port}", "key-a", timeout_s=300)
-        with patient, pytest.raises(grpc.RpcError) as refused:
-            patient.submit(api.caption(_png(), seed=6))
+        # An inline image cannot be stored now: the gateway's own answer, on a channel without the SDK's retries.
+        with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}", options=[("grpc.enable_retries", 0)]) as raw:
+            submit = jobs_pb2_grpc.JobServiceStub(raw).SubmitJob
+            with pytest.raises(grpc.RpcError) as refused:
+                submit(jobs_pb2.SubmitJobRequest(request=api.caption(_png(), seed=6)), metadata=KEY_A, timeout=60)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "object store is unavailable" in refused.value.details()
     finally:
