@@ -16,6 +16,7 @@ from PIL import Image
 import cm3leon_client as api
 from cm3leon_client import Client
 from cm3leon_client.api import jobs_pb2
+from services.auth import DEFAULT_SCOPES, PRINCIPAL, Principal
 from services.errors import Unavailable
 from services.interceptors import TENANT
 from services.jobstore import AsyncJobStore
@@ -69,6 +70,7 @@ def test_a_refused_publish_withdraws_the_job_and_frees_its_request_id(stack: Sta
     no sweeper publishes the job while the publish fails.)"""
     namespace, tenant = "quiet-submit", API_KEYS["key-a"]
     TENANT.set(tenant)
+    PRINCIPAL.set(Principal(tenant, DEFAULT_SCOPES))  # what the auth interceptor sets for a real call
     keys = Keys(namespace)
     request = jobs_pb2.SubmitJobRequest(request=api.text_to_image("a refused publish"), request_id="refused-1")
 
