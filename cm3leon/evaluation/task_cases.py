@@ -21,14 +21,13 @@ from cm3leon.data.tasks import EditCase, make_edit
 from cm3leon.data.world import Scene, Split, World
 from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, check_pooled_candidates
-from cm3leon.tasks.formats import TaskFormatter
+from cm3leon.tasks.formats import TASKS, TaskFormatter
 from cm3leon.tokenizers.vocab import ImageCodes
 from cm3leon.training.task_corpus import encode_pictures
 
 T2I_METHODS_ALL: tuple[str, ...] = ("plain", "cfg", "cdk", "pooled")
-EVAL_TASKS: tuple[str, ...] = (
-    "t2i", "caption", "vqa", "reasoning", "edit", "infill", "segmentation", "seg2img", "grounded", "text_render",
-)
+# One evaluation per instruction-tuning format, in the kind table's order (the formats name the report's sections).
+EVAL_TASKS: tuple[str, ...] = TASKS
 
 
 @dataclass(frozen=True)

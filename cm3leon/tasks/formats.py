@@ -33,6 +33,7 @@ from cm3leon.data.questions import QA, article
 from cm3leon.data.tasks import EditCase, GroundedSpec, PixelBox
 from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding.prompts import document_prompt_ids, mask_runs
+from cm3leon.kinds import KINDS
 from cm3leon.objectives.cm3 import CM3Masker
 from cm3leon.tasks.infill import infill_spans
 from cm3leon.tokenizers.vocab import Document, ImageCodes, Locations, Segment, Vocabulary
@@ -40,9 +41,8 @@ from cm3leon.tokenizers.vocab import Document, ImageCodes, Locations, Segment, V
 # Segment kinds `vqa_read` masks: the image alone.
 IMAGE_KINDS = frozenset({"image"})
 
-TASKS: tuple[str, ...] = (
-    "t2i", "caption", "vqa", "reasoning", "edit", "infill", "segmentation", "seg2img", "grounded", "text_render",
-)
+# Every format, in the kind table's order (each job kind names the formats that teach it, `cm3leon.kinds`).
+TASKS: tuple[str, ...] = tuple(fmt for kind in KINDS for fmt in kind.sft_formats)
 IMAGE_TASKS: frozenset[str] = frozenset({"t2i", "edit", "segmentation", "seg2img", "grounded", "text_render"})
 TEXT_TASKS: frozenset[str] = frozenset({"caption", "vqa", "reasoning"})
 
