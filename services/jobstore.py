@@ -35,6 +35,9 @@ from services.errors import AlreadyExists, InvalidArgument, NotFound
 from services.keys import EVENTS_MAXLEN, Keys
 from services.records import JobRecord, JobState
 
+# How long a finished job's event stream (its final snapshot) stays for a WatchJob that resumes late.
+FINISHED_EVENTS_TTL_S = 300
+
 Mutation = Callable[[JobRecord], bool]  # changes the record in place; False: nothing to write
 # Further writes of one change, inside its transaction (a lease, an outbox mark).
 AlsoWrite = Callable[[redis.client.Pipeline, JobRecord], None]
@@ -95,8 +98,12 @@ def queue_writes(
     if record.state != JobState.RUNNING:
         pipe.zrem(keys.leases, record.job_id)
     if record.state.finished:
-        for key in (keys.job(record.job_id), keys.events(record.job_id), keys.cancel(record.job_id)):
+        for key in (keys.job(record.job_id), keys.cancel(record.job_id)):
             pipe.expire(key, ttl)
+        # The stream only serves WatchJob's resumes: once final, its last snapshot is all a watcher needs, and not
+        # for long (the record, kept `ttl`, answers after), so a job's progress snapshots cost Redis nothing later.
+        pipe.xtrim(keys.events(record.job_id), maxlen=1)
+        pipe.expire(keys.events(record.job_id), min(ttl, FINISHED_EVENTS_TTL_S))
 
 
 def mark_published(pipe: redis.client.Pipeline | aioredis.client.Pipeline, keys: Keys, job_id: str) -> None:

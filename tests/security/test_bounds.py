@@ -19,6 +19,7 @@ from cm3leon_client import Client
 from cm3leon_client.api import corpus_pb2, jobs_pb2
 from cm3leon_client.builders import image_input
 from services.errors import InvalidArgument
+from services.jobstore import FINISHED_EVENTS_TTL_S
 from services.keys import Keys
 from services.settings import GatewaySettings
 from services.stack import Stack
@@ -93,9 +94,13 @@ def test_megabytes_of_unknown_fields_are_never_stored(secure_stack: Stack, clien
     store = redis.Redis(port=secure_stack.redis_port)
     stored = store.get(Keys(secure_stack.namespace).job(job.job_id))
     assert stored is not None and len(stored) < 16 * 1024, "the record holds the known fields only"
-    client_a.wait(job.job_id, timeout_s=120)
-    events = store.xrange(Keys(secure_stack.namespace).events(job.job_id))
+    final = client_a.wait(job.job_id, timeout_s=120)
+    events_key = Keys(secure_stack.namespace).events(job.job_id)
+    events = store.xrange(events_key)
     assert events and max(len(fields[b"record"]) for _, fields in events) < 16 * 1024
+    # Once final, the job's progress snapshots are gone: the stream keeps the last one, for minutes not days.
+    assert [int(entry_id.split(b"-")[0]) for entry_id, _ in events] == [final.sequence]
+    assert 0 < store.ttl(events_key) <= FINISHED_EVENTS_TTL_S < store.ttl(Keys(secure_stack.namespace).job(job.job_id))
 
 
 @pytest.mark.slow
