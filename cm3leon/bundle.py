@@ -6,8 +6,11 @@
     capabilities                    the kinds it runs and the decoding policies it turns on (capabilities.json)
     answers_worked                  it was tuned to work VQA answers out (training.json)
     retriever                       the CLIP-style retriever that reranks its candidates, when one is given
+    decoder                         the one scheduler every generation of this model goes through (`generate`)
 
-One object, so that every consumer builds the same prompts for the same world and reads the same defaults.
+One object, so that every consumer builds the same prompts for the same world, reads the same defaults and
+decodes on the same path: serving jobs, policy stages, evaluations and benchmarks share the scheduler, so a
+request gives the same output alone, beside other jobs or in an offline batch.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,8 +31,10 @@ from PIL import Image
 
 from cm3leon.checkpoint import TRAINING_RECORD_FILE, load_checkpoint
 from cm3leon.data.world import WorldConfig
+from cm3leon.decoding import CancelCheck, ImageDecoder, ProgressCallback, Scorer
 from cm3leon.decoding.defaults import load_decoding_defaults
-from cm3leon.decoding.params import SamplingParams
+from cm3leon.decoding.params import GenerationRequest, GenerationResult, SamplingParams
+from cm3leon.decoding.scheduler import BatchTick, Scheduler, SchedulerConfig
 from cm3leon.kinds import Capabilities
 from cm3leon.model import Transformer
 from cm3leon.requests import UnsupportedJobKind
@@ -88,10 +95,18 @@ class ModelBundle:
     capabilities: Capabilities
     answers_worked: bool
     retriever: Retriever | None = None
+    decoder_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    _decoder: Scheduler | None = field(default=None, init=False, repr=False)
+    _decoder_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def load(
-        cls, directory: Path | str, device: str = "cpu", retriever: Retriever | None = None, require_vq: bool = False
+        cls,
+        directory: Path | str,
+        device: str = "cpu",
+        retriever: Retriever | None = None,
+        require_vq: bool = False,
+        decoder_config: SchedulerConfig | None = None,
     ) -> ModelBundle:
         directory = Path(directory)
         model, vocab, image_tokenizer = load_checkpoint(directory, device=resolve_device(device))
@@ -101,8 +116,45 @@ class ModelBundle:
         world = recorded_world(record, image_tokenizer.config.image_size) if image_tokenizer is not None else None
         worked = bool(record.get("sft_data_config", {}).get("vqa_worked_answers", False))
         return cls(
-            directory, model.eval(), vocab, image_tokenizer, world, load_decoding_defaults(directory),
-            Capabilities.load(directory), worked, retriever,
+            directory,
+            model.eval(),
+            vocab,
+            image_tokenizer,
+            world,
+            load_decoding_defaults(directory),
+            Capabilities.load(directory),
+            worked,
+            retriever,
+            decoder_config or SchedulerConfig(),
+        )
+
+    @property
+    def decoder(self) -> Scheduler:
+        """The model's scheduler, made (and its KV-cache rows allocated) at the first generation."""
+        with self._decoder_lock:
+            if self._decoder is None:
+                self._decoder = Scheduler(self.model, self.vocab, self.decoder_config)
+            return self._decoder
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        image_decoder: ImageDecoder | None = None,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+        scorer: Scorer | None = None,
+        on_tick: BatchTick | None = None,
+    ) -> list[GenerationResult]:
+        """Decode the requests together through the model's scheduler (`Scheduler.run_batch`'s contract);
+        thread-safe, so concurrent jobs share decode steps."""
+        return self.decoder.run_batch(
+            requests,
+            image_decoder=image_decoder,
+            progress=progress,
+            should_cancel=should_cancel,
+            scorer=scorer,
+            on_tick=on_tick,
         )
 
     @cached_property

@@ -1,17 +1,18 @@
-"""The scheduler: one per worker process, it owns the model's decode loop; job threads submit requests to it.
+"""The scheduler: one per loaded model (`ModelBundle.decoder`), it owns the decode loop; job threads submit to it.
 
 `submit` plans a request, rejects it at once if it can never fit (a clear ValueError), and queues it; the loop
-(`start()` runs it in a thread, or the caller drives `step()`) admits queued requests in arrival order while
-rows and reserved tokens allow, and runs engine iterations (see engine_core.py). A handle waits for, cancels
-and reads its request's result. `run_batch` is the blocking static batch over the same path (offline
-evaluation, benchmarks).
+admits queued requests in arrival order while rows and reserved tokens allow, and runs engine iterations (see
+engine_core.py). The loop runs in a thread (`start()`) or is driven by the callers themselves: every caller
+waiting in `run_batch` steps it in turn, so concurrent jobs share steps without a thread of their own. A handle
+waits for, cancels and reads its request's result. `run_batch` is `generate`'s contract over this path: serving
+jobs, policy stages, offline evaluations and benchmarks all decode through it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,12 +25,14 @@ from cm3leon.decoding.engine_core import (
     plan_unit,
 )
 
-__all__ = ["RequestHandle", "Scheduler", "SchedulerConfig"]
+__all__ = ["BatchTick", "RequestHandle", "Scheduler", "SchedulerConfig"]
 from cm3leon.decoding.generate import ImageDecoder, build_results, decode_images, until_stop
 from cm3leon.decoding.params import DecodingConfig, GenerationCancelled, GenerationRequest, GenerationResult
 from cm3leon.decoding.rerank import Scorer
 from cm3leon.model.transformer import Transformer
 from cm3leon.tokenizers.vocab import Vocabulary
+
+BatchTick = Callable[[Sequence["RequestHandle"]], None]  # called in the caller's thread while a batch runs
 
 
 class RequestHandle:
@@ -62,6 +65,29 @@ class RequestHandle:
     @property
     def steps_done(self) -> int:
         return self._unit.steps_taken
+
+    @property
+    def steps_reported(self) -> int:
+        """Decode steps done, counting a request that stopped early (everything left was padding) as complete."""
+        unit = self._unit
+        return unit.num_steps if unit.finished else unit.steps_taken
+
+    @property
+    def total_steps(self) -> int:
+        return self._unit.num_steps
+
+    def tokens_so_far(self, group: int) -> list[int]:
+        """The ids sampled so far for one group (candidate) of the request's plan."""
+        return list(self._unit.generated[group])
+
+    def wait_any_step(self, timeout: float) -> None:
+        """Block until the loop thread finishes a step (or `timeout` seconds)."""
+        self._scheduler._wait_step(timeout)
+
+    def raise_if_failed(self) -> None:
+        """Raise the error that ended the request (cancelled, or a failing step), if any."""
+        if self._done.is_set() and self._error is not None:
+            raise self._error
 
     @property
     def step_logits(self) -> list[torch.Tensor]:
@@ -135,6 +161,8 @@ class Scheduler:
         self._step_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._stepped = threading.Condition()
+        self.poll_s = 0.02  # how often a waiting caller looks at its requests while a loop thread runs
 
     # --- submission --------------------------------------------------------------------------------------------
     def submit(
@@ -172,30 +200,65 @@ class Scheduler:
         should_cancel: CancelCheck | None = None,
         scorer: Scorer | None = None,
         image_decoder: ImageDecoder | None = None,
+        on_tick: BatchTick | None = None,
     ) -> list[GenerationResult]:
         """Decode `requests` together and block until all are done: `generate`'s contract through the scheduler.
 
-        Drives the loop itself when no loop thread runs. `progress(steps, total)` reports the least advanced
-        request. Images are decoded in one batch, as `generate` does. Raises GenerationCancelled if
-        `should_cancel()` turns True (every request of the batch is then cancelled).
+        Safe to call from several threads at once (each job thread of a worker). The callbacks run in the
+        caller's thread, never in the loop's, so a slow one (a Redis write, a preview upload) stalls no other
+        request: `should_cancel()`, `progress(steps, total)` (the least advanced request) and `on_tick(handles)`
+        between steps when the caller drives the loop itself (no loop thread runs), else every `poll_s`.
+        Images are decoded in one batch, as `generate` does. Raises GenerationCancelled if `should_cancel()` turns
+        True; the batch's rows are then freed before it returns.
         """
-        tracker = _BatchProgress(len(requests), progress) if progress is not None else None
-        handles = [
-            self.submit(
-                request,
-                progress=tracker.reporter(index) if tracker is not None else None,
-                should_cancel=should_cancel,
-                scorer=scorer,
-            )
-            for index, request in enumerate(requests)
-        ]
-        if self._thread is None:
-            while not all(handle.done() for handle in handles):
-                self.step()
+        handles = [self.submit(request, scorer=scorer) for request in requests]
+        try:
+            self._follow(handles, progress, should_cancel, on_tick)
+        except BaseException:
+            self.cancel_now(handles)
+            raise
         results = [handle.result() for handle in handles]
         if image_decoder is not None:
             decode_images(self.vocab, results, image_decoder)
         return results
+
+    def cancel_now(self, handles: Sequence[RequestHandle]) -> None:
+        """Cancel the handles and free their rows at once (not at the next step someone else drives)."""
+        for handle in handles:
+            handle.cancel()
+        with self._step_lock:
+            self._admit()  # drops the cancelled ones still waiting
+            for unit in [unit for unit in self.core.prefilling + self.core.running if unit.wants_cancel()]:
+                self.core._evict(unit)
+                self._complete(unit)
+
+    def _follow(
+        self,
+        handles: Sequence[RequestHandle],
+        progress: ProgressCallback | None,
+        should_cancel: CancelCheck | None,
+        on_tick: BatchTick | None,
+    ) -> None:
+        """Wait for `handles`, driving the loop when no loop thread runs; callbacks in this thread."""
+        reported = -1
+        while True:
+            finished = all(handle.done() for handle in handles)
+            if not finished and should_cancel is not None and should_cancel():
+                raise GenerationCancelled("generation cancelled by the caller")
+            least = min(handle.steps_reported for handle in handles)
+            if progress is not None and least > reported:
+                reported = least
+                progress(least, max(handle.total_steps for handle in handles))
+            if on_tick is not None:
+                on_tick(handles)
+            if finished:
+                for handle in handles:
+                    handle.raise_if_failed()
+                return
+            if self._thread is None:
+                self.step()
+            else:
+                handles[-1].wait_any_step(self.poll_s)
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -211,7 +274,9 @@ class Scheduler:
                 return True
             for unit in left:
                 self._complete(unit)
-            return True
+        with self._stepped:
+            self._stepped.notify_all()
+        return True
 
     def start(self) -> None:
         """Run the loop in a daemon thread until `stop()`."""
@@ -237,6 +302,10 @@ class Scheduler:
                 if self._stopping:
                     return
             self.step()
+
+    def _wait_step(self, timeout: float) -> None:
+        with self._stepped:
+            self._stepped.wait(timeout)
 
     def _wake(self) -> None:
         with self._condition:
@@ -273,23 +342,3 @@ class Scheduler:
             "tokens_in_flight": core.tokens_in_flight,
             "kv_bytes_per_row": core.pool.bytes_per_row,
         }
-
-
-class _BatchProgress:
-    """Per-request progress folded into one: (steps of the least advanced request, the most steps any needs)."""
-
-    def __init__(self, count: int, progress: ProgressCallback) -> None:
-        self._done = [0] * count
-        self._totals = [0] * count
-        self._progress = progress
-        self._reported = -1
-
-    def reporter(self, index: int) -> ProgressCallback:
-        def report(done: int, total: int) -> None:
-            self._done[index], self._totals[index] = done, total
-            least = min(self._done)
-            if least > self._reported:
-                self._reported = least
-                self._progress(least, max(self._totals))
-
-        return report

@@ -27,7 +27,7 @@ from cm3leon.data.language import detailed_caption
 from cm3leon.data.oracle import Oracle
 from cm3leon.data.render import render
 from cm3leon.data.world import Scene, Split
-from cm3leon.decoding import GenerationRequest, SamplingParams, generate
+from cm3leon.decoding import GenerationRequest, SamplingParams
 from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, no_rerank
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
 from cm3leon.retrieval.rerank import RetrieverScorer
@@ -112,9 +112,7 @@ def generate_images(
             GenerationRequest(prompt=[caption], target="image", params=params.replace(seed=request_seed(seed, i)))
             for i, caption in enumerate(captions[first : first + batch_size], start=first)
         ]
-        results = generate(
-            checkpoint.model, checkpoint.vocab, requests, image_decoder=checkpoint.image_tokenizer.decode, scorer=scorer
-        )
+        results = checkpoint.generate(requests, image_decoder=checkpoint.image_tokenizer.decode, scorer=scorer)
         images.extend(np.asarray(result.images[0]) for result in results)
     return np.stack(images), time.perf_counter() - start
 

@@ -73,7 +73,7 @@ def _worked_answers(
     checkpoint: ModelBundle, prompts: list[list[int]], params: SamplingParams, config: TaskEvalConfig
 ) -> list[str]:
     run, scorer = (
-        plain_runner(checkpoint.model, checkpoint.vocab),
+        plain_runner(checkpoint),
         DescriptionScorer(checkpoint.model, checkpoint.vocab),
     )
     answers: list[str] = []

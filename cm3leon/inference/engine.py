@@ -8,17 +8,16 @@ the serving side reports as UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cm3leon.bundle import ModelBundle
 from cm3leon.decoding import GenerationCancelled, LikelihoodScorer, Scorer
+from cm3leon.decoding.scheduler import SchedulerConfig
 from cm3leon.inference.handlers import HANDLERS
 from cm3leon.inference.policies import resolve
 from cm3leon.inference.running import CancelCheck, ProgressSink, RunContext, StageHook, no_stage
@@ -41,6 +40,8 @@ class EngineConfig:
     short_caption_candidates: int = 4
     # Documents retrieved for a text->image job that does not say (the paper's k = 2; it retrieves for t2i).
     default_t2i_retrieved_k: int = 2
+    # The scheduler's row pool and admission limits (rows shared by every job the engine runs at once).
+    decoder: SchedulerConfig = SchedulerConfig()
 
     @classmethod
     def preset(cls, name: str) -> EngineConfig:
@@ -51,8 +52,10 @@ class EngineConfig:
 
 
 class Engine:
-    """Runs domain requests on one ModelBundle. Not thread-safe: one request at a time (the decoder's KV cache
-    lives in the model)."""
+    """Runs domain requests on one ModelBundle. Thread-safe: a worker's job threads call `run` at once, and their
+    decodes share the steps of the bundle's one scheduler (continuous batching across jobs)."""
+
+    thread_safe = True
 
     def __init__(
         self, bundle: ModelBundle, config: EngineConfig = EngineConfig(), memory: Memory | None = None
@@ -83,7 +86,8 @@ class Engine:
         retriever: Retriever | None = None,
     ) -> Engine:
         """An engine on the model directory loaded once (on `config.device`)."""
-        return cls(ModelBundle.load(model_dir, device=config.device, retriever=retriever), config, memory)
+        bundle = ModelBundle.load(model_dir, device=config.device, retriever=retriever, decoder_config=config.decoder)
+        return cls(bundle, config, memory)
 
     @cached_property
     def formatter(self) -> TaskFormatter:
@@ -156,12 +160,3 @@ class Engine:
         """One small generation of every supported kind that needs no input image: first-call costs paid here."""
         if "text_to_image" in self.supported_kinds:
             self.run(TextToImage("warm up", sampling=Sampling(seed=0)))
-
-    @contextlib.contextmanager
-    def hooked(self, hook: Any) -> Iterator[None]:
-        handle = hook.attach(self.bundle.model) if hook is not None else None
-        try:
-            yield
-        finally:
-            if handle is not None:
-                handle.remove()

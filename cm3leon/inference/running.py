@@ -12,15 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cm3leon.decoding import (
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-    Scorer,
-    generate,
-    no_rerank,
-    plan_batch,
-)
+from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, Scorer, no_rerank
 from cm3leon.decoding.plan import SEED_BITS
 from cm3leon.inference.preview import PreviewTap
 from cm3leon.kinds import SAMPLING_OPTIONS
@@ -30,6 +22,8 @@ if TYPE_CHECKING:
     from cm3leon.bundle import ModelBundle
     from cm3leon.inference.engine import Engine
 
+# A request is planned alone by the scheduler, its candidates in order: group 0 is candidate 0.
+FIRST_CANDIDATE_GROUP = 0
 ProgressSink = Callable[[Progress], None]
 CancelCheck = Callable[[], bool]
 # A stage hook opens a span (or anything) around "retrieval", "decoding", ...: (stage name, attributes).
@@ -61,8 +55,6 @@ class RunContext:
         self.progress(Progress(self.tokens_done, self.tokens_total, image))
 
 
-
-
 def sampling_params(base: SamplingParams, sampling: Sampling, seed: int) -> SamplingParams:
     overrides = {name: getattr(sampling, name) for name in SAMPLING_OPTIONS if getattr(sampling, name) is not None}
     return base.replace(seed=seed, **overrides)
@@ -78,21 +70,24 @@ def base_seed(sampling: Sampling) -> int:
 
 
 def decode(
-    context: RunContext, requests: Sequence[GenerationRequest], tap: Any = None, scorer: Scorer | None = None
-) -> list[Any]:
-    engine = context.engine
+    context: RunContext,
+    requests: Sequence[GenerationRequest],
+    tap: PreviewTap | None = None,
+    scorer: Scorer | None = None,
+) -> list[GenerationResult]:
+    """The requests through the model's scheduler, with the job's progress, cancellation and previews (`tap`)."""
+    bundle = context.bundle
     if scorer is None and all(request.params.num_candidates == 1 for request in requests):
         scorer = no_rerank  # as the evaluations do: one candidate each, so no likelihood pass to choose
     attributes = {"requests": len(requests), "target": requests[0].target}
-    with context.stage("decoding", attributes), engine.hooked(tap):
-        return generate(
-            engine.bundle.model,
-            engine.bundle.vocab,
+    with context.stage("decoding", attributes):
+        return bundle.generate(
             requests,
-            image_decoder=engine.bundle.decode_codes if requests[0].target == "image" else None,
+            image_decoder=bundle.decode_codes if requests[0].target == "image" else None,
             progress=context.step,
             should_cancel=context.should_cancel,
             scorer=scorer,
+            on_tick=tap,
         )
 
 
@@ -102,13 +97,13 @@ def generate_images(
     """Image requests decoded with progressive previews (candidate 0 of each request is watched); returns the
     results and their images, uint8 (H, W, 3), in request order. Several candidates are reranked by `scorer`
     (default: the model's likelihood)."""
-    engine, vocab = context.engine, context.bundle.vocab
-    plan = plan_batch(vocab, requests)
-    watched = [plan.groups[groups[0]].full_row for groups in plan.request_groups]
-    tap = PreviewTap(vocab, watched, engine.bundle.decode_codes, context.preview, engine.config.previews_per_image)
-    results = decode(context, requests, tap if engine.config.previews_per_image else None, scorer)
+    engine, bundle = context.engine, context.bundle
+    previews = engine.config.previews_per_image
+    watched = [(index, FIRST_CANDIDATE_GROUP) for index in range(len(requests))]
+    tap = PreviewTap(bundle.vocab, watched, bundle.decode_codes, context.preview, previews) if previews else None
+    results = decode(context, requests, tap, scorer)
     arrays = [np.asarray(image) for result in results for image in result.images]
-    if engine.config.previews_per_image:
+    if previews:
         context.preview(np.concatenate(arrays[: len(requests)], axis=1))  # the last preview: the full images
     return results, arrays
 

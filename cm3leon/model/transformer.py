@@ -36,21 +36,25 @@ TRUNCATION_STDS = 3.0
 
 
 Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, weight) -> x @ weight^T
-# Row blocks of `rows_linear`: within [2, this] rows the CPU (MKL) product W @ X^T rounds every row the same.
+# Row blocks of `rows_linear`: the CPU (MKL) product W @ X^T rounds every row the same for 16 to this many rows.
 ROWS_LINEAR_BLOCK = 128
+# Fewer rows than this may take another kernel (which one depends on the CPU model): short blocks are zero-padded.
+ROWS_LINEAR_MIN = 16
 
 
 def rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight (N, K)^T with each row's result independent of how many rows there are.
 
     `F.linear` picks other kernels, with other rounding, for fewer than about 16 rows; computed as weight @ X^T
-    in blocks of 2 to ROWS_LINEAR_BLOCK rows, a row's bits stay the same in any batch on CPU (and it is faster
-    there for 16 to 128 rows). Used by `forward_rows` only; the training and `generate` path keep `F.linear`.
+    in blocks of ROWS_LINEAR_MIN to ROWS_LINEAR_BLOCK rows (a short last block is padded with zero rows), a row's
+    bits stay the same in any batch on CPU (and it is faster there for 16 to 128 rows). Used by `forward_rows`
+    only; the training and `generate` path keep `F.linear`.
     """
     flat = x.reshape(-1, x.shape[-1])
     count = flat.shape[0]
-    if count % ROWS_LINEAR_BLOCK == 1:  # a lone last row takes another kernel: give it a zero partner
-        flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))])
+    short = count % ROWS_LINEAR_BLOCK
+    if 0 < short < ROWS_LINEAR_MIN:
+        flat = torch.cat([flat, flat.new_zeros((ROWS_LINEAR_MIN - short, flat.shape[1]))])
     out = torch.cat([(weight @ block.T).T for block in flat.split(ROWS_LINEAR_BLOCK)])[:count]
     return out.reshape(*x.shape[:-1], weight.shape[0])
 

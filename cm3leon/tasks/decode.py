@@ -1,8 +1,9 @@
 """Decoding instruction-task prompts: image outputs, text answers and CM3 infilling (shared by the evaluations
 and the serving handlers).
 
-Image and text outputs go through the project's `generate` (guidance, seeded requests); infilling writes a known
-number of codes per `<mask:i>` span, which `generate` (one whole image block per image target) does not model,
+Image and text outputs go through the model's scheduler (`ModelBundle.generate`: guidance, seeded requests);
+infilling writes a known number of codes per `<mask:i>` span, which `generate` (one whole image block per image
+target) does not model,
 so it has its own small loop: every step re-reads the left-padded rows in full (no KV cache; an infill writes at
 most a few dozen tokens), takes the best image code where a code is due and forces the next sentinel where a
 span ends; a forward without positions never touches the model's KV cache, so other decodes keep theirs. The
@@ -27,7 +28,6 @@ from cm3leon.decoding import (
     ProgressCallback,
     SamplingParams,
     Scorer,
-    generate,
     left_pad,
     no_rerank,
 )
@@ -78,7 +78,7 @@ def sample_image_outputs(
     scorer = no_rerank if params.num_candidates == 1 and not score_single else scorer
     samples = ImageSamples([], [], [])
     for requests in seeded_batches(prompts, "image", params, batch_size, seed):
-        for result in generate(checkpoint.model, checkpoint.vocab, requests, scorer=scorer):
+        for result in checkpoint.generate(requests, scorer=scorer):
             samples.chosen.append(image_output(result.token_ids, checkpoint.vocab))
             samples.candidates.append([image_output(c.token_ids, checkpoint.vocab) for c in result.candidates])
             samples.scores.append(result.score)
@@ -101,8 +101,13 @@ def generate_image_outputs(
 
 
 def caption_images(
-    checkpoint: ModelBundle, images: Sequence[ImageCodes], params: SamplingParams, batch_size: int, seed: int,
-    progress: ProgressCallback | None = None, should_cancel: CancelCheck | None = None,
+    checkpoint: ModelBundle,
+    images: Sequence[ImageCodes],
+    params: SamplingParams,
+    batch_size: int,
+    seed: int,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
 ) -> tuple[list[str], int]:
     """A caption per image, as the caption job decodes it (several samples: the noisy channel chooses), within
     what the context leaves after the image."""
@@ -116,9 +121,7 @@ def caption_images(
             GenerationRequest(prompt=[codes], target="text", params=params.replace(seed=request_seed(seed, i)))
             for i, codes in enumerate(images[first : first + batch_size], start=first)
         ]
-        results = generate(
-            checkpoint.model, checkpoint.vocab, requests, scorer=scorer, progress=progress, should_cancel=should_cancel
-        )
+        results = checkpoint.generate(requests, scorer=scorer, progress=progress, should_cancel=should_cancel)
         captions += [result.text.strip() for result in results]
         tokens += sum(len(c.token_ids) for result in results for c in result.candidates)
     return captions, tokens
@@ -142,7 +145,7 @@ def generate_text_outputs(
     """The generated answer text of each prompt (decoding stops at `<eos>` or `params.max_new_tokens`)."""
     answers: list[str] = []
     for requests in seeded_batches(prompts, "text", params, batch_size, seed):
-        results = generate(checkpoint.model, checkpoint.vocab, requests, scorer=no_rerank)
+        results = checkpoint.generate(requests, scorer=no_rerank)
         answers.extend(text_answer(result.token_ids, checkpoint.vocab) for result in results)
     return answers
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.data.questions import FINAL_ANSWER_PREFIX
-from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, Scorer, generate
+from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, Scorer
 from cm3leon.decoding.channel import DEFAULT_DIRECT_WEIGHT, NOT_A_CAPTION, ChannelScorer
 from cm3leon.decoding.params import DEFAULT_SCORING_BATCH_SIZE
 from cm3leon.decoding.rerank import continuation_log_likelihoods, no_rerank
@@ -82,12 +83,13 @@ class WorkedAnswer:
     generated_tokens: int  # every id generated for it: all sampled candidates and the answer
 
 
-# Runs a batch of requests with a candidate scorer: `generate` in evaluations; serving's traced, cancellable loop.
+# Runs a batch of requests with a candidate scorer: the model's scheduler, plain in evaluations, traced and
+# cancellable in serving.
 RunRequests = Callable[[Sequence[GenerationRequest], Scorer], list[GenerationResult]]
 
 
-def plain_runner(model: nn.Module, vocab: Vocabulary) -> RunRequests:
-    return lambda requests, scorer: generate(model, vocab, requests, scorer=scorer)
+def plain_runner(checkpoint: ModelBundle) -> RunRequests:
+    return lambda requests, scorer: checkpoint.generate(requests, scorer=scorer)
 
 
 def answer_worked(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from cm3leon.bundle import ModelBundle
 from cm3leon.checkpoint import save_checkpoint
 from cm3leon.data.world import World, WorldConfig
 from cm3leon.decoding import SamplingParams
@@ -65,47 +66,41 @@ def spans_of(stack: Stack) -> list[dict]:
 
 def record_decoded_params(monkeypatch: pytest.MonkeyPatch) -> list[SamplingParams]:
     """The SamplingParams of every request the engine's handlers hand to the decoder from now on (the real
-    `generate` still runs: this only watches what the handlers chose)."""
-    from cm3leon.inference import running
-
+    `ModelBundle.generate` still runs: this only watches what the handlers chose)."""
     seen: list[SamplingParams] = []
-    real = running.generate
+    real = ModelBundle.generate
 
-    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
+    def watched(bundle: ModelBundle, requests: Any, **kwargs: Any) -> Any:
         seen.extend(request.params for request in requests)
-        return real(model, vocab, requests, **kwargs)
+        return real(bundle, requests, **kwargs)
 
-    monkeypatch.setattr(running, "generate", watched)
+    monkeypatch.setattr(ModelBundle, "generate", watched)
     return seen
 
 
 def record_scorers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The candidate scorer (None: `generate`'s default) of every decode the engine's handlers run from now on
     (the real `generate` runs: this only watches what chooses among the candidates)."""
-    from cm3leon.inference import running
-
     scorers: list[Any] = []
-    real = running.generate
+    real = ModelBundle.generate
 
-    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
+    def watched(bundle: ModelBundle, requests: Any, **kwargs: Any) -> Any:
         scorers.append(kwargs.get("scorer"))
-        return real(model, vocab, requests, **kwargs)
+        return real(bundle, requests, **kwargs)
 
-    monkeypatch.setattr(running, "generate", watched)
+    monkeypatch.setattr(ModelBundle, "generate", watched)
     return scorers
 
 
 def record_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
     """(requests, results) of every decode the engine's handlers run from now on (the real `generate` runs)."""
-    from cm3leon.inference import running
-
     decoded: list[tuple[Any, Any]] = []
-    real = running.generate
+    real = ModelBundle.generate
 
-    def watched(model: Any, vocab: Any, requests: Any, **kwargs: Any) -> Any:
-        results = real(model, vocab, requests, **kwargs)
+    def watched(bundle: ModelBundle, requests: Any, **kwargs: Any) -> Any:
+        results = real(bundle, requests, **kwargs)
         decoded.append((requests, results))
         return results
 
-    monkeypatch.setattr(running, "generate", watched)
+    monkeypatch.setattr(ModelBundle, "generate", watched)
     return decoded

@@ -27,7 +27,7 @@ from cm3leon.bundle import ModelBundle
 from cm3leon.data.language import parse_caption
 from cm3leon.data.render import segmentation_classes
 from cm3leon.data.world import WorldConfig
-from cm3leon.decoding import CancelCheck, GenerationRequest, ProgressCallback, SamplingParams, generate, no_rerank
+from cm3leon.decoding import CancelCheck, GenerationRequest, ProgressCallback, SamplingParams, no_rerank
 from cm3leon.policies.shapes.caption_check import AGREES, DISAGREES
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, caption_images, decode_codes, request_seed
 from cm3leon.tasks.parsing import image_output, segmentation_map
@@ -104,7 +104,9 @@ class AgreementScorer:
     `prompt_ids`), else 0; `generate` keeps the first best, so the first agreeing sample."""
 
     def __init__(
-        self, expected: dict[tuple[int, ...], Counter[PlacedShape]], classes_of: Callable[[Sequence[int]], np.ndarray],
+        self,
+        expected: dict[tuple[int, ...], Counter[PlacedShape]],
+        classes_of: Callable[[Sequence[int]], np.ndarray],
         world: WorldConfig,
     ) -> None:
         self.expected, self.classes_of, self.world = expected, classes_of, world
@@ -136,14 +138,14 @@ class MapDecoder:
         for first in range(0, len(indices), self.batch_size):
             requests = [
                 GenerationRequest(
-                    prompt_ids=list(self.prompts[i]), target="image",
+                    prompt_ids=list(self.prompts[i]),
+                    target="image",
                     params=sampling.replace(seed=request_seed(self.seed, i)),
                 )
                 for i in indices[first : first + self.batch_size]
             ]
-            results = generate(
-                self.checkpoint.model, self.checkpoint.vocab, requests, scorer=scorer or no_rerank,
-                progress=self.progress, should_cancel=self.should_cancel,
+            results = self.checkpoint.generate(
+                requests, scorer=scorer or no_rerank, progress=self.progress, should_cancel=self.should_cancel
             )
             outputs += [result.token_ids for result in results]
         return outputs
@@ -187,7 +189,12 @@ def check_maps(
     checkpoint, world = decoder.checkpoint, decoder.checkpoint.world
     if captions is None:
         captions, run.generated_tokens = caption_images(
-            checkpoint, images, params.caption, decoder.batch_size, decoder.seed, decoder.progress,
+            checkpoint,
+            images,
+            params.caption,
+            decoder.batch_size,
+            decoder.seed,
+            decoder.progress,
             decoder.should_cancel,
         )
     run.captions = list(captions)
