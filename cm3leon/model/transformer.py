@@ -59,6 +59,13 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
+def rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d), masked) v as plain batched products: each row's result is independent of the
+    row count (SDPA's CPU kernels are not, and with a mask over a long cache they are several times slower)."""
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
 class Attention(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -106,7 +113,7 @@ class Attention(nn.Module):
         if rotary is not None:
             q, k = rotary(q, positions), rotary(k, positions)
         k, v = cache.write_rows(rows, cache_pos, k, v)
-        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        y = rows_attention(q, k.to(q.dtype), v.to(q.dtype), mask)
         return linear(y.transpose(1, 2).reshape(batch, length, width), self.out_proj.weight)
 
 
@@ -284,8 +291,9 @@ class Transformer(nn.Module):
         Each row attends to its cache positions from `row_start` (R,) up to each query's; positions seen by the
         embeddings count from `row_start`. `rows=None` means cache rows 0..R-1 (a decode step over the pool).
         Rows are independent: a row's logits do not depend on the other rows' tokens or positions; with
-        `batch_invariant` (CPU) not even in their last bits (see `rows_linear`; attention is computed per row over
-        the cache's fixed length), at some cost for few rows; without it the matrix products are `F.linear`'s.
+        `batch_invariant` (CPU) not even in their last bits (see `rows_linear`; attention, `rows_attention`, runs
+        over the cache's fixed length: MKL's sum order changes with the key count), at some cost for few rows;
+        without it the matrix products are `F.linear`'s.
         """
         linear: Linear = rows_linear if batch_invariant else F.linear
         key_pos = caches[0].positions
