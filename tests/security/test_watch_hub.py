@@ -56,7 +56,8 @@ def run(redis_port: int, scenario: Callable[[AsyncJobStore, JobStore], Awaitable
 
 
 async def new_job(store: AsyncJobStore) -> JobRecord:
-    record = JobRecord(job_id=new_job_id(), tenant=TENANT, kind="text_to_image", queue=f"{NAMESPACE}.image", request=b"")
+    queue = f"{NAMESPACE}.image"
+    record = JobRecord(job_id=new_job_id(), tenant=TENANT, kind="text_to_image", queue=queue, request=b"")
     created, _ = await store.create(record)
     return created
 
