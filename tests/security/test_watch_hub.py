@@ -18,7 +18,7 @@ from services.jobstore import AsyncJobStore, JobStore
 from services.keys import Keys
 from services.records import JobRecord, JobState, new_job_id
 from services.redis_clients import async_redis_client
-from services.settings import StackSettings
+from services.settings import GatewaySettings, StackSettings
 from services.stack import Stack, free_port
 from services.watch_hub import RECHECK, WatchHub
 
@@ -88,6 +88,16 @@ async def collect(snapshots: AsyncIterator[JobRecord]) -> list[int]:
     return [record.sequence async for record in snapshots]
 
 
+async def until_watched(store: AsyncJobStore, jobs: int, watchers: int) -> None:
+    """Until the hub holds these many jobs and watchers (each watch has read its record and subscribed)."""
+
+    async def poll() -> None:
+        while store.hub.watched() != (jobs, watchers):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), STEP_S)
+
+
 async def sequences(watcher_next: Callable[[], Awaitable[object]], count: int) -> list[int]:
     got = []
     for _ in range(count):
@@ -148,7 +158,7 @@ def test_store_watch_keeps_its_semantics(redis_port: int) -> None:
     async def scenario(store: AsyncJobStore, worker: JobStore) -> None:
         job = await new_job(store)
         watching = asyncio.create_task(collect(store.watch(job.job_id, TENANT, 0)))
-        await asyncio.sleep(0.3)  # the watcher has the first snapshot and waits on the hub
+        await until_watched(store, 1, 1)  # the watcher has the first snapshot and waits on the hub
         progress(worker, job.job_id, 1)
         progress(worker, job.job_id, 2)
         finish(worker, job.job_id)
@@ -169,7 +179,7 @@ def test_a_watch_of_a_withdrawn_job_ends_not_found(redis_port: int) -> None:
     async def scenario(store: AsyncJobStore, worker: JobStore) -> None:
         job = await new_job(store)
         watching = asyncio.create_task(collect(store.watch(job.job_id, TENANT, 0)))
-        await asyncio.sleep(0.3)
+        await until_watched(store, 1, 1)
         assert await store.withdraw(job)
         with pytest.raises(NotFound):
             await asyncio.wait_for(watching, STEP_S)
@@ -191,8 +201,7 @@ def test_cancelled_watches_leave_no_subscription(redis_port: int) -> None:
     async def scenario(store: AsyncJobStore, worker: JobStore) -> None:
         jobs = [await new_job(store) for _ in range(3)]
         tasks = [asyncio.create_task(collect(store.watch(job.job_id, TENANT, 0))) for job in jobs for _ in range(2)]
-        await asyncio.sleep(0.3)
-        assert store.hub.watched() == (3, 6)
+        await until_watched(store, 3, 6)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -207,7 +216,7 @@ def test_many_streams_in_chunks_are_read(redis_port: int) -> None:
     async def scenario(store: AsyncJobStore, worker: JobStore) -> None:
         jobs = [await new_job(store) for _ in range(7)]
         tasks = [asyncio.create_task(collect(store.watch(job.job_id, TENANT, 0))) for job in jobs]
-        await asyncio.sleep(0.3)
+        await until_watched(store, len(jobs), len(jobs))
         for job in jobs:
             finish(worker, job.job_id)
         assert await asyncio.wait_for(asyncio.gather(*tasks), STEP_S) == [[1, 2]] * len(jobs)
@@ -223,8 +232,7 @@ def test_the_hub_holds_one_connection_per_reader(redis_port: int) -> None:
         jobs = [await new_job(store) for _ in range(200)]
         before = probe.info("clients")["connected_clients"]
         tasks = [asyncio.create_task(collect(store.watch(job.job_id, TENANT, 0))) for job in jobs]
-        await asyncio.sleep(0.5)
-        assert store.hub.watched() == (200, 200)
+        await until_watched(store, 200, 200)
         during = probe.info("clients")["connected_clients"]
         assert during <= before + POOL["redis_max_connections"] + 2, (before, during)
         for job in jobs[:10]:
@@ -256,3 +264,9 @@ def test_a_reader_that_cannot_reach_redis_fails_its_watchers(tmp_path: Path) -> 
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_a_read_may_not_block_past_the_socket_timeout() -> None:
+    with pytest.raises(ValueError, match="watch_block_ms"):
+        GatewaySettings(watch_block_ms=5000, redis_socket_timeout_s=5.0)
+    assert GatewaySettings(watch_block_ms=250).watch_readers == 2
