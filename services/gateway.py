@@ -22,6 +22,7 @@ from cm3leon_client.api import corpus_pb2, corpus_pb2_grpc, jobs_pb2, jobs_pb2_g
 from services.auth import KeyAuthInterceptor, KeyRing
 from services.interceptors import ErrorInterceptor, TracingInterceptor
 from services.jobstore import AsyncJobStore, JobStore
+from services.keys import Keys
 from services.objectstore import ObjectStore
 from services.queue import RUN_JOB, make_celery
 from services.reaper import celery_publisher, start_reaper
@@ -30,6 +31,7 @@ from services.servicers import CorpusServicer, Gateway, JobServicer
 from services.settings import GatewaySettings
 from services.telemetry import setup_telemetry, shutdown_telemetry
 from services.tls import add_port
+from services.watch_hub import WatchHub
 
 log = logging.getLogger(__name__)
 # On shutdown, health reports NOT_SERVING for this long while RPCs are still accepted (load balancers notice).
@@ -46,9 +48,10 @@ class GatewayServer:
         self.redis = async_redis_client(settings)
         self.objects = ObjectStore.from_settings(settings)
         self.celery = make_celery(settings)
-        gateway = Gateway(
-            settings, AsyncJobStore(self.redis, settings.namespace, settings.job_ttl_s), self.objects, self.celery
-        )
+        # Bounded Redis connections: the pooled client's `redis_max_connections`, plus one per watch reader.
+        hub = WatchHub(self.redis, Keys(settings.namespace), settings.watch_readers, settings.watch_block_ms)
+        self.store = AsyncJobStore(self.redis, settings.namespace, settings.job_ttl_s, hub)
+        gateway = Gateway(settings, self.store, self.objects, self.celery)
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -87,6 +90,7 @@ class GatewayServer:
         self.stop_reaper.set()
         await asyncio.sleep(min(UNREADY_HOLD_S, self.settings.drain_s))
         await self.server.stop(grace=self.settings.drain_s)
+        await self.store.aclose()
         await self.redis.aclose()
 
 

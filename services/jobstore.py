@@ -33,7 +33,8 @@ import redis.asyncio as aioredis
 from services import presence
 from services.errors import AlreadyExists, InvalidArgument, NotFound
 from services.keys import EVENTS_MAXLEN, Keys
-from services.records import JobRecord, JobState
+from services.records import JobRecord, JobState, decode_record
+from services.watch_hub import Recheck, WatchHub
 
 # How long a finished job's event stream (its final snapshot) stays for a WatchJob that resumes late.
 FINISHED_EVENTS_TTL_S = 300
@@ -41,8 +42,6 @@ FINISHED_EVENTS_TTL_S = 300
 Mutation = Callable[[JobRecord], bool]  # changes the record in place; False: nothing to write
 # Further writes of one change, inside its transaction (a lease, an outbox mark).
 AlsoWrite = Callable[[redis.client.Pipeline, JobRecord], None]
-# How long a watcher blocks on the event stream before re-reading the record (a missed event costs this much).
-WATCH_BLOCK_MS = 1000
 
 # KEYS: idempotency (or unused), job, events, tenant jobs, queued, outbox.
 # ARGV: job id, record JSON, created_at, ttl, sequence, has request id, now, job key prefix, events maxlen.
@@ -77,10 +76,6 @@ return 1
 
 def encode_record(record: JobRecord) -> str:
     return record.model_dump_json()
-
-
-def decode_record(raw: bytes | str | None) -> JobRecord | None:
-    return JobRecord.model_validate_json(raw) if raw else None
 
 
 def queue_writes(
@@ -164,12 +159,17 @@ class JobStore:
 
 
 class AsyncJobStore:
-    """The gateway's side (asyncio)."""
+    """The gateway's side (asyncio). Watchers of job events share the hub's few connections (services.watch_hub)."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str, ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, namespace: str, ttl_s: int, hub: WatchHub | None = None) -> None:
         self.client = client
         self.keys = Keys(namespace)
         self.ttl_s = ttl_s
+        self.hub = hub or WatchHub(client, self.keys)
+
+    async def aclose(self) -> None:
+        """Stop the hub's readers and close their connections (the shared client is its owner's to close)."""
+        await self.hub.aclose()
 
     async def get(self, job_id: str, tenant: str) -> JobRecord:
         """The tenant's job; NotFound for an unknown id and for another tenant's job alike."""
@@ -266,25 +266,22 @@ class AsyncJobStore:
         return await self.update(job_id, cancel_if_queued) or record
 
     async def watch(self, job_id: str, tenant: str, after: int) -> AsyncIterator[JobRecord]:
-        """Snapshots with a sequence above `after`, in order, until a finished one has been yielded."""
+        """Snapshots with a sequence above `after`, in order, until a finished one has been yielded. The events
+        come from the hub; when the stream is gone the record is the truth (NotFound once the job is)."""
         record = await self.get(job_id, tenant)
         last = after
         if record.sequence > last:
             last = record.sequence
             yield record
-        while not record.state.finished:
-            streams = await self.client.xread({self.keys.events(job_id): f"{last}-0"}, block=WATCH_BLOCK_MS)
-            entries = [entry for _, stream_entries in streams for entry in stream_entries]
-            if not entries:  # nothing new (or the stream expired): the record is the truth
-                record = await self.get(job_id, tenant)
-                if record.sequence > last:
-                    last = record.sequence
-                    yield record
-                continue
-            for _, fields in entries:
-                snapshot = decode_record(fields[b"record"])
-                if snapshot is not None and snapshot.sequence > last:
+        if record.state.finished:
+            return
+        async with self.hub.subscribe(job_id, last) as watcher:
+            while not record.state.finished:
+                delivery = await watcher.next()
+                snapshot = await self.get(job_id, tenant) if isinstance(delivery, Recheck) else delivery
+                if snapshot.sequence > last:
                     record, last = snapshot, snapshot.sequence
+                    watcher.seen(last)
                     yield record
 
     async def list(

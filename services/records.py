@@ -82,5 +82,10 @@ class JobRecord(BaseModel):
         self.error_code, self.error_message = code, message
 
 
+def decode_record(raw: bytes | str | None) -> JobRecord | None:
+    """A record from its JSON (as stored in Redis); None for a missing one."""
+    return JobRecord.model_validate_json(raw) if raw else None
+
+
 def new_job_id() -> str:
     return secrets.token_hex(JOB_ID_BYTES)

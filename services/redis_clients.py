@@ -22,9 +22,24 @@ def redis_client(settings: StackSettings) -> redis.Redis:
 
 
 def async_redis_client(settings: StackSettings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    """The gateway's pooled client: at most `redis_max_connections` connections, a caller waits (up to the socket
+    timeout) for a free one, so no number of concurrent RPCs makes the gateway open more."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout_s,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_socket_timeout_s,
         health_check_interval=settings.redis_health_check_s,
     )
+    return aioredis.Redis.from_pool(pool)
+
+
+def dedicated_async_client(client: aioredis.Redis) -> aioredis.Redis:
+    """A client of one connection, with `client`'s server and socket settings: for a task that blocks on Redis
+    (XREAD BLOCK) without taking a connection from the shared pool."""
+    pool = client.connection_pool
+    own = aioredis.BlockingConnectionPool(
+        max_connections=1, connection_class=pool.connection_class, **pool.connection_kwargs
+    )
+    return aioredis.Redis.from_pool(own)

@@ -37,6 +37,10 @@ class SecuritySettings(BaseSettings):
     max_watch_streams_per_tenant: int = Field(64, ge=1)
     max_concurrent_rpcs: int = Field(2000, ge=1)
     max_connection_age_s: float = Field(1800.0, gt=0)
+    # Every open WatchJob stream of a gateway is read by `watch_readers` tasks of one Redis connection each
+    # (services.watch_hub), blocking at most `watch_block_ms` per read: a new stream is read from within that.
+    watch_readers: int = Field(2, ge=1, le=64)
+    watch_block_ms: int = Field(250, ge=1)
     max_corpus_calls_per_tenant: int = Field(4, ge=1)  # CorpusService calls in flight per tenant (per gateway)
     # TLS: the server's certificate chain and key (PEM); with a client CA, clients must show a certificate.
     tls_cert_file: str = ""

@@ -7,6 +7,7 @@ Blocking clients (MinIO, Celery's publisher) run in threads so the event loop ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -188,8 +189,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[jobs_pb2.Job]:
         check_job_id(request.job_id)
         async with WATCHES.slot(current_tenant(), self.gw.settings):  # security: streams per tenant are capped
-            async for record in self.gw.store.watch(request.job_id, current_tenant(), request.after_sequence):
-                yield await self.gw.job_proto(record)
+            # The stream holds no Redis connection: the store's watch hub reads every stream over a few.
+            watch = self.gw.store.watch(request.job_id, current_tenant(), request.after_sequence)
+            async with contextlib.aclosing(watch) as snapshots:  # a cancelled RPC unregisters its watcher now
+                async for record in snapshots:
+                    yield await self.gw.job_proto(record)
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
         check_job_id(request.job_id)

@@ -43,6 +43,9 @@ class StackSettings(BaseSettings):
     # idle connections are checked before use this often (a restarted Redis is noticed, not written into).
     redis_socket_timeout_s: float = Field(5.0, gt=0)
     redis_health_check_s: int = Field(10, ge=0)
+    # The gateway's pooled Redis client opens at most this many connections (callers wait for a free one);
+    # WatchJob streams hold none of them (services.watch_hub reads every stream over `watch_readers` more).
+    redis_max_connections: int = Field(16, ge=1)
     # A running job holds a lease its worker renews (every third of it); a reaper (in every gateway and worker,
     # one at a time) requeues each job whose lease expired, or fails it past `max_deliveries` deliveries.
     lease_ttl_s: float = Field(30.0, gt=0)
@@ -88,6 +91,15 @@ class GatewaySettings(SecuritySettings, StackSettings):  # keys, TLS, tenancy: s
     drain_s: float = Field(5.0, ge=0)
     # How long a CorpusService call waits for a worker.
     corpus_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _watch_block_below_socket_timeout(self) -> GatewaySettings:
+        if self.watch_block_ms >= self.redis_socket_timeout_s * 1000:
+            raise ValueError(
+                f"watch_block_ms ({self.watch_block_ms}) must be below redis_socket_timeout_s "
+                f"({self.redis_socket_timeout_s} s): a blocked read would time out"
+            )
+        return self
 
 
 class WorkerSettings(StackSettings):
