@@ -166,7 +166,7 @@ def evaluate_infill(
         fmt.infill(image, region, caption)
         for image, region, caption in zip(cases.images, regions, cases.captions, strict=True)
     ]
-    lengths = [span_lengths(region, world, vocab) for region in regions]
+    lengths = [span_lengths(region, world.image_size, vocab) for region in regions]
     outputs = generate_infills(checkpoint, [e.prompt for e in examples], lengths, config.batch_size)
     completed = [infill_result(e.prompt, o, vocab) for e, o in zip(examples, outputs, strict=True)]
     pixels = decode_codes(checkpoint, completed)

@@ -22,15 +22,9 @@ from cm3leon.decoding import GenerationRequest, LikelihoodScorer
 from cm3leon.decoding.defaults import CAPTION, GROUNDED_GENERATION, SEGMENTATION, TEXT_RENDERING
 from cm3leon.inference.policies import policy
 from cm3leon.inference.running import RunContext, base_seed, default_params, generate_images
-from cm3leon.inference.task_handlers import (
-    SEGMENTATION_SEED,
-    edit_params,
-    image_job,
-    segmentation_result,
-)
+from cm3leon.inference.task_handlers import SEGMENTATION_SEED, edit_params, image_job
 from cm3leon.inference.task_handlers import grounded_generation as plain_grounded_generation
 from cm3leon.inference.task_handlers import text_rendering as plain_text_rendering
-from cm3leon.inference.task_inputs import grounded_spec_of, text_scene_of
 from cm3leon.inference.task_prompts import (
     edit_prompt,
     grounded_prompt,
@@ -41,6 +35,7 @@ from cm3leon.inference.task_prompts import (
 from cm3leon.kinds import Edit, GroundedGeneration, Segmentation, TextRendering
 from cm3leon.policies.shapes.caption_check import expected_caption_scorer, text_render_scorer
 from cm3leon.policies.shapes.edit_check import EditSettings, edit_scorer, plan_edits, redraw_wins
+from cm3leon.policies.shapes.inputs import classes_result, grounded_spec_of, text_scene_of, world_of
 from cm3leon.policies.shapes.segmentation import MapDecoder, SegmentationParams, check_maps
 from cm3leon.requests import EngineResult
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS
@@ -79,11 +74,12 @@ def caption_checked_segmentation(context: RunContext, request: Segmentation) -> 
     prompt = segmentation_prompt(engine, request, codes)
     settings = SegmentationParams(maps=bundle.defaults[SEGMENTATION], caption=bundle.defaults[CAPTION])
     greedy = image_job(context, prompt, SEGMENTATION_PARAMS.replace(seed=SEGMENTATION_SEED))  # with previews
-    world = engine.formatter.world
+    world = world_of(bundle)
     decoder = MapDecoder(bundle, [prompt], 1, SEGMENTATION_SEED, context.step, context.should_cancel)
     with context.stage("caption_check", {"enabled": settings.checks_caption}):
         run = check_maps(decoder, [codes], [segmentation_map(greedy.images[0], world)], settings)
-    return segmentation_result(context, run.maps[0], len(prompt), greedy.generated_tokens + run.generated_tokens)
+    drawn = replace(greedy, generated_tokens=greedy.generated_tokens + run.generated_tokens)
+    return classes_result(run.maps[0], world, drawn)
 
 
 @policy("shapes.scene_caption", kind="grounded_generation")
@@ -95,7 +91,7 @@ def scene_caption_grounded(context: RunContext, request: GroundedGeneration) -> 
     if params.num_candidates == 1 or bundle.retriever is None:
         return plain_grounded_generation(context, request)
     prompt = grounded_prompt(engine, request)
-    scene = grounded_spec_of(request, engine.formatter.world).scene
+    scene = grounded_spec_of(request, world_of(bundle)).scene
     fallback = LikelihoodScorer(bundle.model, bundle.vocab)
     return image_job(
         context, prompt, params, expected_caption_scorer(bundle, bundle.retriever, [prompt], [scene], fallback)
@@ -111,5 +107,5 @@ def word_choice(context: RunContext, request: TextRendering) -> EngineResult:
     if params.num_candidates == 1:
         return plain_text_rendering(context, request)
     prompt = text_rendering_prompt(engine, request)
-    word = text_scene_of(request.text, engine.formatter.world)
+    word = text_scene_of(request.text, world_of(bundle))
     return image_job(context, prompt, params, text_render_scorer(bundle, [prompt], [word], bundle.retriever))
