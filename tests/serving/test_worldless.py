@@ -106,3 +106,20 @@ def test_a_kind_the_checkpoint_does_not_declare_is_refused(engine: Engine) -> No
     narrower = Engine(dataclasses.replace(engine.bundle, capabilities=Capabilities(declared)), engine.config)
     with pytest.raises(UnsupportedJobKind, match="'infill' is not supported: .*does not declare it"):
         narrower.run(REQUESTS["infill"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "policy"),
+    [
+        ("edit", "shapes.edit_redraw"),
+        ("segmentation", "shapes.caption_check"),
+        ("grounded_generation", "shapes.scene_caption"),
+        ("text_rendering", "shapes.word_choice"),
+    ],
+)
+def test_a_shapes_policy_on_a_model_without_the_world_is_refused(engine: Engine, kind: str, policy: str) -> None:
+    capabilities = Capabilities(JOB_KINDS, {kind: policy})
+    named = Engine(dataclasses.replace(engine.bundle, capabilities=capabilities), engine.config)
+    with pytest.raises(UnsupportedJobKind, match=f"'{kind}' is not supported: .*records no world"):
+        named.run(REQUESTS[kind])
+    assert named.run(REQUESTS[kind], plain=True).images  # the generic path still serves it

@@ -145,14 +145,16 @@ class ShapesReader(RequestReader):
         return classes_result(segmentation_map(greedy.images[0], self.world), self.world, greedy)
 
 
-def world_of(bundle: ModelBundle) -> WorldConfig:
-    """The bundle's world; UnsupportedJobKind for a model without one (it cannot run the world's policies)."""
+def world_of(bundle: ModelBundle, kind: str) -> WorldConfig:
+    """The bundle's world; UnsupportedJobKind for `kind` on a model without one (a shapes policy needs it)."""
     if bundle.world is None:
-        raise UnsupportedJobKind("shapes policy", f"{bundle.directory} records no world for the shapes policies")
+        raise UnsupportedJobKind(kind, f"{bundle.directory} records no world, which the shapes policies need")
     return bundle.world
 
 
 @reader("shapes")
 def shapes_reader(bundle: ModelBundle) -> ShapesReader:
-    world = world_of(bundle)
+    world = bundle.world
+    if world is None:  # `reader_for` reads a world-less model generically
+        raise ValueError(f"{bundle.directory} records no world for the shapes world's reader")
     return ShapesReader(world.image_size, world.location_bins, world)
