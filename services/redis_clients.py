@@ -12,13 +12,17 @@ import redis.asyncio as aioredis
 from services.settings import StackSettings
 
 
+def connection_options(settings: StackSettings) -> dict[str, float]:
+    """The socket timeouts and health checks every client of the serving side connects with."""
+    return {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+        "health_check_interval": settings.redis_health_check_s,
+    }
+
+
 def redis_client(settings: StackSettings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_socket_timeout_s,
-        health_check_interval=settings.redis_health_check_s,
-    )
+    return redis.Redis.from_url(settings.redis_url, **connection_options(settings))
 
 
 def async_redis_client(settings: StackSettings) -> aioredis.Redis:
@@ -28,9 +32,7 @@ def async_redis_client(settings: StackSettings) -> aioredis.Redis:
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_socket_timeout_s,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_socket_timeout_s,
-        health_check_interval=settings.redis_health_check_s,
+        **connection_options(settings),
     )
     return aioredis.Redis.from_pool(pool)
 

@@ -80,13 +80,13 @@ def test_infill_decoding_writes_only_the_hole(checkpoint: ModelBundle) -> None:
     fmt = formatter(checkpoint)
     regions = [world.cell_box(cell) for cell in (0, 4, 8)]
     examples = [fmt.infill(image, region, None) for image, region in zip(cases.images, regions, strict=True)]
-    lengths = [span_lengths(region, world, vocab) for region in regions]
+    lengths = [span_lengths(region, world.image_size, vocab) for region in regions]
     outputs = generate_infills(checkpoint, [e.prompt for e in examples], lengths, batch_size=2)
     for example, output, region, image in zip(examples, outputs, regions, cases.images, strict=True):
         assert len(output) == len(example.output)  # same layout as the ground truth continuation
         completed = infill_result(example.prompt, output, vocab)
         assert completed is not None
-        hole = {i for start, end in infill_spans(region, world, vocab) for i in range(start, end)}
+        hole = {i for start, end in infill_spans(region, world.image_size, vocab) for i in range(start, end)}
         assert all(completed.codes[i] == image.codes[i] for i in range(vocab.codes_per_image) if i not in hole)
 
 

@@ -177,7 +177,7 @@ def test_infill_masks_each_code_row_of_the_region_and_reassembles(source: SFTBat
     vocab, corpus, fmt, world = source.vocab, source.corpus, source.formatter, source.world
     for cell in range(world.num_cells):
         image, region = corpus.scenes.image_codes(cell), world.cell_box(cell)
-        spans = infill_spans(region, world, vocab)
+        spans = infill_spans(region, world.image_size, vocab)
         for caption in (None, "a caption"):
             example = fmt.infill(image, region, caption)
             assert example.prompt[-2:] == [vocab.infill_id, vocab.mask_sentinel_ids[0]]
@@ -186,7 +186,7 @@ def test_infill_masks_each_code_row_of_the_region_and_reassembles(source: SFTBat
             region_codes = region_codes_from_output(example.output, vocab)
             assert len(region_codes) == sum(end - start for start, end in spans)
             assert infill_result(example.prompt, example.output, vocab) == image
-            assert fill_region(image, region, world, vocab, region_codes) == image
+            assert fill_region(image, region, world.image_size, vocab, region_codes) == image
             hidden = [image.codes[i] for start, end in spans for i in range(start, end)]
             assert region_codes == hidden
     wrong = fmt.infill(corpus.scenes.image_codes(0), world.cell_box(4), None)

@@ -38,7 +38,7 @@ from cm3leon.policies.shapes.caption_check import text_render_scorer
 from cm3leon.policies.shapes.edit_check import EditSettings, sample_edits
 from cm3leon.policies.shapes.segmentation import SegmentationParams, segment_images
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.decode import generate_image_outputs
+from cm3leon.tasks.decode import sample_image_outputs
 
 # Benchmark prompts come from the validation split: speed does not depend on the split, and test stays unseen.
 BENCH_SPLIT = Split.VAL
@@ -103,7 +103,7 @@ def _checked_task_runs(
         start = time.perf_counter()
         checked = params.num_candidates > 1
         scorer = text_render_scorer(checkpoint, word_prompts, cases.words, chooser) if checked else None
-        generate_image_outputs(checkpoint, word_prompts, params, batch, config.seed, scorer)
+        sample_image_outputs(checkpoint, word_prompts, params, batch, config.seed, scorer).pixels(checkpoint)
         return time.perf_counter() - start
 
     runs: dict[str, Callable[[], float]] = {}

@@ -11,11 +11,17 @@ import typer
 
 eval_app = typer.Typer(no_args_is_help=True)
 
+# Options every suite shares.
+DecoderThreadsOption = Annotated[
+    int | None, typer.Option(help="Torch intra-op threads (default: leave torch's choice; 1 on a busy 2-core box).")
+]
+DecoderJsonOption = Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")]
+
 
 @eval_app.command("oracle")
 def eval_oracle(
     n: Annotated[int, typer.Option(help="Test shapes scenes (and as many text scenes).")] = 1000,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")] = None,
+    json_path: DecoderJsonOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the test scenes and of the noise.")] = 0,
     world: Annotated[str, typer.Option(help="World preset: shapes or shapes32.")] = "shapes",
     degradation: Annotated[str, typer.Option(help="Degradation strengths: standard or harsh.")] = "standard",
@@ -32,10 +38,6 @@ def eval_oracle(
 # --- decoder suites: t2i, caption, perplexity, sweep ----------------------------------------------------------
 
 DecoderCheckpointOption = Annotated[Path, typer.Option("--checkpoint", help="Complete model directory (with vq/).")]
-DecoderThreadsOption = Annotated[
-    int | None, typer.Option(help="Torch intra-op threads (default: leave torch's choice; 1 on a busy 2-core box).")
-]
-DecoderJsonOption = Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")]
 # Text->image's options, shared by `eval t2i` and `eval all`.
 PooledCandidatesOption = Annotated[
     int | None, typer.Option(help="Candidates of the pooled method (default: the `pooled` preset's, 8).")
@@ -252,22 +254,20 @@ def eval_vq(
         Path, typer.Option("--checkpoint", help="Tokenizer directory (config.json + model.safetensors), or a run dir.")
     ],
     n: Annotated[int, typer.Option(help="Test shapes scenes (each also gives a segmentation picture).")] = 500,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")] = None,
+    json_path: DecoderJsonOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the test scenes.")] = 0,
     world: Annotated[str, typer.Option(help="World preset of the tokenizer: shapes (64px), shapes32.")] = "shapes",
-    threads: Annotated[int | None, typer.Option(help="Torch intra-op threads (default: torch's choice).")] = None,
+    threads: DecoderThreadsOption = None,
 ) -> None:
     """Round-trip test scenes through the VQ tokenizer: PSNR, oracle exact-scene accuracy on reconstructions,
     codebook usage, segmentation and word accuracy, speed (grid PNG beside the JSON)."""
-    import torch
-
+    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.vq_eval import VQEvalConfig, evaluate_vq
     from cm3leon.tokenizers.image import ImageTokenizer
     from cm3leon.training.vq import FINAL_SUBDIR
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     directory = checkpoint / FINAL_SUBDIR if (checkpoint / FINAL_SUBDIR).is_dir() else checkpoint
     check_tokenizer_dir(directory)
     tokenizer = ImageTokenizer.from_pretrained(directory)
@@ -279,21 +279,19 @@ def eval_vq(
 def eval_retrieval(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Retriever directory (Retriever.from_pretrained).")],
     n: Annotated[int, typer.Option(help="Test caption/image pairs: the gallery size of each direction.")] = 1000,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as one JSON object here.")] = None,
+    json_path: DecoderJsonOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the test scenes and captions.")] = 0,
     split: Annotated[str, typer.Option(help="test (or test_compositional, val).")] = "test",
-    threads: Annotated[int | None, typer.Option(help="Torch intra-op threads (default: torch's choice).")] = None,
+    threads: DecoderThreadsOption = None,
 ) -> None:
     """Recall@1/5 text->image and image->text (a hit is any item of exactly the query's scene), and the
     Fréchet-distance floor of two independent real image sets in the retriever's image features."""
-    import torch
-
+    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.retrieval_eval import evaluate_retrieval
     from cm3leon.retrieval.retriever import Retriever
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     metrics = evaluate_retrieval(Retriever.from_pretrained(checkpoint), n=n, seed=seed, split=split)
     write_report(f"retrieval ({split}, n={n})", metrics, json_path)
 

@@ -203,9 +203,14 @@ class GroundedSpec:
 
 
 def quantise_box(box: PixelBox, config: WorldConfig) -> BinBox:
-    """The location bins covering a pixel box: bin of the first pixel to bin of the last one (inclusive)."""
+    """The location bins covering a pixel box in the world's images."""
+    return bins_of(box, config.location_bins, config.image_size)
+
+
+def bins_of(box: PixelBox, bins: int, size: int) -> BinBox:
+    """The location bins (`bins` per side) covering a pixel box of a `size` px image: bin of the first pixel to bin
+    of the last one (inclusive)."""
     x0, y0, x1, y1 = box
-    bins, size = config.location_bins, config.image_size
     return x0 * bins // size, y0 * bins // size, (x1 - 1) * bins // size, (y1 - 1) * bins // size
 
 

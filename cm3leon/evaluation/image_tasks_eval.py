@@ -49,7 +49,6 @@ from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.decode import (
     caption_images,
     decode_codes,
-    generate_image_outputs,
     generate_infills,
     sample_image_outputs,
 )
@@ -166,7 +165,7 @@ def evaluate_infill(
         fmt.infill(image, region, caption)
         for image, region, caption in zip(cases.images, regions, cases.captions, strict=True)
     ]
-    lengths = [span_lengths(region, world, vocab) for region in regions]
+    lengths = [span_lengths(region, world.image_size, vocab) for region in regions]
     outputs = generate_infills(checkpoint, [e.prompt for e in examples], lengths, config.batch_size)
     completed = [infill_result(e.prompt, o, vocab) for e, o in zip(examples, outputs, strict=True)]
     pixels = decode_codes(checkpoint, completed)
@@ -259,7 +258,8 @@ def evaluate_seg2img(
     prompts = [
         fmt.seg2img(seg, caption, None).prompt for seg, caption in zip(cases.segmentations, cases.captions, strict=True)
     ]
-    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, reranker)
+    samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, reranker)
+    pixels = samples.pixels(checkpoint)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     metrics = summarize_predictions(cases.scenes, predicted)
     metrics["decoding"] = params_record(params)
@@ -297,7 +297,8 @@ def evaluate_grounded(
     if retriever is not None and params.num_candidates > 1:
         fallback = reranker or LikelihoodScorer(checkpoint.model, checkpoint.vocab)
         reranker = expected_caption_scorer(checkpoint, retriever, prompts, cases.scenes, fallback)
-    _, pixels = generate_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, reranker)
+    samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, reranker)
+    pixels = samples.pixels(checkpoint)
     predicted = [oracle.parse(p, expect_text=False) for p in pixels]
     ious = []
     for truth, scene in zip(cases.scenes, predicted, strict=True):
@@ -342,7 +343,7 @@ def evaluate_text_render(
     several = params.num_candidates > 1
     scorer = text_render_scorer(checkpoint, prompts, cases.words, retriever) if several else None
     samples = sample_image_outputs(checkpoint, prompts, params, config.batch_size, config.seed, scorer)
-    pixels = decode_codes(checkpoint, samples.chosen)
+    pixels = samples.pixels(checkpoint)
     predicted = [oracle.parse(p, expect_text=True) for p in pixels]
     words = [p.word == t.word for p, t in zip(predicted, cases.words, strict=True)]
     exact = [p.key() == t.key() for p, t in zip(predicted, cases.words, strict=True)]

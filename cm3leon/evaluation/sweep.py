@@ -23,6 +23,7 @@ evaluations then use: choosing on val and reporting on test keeps the reported n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,29 @@ def _best(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
     return max(runs, key=lambda run: tuple(run[key] for key in keys))  # max keeps the first of equals
 
 
+def _section(
+    settings: Iterable[dict[str, Any]],
+    measure: Callable[[dict[str, Any]], dict[str, Any]],
+    metrics: tuple[str, ...],
+    label: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """One sweep: each setting measured in turn; its runs (the setting, then `metrics`), a table of the first
+    metric by `label(run)` and the best run by `metrics` in order (ties: the earlier, cheaper setting)."""
+    runs = []
+    for setting in settings:
+        measured = measure(setting)
+        runs.append({**setting, **{key: measured[key] for key in metrics}})
+    return {metrics[0]: {label(run): run[metrics[0]] for run in runs}, "runs": runs, "best": _best(runs, metrics)}
+
+
+def _candidates_label(run: dict[str, Any]) -> str:
+    return f"candidates={run['num_candidates']}"
+
+
+def _sampling_label(run: dict[str, Any]) -> str:
+    return f"temperature={run['temperature']:g},candidates={run['num_candidates']}"
+
+
 def sweep_text_to_image(
     checkpoint: ModelBundle, config: SweepConfig, base: SamplingParams
 ) -> dict[str, Any]:
@@ -156,15 +180,13 @@ def sweep_contrastive(checkpoint: ModelBundle, config: SweepConfig, base: Sampli
     oracle = Oracle(checkpoint.world)
     scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
     captions = prompt_captions(scenes, checkpoint, config.seed)
-    runs: list[dict[str, Any]] = []
-    for k in config.cdk_ks:
-        params = base.replace(method="cdk", cdk_k=k)
-        metrics = run_method(checkpoint, oracle, scenes, captions, params, config.batch_size, config.seed).metrics
-        runs.append({"cdk_k": k, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
-                     "attribute_accuracy": metrics["attribute_accuracy"]})
-    table = {f"k={run['cdk_k']}": run["exact_scene_accuracy"] for run in runs}
-    best = _best(runs, ("exact_scene_accuracy", "attribute_accuracy"))
-    return {"exact_scene_accuracy": table, "runs": runs, "best": best}
+
+    def measure(setting: dict[str, Any]) -> dict[str, Any]:
+        params = base.replace(method="cdk", cdk_k=setting["cdk_k"])
+        return run_method(checkpoint, oracle, scenes, captions, params, config.batch_size, config.seed).metrics
+
+    settings = [{"cdk_k": k} for k in config.cdk_ks]
+    return _section(settings, measure, ("exact_scene_accuracy", "attribute_accuracy"), lambda run: f"k={run['cdk_k']}")
 
 
 def sweep_image_tasks(
@@ -234,14 +256,13 @@ def sweep_grounded(
     `eval all` does) is chosen, on val cases."""
     oracle = Oracle(checkpoint.world)
     task_config, cases = sweep_cases(checkpoint, config)
-    runs: list[dict[str, Any]] = []
-    for candidates in config.grounded_candidates:
-        params = t2i_params.replace(num_candidates=candidates)
-        metrics = evaluate_grounded(checkpoint, cases, task_config, oracle, params, reranker, retriever).metrics
-        runs.append({"num_candidates": candidates, "exact_scene_accuracy": metrics["exact_scene_accuracy"],
-                     "box_iou": metrics["box_iou"]})
-    table = {f"candidates={run['num_candidates']}": run["exact_scene_accuracy"] for run in runs}
-    return {"exact_scene_accuracy": table, "runs": runs, "best": _best(runs, ("exact_scene_accuracy", "box_iou"))}
+
+    def measure(setting: dict[str, Any]) -> dict[str, Any]:
+        params = t2i_params.replace(num_candidates=setting["num_candidates"])
+        return evaluate_grounded(checkpoint, cases, task_config, oracle, params, reranker, retriever).metrics
+
+    settings = [{"num_candidates": candidates} for candidates in config.grounded_candidates]
+    return _section(settings, measure, ("exact_scene_accuracy", "box_iou"), _candidates_label)
 
 
 def sweep_text_render(
@@ -252,15 +273,13 @@ def sweep_text_render(
     words."""
     oracle = Oracle(checkpoint.world)
     task_config, cases = sweep_cases(checkpoint, config)
-    runs: list[dict[str, Any]] = []
-    for candidates in config.text_render_candidates:
-        params = t2i_params.replace(num_candidates=candidates)
-        metrics = evaluate_text_render(checkpoint, cases, task_config, oracle, params, retriever).metrics
-        runs.append({"num_candidates": candidates, "exact_word_accuracy": metrics["exact_word_accuracy"],
-                     "exact_scene_accuracy": metrics["exact_scene_accuracy"]})
-    table = {f"candidates={run['num_candidates']}": run["exact_word_accuracy"] for run in runs}
-    best = _best(runs, ("exact_word_accuracy", "exact_scene_accuracy"))
-    return {"exact_word_accuracy": table, "runs": runs, "best": best}
+
+    def measure(setting: dict[str, Any]) -> dict[str, Any]:
+        params = t2i_params.replace(num_candidates=setting["num_candidates"])
+        return evaluate_text_render(checkpoint, cases, task_config, oracle, params, retriever).metrics
+
+    settings = [{"num_candidates": candidates} for candidates in config.text_render_candidates]
+    return _section(settings, measure, ("exact_word_accuracy", "exact_scene_accuracy"), _candidates_label)
 
 
 def sweep_segmentation(
@@ -270,14 +289,13 @@ def sweep_segmentation(
     `caption_params`, the sweep's caption choice); ties go to the earlier, cheaper setting."""
     task_config, cases = sweep_cases(checkpoint, config)
     base = preset_defaults()[SEGMENTATION]
-    runs: list[dict[str, Any]] = []
-    for temperature, candidates in config.segmentation_settings:
-        params = base.replace(temperature=temperature, num_candidates=candidates)
-        metrics = evaluate_segmentation(checkpoint, cases, task_config, params, caption_params).metrics
-        runs.append({"temperature": temperature, "num_candidates": candidates, "miou": metrics["miou"],
-                     "pixel_accuracy": metrics["pixel_accuracy"]})
-    table = {f"temperature={run['temperature']:g},candidates={run['num_candidates']}": run["miou"] for run in runs}
-    return {"miou": table, "runs": runs, "best": _best(runs, ("miou", "pixel_accuracy"))}
+
+    def measure(setting: dict[str, Any]) -> dict[str, Any]:
+        params = base.replace(**setting)
+        return evaluate_segmentation(checkpoint, cases, task_config, params, caption_params).metrics
+
+    settings = [{"temperature": t, "num_candidates": n} for t, n in config.segmentation_settings]
+    return _section(settings, measure, ("miou", "pixel_accuracy"), _sampling_label)
 
 
 def caption_settings(config: SweepConfig) -> list[tuple[float, int]]:
@@ -294,25 +312,13 @@ def caption_settings(config: SweepConfig) -> list[tuple[float, int]]:
 def sweep_captioning(checkpoint: ModelBundle, config: SweepConfig, base: SamplingParams) -> dict[str, Any]:
     """Captions of val images for every caption setting; exact accuracy and BLEU-4 per setting."""
     scenes = eval_scenes(checkpoint.world, SWEEP_SPLIT, config.n, config.seed)
-    runs: list[dict[str, Any]] = []
-    for temperature, candidates in caption_settings(config):
-        params = base.replace(method="sample", temperature=temperature, num_candidates=candidates)
-        _, metrics, _ = run_captioning(checkpoint, scenes, params, config.batch_size, config.seed)
-        runs.append(
-            {
-                "temperature": temperature,
-                "num_candidates": candidates,
-                "exact_scene_accuracy": metrics["exact_scene_accuracy"],
-                "attribute_accuracy": metrics["attribute_accuracy"],
-                "bleu4": metrics["bleu4"],
-            }
-        )
-    table = {
-        f"temperature={run['temperature']:g},candidates={run['num_candidates']}": run["exact_scene_accuracy"]
-        for run in runs
-    }
-    best = _best(runs, ("exact_scene_accuracy", "attribute_accuracy", "bleu4"))
-    return {"exact_scene_accuracy": table, "runs": runs, "best": best}
+
+    def measure(setting: dict[str, Any]) -> dict[str, Any]:
+        params = base.replace(method="sample", **setting)
+        return run_captioning(checkpoint, scenes, params, config.batch_size, config.seed)[1]
+
+    settings = [{"temperature": t, "num_candidates": n} for t, n in caption_settings(config)]
+    return _section(settings, measure, ("exact_scene_accuracy", "attribute_accuracy", "bleu4"), _sampling_label)
 
 
 def run_sweep(

@@ -35,7 +35,7 @@ from cm3leon.evaluation.t2i_eval import (
 )
 from cm3leon.evaluation.task_cases import TaskEvalConfig
 from cm3leon.retrieval.retriever import Retriever
-from cm3leon.tasks.decode import generate_image_outputs
+from cm3leon.tasks.decode import sample_image_outputs
 
 # Captions -> the retrieved documents' ids to put before each prompt (`<bos> doc <eos>` ...), most relevant last.
 RetrievalPrefix = Callable[[Sequence[str]], list[list[int]]]
@@ -70,7 +70,7 @@ def retrieval_run(
         [*prefix, *document_prompt_ids(checkpoint.vocab, [caption], "image")]
         for prefix, caption in zip(prefixes, captions, strict=True)
     ]
-    _, images = generate_image_outputs(checkpoint, prompts, run.params, batch_size, seed)
+    images = sample_image_outputs(checkpoint, prompts, run.params, batch_size, seed).pixels(checkpoint)
     metrics, predicted = score_generated_images(oracle, scenes, images)
     return MethodRun(run.params, images, predicted, metrics)
 

@@ -91,10 +91,8 @@ class Engine:
 
     @cached_property
     def formatter(self) -> TaskFormatter:
-        """The training formats of the model's world: the instruction-tuned kinds' prompts, id for id."""
-        if self.bundle.world is None:
-            raise UnsupportedJobKind("instruction-tuned", f"{self.bundle.directory} records no world for its prompts")
-        return TaskFormatter(self.bundle.vocab, self.bundle.world)
+        """The training formats of the model (and of its world, if any): the instruction-tuned kinds' prompts."""
+        return TaskFormatter(self.bundle.vocab, self.bundle.world, self.bundle.image_size)
 
     def _image_reranker(self) -> Scorer | None:
         """What chooses among several image candidates of a prompt that describes the image (text->image,

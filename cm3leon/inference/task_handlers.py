@@ -5,7 +5,7 @@
                          reranked as captions are, then the answer (`cm3leon.tasks.worked`)
     edit                 three-stream guidance (the model's edit defaults; the request may override both scales)
     infill               CM3 sentinels, the evaluation's greedy span loop, one region after the other
-    segmentation         greedy map -> classes by the world's legend
+    segmentation         greedy map (a model of a world: classes by the world's legend)
     structure_guided     CFG (the model's structure defaults); several candidates reranked by the retriever
     grounded_generation  the model's grounded defaults
     text_rendering       the model's text-rendering defaults
@@ -19,12 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from cm3leon.data.questions import final_answer
-from cm3leon.data.render import colourise_segmentation, segmentation_legend
 from cm3leon.decoding import GenerationRequest, SamplingParams, Scorer
 from cm3leon.decoding.defaults import CAPTION, EDIT, GROUNDED_GENERATION, STRUCTURE_GUIDED, TEXT_RENDERING
+from cm3leon.inference.policies import reader_for
 from cm3leon.inference.running import (
     RunContext,
     base_seed,
@@ -47,7 +45,7 @@ from cm3leon.inference.task_prompts import (
 from cm3leon.kinds import Edit, GroundedGeneration, Infill, Segmentation, StructureGuided, TextRendering, VisualQuestion
 from cm3leon.requests import EngineResult
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS, decode_codes, generate_infills, infill_plan
-from cm3leon.tasks.parsing import infill_result, segmentation_map, text_answer
+from cm3leon.tasks.parsing import infill_result, text_answer
 from cm3leon.tasks.worked import DescriptionScorer, answer_worked
 
 # Answers are decoded greedily, as the evaluation scores them (one right answer per question).
@@ -118,25 +116,10 @@ def edit(context: RunContext, request: Edit) -> EngineResult:
 
 
 def segmentation(context: RunContext, request: Segmentation) -> EngineResult:
-    """The map decoded greedily (deterministic: no sampling options); see `segmentation_result`."""
+    """The map decoded greedily (deterministic: no sampling options), as the model's request reader shows maps."""
     prompt = segmentation_prompt(context.engine, request)
     greedy = image_job(context, prompt, SEGMENTATION_PARAMS.replace(seed=SEGMENTATION_SEED))  # with previews
-    classes = segmentation_map(greedy.images[0], context.engine.formatter.world)
-    return segmentation_result(context, classes, len(prompt), greedy.generated_tokens)
-
-
-def segmentation_result(context: RunContext, classes: np.ndarray, prompt_tokens: int, generated: int) -> EngineResult:
-    """images: [the colour-coded map in the legend's exact colours, the class-id map (grey level = legend index)];
-    legend: (class, colour) by index; text: the share of the image of each class present."""
-    world = context.engine.formatter.world
-    legend = list(segmentation_legend(world).items())
-    counts = np.bincount(classes.ravel(), minlength=len(legend))[: len(legend)]
-    shares = [f"{name}: {n / classes.size:.1%}" for (name, _), n in zip(legend, counts, strict=True) if n]
-    return EngineResult(
-        images=[colourise_segmentation(classes, world), np.repeat(classes[..., None], 3, axis=-1)],
-        legend=legend, text="; ".join(shares), prompt_tokens=prompt_tokens, generated_tokens=generated,
-        seed=SEGMENTATION_SEED,
-    )
+    return reader_for(context.bundle).segmentation_result(greedy)
 
 
 def structure_guided(context: RunContext, request: StructureGuided) -> EngineResult:

@@ -1,8 +1,9 @@
 """Prompts of the instruction-tuned job kinds: a request -> the prompt ids its training format builds
-(`cm3leon.tasks.formats`, fed the world's symbolic inputs by `task_inputs`), for the model's own world.
+(`cm3leon.tasks.formats`), fed what the model's request reader makes of the request's text and boxes
+(`task_inputs`: generic, or the model's world's when it has one; `cm3leon.inference.policies.reader_for`).
 
-The world comes from the model's bundle (`cm3leon.bundle`, as the evaluations find it), so a prompt here is the
-training prompt of the same case, id for id (tests/serving/test_task_prompts.py checks each kind).
+So a prompt here is the training prompt of the same case, id for id (tests/serving/test_task_prompts.py checks each
+kind), and a model without a world builds every prompt from its vocabulary and image size alone.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cm3leon.inference.task_inputs import grounded_spec_of, pixel_box, question_of, text_scene_of
+from cm3leon.inference.policies import reader_for
+from cm3leon.inference.task_inputs import pixel_box, question_of
 from cm3leon.kinds import Edit, GroundedGeneration, Infill, Segmentation, StructureGuided, TextRendering, VisualQuestion
 from cm3leon.requests import ImageInput
 from cm3leon.tasks.infill import span_lengths
@@ -49,19 +51,20 @@ def structure_prompt(engine: Engine, request: StructureGuided) -> list[int]:
 
 
 def grounded_prompt(engine: Engine, request: GroundedGeneration) -> list[int]:
-    return engine.formatter.grounded(grounded_spec_of(request, engine.formatter.world), None).prompt
+    return engine.formatter.grounded_objects(*reader_for(engine.bundle).grounded(request), None).prompt
 
 
 def text_rendering_prompt(engine: Engine, request: TextRendering) -> list[int]:
-    return engine.formatter.text_render(text_scene_of(request.text, engine.formatter.world), None).prompt
+    instruction = reader_for(engine.bundle).text_instruction(request)
+    return engine.formatter.text_render_instruction(instruction, None).prompt
 
 
 def infill_prompt(engine: Engine, codes: ImageCodes, request: Infill, index: int) -> tuple[list[int], list[int]]:
     """(prompt, span lengths) of region `index` hidden in `codes`, with the request's text as the caption."""
-    field, world = f"regions[{index}]", engine.formatter.world
-    region = pixel_box(request.regions[index], world, field)
+    field, size = f"regions[{index}]", engine.bundle.image_size
+    region = pixel_box(request.regions[index], size, field)
     try:
-        lengths = span_lengths(region, world, engine.bundle.vocab)
+        lengths = span_lengths(region, size, engine.bundle.vocab)
     except ValueError as error:  # a region the sentinel format cannot hold
         raise ValueError(f"{field}: {error}") from error
     return engine.formatter.infill(codes, region, request.text.strip() or None).prompt, lengths

@@ -151,8 +151,27 @@ class RetrieverTrainingConfig:
 
 
 @dataclass(frozen=True)
-class MemoryConfig:
-    """Where the vector memory lives and how it is searched (RA-CM3 / CM3Leon retrieval criteria).
+class RetrievalRules:
+    """Which documents a query retrieves (RA-CM3 / CM3Leon criteria, the paper's values): the memory applies them
+    when serving, the training data when it precomputes each document's neighbours."""
+
+    # Documents retrieved per query: the paper's k = 2.
+    k: int = 2
+    # Nearest neighbours fetched before the diversity and modality rules pick k of them.
+    candidates: int = 32
+    # A candidate whose similarity to the query, or to a document already taken, exceeds this is a
+    # near-duplicate and is skipped (the paper's diversity rule, threshold 0.9).
+    diversity_threshold: float = 0.9
+    # Added to the relevance of documents that have both text and image, so at equal relevance they win (the
+    # paper's modality criterion) while a far more relevant single-modality document still can.
+    modality_bonus: float = 0.05
+    # Fraction of query text tokens dropped when retrieving for a training sample (the paper's 20%).
+    query_dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class MemoryConfig(RetrievalRules):
+    """Where the vector memory lives and how it is searched (`RetrievalRules`).
 
     Location: `url` (or env `QDRANT_URL`, with `QDRANT_API_KEY`) selects a Qdrant server; otherwise the
     embedded local mode stores under `path`, or in RAM when `path` is ":memory:".
@@ -161,18 +180,6 @@ class MemoryConfig:
     name: str = "shapes"
     path: str = "out/qdrant"
     url: str | None = None
-    # Documents retrieved per query: the paper's k = 2.
-    k: int = 2
-    # A candidate whose similarity to the query, or to a document already taken, exceeds this is a
-    # near-duplicate and is skipped (the paper's diversity rule, threshold 0.9).
-    diversity_threshold: float = 0.9
-    # Added to the relevance of documents that have both text and image, so at equal relevance they win (the
-    # paper's modality criterion) while a far more relevant single-modality document still can.
-    modality_bonus: float = 0.05
-    # Nearest neighbours fetched before the diversity and modality rules pick k of them.
-    candidates: int = 32
-    # Fraction of query text tokens dropped when retrieving for a training sample (the paper's 20%).
-    query_dropout: float = 0.2
     upsert_batch_size: int = 256
     # Object-store key template for images when the VQ codes are not stored inline (see `Memory`).
     image_key_template: str = "memory/{memory}/{doc_id}.png"

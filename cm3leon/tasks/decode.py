@@ -62,6 +62,11 @@ class ImageSamples:
     candidates: list[list[ImageCodes | None]]  # per prompt, every candidate, in sampling order
     scores: list[float]  # per prompt, the chosen candidate's score (pools of samples compare these)
 
+    def pixels(self, checkpoint: ModelBundle) -> np.ndarray:
+        """The chosen codes decoded, (N, H, W, 3) uint8 (a white image where no whole block came out, so an
+        unreadable output scores as wrong)."""
+        return decode_codes(checkpoint, self.chosen)
+
 
 def sample_image_outputs(
     checkpoint: ModelBundle,
@@ -83,21 +88,6 @@ def sample_image_outputs(
             samples.candidates.append([image_output(c.token_ids, checkpoint.vocab) for c in result.candidates])
             samples.scores.append(result.score)
     return samples
-
-
-def generate_image_outputs(
-    checkpoint: ModelBundle,
-    prompts: Sequence[Sequence[int]],
-    params: SamplingParams,
-    batch_size: int,
-    seed: int,
-    scorer: Scorer | None = None,
-) -> tuple[list[ImageCodes | None], np.ndarray]:
-    """Per prompt (ending with the `<break>` before an image): the generated codes and their decoded pixels
-    (N, H, W, 3) uint8 (a white image where no whole block came out, so an unreadable output scores as wrong).
-    Several candidates are reranked by `scorer` (default: the model's likelihood)."""
-    codes = sample_image_outputs(checkpoint, prompts, params, batch_size, seed, scorer).chosen
-    return codes, decode_codes(checkpoint, codes)
 
 
 def caption_images(

@@ -30,7 +30,7 @@ from typing import Literal
 
 from cm3leon.data.language import text_render_prompt
 from cm3leon.data.questions import QA, article
-from cm3leon.data.tasks import EditCase, GroundedSpec, PixelBox
+from cm3leon.data.tasks import BinBox, EditCase, GroundedSpec, PixelBox
 from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding.prompts import document_prompt_ids, mask_runs
 from cm3leon.kinds import KINDS
@@ -110,14 +110,29 @@ def question_text(qa: QA) -> str:
 
 
 class TaskFormatter:
-    """Builds every task's `TaskExample` for one vocabulary and world."""
+    """Builds every task's `TaskExample` for one vocabulary and image size; the methods that take the shapes
+    world's symbols (`grounded`, `text_render`) need its `world` too. Why: a model trained without a world (e.g. a
+    paper-size preset) still serves every format from text, boxes in location bins and image codes."""
 
-    def __init__(self, vocab: Vocabulary, world: WorldConfig) -> None:
-        if vocab.config.location_bins != world.location_bins:
+    def __init__(self, vocab: Vocabulary, world: WorldConfig | None = None, image_size: int | None = None) -> None:
+        if world is not None and vocab.config.location_bins != world.location_bins:
             raise ValueError(f"vocabulary has {vocab.config.location_bins} location bins, world {world.location_bins}")
+        size = image_size if image_size is not None else world.image_size if world is not None else None
+        if size is None:
+            raise ValueError("a task formatter needs the image size (or a world that has one)")
+        if world is not None and world.image_size != size:
+            raise ValueError(f"world images are {world.image_size}px, the formatter's {size}px")
         self.vocab = vocab
-        self.world = world
+        self._world = world
+        self.image_size = size
         self.masker = CM3Masker(vocab)
+
+    @property
+    def world(self) -> WorldConfig:
+        """The shapes world the formatter's symbolic inputs come from; ValueError for a world-less formatter."""
+        if self._world is None:
+            raise ValueError("this formatter has no world: give text and location bins, not the world's scenes")
+        return self._world
 
     # --- generic pieces -------------------------------------------------------------------------------------
     def _image_output(self, task: str, document: Document, image: ImageCodes | None) -> TaskExample:
@@ -198,20 +213,28 @@ class TaskFormatter:
     def seg2img(self, segmentation: ImageCodes, caption: str, image: ImageCodes | None) -> TaskExample:
         return self._image_output("seg2img", [STRUCTURE_HEADER, segmentation, caption], image)
 
-    def grounded_document(self, spec: GroundedSpec) -> Document:
-        """`GROUNDED_HEADER large red circle <loc..> and small blue star <loc..> on a white background`."""
+    def grounded_objects(
+        self, objects: Sequence[tuple[str, BinBox]], tail: str, image: ImageCodes | None
+    ) -> TaskExample:
+        """`GROUNDED_HEADER phrase0 <loc..> and phrase1 <loc..>` then `tail` (when not empty): the grounded format
+        from each object's phrase and its box in location bins."""
         document: list[str | Locations] = []
-        for index, (box, obj) in enumerate(zip(spec.boxes, spec.scene.objects, strict=True)):
+        for index, (phrase, box) in enumerate(objects):
             joiner = GROUNDED_HEADER if index == 0 else " and"
-            document += [f"{joiner} {article_phrase(obj.describe())}", Locations(box)]
-        document.append(f" on a {spec.scene.background} background")
-        return document
+            document += [f"{joiner} {phrase}", Locations(box)]
+        if tail:
+            document.append(tail)
+        return self._image_output("grounded", document, image)
 
     def grounded(self, spec: GroundedSpec, image: ImageCodes | None) -> TaskExample:
-        return self._image_output("grounded", self.grounded_document(spec), image)
+        """A world scene's grounded example: `... a large red circle <loc..> and ... on a white background`."""
+        return self.grounded_objects(*grounded_parts(spec), image)
+
+    def text_render_instruction(self, instruction: str, image: ImageCodes | None) -> TaskExample:
+        return self._image_output("text_render", [instruction], image)
 
     def text_render(self, scene: Scene, image: ImageCodes | None) -> TaskExample:
-        return self._image_output("text_render", [text_render_prompt(scene, self.world)], image)
+        return self.text_render_instruction(text_render_prompt(scene, self.world), image)
 
     def infill(self, image: ImageCodes, region: PixelBox, caption: str | None) -> TaskExample:
         """CM3's own infilling layout: the region's code rows become `<mask:i>` sentinels, and after `<infill>`
@@ -222,7 +245,7 @@ class TaskFormatter:
         document: Document = [image] if caption is None else [caption, image]
         ids = self.vocab.encode_document(document)
         start = len(ids) - 1 - self.vocab.codes_per_image  # first code of the image block (before <eos>)
-        spans = [(start + a, start + b) for a, b in infill_spans(region, self.world, self.vocab)]
+        spans = [(start + a, start + b) for a, b in infill_spans(region, self.image_size, self.vocab)]
         masked = self.masker.apply(ids, spans).ids
         cut = masked.index(self.vocab.infill_id) + 2  # prompt ends with "<infill> <mask:0>"
         return TaskExample("infill", masked[:cut], masked[cut:], "infill")
@@ -231,3 +254,9 @@ class TaskFormatter:
 def article_phrase(description: str) -> str:
     """'a large red circle': the article of a "size colour shape" description."""
     return f"{article(description)} {description}"
+
+
+def grounded_parts(spec: GroundedSpec) -> tuple[list[tuple[str, BinBox]], str]:
+    """A world scene's objects as (phrase, bins) in the spec's order, and its background as the tail."""
+    phrases = [article_phrase(obj.describe()) for obj in spec.scene.objects]
+    return list(zip(phrases, spec.boxes, strict=True)), f" on a {spec.scene.background} background"

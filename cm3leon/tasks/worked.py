@@ -10,7 +10,7 @@ keep the one whose description best explains the image (the caption reranker app
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -34,21 +34,19 @@ def description_of(answer: str) -> str | None:
     return head.strip() or None if separator else None
 
 
+@dataclass(eq=False)
 class DescriptionScorer:
     """Scores worked answers by their description read as a caption of the prompt's image (the noisy channel,
     log p(image | description)) plus `direct_weight` x the answer's own log-likelihood; an answer with no
     description, or cut off before `<eos>`, scores `NOT_A_CAPTION`."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        vocab: Vocabulary,
-        *,
-        direct_weight: float = DEFAULT_DIRECT_WEIGHT,
-        batch_size: int = DEFAULT_SCORING_BATCH_SIZE,
-    ) -> None:
-        self.model, self.vocab, self.direct_weight, self.batch_size = model, vocab, direct_weight, batch_size
-        self.channel = ChannelScorer(model, vocab, direct_weight=0.0, batch_size=batch_size)
+    model: nn.Module
+    vocab: Vocabulary
+    direct_weight: float = field(default=DEFAULT_DIRECT_WEIGHT, kw_only=True)
+    batch_size: int = field(default=DEFAULT_SCORING_BATCH_SIZE, kw_only=True)
+
+    def __post_init__(self) -> None:
+        self.channel = ChannelScorer(self.model, self.vocab, direct_weight=0.0, batch_size=self.batch_size)
 
     def description_ids(self, candidate: Sequence[int]) -> list[int]:
         """The candidate's description as a complete caption candidate (text + `<eos>`), or [] if it has none."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -62,6 +63,27 @@ def image_tokenizer_fingerprint(image_tokenizer: ImageTokenizer) -> str:
 
 def world_fingerprint(config: WorldConfig) -> str:
     return hashlib.sha256(repr(config).encode()).hexdigest()[:FINGERPRINT_HEX_CHARS]
+
+
+def codes_key(image_tokenizer: ImageTokenizer, world: WorldConfig) -> str:
+    """What a cached corpus's codes depend on: the tokenizer and the world (a cache file's name carries it)."""
+    return f"{image_tokenizer_fingerprint(image_tokenizer)}-{world_fingerprint(world)}"
+
+
+class Cacheable(Protocol):
+    def save(self, path: Path) -> None: ...
+
+
+CorpusT = TypeVar("CorpusT", bound=Cacheable)
+
+
+def load_or_build(path: Path, load: Callable[[Path], CorpusT], build: Callable[[], CorpusT]) -> CorpusT:
+    """The corpus cached at `path`, or built and saved there once (the save is atomic)."""
+    if path.exists():
+        return load(path)
+    corpus = build()
+    corpus.save(path)
+    return corpus
 
 
 @dataclass(frozen=True)
@@ -136,12 +158,11 @@ class ImageCodeCorpus:
     ) -> ImageCodeCorpus:
         """The corpus of `n_scenes` scenes of `split` (drawn with `seed`), loaded from the cache or built once."""
         split = Split(split)
-        key = f"{image_tokenizer_fingerprint(image_tokenizer)}-{world_fingerprint(world)}"
-        path = cache_dir / f"image_codes-{split.value}-{n_scenes}-seed{seed}-{key}.npz"
-        if path.exists():
-            return cls.load(path)
-        scenes = World(world).scenes(seed, split, n_scenes)
-        with torch.inference_mode():
-            corpus = cls.encode(scenes, world, image_tokenizer, batch_size, progress, render_workers)
-        corpus.save(path)
-        return corpus
+        path = cache_dir / f"image_codes-{split.value}-{n_scenes}-seed{seed}-{codes_key(image_tokenizer, world)}.npz"
+
+        def build() -> ImageCodeCorpus:
+            scenes = World(world).scenes(seed, split, n_scenes)
+            with torch.inference_mode():
+                return cls.encode(scenes, world, image_tokenizer, batch_size, progress, render_workers)
+
+        return load_or_build(path, cls.load, build)

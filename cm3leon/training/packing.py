@@ -7,6 +7,7 @@ i.e. trained as the prediction made at position i-1. The trainer therefore score
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -103,3 +104,25 @@ def pack_rows(
 
 def to_batch(tokens: np.ndarray, targets: np.ndarray) -> TokenBatch:
     return TokenBatch(torch.from_numpy(tokens), torch.from_numpy(targets))
+
+
+class PackedBatches:
+    """A `BatchSource` of packed rows: micro-batch `index` -> `batch_size` rows of `seq_len` tokens packed from
+    `units`, drawn from an rng seeded by (seed, salt, index), so every batch is a pure function of its index.
+    Subclasses say what a unit is (a pretraining document, an instruction-tuning example)."""
+
+    def __init__(self, vocab_pad_id: int, batch_size: int, seq_len: int, seed: int, seed_salt: str) -> None:
+        self.pad_id = vocab_pad_id
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.seed = seed
+        self.seed_salt = seed_salt
+        self.last_stats = PackStats()
+
+    def units(self, rng: random.Random) -> Iterator[PackUnit]:
+        raise NotImplementedError
+
+    def batch(self, index: int) -> TokenBatch:
+        rng = random.Random(f"{self.seed}:{self.seed_salt}:{index}")
+        tokens, targets, self.last_stats = pack_rows(self.units(rng), self.batch_size, self.seq_len, self.pad_id)
+        return to_batch(tokens, targets)

@@ -22,13 +22,13 @@ from typing import Any
 
 from cm3leon.checkpoint import TRAINING_RECORD_FILE
 from cm3leon.data.language import detailed_caption, short_caption
-from cm3leon.data.world import Split, WorldConfig
+from cm3leon.data.world import Scene, Split, WorldConfig
 from cm3leon.objectives.cm3 import CM3Config, CM3Masker
 from cm3leon.tasks.formats import SceneDocument
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.vocab import Document, Vocabulary
 from cm3leon.training.image_corpus import ImageCodeCorpus
-from cm3leon.training.packing import PackStats, PackUnit, TokenBatch, pack_rows, to_batch
+from cm3leon.training.packing import PackedBatches, PackUnit, TokenBatch
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,14 @@ def recorded_data_config(directory: Path, seq_len: int, image_size: int) -> Pret
 RetrievalHook = Callable[[SceneDocument, random.Random], list[Document]]
 
 
-class PretrainBatches:
+def scene_caption(scene: Scene, world: WorldConfig, rng: random.Random, detailed_fraction: float) -> str:
+    """A detailed caption with probability `detailed_fraction`, else a short one (both drawn from `rng`)."""
+    if rng.random() < detailed_fraction:
+        return detailed_caption(scene, world, rng)
+    return short_caption(scene, world, rng)
+
+
+class PretrainBatches(PackedBatches):
     """The pretraining `BatchSource`: micro-batch `index` -> `batch_size` packed rows of `config.seq_len`."""
 
     def __init__(
@@ -124,23 +131,15 @@ class PretrainBatches:
             raise ValueError(f"config asks for {config.retrieved} retrieved documents but no retrieval hook was given")
         if corpus.codes[0].size != vocab.codes_per_image:
             raise ValueError(f"corpus images have {corpus.codes[0].size} codes, vocabulary {vocab.codes_per_image}")
-        self.config = config
-        self.vocab = vocab
-        self.corpus = corpus
-        self.batch_size = batch_size
-        self.retrieval_hook = retrieval_hook
-        self.seed_salt = seed_salt
+        super().__init__(vocab.pad_id, batch_size, config.seq_len, config.seed, seed_salt)
+        self.config, self.vocab, self.corpus, self.retrieval_hook = config, vocab, corpus, retrieval_hook
         self.world = config.world()
         self.masker = CM3Masker(vocab, config.cm3)
-        self.last_stats = PackStats()
 
     def sample_document(self, rng: random.Random) -> SceneDocument:
         index = rng.randrange(len(self.corpus))
         scene = self.corpus.scenes[index]
-        if rng.random() < self.config.detailed_caption_fraction:
-            caption = detailed_caption(scene, self.world, rng)
-        else:
-            caption = short_caption(scene, self.world, rng)
+        caption = scene_caption(scene, self.world, rng, self.config.detailed_caption_fraction)
         image_first = rng.random() < self.config.image_first_fraction
         unconditional = not image_first and rng.random() < self.config.unconditional_fraction
         return SceneDocument(scene, index, caption, self.corpus.image_codes(index), image_first, unconditional)
@@ -160,13 +159,6 @@ class PretrainBatches:
     def units(self, rng: random.Random) -> Iterator[PackUnit]:
         while True:
             yield self.encode_unit(self.sample_document(rng), rng)
-
-    def batch(self, index: int) -> TokenBatch:
-        rng = random.Random(f"{self.config.seed}:{self.seed_salt}:{index}")
-        tokens, targets, self.last_stats = pack_rows(
-            self.units(rng), self.batch_size, self.config.seq_len, self.vocab.pad_id
-        )
-        return to_batch(tokens, targets)
 
 
 def load_corpus(

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from cm3leon.data.language import detailed_caption, short_caption
 from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.retrieval.augment import retrieved_document
+from cm3leon.retrieval.config import RetrievalRules
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.retrieval.search import Candidate, select_documents
 from cm3leon.tasks.formats import SceneDocument
@@ -37,14 +38,9 @@ FINGERPRINT_HEX_CHARS = 16
 
 
 @dataclass(frozen=True)
-class TrainingRetrievalConfig:
-    """How many documents to retrieve and by which rules (defaults: the paper's, as `MemoryConfig`'s)."""
+class TrainingRetrievalConfig(RetrievalRules):
+    """How many documents to retrieve and by which rules (the memory's `RetrievalRules`), and how to compute them."""
 
-    k: int = 2
-    candidates: int = 32
-    diversity_threshold: float = 0.9
-    modality_bonus: float = 0.05
-    query_dropout: float = 0.2
     # Queries per similarity matrix block: (block x corpus) floats must fit the device.
     query_block: int = 2048
     render_workers: int = 1

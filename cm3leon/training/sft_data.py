@@ -19,15 +19,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cm3leon.data.language import detailed_caption, short_caption
+from cm3leon.data.language import detailed_caption
 from cm3leon.data.questions import QA, qa_pairs, reasoning_pairs, worked_answer
 from cm3leon.data.tasks import INFILL_EMPTY_CELL_PROBABILITY, grounded_spec_of_scene
 from cm3leon.data.world import Scene, WorldConfig
 from cm3leon.decoding.prompts import CONTENT_KINDS, TEXT_KINDS, mask_runs
 from cm3leon.tasks.formats import IMAGE_TASKS, TASKS, SceneDocument, TaskExample, TaskFormatter
 from cm3leon.tokenizers.vocab import Vocabulary
-from cm3leon.training.packing import PackStats, PackUnit, TokenBatch, pack_rows, to_batch
-from cm3leon.training.pretrain_data import PretrainBatches, PretrainDataConfig, RetrievalHook
+from cm3leon.training.packing import PackedBatches, PackUnit
+from cm3leon.training.pretrain_data import PretrainBatches, PretrainDataConfig, RetrievalHook, scene_caption
 from cm3leon.training.task_corpus import TaskCorpus, TaskCorpusConfig
 
 PRETRAIN = "pretrain"
@@ -114,7 +114,7 @@ class SFTDataConfig:
         return self.pretrain.world()
 
 
-class SFTBatches:
+class SFTBatches(PackedBatches):
     """The SFT `BatchSource`: micro-batch `index` -> `batch_size` packed rows of `config.seq_len` tokens."""
 
     def __init__(
@@ -127,12 +127,8 @@ class SFTBatches:
         retrieval_hook: RetrievalHook | None = None,
         seed_salt: str = "sft",
     ) -> None:
-        self.config = config
-        self.vocab = vocab
-        self.corpus = corpus
-        self.batch_size = batch_size
-        self.retrieval_hook = retrieval_hook
-        self.seed_salt = seed_salt
+        super().__init__(vocab.pad_id, batch_size, config.seq_len, config.seed, seed_salt)
+        self.config, self.vocab, self.corpus, self.retrieval_hook = config, vocab, corpus, retrieval_hook
         self.world = config.world()
         self.formatter = TaskFormatter(vocab, self.world)
         probabilities = mixture.probabilities()
@@ -141,14 +137,11 @@ class SFTBatches:
         # The pretraining slice samples the scene pool exactly as pretraining samples its corpus.
         pretrain_config = replace(config.pretrain, seq_len=config.seq_len, retrieved=0)
         self.pretrain = PretrainBatches(pretrain_config, vocab, corpus.scenes, batch_size, retrieval_hook)
-        self.last_stats = PackStats()
 
     # --- one example per task ---------------------------------------------------------------------------------
     def _caption(self, index: int, rng: random.Random) -> str:
         scene = self.corpus.scenes.scenes[index]
-        if rng.random() < self.config.pretrain.detailed_caption_fraction:
-            return detailed_caption(scene, self.world, rng)
-        return short_caption(scene, self.world, rng)
+        return scene_caption(scene, self.world, rng, self.config.pretrain.detailed_caption_fraction)
 
     def t2i_query(self, rng: random.Random) -> SceneDocument:
         """A text->image query document (the form a retrieval hook reads) from the scene pool."""
@@ -245,11 +238,3 @@ class SFTBatches:
                 yield self.pretrain.encode_unit(self.pretrain.sample_document(rng), rng)
             else:
                 yield self.task_unit(entry, rng)
-
-    def batch(self, index: int) -> TokenBatch:
-        rng = random.Random(f"{self.config.seed}:{self.seed_salt}:{index}")
-        tokens, targets, self.last_stats = pack_rows(
-            self.units(rng), self.batch_size, self.config.seq_len, self.vocab.pad_id
-        )
-        return to_batch(tokens, targets)
-

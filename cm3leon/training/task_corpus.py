@@ -36,10 +36,10 @@ from cm3leon.tokenizers.vocab import ImageCodes
 from cm3leon.training.image_corpus import (
     FINGERPRINT_HEX_CHARS,
     ImageCodeCorpus,
-    image_tokenizer_fingerprint,
+    codes_key,
+    load_or_build,
     scene_from_json,
     scene_to_json,
-    world_fingerprint,
 )
 
 
@@ -91,38 +91,6 @@ class TaskCorpus:
 
     # --- building ---------------------------------------------------------------------------------------------
     @classmethod
-    def build(
-        cls,
-        config: TaskCorpusConfig,
-        world: WorldConfig,
-        image_tokenizer: ImageTokenizer,
-        split: Split | str = Split.TRAIN,
-        progress: bool = True,
-    ) -> TaskCorpus:
-        split = Split(split)
-        sampler = World(world)
-        scenes = sampler.scenes(config.seed, split, config.scenes, text=False)
-        words = sampler.scenes(config.seed, split, config.words, text=True)
-        rng = random.Random(f"{config.seed}:{split.value}:edits")
-        edits = tuple(make_edit(sampler, rng, split) for _ in range(config.edits))
-        # (scene, segmentation picture?) in pool order; rendered batch by batch, so the pixels of ~70k images
-        # never sit in memory at once.
-        pictures = [(s, False) for s in scenes] + [(s, True) for s in scenes] + [(s, False) for s in words]
-        pictures += [(s, False) for e in edits for s in (e.source, e.target)]
-        codes = encode_pictures(
-            pictures, world, image_tokenizer, config.encode_batch_size, progress, config.render_workers
-        )
-        n, w = len(scenes), len(words)
-        grid = codes.shape[1]
-        return cls(
-            scenes=ImageCodeCorpus(tuple(scenes), codes[:n]),
-            segmentation_codes=codes[n : 2 * n],
-            words=ImageCodeCorpus(tuple(words), codes[2 * n : 2 * n + w]),
-            edits=edits,
-            edit_codes=codes[2 * n + w :].reshape(len(edits), 2, grid, grid),
-        )
-
-    @classmethod
     def cached(
         cls,
         cache_dir: Path,
@@ -132,14 +100,34 @@ class TaskCorpus:
         split: Split | str = Split.TRAIN,
         progress: bool = True,
     ) -> TaskCorpus:
+        """The pools of `split`, loaded from `cache_dir` or drawn, rendered and encoded once."""
         split = Split(split)
-        key = f"{image_tokenizer_fingerprint(image_tokenizer)}-{world_fingerprint(world)}-{config.fingerprint()}"
-        path = cache_dir / f"task_corpus-{split.value}-{key}.npz"
-        if path.exists():
-            return cls.load(path)
-        corpus = cls.build(config, world, image_tokenizer, split, progress)
-        corpus.save(path)
-        return corpus
+        path = cache_dir / f"task_corpus-{split.value}-{codes_key(image_tokenizer, world)}-{config.fingerprint()}.npz"
+        return load_or_build(path, cls.load, partial(cls._build, config, world, image_tokenizer, split, progress))
+
+    @classmethod
+    def _build(
+        cls, config: TaskCorpusConfig, world: WorldConfig, tokenizer: ImageTokenizer, split: Split, progress: bool
+    ) -> TaskCorpus:
+        sampler = World(world)
+        scenes = sampler.scenes(config.seed, split, config.scenes, text=False)
+        words = sampler.scenes(config.seed, split, config.words, text=True)
+        rng = random.Random(f"{config.seed}:{split.value}:edits")
+        edits = tuple(make_edit(sampler, rng, split) for _ in range(config.edits))
+        # (scene, segmentation picture?) in pool order; rendered batch by batch, so the pixels of ~70k images
+        # never sit in memory at once.
+        pictures = [(s, False) for s in scenes] + [(s, True) for s in scenes] + [(s, False) for s in words]
+        pictures += [(s, False) for e in edits for s in (e.source, e.target)]
+        codes = encode_pictures(pictures, world, tokenizer, config.encode_batch_size, progress, config.render_workers)
+        n, w = len(scenes), len(words)
+        grid = codes.shape[1]
+        return cls(
+            scenes=ImageCodeCorpus(tuple(scenes), codes[:n]),
+            segmentation_codes=codes[n : 2 * n],
+            words=ImageCodeCorpus(tuple(words), codes[2 * n : 2 * n + w]),
+            edits=edits,
+            edit_codes=codes[2 * n + w :].reshape(len(edits), 2, grid, grid),
+        )
 
     # --- persistence ------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

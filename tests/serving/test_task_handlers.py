@@ -218,7 +218,7 @@ def test_infill_fills_each_region_in_turn(engine: Engine, scene_images: tuple[np
     result, events = run(engine, Infill(image, regions, "a shape", sampling=Sampling(seed=7)))
     [output] = result.images
     assert output.shape == image.shape and result.seed == 7
-    steps = sum(len(infill_plan(vocab, span_lengths(box, world, vocab))) for box in boxes)
+    steps = sum(len(infill_plan(vocab, span_lengths(box, world.image_size, vocab))) for box in boxes)
     assert result.generated_tokens == steps and events[-1].tokens_total == steps
     again = engine.run(Infill(image, regions, "a shape", sampling=Sampling(seed=8))).images[0]
     assert np.array_equal(again, output), "greedy: the seed changes nothing"

@@ -130,7 +130,7 @@ def test_infill_prompts(engine: Engine) -> None:
             request = Infill(pixels, (norm(case.region, world),), text)
             prompt, lengths = infill_prompt(engine, image_codes(engine, pixels), request, 0)
             assert prompt == fmt.infill(codes, case.region, caption).prompt
-            assert lengths == span_lengths(case.region, world, engine.bundle.vocab)
+            assert lengths == span_lengths(case.region, world.image_size, engine.bundle.vocab)
 
 
 def test_grounded_prompts(engine: Engine) -> None:

@@ -11,7 +11,8 @@
                                similarity to the word scene (`caption_check.text_render_scorer`)
 
 Each reads the world's grammar (captions, cells, words), which is why it is a policy the model names and not the
-engine's default. Every stage reports progress and honours cancellation like any decode.
+engine's default; a model without the world that names one is refused (UNIMPLEMENTED) before anything decodes.
+Every stage reports progress and honours cancellation like any decode.
 """
 
 from __future__ import annotations
@@ -22,15 +23,9 @@ from cm3leon.decoding import GenerationRequest, LikelihoodScorer
 from cm3leon.decoding.defaults import CAPTION, GROUNDED_GENERATION, SEGMENTATION, TEXT_RENDERING
 from cm3leon.inference.policies import policy
 from cm3leon.inference.running import RunContext, base_seed, default_params, generate_images
-from cm3leon.inference.task_handlers import (
-    SEGMENTATION_SEED,
-    edit_params,
-    image_job,
-    segmentation_result,
-)
+from cm3leon.inference.task_handlers import SEGMENTATION_SEED, edit_params, image_job
 from cm3leon.inference.task_handlers import grounded_generation as plain_grounded_generation
 from cm3leon.inference.task_handlers import text_rendering as plain_text_rendering
-from cm3leon.inference.task_inputs import grounded_spec_of, text_scene_of
 from cm3leon.inference.task_prompts import (
     edit_prompt,
     grounded_prompt,
@@ -41,6 +36,7 @@ from cm3leon.inference.task_prompts import (
 from cm3leon.kinds import Edit, GroundedGeneration, Segmentation, TextRendering
 from cm3leon.policies.shapes.caption_check import expected_caption_scorer, text_render_scorer
 from cm3leon.policies.shapes.edit_check import EditSettings, edit_scorer, plan_edits, redraw_wins
+from cm3leon.policies.shapes.inputs import classes_result, grounded_spec_of, text_scene_of, world_of
 from cm3leon.policies.shapes.segmentation import MapDecoder, SegmentationParams, check_maps
 from cm3leon.requests import EngineResult
 from cm3leon.tasks.decode import SEGMENTATION_PARAMS
@@ -52,6 +48,7 @@ def edit_redraw(context: RunContext, request: Edit) -> EngineResult:
     """One direct sample as the generic path; with several, planned, redrawn and chosen (`edit_check`). The request's
     sampling options shape the direct samples only; the redraws take the model's `edit_redraw` defaults."""
     engine, bundle, seed = context.engine, context.bundle, base_seed(request.sampling)
+    world_of(bundle, "edit")  # refused up front on a model without the world
     params = edit_params(context, request, seed)
     source = image_codes(engine, request.image)  # encoded once: the prompt and the plan read it
     prompt = edit_prompt(engine, request, source)
@@ -75,15 +72,16 @@ def caption_checked_segmentation(context: RunContext, request: Segmentation) -> 
     """The greedy map, redrawn where it disagrees with the model's caption of the image when the model's
     segmentation defaults ask for several samples (`segmentation.check_maps`). Deterministic."""
     engine, bundle = context.engine, context.bundle
+    world = world_of(bundle, "segmentation")
     codes = image_codes(engine, request.image)  # encoded once: the prompt and the caption check read it
     prompt = segmentation_prompt(engine, request, codes)
     settings = SegmentationParams(maps=bundle.defaults[SEGMENTATION], caption=bundle.defaults[CAPTION])
     greedy = image_job(context, prompt, SEGMENTATION_PARAMS.replace(seed=SEGMENTATION_SEED))  # with previews
-    world = engine.formatter.world
     decoder = MapDecoder(bundle, [prompt], 1, SEGMENTATION_SEED, context.step, context.should_cancel)
     with context.stage("caption_check", {"enabled": settings.checks_caption}):
         run = check_maps(decoder, [codes], [segmentation_map(greedy.images[0], world)], settings)
-    return segmentation_result(context, run.maps[0], len(prompt), greedy.generated_tokens + run.generated_tokens)
+    drawn = replace(greedy, generated_tokens=greedy.generated_tokens + run.generated_tokens)
+    return classes_result(run.maps[0], world, drawn)
 
 
 @policy("shapes.scene_caption", kind="grounded_generation")
@@ -91,11 +89,12 @@ def scene_caption_grounded(context: RunContext, request: GroundedGeneration) -> 
     """Several candidates with a retriever: scored against the caption of the scene the boxes ask for (cells from
     the boxes), which names positions as the prompt's words alone do not. Otherwise the generic path."""
     engine, bundle = context.engine, context.bundle
+    world = world_of(bundle, "grounded_generation")
     params = default_params(context, GROUNDED_GENERATION, request.sampling)
     if params.num_candidates == 1 or bundle.retriever is None:
         return plain_grounded_generation(context, request)
     prompt = grounded_prompt(engine, request)
-    scene = grounded_spec_of(request, engine.formatter.world).scene
+    scene = grounded_spec_of(request, world).scene
     fallback = LikelihoodScorer(bundle.model, bundle.vocab)
     return image_job(
         context, prompt, params, expected_caption_scorer(bundle, bundle.retriever, [prompt], [scene], fallback)
@@ -107,9 +106,10 @@ def word_choice(context: RunContext, request: TextRendering) -> EngineResult:
     """Several samples: the retriever with the model's reading (else the reading alone) finds the word asked for.
     One sample: the generic path."""
     engine, bundle = context.engine, context.bundle
+    world = world_of(bundle, "text_rendering")
     params = default_params(context, TEXT_RENDERING, request.sampling)
     if params.num_candidates == 1:
         return plain_text_rendering(context, request)
     prompt = text_rendering_prompt(engine, request)
-    word = text_scene_of(request.text, engine.formatter.world)
+    word = text_scene_of(request.text, world)
     return image_job(context, prompt, params, text_render_scorer(bundle, [prompt], [word], bundle.retriever))

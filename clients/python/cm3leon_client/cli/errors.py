@@ -54,28 +54,33 @@ def gateway() -> str:
     return f"the gateway at {_target[0]}" if _target else "the gateway"
 
 
+# Per status code: what went wrong and what to do; `{gateway}` and `{details}` are filled in.
+ADVICE: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAVAILABLE: (
+        "cannot reach {gateway} ({details}); start it (`cm3leon stack up`) or point --target / CM3LEON_TARGET at a "
+        "running one"
+    ),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (
+        "no answer from {gateway} in time; check that it is up (`cm3leon stack up`), or raise --timeout"
+    ),
+    grpc.StatusCode.UNAUTHENTICATED: (
+        "{gateway} refused the API key ({details}); pass --api-key or set CM3LEON_API_KEY to a key it knows"
+    ),
+    grpc.StatusCode.PERMISSION_DENIED: "not allowed: {details}; use a key whose tenant may do this",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "{gateway} is full ({details}); retry later",
+    grpc.StatusCode.NOT_FOUND: "not found: {details}; check the id (`cm3leon jobs list` shows your jobs)",
+    grpc.StatusCode.UNIMPLEMENTED: "not served: {details}; no worker's model runs this kind yet",
+    **dict.fromkeys(
+        (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.ALREADY_EXISTS),
+        "the gateway rejected the request: {details}; fix that option and retry",
+    ),
+}
+
+
 def rpc_advice(code: grpc.StatusCode, details: str) -> str:
     """One line for a failed call: what the gateway said, and what to do about it."""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return (
-            f"cannot reach {gateway()} ({details}); start it (`cm3leon stack up`) or point --target / "
-            "CM3LEON_TARGET at a running one"
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"no answer from {gateway()} in time; check that it is up (`cm3leon stack up`), or raise --timeout"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return f"{gateway()} refused the API key ({details}); pass --api-key or set CM3LEON_API_KEY to a key it knows"
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return f"not allowed: {details}; use a key whose tenant may do this"
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return f"{gateway()} is full ({details}); retry later"
-    if code == grpc.StatusCode.NOT_FOUND:
-        return f"not found: {details}; check the id (`cm3leon jobs list` shows your jobs)"
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return f"not served: {details}; no worker's model runs this kind yet"
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.ALREADY_EXISTS):
-        return f"the gateway rejected the request: {details}; fix that option and retry"
-    return f"the call failed ({code.name}): {details}"
+    template = ADVICE.get(code, f"the call failed ({code.name}): {{details}}")
+    return template.format(gateway=gateway(), details=details)
 
 
 def describe(error: BaseException) -> tuple[str, ExitCode] | None:
