@@ -65,7 +65,8 @@ class GatewayServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(gateway), self.server)
-        corpus_pb2_grpc.add_CorpusServiceServicer_to_server(CorpusServicer(gateway), self.server)
+        self.corpus = CorpusServicer(gateway)
+        corpus_pb2_grpc.add_CorpusServiceServicer_to_server(self.corpus, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -90,6 +91,7 @@ class GatewayServer:
         self.stop_reaper.set()
         await asyncio.sleep(min(UNREADY_HOLD_S, self.settings.drain_s))
         await self.server.stop(grace=self.settings.drain_s)
+        await self.corpus.calls.close()
         await self.store.aclose()
         await self.redis.aclose()
 

@@ -21,8 +21,6 @@ RUN_JOB = "cm3leon.run_job"
 CORPUS_ADD = "cm3leon.corpus_add"
 CORPUS_SEARCH = "cm3leon.corpus_search"
 CORPUS_DELETE = "cm3leon.corpus_delete"
-# Corpus calls return their results to the waiting gateway through the result backend; kept briefly.
-RESULT_EXPIRES_S = 600
 # How often each worker looks for messages a lost worker left unacknowledged (see broker_transport_options).
 UNACKED_RESTORE_INTERVAL_S = 5
 # Broker sockets: a hung Redis fails a publish or a poll after this long instead of hanging the caller.
@@ -35,7 +33,8 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step"
 def make_celery(settings: StackSettings) -> Celery:
     limits = settings if isinstance(settings, WorkerSettings) else WorkerSettings(**settings.model_dump())
     queues = queue_names(settings.namespace)
-    app = Celery("cm3leon", broker=settings.redis_url, backend=settings.redis_url)
+    # No result backend: no task stores a result (corpus calls reply over Redis themselves: services/corpus_calls.py).
+    app = Celery("cm3leon", broker=settings.redis_url)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -57,9 +56,7 @@ def make_celery(settings: StackSettings) -> Celery:
             "health_check_interval": BROKER_HEALTH_CHECK_S,
         },
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
-        result_backend_transport_options={"global_keyprefix": f"{settings.namespace}:results:"},
-        result_expires=RESULT_EXPIRES_S,
-        task_ignore_result=True,  # only the corpus tasks store results (they say so)
+        task_ignore_result=True,
         task_queues=[Queue(name) for name in queues.values()],
         task_default_queue=queues["image"],
         task_serializer="json",

@@ -22,7 +22,7 @@ from cm3leon_client.api import common_pb2, corpus_pb2, corpus_pb2_grpc, jobs_pb2
 from services import convert
 from services.auth import current_principal  # security: scoped keys, tenant-owned documents
 from services.bounds import check_doc_ids, check_job_id, check_list_request, check_stored_size, without_unknown_fields
-from services.corpus_calls import CORPUS_WAITS
+from services.corpus_calls import CorpusCalls
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
 from services.images import decode_image
 from services.interceptors import current_tenant
@@ -228,19 +228,28 @@ class CorpusServicer(corpus_pb2_grpc.CorpusServiceServicer):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        self.calls = CorpusCalls(gateway.settings)  # replies over Redis, never Celery's result backend
 
     async def call(self, task: str, *args: Any) -> Any:
-        async with CORPUS_WAITS.slot(current_tenant(), self.gw.settings):  # security: per-tenant calls capped
+        async with self.calls.slot(current_tenant(), self.gw.settings):  # security: per-tenant calls capped
             return await self.send_and_wait(task, *args)
 
     async def send_and_wait(self, task: str, *args: Any) -> Any:
-        result = await asyncio.to_thread(
-            self.gw.celery.send_task, task, args=list(args), queue=queue_names(self.gw.settings.namespace)["corpus"]
-        )
-        try:
-            return await CORPUS_WAITS.result(result, self.gw.settings.corpus_timeout_s)  # security: own pool
-        except TimeoutError as error:
-            raise Unavailable(f"no worker answered {task} within {self.gw.settings.corpus_timeout_s} s") from error
+        """Send the task with a fresh reply address and await its reply (on the event loop, no thread waits)."""
+        timeout_s = self.gw.settings.corpus_timeout_s
+        async with self.calls.expecting() as (reply_to, reply):
+            await asyncio.to_thread(
+                self.gw.celery.send_task,
+                task,
+                args=list(args),
+                kwargs={"reply_to": reply_to},
+                queue=queue_names(self.gw.settings.namespace)["corpus"],
+                ignore_result=True,
+            )
+            try:
+                return await self.calls.result(reply, timeout_s)
+            except TimeoutError as error:
+                raise Unavailable(f"no worker answered {task} within {timeout_s} s") from error
 
     async def upload(self, path: str, image: common_pb2.ImageInput) -> str | None:
         source = image.WhichOneof("source")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_process_init
 
+from services.corpus_calls import answer
+from services.errors import Unimplemented
 from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
 from worker.runtime import get_runtime
 
@@ -99,11 +102,27 @@ def corpus_delete(doc_ids: list[str], owner: str) -> int:
 def require_memory() -> tuple:
     runtime = get_runtime()
     if runtime.memory is None or runtime.retriever is None:
-        raise RuntimeError(f"this worker has no retrieval memory (no retriever in {runtime.settings.retriever_dir})")
+        log.error(
+            "a corpus call came to a worker without retrieval memory (no retriever in %s)",
+            runtime.settings.retriever_dir,
+        )
+        raise Unimplemented("the retrieval memory is off on this deployment's workers")
     return runtime.memory, runtime.retriever
+
+
+def replying(function: Callable[..., Any]) -> Callable[..., None]:
+    """A corpus task: `function`'s result, or its typed error, goes to the calling gateway's reply address
+    (`services.corpus_calls`), never to a result backend."""
+
+    def task(*args: Any, reply_to: dict[str, str]) -> None:
+        runtime = get_runtime()
+        answer(runtime.store.client, runtime.settings.namespace, reply_to, lambda: function(*args))
+
+    task.__name__, task.__qualname__, task.__doc__ = function.__name__, function.__qualname__, function.__doc__
+    return task
 
 
 def register(app: Celery) -> None:
     app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run_job)
     for name, function in ((CORPUS_ADD, corpus_add), (CORPUS_SEARCH, corpus_search), (CORPUS_DELETE, corpus_delete)):
-        app.task(name=name, ignore_result=False)(function)
+        app.task(name=name, ignore_result=True)(replying(function))

@@ -23,6 +23,7 @@ KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "key-admin": ("operators", tuple(SCOPES)),
     "key-bulk": ("tenant-bulk", TENANT_SCOPES),  # big corpus writes, apart from the tenancy tests' tenants
     "key-fuzz": ("tenant-fuzz", TENANT_SCOPES),
+    **{f"key-replies-{n}": (f"tenant-replies-{n}", TENANT_SCOPES) for n in (1, 2, 3)},  # concurrent corpus calls
 }
 
 
