@@ -28,7 +28,28 @@ class Keys:
         return f"{self.namespace}:idem:{digest}"
 
     def tenant_jobs(self, tenant: str) -> str:
-        return f"{self.namespace}:tenant:{hashlib.sha256(tenant.encode()).hexdigest()[:32]}:jobs"
+        return f"{self.namespace}:tenant:{tenant_hash(tenant)}:jobs"
+
+    def backlog(self, tenant: str) -> str:
+        """The tenant's jobs not yet handed to the broker, by creation time (`services.dispatch`)."""
+        return f"{self.namespace}:backlog:{tenant_hash(tenant)}"
+
+    def active(self, tenant: str) -> str:
+        """The tenant's dispatched, unfinished jobs -> their cost (its running work, `services.dispatch`)."""
+        return f"{self.namespace}:active:{tenant_hash(tenant)}"
+
+    @property
+    def ring(self) -> str:
+        return f"{self.namespace}:dispatch:ring"
+
+    @property
+    def turn(self) -> str:
+        """Hash: `n` the dispatcher's turns so far, `last` the tenant hash served at the last one."""
+        return f"{self.namespace}:dispatch:turn"
+
+    @property
+    def costs(self) -> str:
+        return f"{self.namespace}:dispatch:costs"
 
     def queued(self, queue: str) -> str:
         return f"{self.namespace}:queued:{queue}"
@@ -56,6 +77,11 @@ class Keys:
     @property
     def dead_letter(self) -> str:
         return f"{self.namespace}:dead-letter"
+
+
+def tenant_hash(tenant: str) -> str:
+    """A tenant's part of its keys: hashed, as tenant names are not key material."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:32]
 
 
 def queue_names(namespace: str) -> dict[str, str]:
