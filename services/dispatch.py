@@ -2,8 +2,10 @@
 
 A new job waits in its tenant's backlog (`services.jobstore`). `DISPATCH_SCRIPT` hands jobs out, all in one Lua
 script (so any number of dispatchers in any processes never hand one job out twice):
-    window   it stops once the broker holds `window` jobs not yet started (outbox + published sets): the Celery
-             queue stays about as long as the workers' slots, so a job waits behind at most one round of others;
+    window   per job queue (image, text: each its own ring and window, so text jobs never wait for a full image
+             window), it stops once the broker holds `window` of the queue's jobs not yet started (outbox +
+             published): the Celery queue stays about as long as the workers' slots, so a job waits behind at most
+             one round of others;
     ring     a sorted set of the tenants with a backlog, by the turn they were last served; the lowest is served
              next and gets the next turn, so the tenants take turns; a tenant joining the ring takes the place just
              before the last turn served (just after it when it was served last itself: emptying and refilling a
@@ -27,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from services.jobstore import JobStore, decode_record
-from services.keys import Keys
+from services.keys import Keys, job_queues
 from services.presence import live_workers
 from services.records import JobState
 from services.settings import StackSettings
@@ -35,12 +37,13 @@ from services.settings import StackSettings
 log = logging.getLogger(__name__)
 Publish = Callable[[str, str], None]  # (job id, queue): hand the job's message to the broker
 
-# KEYS: ring, turn, outbox, published, costs. ARGV: now, window, running cap, "{ns}:".
+# One queue per call. KEYS: ring, turn, outbox, published, costs, queued (the queue's QUEUED jobs).
+# ARGV: now, window, running cap, "{ns}:" (job and active keys), the queue's backlog prefix.
 # Returns the dispatched job ids in dispatch order. Backlog and active keys are derived from the ring's tenant
 # hashes (one Redis, not a cluster: the keys of a script are not all known before it runs).
 DISPATCH_SCRIPT = """
-local ring, turn, outbox, published, costs = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now, window, cap, prefix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local ring, turn, outbox, published, costs, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local now, window, cap, prefix, backlogs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local function exists(job) return redis.call('EXISTS', prefix .. 'job:' .. job) == 1 end
 local function running(active)
   local total, entries = 0, redis.call('HGETALL', active)
@@ -56,13 +59,20 @@ local function head(backlog)
     redis.call('ZREM', backlog, first)
   end
 end
-local inflight = redis.call('ZCARD', outbox) + redis.call('ZCARD', published)
+-- this queue's jobs handed to the broker and not yet started (marked, or published and still queued)
+local inflight, seen = 0, {}
+for _, set in ipairs({outbox, published}) do
+  for _, job in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+    if not seen[job] and redis.call('ZSCORE', queued, job) then inflight = inflight + 1 end
+    seen[job] = true
+  end
+end
 local dispatched, full = {}, {}
 while inflight < window do
   local pick
   for _, tenant in ipairs(redis.call('ZRANGE', ring, 0, -1)) do
     if not full[tenant] then
-      local backlog, active = prefix .. 'backlog:' .. tenant, prefix .. 'active:' .. tenant
+      local backlog, active = backlogs .. tenant, prefix .. 'active:' .. tenant
       local job = head(backlog)
       if not job then
         redis.call('ZREM', ring, tenant)
@@ -97,35 +107,33 @@ return dispatched
 
 
 def window_of(settings: StackSettings, workers: Mapping[str, Mapping[str, Any]]) -> int:
-    """Jobs the broker may hold not yet started: the setting, or (0) the live workers' job slots, at least 1."""
+    """Jobs a queue may hold at the broker not yet started: the setting, or (0) the live workers' job slots, at
+    least 1."""
     if settings.dispatch_window:
         return settings.dispatch_window
     return max(1, sum(int(info.get("slots", 1)) for info in workers.values()))
 
 
-def dispatch_call(keys: Keys, settings: StackSettings, window: int) -> list[Any]:
-    """The arguments of DISPATCH_SCRIPT's EVAL."""
-    script_keys = [keys.ring, keys.turn, keys.outbox, keys.published, keys.costs]
-    return [
-        DISPATCH_SCRIPT,
-        len(script_keys),
-        *script_keys,
-        time.time(),
-        window,
-        settings.tenant_max_running_cost,
-        f"{keys.namespace}:",
-    ]
+def dispatch_calls(keys: Keys, settings: StackSettings, window: int) -> list[list[Any]]:
+    """The arguments of DISPATCH_SCRIPT's EVAL, one per job queue."""
+    calls = []
+    for queue in job_queues(keys.namespace):
+        script_keys = [keys.ring(queue), keys.turn(queue), keys.outbox, keys.published, keys.costs, keys.queued(queue)]
+        arguments = [time.time(), window, settings.tenant_max_running_cost, f"{keys.namespace}:", keys.backlogs(queue)]
+        calls.append([DISPATCH_SCRIPT, len(script_keys), *script_keys, *arguments])
+    return calls
 
 
 def take(store: JobStore, settings: StackSettings) -> list[str]:
-    """Dispatch what the window and the caps allow (marked in the outbox, not yet published): job ids in order."""
+    """Dispatch what the windows and the caps allow (marked in the outbox, not yet published): job ids in order."""
     window = window_of(settings, live_workers(store.client, store.keys))
-    return [raw.decode() for raw in store.client.eval(*dispatch_call(store.keys, settings, window))]
+    calls = dispatch_calls(store.keys, settings, window)
+    return [raw.decode() for call in calls for raw in store.client.eval(*call)]
 
 
 def dispatch(store: JobStore, settings: StackSettings, publish: Publish) -> list[str]:
-    """Dispatch and publish; the published job ids in order. A job whose publish fails stays in the outbox, for
-    the reaper's sweep."""
+    """Dispatch and publish; the published job ids in order. A job whose publish fails stays in the outbox (with
+    the rest), for the reaper's sweep."""
     published = []
     for job_id in take(store, settings):
         record = decode_record(store.client.get(store.keys.job(job_id)))

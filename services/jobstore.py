@@ -7,9 +7,9 @@
     {ns}:tenant:{sha}:jobs   sorted set of the tenant's job ids by creation time (ListJobs)
     {ns}:queued:{queue}      sorted set of queued job ids by creation time (positions, backpressure)
     {ns}:leases              sorted set of running job ids by when their lease expires (services.reaper)
-    {ns}:backlog:{sha}       sorted set of a tenant's jobs not yet dispatched, by creation time (services.dispatch)
+    {ns}:backlog:{queue}:{sha}  sorted set of a tenant's jobs not yet dispatched, by creation time (services.dispatch)
     {ns}:active:{sha}        hash of a tenant's dispatched, unfinished job ids -> cost (its running work)
-    {ns}:dispatch:*          the dispatcher's ring of tenants, its turn counter, and each waiting job's cost
+    {ns}:dispatch:*          per queue the dispatcher's ring of tenants and turn counter; each unfinished job's cost
     {ns}:outbox              sorted set of job ids dispatched but not yet published to the broker, by when
     {ns}:published           sorted set of queued job ids by when their message was last published
 
@@ -129,7 +129,7 @@ def queue_writes(
 def release_dispatch(pipe: redis.client.Pipeline | aioredis.client.Pipeline, keys: Keys, record: JobRecord) -> None:
     """A finished job leaves the dispatcher's books: its backlog entry (cancelled before dispatch), its outbox mark,
     its cost and its share of the tenant's running work (`services.dispatch`)."""
-    pipe.zrem(keys.backlog(record.tenant), record.job_id)
+    pipe.zrem(keys.backlog(record.tenant, record.queue), record.job_id)
     pipe.zrem(keys.outbox, record.job_id)
     pipe.hdel(keys.active(record.tenant), record.job_id)
     pipe.hdel(keys.costs, record.job_id)
@@ -243,8 +243,9 @@ class AsyncJobStore:
         keys = self.keys
         idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
         job_keys = [idem, keys.job(record.job_id), keys.events(record.job_id)]
-        job_keys += [keys.tenant_jobs(record.tenant), keys.queued(record.queue), keys.backlog(record.tenant)]
-        job_keys += [keys.ring, keys.turn, keys.costs]
+        job_keys += [keys.tenant_jobs(record.tenant), keys.queued(record.queue)]
+        job_keys += [keys.backlog(record.tenant, record.queue), keys.ring(record.queue), keys.turn(record.queue)]
+        job_keys += [keys.costs]
         arguments = [record.job_id, encode_record(record), record.created_at, self.ttl_s, record.sequence]
         arguments += ["1" if record.request_id else "0", now or time.time(), keys.job(""), EVENTS_MAXLEN]
         arguments += [max(1, record.cost), tenant_hash(record.tenant)]
@@ -267,7 +268,7 @@ class AsyncJobStore:
         idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
         job_keys = [keys.job(record.job_id), keys.events(record.job_id), keys.tenant_jobs(record.tenant)]
         job_keys += [keys.queued(record.queue), keys.outbox, idem]
-        job_keys += [keys.backlog(record.tenant), keys.active(record.tenant), keys.costs]
+        job_keys += [keys.backlog(record.tenant, record.queue), keys.active(record.tenant), keys.costs]
         reply = await self.client.eval(
             WITHDRAW_SCRIPT, len(job_keys), *job_keys, record.job_id, "1" if record.request_id else "0"
         )

@@ -30,22 +30,25 @@ class Keys:
     def tenant_jobs(self, tenant: str) -> str:
         return f"{self.namespace}:tenant:{tenant_hash(tenant)}:jobs"
 
-    def backlog(self, tenant: str) -> str:
-        """The tenant's jobs not yet handed to the broker, by creation time (`services.dispatch`)."""
-        return f"{self.namespace}:backlog:{tenant_hash(tenant)}"
+    def backlog(self, tenant: str, queue: str) -> str:
+        """The tenant's jobs for `queue` not yet handed to the broker, by creation time (`services.dispatch`)."""
+        return f"{self.backlogs(queue)}{tenant_hash(tenant)}"
+
+    def backlogs(self, queue: str) -> str:
+        """The prefix of `queue`'s backlogs (a tenant hash completes it)."""
+        return f"{self.namespace}:backlog:{queue}:"
 
     def active(self, tenant: str) -> str:
         """The tenant's dispatched, unfinished jobs -> their cost (its running work, `services.dispatch`)."""
         return f"{self.namespace}:active:{tenant_hash(tenant)}"
 
-    @property
-    def ring(self) -> str:
-        return f"{self.namespace}:dispatch:ring"
+    def ring(self, queue: str) -> str:
+        """The tenants with a backlog for `queue`, by the turn each was last served."""
+        return f"{self.namespace}:dispatch:ring:{queue}"
 
-    @property
-    def turn(self) -> str:
-        """Hash: `n` the dispatcher's turns so far, `last` the tenant hash served at the last one."""
-        return f"{self.namespace}:dispatch:turn"
+    def turn(self, queue: str) -> str:
+        """Hash: `n` the turns served on `queue` so far, `last` the tenant hash served at the last one."""
+        return f"{self.namespace}:dispatch:turn:{queue}"
 
     @property
     def costs(self) -> str:
@@ -91,6 +94,12 @@ def queue_names(namespace: str) -> dict[str, str]:
 
 # Traffic class of each job kind: the kinds whose output is text share the (faster) text queue.
 TEXT_KINDS = frozenset({"caption", "visual_question"})
+
+
+def job_queues(namespace: str) -> tuple[str, ...]:
+    """The queues jobs go to (the corpus queue carries calls, not jobs)."""
+    queues = queue_names(namespace)
+    return queues["image"], queues["text"]
 
 
 def queue_for(namespace: str, kind: str) -> str:

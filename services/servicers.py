@@ -23,7 +23,7 @@ from services.auth import current_principal  # security: scoped keys, tenant-own
 from services.bounds import check_doc_ids, check_job_id, check_list_request, check_stored_size, without_unknown_fields
 from services.corpus_calls import CORPUS_WAITS
 from services.cost import job_cost, merged_profile
-from services.dispatch import dispatch_call, window_of
+from services.dispatch import dispatch_calls, window_of
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
 from services.images import decode_image
 from services.interceptors import current_tenant
@@ -109,7 +109,8 @@ async def dispatch_jobs(gw: Gateway) -> bool:
     when the broker refused a publish (that job and the rest wait in the outbox for the reaper)."""
     client, keys = gw.store.client, gw.store.keys
     window = window_of(gw.settings, await live_workers_async(client, keys))
-    for raw in await client.eval(*dispatch_call(keys, gw.settings, window)):
+    taken = [raw for call in dispatch_calls(keys, gw.settings, window) for raw in await client.eval(*call)]
+    for raw in taken:
         record = decode_record(await client.get(keys.job(raw.decode())))
         if record is None or record.state != JobState.QUEUED:
             continue

@@ -15,6 +15,7 @@ import cm3leon_client as api
 from cm3leon_client import Client
 from cm3leon_client.api import jobs_pb2
 from services.dispatch import take
+from services.keys import queue_for
 from services.records import JobRecord, JobState
 from services.stack import Stack
 from tests.faults.helpers import job_store, wait_for
@@ -72,10 +73,10 @@ def test_jobs_beyond_the_running_cap_wait_and_run_when_earlier_ones_end(capped: 
     with Client(target, "key-a") as a, Client(target, "key-b") as b:
         a_jobs = [a.submit(api.text_to_image(f"capped {i}", seed=i + 1)).job_id for i in range(3)]
         b_job = b.submit(api.text_to_image("b beside the cap", seed=7)).job_id
-        tenant_a = API_KEYS["key-a"]
-        assert store.client.zcard(store.keys.backlog(tenant_a)) == 2, "A's second and third wait in its backlog"
+        tenant_a, queue = API_KEYS["key-a"], queue_for(capped.namespace, "text_to_image")
+        assert store.client.zcard(store.keys.backlog(tenant_a, queue)) == 2, "A's second and third wait"
         assert store.client.hlen(store.keys.active(tenant_a)) == 1
-        assert store.client.zcard(store.keys.backlog(API_KEYS["key-b"])) == 0, "B is not held by A's cap"
+        assert store.client.zcard(store.keys.backlog(API_KEYS["key-b"], queue)) == 0, "B is not held by A's cap"
         records = {r.job_id: r for r in finals(capped, a, a_jobs) + finals(capped, b, [b_job])}
     assert started_order(list(records.values())) == [a_jobs[0], b_job, a_jobs[1], a_jobs[2]]
     for earlier, later in zip(a_jobs, a_jobs[1:], strict=False):

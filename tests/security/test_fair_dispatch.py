@@ -44,12 +44,12 @@ class Books:
         self.settings = StackSettings(redis_url=f"redis://127.0.0.1:{port}/0", namespace=namespace, **settings)
         self.port = port
 
-    def submit(self, tenant: str, cost: int = PLAIN, prompt: str = "a job") -> str:
+    def submit(self, tenant: str, cost: int = PLAIN, prompt: str = "a job", kind: str = "text_to_image") -> str:
         record = JobRecord(
             job_id=new_job_id(),
             tenant=tenant,
-            kind="text_to_image",
-            queue=queue_for(self.settings.namespace, "text_to_image"),
+            kind=kind,
+            queue=queue_for(self.settings.namespace, kind),
             request=api.text_to_image(prompt).SerializeToString(),
             cost=cost,
         )
@@ -83,7 +83,8 @@ class Books:
         self.store.update(job_id, succeed)
 
     def backlog(self, tenant: str) -> int:
-        return self.store.client.zcard(self.store.keys.backlog(tenant))
+        queue = queue_for(self.settings.namespace, "text_to_image")
+        return self.store.client.zcard(self.store.keys.backlog(tenant, queue))
 
 
 def test_cost_weighs_images_candidates_streams_and_tokens() -> None:
@@ -147,6 +148,14 @@ def test_the_window_keeps_the_broker_short(redis_port: int) -> None:
     assert books.publish_all() == []
     books.start(jobs[0])
     assert books.publish_all() == [jobs[3]]
+
+
+def test_each_job_queue_has_its_own_window(redis_port: int) -> None:
+    """Image jobs filling the image queue's window do not hold a text job back (split-queue workers)."""
+    books = Books(redis_port, "queues", dispatch_window=1)
+    images = [books.submit("A", prompt=f"i {i}") for i in range(2)]
+    text = books.submit("A", kind="caption")
+    assert books.publish_all() == [images[0], text]
 
 
 def test_the_running_cap_holds_a_tenants_extra_jobs_until_one_ends(redis_port: int) -> None:
