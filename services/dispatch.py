@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from services.jobstore import JobStore, decode_record
@@ -106,12 +106,12 @@ return dispatched
 """
 
 
-def window_of(settings: StackSettings, workers: Mapping[str, Mapping[str, Any]]) -> int:
+def window_of(settings: StackSettings, workers: Iterable[Mapping[str, Any]]) -> int:
     """Jobs a queue may hold at the broker not yet started: the setting, or (0) the live workers' job slots, at
     least 1."""
     if settings.dispatch_window:
         return settings.dispatch_window
-    return max(1, sum(int(info.get("slots", 1)) for info in workers.values()))
+    return max(1, sum(int(info.get("slots", 1)) for info in workers))
 
 
 def dispatch_calls(keys: Keys, settings: StackSettings, window: int) -> list[list[Any]]:
@@ -126,7 +126,7 @@ def dispatch_calls(keys: Keys, settings: StackSettings, window: int) -> list[lis
 
 def take(store: JobStore, settings: StackSettings) -> list[str]:
     """Dispatch what the windows and the caps allow (marked in the outbox, not yet published): job ids in order."""
-    window = window_of(settings, live_workers(store.client, store.keys))
+    window = window_of(settings, live_workers(store.client, store.keys).values())
     calls = dispatch_calls(store.keys, settings, window)
     return [raw.decode() for call in calls for raw in store.client.eval(*call)]
 

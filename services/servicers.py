@@ -104,11 +104,13 @@ async def publish_job(gw: Gateway, record: JobRecord) -> None:
         log.warning("clearing the outbox mark of job %s failed", record.job_id)
 
 
-async def dispatch_jobs(gw: Gateway) -> bool:
+async def dispatch_jobs(gw: Gateway, workers: list[dict[str, Any]] | None = None) -> bool:
     """Dispatch what the window and the tenants' running caps allow (`services.dispatch`) and publish it; False
-    when the broker refused a publish (that job and the rest wait in the outbox for the reaper)."""
+    when the broker refused a publish (that job and the rest wait in the outbox for the reaper). `workers`: the
+    live workers' entries when the caller has just read them."""
     client, keys = gw.store.client, gw.store.keys
-    window = window_of(gw.settings, await live_workers_async(client, keys))
+    workers = list((await live_workers_async(client, keys)).values()) if workers is None else workers
+    window = window_of(gw.settings, workers)
     taken = [raw for call in dispatch_calls(keys, gw.settings, window) for raw in await client.eval(*call)]
     for raw in taken:
         record = decode_record(await client.get(keys.job(raw.decode())))
@@ -122,14 +124,14 @@ async def dispatch_jobs(gw: Gateway) -> bool:
     return True
 
 
-async def enqueue_new_job(gw: Gateway, record: JobRecord) -> None:
+async def enqueue_new_job(gw: Gateway, record: JobRecord, workers: list[dict[str, Any]]) -> None:
     """After a new job is stored: dispatch (it goes out now when its tenant's turn and running cap allow). When the
     broker refuses a publish, the new job is withdrawn unless it went out (its request id freed, so a retry creates
     a fresh job) and the caller gets UNAVAILABLE; when even that fails, the reaper dispatches it later (a retry
     with the request id re-attaches to it)."""
     with tracer().start_as_current_span("enqueue", attributes={"job.id": record.job_id, "job.kind": record.kind}):
         try:
-            if await dispatch_jobs(gw):
+            if await dispatch_jobs(gw, workers):
                 return
         except redis.RedisError as error:  # the job is stored: the reaper's dispatch takes it
             log.warning("dispatching after job %s failed: %r", record.job_id, error)
@@ -215,7 +217,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         record, created = await gw.store.create(record)
         if created:
             gw.metrics.jobs.add(1, {"kind": kind, "state": JobState.QUEUED.value})
-            await enqueue_new_job(gw, record)
+            await enqueue_new_job(gw, record, workers)
         return await gw.job_proto(record)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
