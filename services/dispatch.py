@@ -18,7 +18,8 @@ unchanged: a process that dies after the script leaves an outbox mark the reaper
 it leaves the job in the backlog the reaper's next dispatch takes. A job leaves `active` when it finishes
 (`jobstore.release_dispatch`, in the transaction of its final write).
 
-Dispatch runs after every submit and cancel (gateway), after every job a worker ends, and in every reaper pass.
+Dispatch runs after every submit and cancel (gateway), when a worker claims a job and when it ends one
+(`worker/dispatching.py`), and in every reaper pass.
 """
 
 from __future__ import annotations
