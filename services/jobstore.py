@@ -121,7 +121,7 @@ def queue_writes(
             pipe.expire(key, ttl)
         # The stream only serves WatchJob's resumes: once final, its last snapshot is all a watcher needs, and not
         # for long (the record, kept `ttl`, answers after), so a job's progress snapshots cost Redis nothing later.
-        pipe.xtrim(keys.events(record.job_id), maxlen=1)
+        pipe.xtrim(keys.events(record.job_id), maxlen=1, approximate=False)  # exact: "~" keeps whole nodes
         pipe.expire(keys.events(record.job_id), min(ttl, FINISHED_EVENTS_TTL_S))
         release_dispatch(pipe, keys, record)
 
