@@ -111,4 +111,5 @@ def test_a_costly_job_takes_its_cost(limited_target: str) -> None:
         with pytest.raises(grpc.RpcError) as raised:
             client.submit(api.text_to_image("cheap", seed=2))
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate" in raised.value.details()
+        assert float(dict(raised.value.trailing_metadata())[RETRY_AFTER_HEADER]) > 0
         client.cancel(job.job_id)
