@@ -7,12 +7,17 @@
     {ns}:tenant:{sha}:jobs   sorted set of the tenant's job ids by creation time (ListJobs)
     {ns}:queued:{queue}      sorted set of queued job ids by creation time (positions, backpressure)
     {ns}:leases              sorted set of running job ids by when their lease expires (services.reaper)
-    {ns}:outbox              sorted set of job ids not yet published to the broker, by when they were written
+    {ns}:backlog:{queue}:{sha}  sorted set of a tenant's jobs not yet dispatched, by creation time (services.dispatch)
+    {ns}:active:{sha}        hash of a tenant's dispatched, unfinished job ids -> cost (its running work)
+    {ns}:dispatch:*          per queue the dispatcher's ring of tenants and turn counter; each unfinished job's cost
+    {ns}:outbox              sorted set of job ids dispatched but not yet published to the broker, by when
     {ns}:published           sorted set of queued job ids by when their message was last published
 
-A new job (idempotency key, record, first event, indexes and outbox mark) is written by one Lua script, so two
-submissions with one request id can never both create a job, and a job never exists without its outbox mark
-(the gateway clears the mark once the broker has the message; `services.reaper` publishes what it missed).
+A new job (idempotency key, record, first event, indexes and backlog entry) is written by one Lua script, so two
+submissions with one request id can never both create a job, and a queued job is always in its tenant's backlog
+or in the outbox: the dispatcher moves it from one to the other atomically (`services.dispatch`), the publisher
+clears the outbox mark once the broker has the message, and `services.reaper` dispatches and publishes what a
+dead process left.
 
 Every change is one optimistic transaction (WATCH the record, write record + snapshot event together), so the
 gateway (cancel) and the worker (progress, results) never overwrite each other's changes. `AsyncJobStore` is the
@@ -32,7 +37,7 @@ import redis.asyncio as aioredis
 
 from services import presence
 from services.errors import AlreadyExists, InvalidArgument, NotFound
-from services.keys import EVENTS_MAXLEN, Keys
+from services.keys import EVENTS_MAXLEN, Keys, tenant_hash
 from services.records import JobRecord, JobState, decode_record
 from services.watch_hub import Recheck, WatchHub
 
@@ -43,9 +48,13 @@ Mutation = Callable[[JobRecord], bool]  # changes the record in place; False: no
 # Further writes of one change, inside its transaction (a lease, an outbox mark).
 AlsoWrite = Callable[[redis.client.Pipeline, JobRecord], None]
 
-# KEYS: idempotency (or unused), job, events, tenant jobs, queued, outbox.
-# ARGV: job id, record JSON, created_at, ttl, sequence, has request id, now, job key prefix, events maxlen.
+# KEYS: idempotency (or unused), job, events, tenant jobs, queued, backlog, ring, turn, costs.
+# ARGV: job id, record JSON, created_at, ttl, sequence, has request id, now (unused), job key prefix, events maxlen,
+#       cost, tenant hash.
 # Returns {1} when created, {0, existing record JSON} when the request id already names a live job.
+# A new job waits in its tenant's backlog; a tenant not yet in the dispatch ring joins it just before the last
+# turn served (just after it, when it is the tenant served last), so it is served within one round
+# (`services.dispatch`).
 CREATE_SCRIPT = """
 if ARGV[6] == '1' then
   local existing = redis.call('GET', KEYS[1])
@@ -59,16 +68,26 @@ redis.call('SET', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], ARGV[5] .. '-0', 'record', ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[6], ARGV[7], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+local turn = redis.call('HMGET', KEYS[8], 'n', 'last')
+local place = tonumber(turn[1] or 0) - 0.5
+if turn[2] == ARGV[11] then place = place + 1 end
+redis.call('ZADD', KEYS[7], 'NX', place, ARGV[11])
+redis.call('HSET', KEYS[9], ARGV[1], ARGV[10])
 return {1}
 """
-# KEYS: job, events, tenant jobs, queued, outbox, idempotency (or unused). ARGV: job id, has request id.
-# Removes a job whose message was never published (its outbox mark still set); 1 when it was removed.
+# KEYS: job, events, tenant jobs, queued, outbox, idempotency (or unused), backlog, active, costs.
+# ARGV: job id, has request id.
+# Removes a job whose message was never published (still in its tenant's backlog, or dispatched with its outbox
+# mark still set); 1 when it was removed.
 WITHDRAW_SCRIPT = """
-if redis.call('ZREM', KEYS[5], ARGV[1]) == 0 then return 0 end
+local waiting = redis.call('ZREM', KEYS[7], ARGV[1])
+if redis.call('ZREM', KEYS[5], ARGV[1]) == 0 and waiting == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[8], ARGV[1])
+redis.call('HDEL', KEYS[9], ARGV[1])
 if ARGV[2] == '1' and redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
 return 1
 """
@@ -97,14 +116,33 @@ def queue_writes(
             pipe.expire(key, ttl)
         # The stream only serves WatchJob's resumes: once final, its last snapshot is all a watcher needs, and not
         # for long (the record, kept `ttl`, answers after), so a job's progress snapshots cost Redis nothing later.
-        pipe.xtrim(keys.events(record.job_id), maxlen=1)
+        pipe.xtrim(keys.events(record.job_id), maxlen=1, approximate=False)  # exact: "~" keeps whole nodes
         pipe.expire(keys.events(record.job_id), min(ttl, FINISHED_EVENTS_TTL_S))
+        release_dispatch(pipe, keys, record)
 
 
-def mark_published(pipe: redis.client.Pipeline | aioredis.client.Pipeline, keys: Keys, job_id: str) -> None:
-    """The job's message is with the broker (as of now): out of the outbox, into the published set."""
-    pipe.zrem(keys.outbox, job_id)
-    pipe.zadd(keys.published, {job_id: time.time()})
+def release_dispatch(pipe: redis.client.Pipeline | aioredis.client.Pipeline, keys: Keys, record: JobRecord) -> None:
+    """A finished job leaves the dispatcher's books: its backlog entry (cancelled before dispatch), its outbox mark,
+    its cost and its share of the tenant's running work (`services.dispatch`)."""
+    pipe.zrem(keys.backlog(record.tenant, record.queue), record.job_id)
+    pipe.zrem(keys.outbox, record.job_id)
+    pipe.hdel(keys.active(record.tenant), record.job_id)
+    pipe.hdel(keys.costs, record.job_id)
+
+
+# KEYS: outbox, published, queued. ARGV: job id, now.
+# The job's message is with the broker: out of the outbox, and into the published set while the job is still queued
+# (a job its worker claimed or finished first must not hold a place in the dispatcher's window).
+MARK_PUBLISHED_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
+return 1
+"""
+
+
+def mark_published_call(keys: Keys, job_id: str, queue: str) -> list[str | float]:
+    """The arguments of MARK_PUBLISHED_SCRIPT's EVAL for one job."""
+    return [MARK_PUBLISHED_SCRIPT, 3, keys.outbox, keys.published, keys.queued(queue), job_id, time.time()]
 
 
 class JobStore:
@@ -139,10 +177,8 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.client.exists(self.keys.cancel(job_id)))
 
-    def mark_published(self, job_id: str) -> None:
-        with self.client.pipeline(transaction=True) as pipe:
-            mark_published(pipe, self.keys, job_id)
-            pipe.execute()
+    def mark_published(self, job_id: str, queue: str) -> None:
+        self.client.eval(*mark_published_call(self.keys, job_id, queue))
 
     def lease_expiry(self, job_id: str) -> float | None:
         return self.client.zscore(self.keys.leases, job_id)
@@ -201,14 +237,18 @@ class AsyncJobStore:
         return record
 
     async def create(self, record: JobRecord, now: float | None = None) -> tuple[JobRecord, bool]:
-        """Store a new QUEUED job with its outbox mark, atomically; with a request id that already names a job,
-        that job is returned instead: (job, created). ALREADY_EXISTS when that job's payload differs."""
+        """Store a new QUEUED job in its tenant's backlog (with its cost for the dispatcher), atomically; with a
+        request id that already names a job, that job is returned instead: (job, created). ALREADY_EXISTS when that
+        job's payload differs."""
         keys = self.keys
         idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
         job_keys = [idem, keys.job(record.job_id), keys.events(record.job_id)]
-        job_keys += [keys.tenant_jobs(record.tenant), keys.queued(record.queue), keys.outbox]
+        job_keys += [keys.tenant_jobs(record.tenant), keys.queued(record.queue)]
+        job_keys += [keys.backlog(record.tenant, record.queue), keys.ring(record.queue), keys.turn(record.queue)]
+        job_keys += [keys.costs]
         arguments = [record.job_id, encode_record(record), record.created_at, self.ttl_s, record.sequence]
         arguments += ["1" if record.request_id else "0", now or time.time(), keys.job(""), EVENTS_MAXLEN]
+        arguments += [max(1, record.cost), tenant_hash(record.tenant)]
         reply = await self.client.eval(CREATE_SCRIPT, len(job_keys), *job_keys, *arguments)
         if int(reply[0]) == 1:
             return record, True
@@ -218,10 +258,8 @@ class AsyncJobStore:
             raise AlreadyExists(f"request_id {record.request_id!r} was used for another request (job {found.job_id})")
         return found, False
 
-    async def mark_published(self, job_id: str) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            mark_published(pipe, self.keys, job_id)
-            await pipe.execute()
+    async def mark_published(self, job_id: str, queue: str) -> None:
+        await self.client.eval(*mark_published_call(self.keys, job_id, queue))
 
     async def withdraw(self, record: JobRecord) -> bool:
         """Remove a job whose message could not be published (and free its request id); False when the job had
@@ -230,6 +268,7 @@ class AsyncJobStore:
         idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
         job_keys = [keys.job(record.job_id), keys.events(record.job_id), keys.tenant_jobs(record.tenant)]
         job_keys += [keys.queued(record.queue), keys.outbox, idem]
+        job_keys += [keys.backlog(record.tenant, record.queue), keys.active(record.tenant), keys.costs]
         reply = await self.client.eval(
             WITHDRAW_SCRIPT, len(job_keys), *job_keys, record.job_id, "1" if record.request_id else "0"
         )

@@ -28,7 +28,31 @@ class Keys:
         return f"{self.namespace}:idem:{digest}"
 
     def tenant_jobs(self, tenant: str) -> str:
-        return f"{self.namespace}:tenant:{hashlib.sha256(tenant.encode()).hexdigest()[:32]}:jobs"
+        return f"{self.namespace}:tenant:{tenant_hash(tenant)}:jobs"
+
+    def backlog(self, tenant: str, queue: str) -> str:
+        """The tenant's jobs for `queue` not yet handed to the broker, by creation time (`services.dispatch`)."""
+        return f"{self.backlogs(queue)}{tenant_hash(tenant)}"
+
+    def backlogs(self, queue: str) -> str:
+        """The prefix of `queue`'s backlogs (a tenant hash completes it)."""
+        return f"{self.namespace}:backlog:{queue}:"
+
+    def active(self, tenant: str) -> str:
+        """The tenant's dispatched, unfinished jobs -> their cost (its running work, `services.dispatch`)."""
+        return f"{self.namespace}:active:{tenant_hash(tenant)}"
+
+    def ring(self, queue: str) -> str:
+        """The tenants with a backlog for `queue`, by the turn each was last served."""
+        return f"{self.namespace}:dispatch:ring:{queue}"
+
+    def turn(self, queue: str) -> str:
+        """Hash: `n` the turns served on `queue` so far, `last` the tenant hash served at the last one."""
+        return f"{self.namespace}:dispatch:turn:{queue}"
+
+    @property
+    def costs(self) -> str:
+        return f"{self.namespace}:dispatch:costs"
 
     def queued(self, queue: str) -> str:
         return f"{self.namespace}:queued:{queue}"
@@ -58,6 +82,11 @@ class Keys:
         return f"{self.namespace}:dead-letter"
 
 
+def tenant_hash(tenant: str) -> str:
+    """A tenant's part of its keys: hashed, as tenant names are not key material."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:32]
+
+
 def queue_names(namespace: str) -> dict[str, str]:
     """Celery queues per traffic class: image generation, text generation, retrieval-memory operations."""
     return {traffic: f"{namespace}.{traffic}" for traffic in ("image", "text", "corpus")}
@@ -65,6 +94,12 @@ def queue_names(namespace: str) -> dict[str, str]:
 
 # Traffic class of each job kind: the kinds whose output is text share the (faster) text queue.
 TEXT_KINDS = frozenset({"caption", "visual_question"})
+
+
+def job_queues(namespace: str) -> tuple[str, ...]:
+    """The queues jobs go to (the corpus queue carries calls, not jobs)."""
+    queues = queue_names(namespace)
+    return queues["image"], queues["text"]
 
 
 def queue_for(namespace: str, kind: str) -> str:

@@ -1,5 +1,6 @@
 """Fair use: a per-tenant token bucket (rate and burst) and a per-tenant cap on queued work, both weighted by a
-job's cost (images x candidates), checked and taken in one Redis script so concurrent submits cannot overshoot.
+job's cost (its decoded tokens, `services.cost`), checked and taken in one Redis script so concurrent submits
+cannot overshoot.
 A refusal is RESOURCE_EXHAUSTED with a `retry-after` (seconds) in the trailing metadata.
 
     {ns}:quota:{tenant sha}:bucket    hash: tokens, at (ms)
@@ -10,20 +11,19 @@ Two steps, each one atomic script: `admit` (before any decoding: the queued cap 
 taken from the bucket) and `reserve` (right before the job is stored: the cap checked again and the cost
 reserved). A reservation counts while its job is in one of the queued sets, or for a short grace while the job
 is being stored; jobs that left the queue are dropped from the tenant's set at its next admission. A request
-refused between the two (a bad image) costs its tokens but holds no queued allowance.
+refused between the two (a bad image) costs its tokens but holds no queued allowance. The cap on running work is
+the dispatcher's (`services.dispatch`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import grpc
 import redis.asyncio as aioredis
-from google.protobuf.message import Message
 
 from services.errors import ServiceError
-from services.keys import queue_names
+from services.keys import queue_names, tenant_hash
 from services.security_settings import SecuritySettings
 
 RETRY_AFTER_HEADER = "retry-after"
@@ -76,20 +76,8 @@ class QuotaExceeded(ServiceError):
     code = "RESOURCE_EXHAUSTED"
 
 
-def job_cost(request: Message) -> int:
-    """Images x candidates of a job request (1 for a kind that has neither)."""
-    kind = request.WhichOneof("kind")
-    body = getattr(request, kind)
-    fields = body.DESCRIPTOR.fields_by_name
-    images = max(1, body.num_images) if "num_images" in fields else 1
-    candidates = 1
-    if "sampling" in fields and body.sampling.HasField("num_candidates"):
-        candidates = max(1, body.sampling.num_candidates)
-    return images * candidates
-
-
 def quota_keys(namespace: str, tenant: str) -> list[str]:
-    prefix = f"{namespace}:quota:{hashlib.sha256(tenant.encode()).hexdigest()[:32]}"
+    prefix = f"{namespace}:quota:{tenant_hash(tenant)}"
     return [f"{prefix}:bucket", f"{prefix}:queued", f"{prefix}:costs"]
 
 
@@ -100,10 +88,10 @@ async def run_step(
     namespace: str,
     tenant: str,
     job_id: str,
-    request: Message,
+    cost: int,
     context: grpc.aio.ServicerContext,
 ) -> None:
-    cost = min(job_cost(request), settings.tenant_burst, settings.tenant_max_queued_cost)
+    cost = min(max(1, cost), settings.tenant_burst, settings.tenant_max_queued_cost)
     queued_sets = [f"{namespace}:queued:{queue}" for queue in queue_names(namespace).values()]
     limits = [settings.tenant_rate_per_s, settings.tenant_burst, settings.tenant_max_queued_cost]
     script = client.register_script(ADMIT)
@@ -114,10 +102,11 @@ async def run_step(
         return
     if retry_ms < 0:
         retry_s = float(settings.tenant_queued_retry_s)
-        reason = f"your queued work is at its limit ({settings.tenant_max_queued_cost} images x candidates)"
+        reason = f"your queued work is at its limit (cost {settings.tenant_max_queued_cost}; this job costs {cost})"
     else:
         retry_s = math.ceil(retry_ms / 100) / 10
-        reason = f"your submit rate is over its limit ({settings.tenant_rate_per_s} images x candidates per second)"
+        rate = f"{settings.tenant_rate_per_s:g}"
+        reason = f"your submit rate is over its limit (cost {rate} per second; this job costs {cost})"
     context.set_trailing_metadata(((RETRY_AFTER_HEADER, f"{retry_s:g}"),))
     raise QuotaExceeded(f"{reason}; retry after {retry_s:g} s")
 
@@ -128,12 +117,12 @@ async def admit(
     namespace: str,
     tenant: str,
     job_id: str,
-    request: Message,
+    cost: int,
     context: grpc.aio.ServicerContext,
 ) -> None:
     """Before any work on the request: the tenant's queued cap checked and the job's cost taken from its bucket,
     or QuotaExceeded (with the retry-after trailer)."""
-    await run_step("rate", client, settings, namespace, tenant, job_id, request, context)
+    await run_step("rate", client, settings, namespace, tenant, job_id, cost, context)
 
 
 async def reserve(
@@ -142,8 +131,8 @@ async def reserve(
     namespace: str,
     tenant: str,
     job_id: str,
-    request: Message,
+    cost: int,
     context: grpc.aio.ServicerContext,
 ) -> None:
     """Right before the job is stored: its cost reserved in the tenant's queued allowance (checked again)."""
-    await run_step("reserve", client, settings, namespace, tenant, job_id, request, context)
+    await run_step("reserve", client, settings, namespace, tenant, job_id, cost, context)

@@ -8,6 +8,8 @@ Every gateway and every worker runs one in a thread; a short Redis lock lets one
             requeued and published, or failed `DEAD_LETTER` once it has had `max_deliveries` deliveries.
     stale:  a job still QUEUED `republish_after_s` after its last publish is published again (its message may
             have been reserved by a worker that died before claiming it).
+    dispatch: the tenants' backlogs are dispatched (`services.dispatch`), so a job waits for no particular event
+            (a submit, a job's end) that a dead process may never send.
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 
+from services.dispatch import Publish, dispatch
 from services.jobstore import JobStore
 from services.records import JobRecord, JobState
 from services.settings import StackSettings
 
 log = logging.getLogger(__name__)
-Publish = Callable[[str, str], None]  # (job id, queue): hand the job's message to the broker
 BATCH = 100  # jobs looked at per pass and kind (the next pass takes the rest)
 
 
@@ -35,6 +36,7 @@ class ReapReport:
     requeued: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    dispatched: list[str] = field(default_factory=list)
 
 
 class Reaper:
@@ -51,6 +53,7 @@ class Reaper:
         self.sweep_outbox(now, report)
         self.reap_leases(now, report)
         self.republish_stale(now, report)
+        report.dispatched = dispatch(self.store, self.settings, self.publish)
         return report
 
     def sweep_outbox(self, now: float, report: ReapReport) -> None:
@@ -63,7 +66,7 @@ class Reaper:
                 log.warning("job %s: still in the outbox after %.1f s, published again", job_id, waited)
                 self.publish(job_id, record.queue)
                 report.published.append(job_id)
-                self.store.mark_published(job_id)
+                self.store.mark_published(job_id, record.queue)
             client.zrem(keys.outbox, job_id)
 
     def republish_stale(self, now: float, report: ReapReport) -> None:
@@ -80,7 +83,7 @@ class Reaper:
                 continue
             log.warning("job %s: still queued %.0f s after its last publish, published again", job_id, now - cutoff)
             self.publish(job_id, record.queue)
-            self.store.mark_published(job_id)
+            self.store.mark_published(job_id, record.queue)
             report.republished.append(job_id)
 
     def reap_leases(self, now: float, report: ReapReport) -> None:
@@ -119,7 +122,7 @@ class Reaper:
         if record.state == JobState.QUEUED:
             log.warning("job %s: its worker's lease expired; requeued (delivery %d)", job_id, record.deliveries)
             self.publish(job_id, record.queue)
-            self.store.mark_published(job_id)
+            self.store.mark_published(job_id, record.queue)
             report.requeued.append(job_id)
         else:
             self.store.dead_letter(job_id)

@@ -75,6 +75,8 @@ class JobRecord(BaseModel):
     seed: int = 0
     deliveries: int = 0  # how many times a worker started it (dead-lettered past the limit)
     retrieval_skipped: bool = False  # the memory was unavailable and the job ran without retrieval (by setting)
+    cost: int = 0  # its fair-use cost (`services.cost`), counted against its tenant's running cap once dispatched
+    trace_context: dict[str, str] = Field(default_factory=dict)  # the submit's trace, for whoever publishes it
 
     def finish(self, state: JobState, code: str = "", message: str = "") -> None:
         self.state = state

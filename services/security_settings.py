@@ -26,11 +26,16 @@ class SecuritySettings(BaseSettings):
     dev_keys: bool = False
     # Retrieval memories every tenant may name in `sampling.memory` (their own documents and the shared base).
     shared_memories: list[str] = Field(default_factory=lambda: ["shapes"])
-    # Fair use per tenant, in cost units (a job's images x candidates): a token bucket refilled at `rate` per
-    # second up to `burst`, and a cap on the cost of its queued jobs (so one tenant cannot fill the global queue).
-    tenant_rate_per_s: float = Field(5.0, gt=0)
-    tenant_burst: int = Field(64, ge=1)
-    tenant_max_queued_cost: int = Field(32, ge=1)
+    # Fair use per tenant, in cost units (a job's decoded tokens, `services.cost`: images x candidates x guidance
+    # streams x tokens per output; a plain text->image job of the shipped model costs 64 codes x 2 streams = 128):
+    # a token bucket refilled at `rate` per second up to `burst`, and a cap on the cost of its queued jobs (so one
+    # tenant cannot fill the global queue).
+    tenant_rate_per_s: float = Field(1024.0, gt=0)
+    tenant_burst: int = Field(16384, ge=1)
+    tenant_max_queued_cost: int = Field(8192, ge=1)
+    # Tokens per output the cost assumes until a worker has declared its model's (image codes, text budget).
+    cost_image_tokens: int = Field(64, ge=1)
+    cost_text_tokens: int = Field(64, ge=1)
     tenant_queued_retry_s: float = Field(5.0, gt=0)  # the retry-after hint when the queued cap is what refused
     # Long-lived RPCs: open WatchJob streams per tenant (per gateway), RPCs in flight per gateway, and how long
     # a connection lives before the server asks the client to reconnect (clients resume where they were).

@@ -23,10 +23,12 @@ from services import convert
 from services.auth import current_principal  # security: scoped keys, tenant-owned documents
 from services.bounds import check_doc_ids, check_job_id, check_list_request, check_stored_size, without_unknown_fields
 from services.corpus_calls import CorpusCalls
+from services.cost import job_cost, merged_profile
+from services.dispatch import dispatch_calls, window_of
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
 from services.images import decode_image
 from services.interceptors import current_tenant
-from services.jobstore import AsyncJobStore
+from services.jobstore import AsyncJobStore, decode_record
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
 from services.presence import live_workers_async
@@ -71,41 +73,77 @@ class Gateway:
         if not await asyncio.to_thread(self.objects.exists, key):
             raise InvalidArgument(path, f"no object {key!r} among your jobs")
 
-    async def supported_kinds(self) -> set[str] | None:
-        """Kinds some live worker's model runs; None while no worker has reported (jobs wait in the queue)."""
-        infos = (await live_workers_async(self.store.client, self.store.keys)).values()
-        return {kind for info in infos for kind in info["kinds"]} if infos else None
+    async def workers(self) -> list[dict[str, Any]]:
+        """What the live workers declared (their models' kinds and cost profiles)."""
+        return list((await live_workers_async(self.store.client, self.store.keys)).values())
+
+    def cost(self, request: jobs_pb2.JobRequest, workers: list[dict[str, Any]]) -> int:
+        """The request's fair-use cost (`services.cost`), by the live workers' models or the settings."""
+        settings = self.settings
+        return job_cost(request, merged_profile(workers), settings.cost_image_tokens, settings.cost_text_tokens)
 
 
-async def publish_new_job(gw: Gateway, record: JobRecord) -> None:
-    """Hand a new job to the broker and clear its outbox mark. When the broker refuses, the job is withdrawn (its
-    request id freed, so a retry creates a fresh job) and the caller gets UNAVAILABLE; when even that fails, the
-    mark stays and the outbox sweeper publishes the job later (a retry with the request id re-attaches to it)."""
-    with tracer().start_as_current_span("enqueue", attributes={"job.id": record.job_id, "job.kind": record.kind}):
-        carrier = inject_context()
-        try:
-            await asyncio.to_thread(
-                gw.celery.send_task,
-                RUN_JOB,
-                args=[record.job_id, carrier],
-                queue=record.queue,
-                task_id=record.job_id,
-                ignore_result=True,  # else Celery subscribes to a result channel per job (and waits on an outage)
-            )
-        except Exception as error:
-            log.warning("publishing job %s failed: %r", record.job_id, error)
-            try:
-                withdrawn = await gw.store.withdraw(record)
-            except redis.RedisError:
-                log.warning("withdrawing job %s failed: the outbox sweeper will publish it", record.job_id)
-                withdrawn = False
-            if withdrawn:
-                raise Unavailable("the job queue is unavailable; retry later (the request_id is free)") from error
-            return
+def supported_kinds(workers: list[dict[str, Any]]) -> set[str] | None:
+    """Kinds some live worker's model runs; None while no worker has reported (jobs wait in the queue)."""
+    return {kind for info in workers for kind in info["kinds"]} if workers else None
+
+
+async def publish_job(gw: Gateway, record: JobRecord) -> None:
+    """Hand a dispatched job to the broker (raises when it refuses) and clear its outbox mark (a failure there
+    only costs a second publish by the sweeper: claiming is idempotent)."""
+    await asyncio.to_thread(
+        gw.celery.send_task,
+        RUN_JOB,
+        args=[record.job_id, record.trace_context or None],
+        queue=record.queue,
+        task_id=record.job_id,
+        ignore_result=True,  # else Celery subscribes to a result channel per job (and waits on an outage)
+    )
     try:
-        await gw.store.mark_published(record.job_id)
-    except redis.RedisError:  # the sweeper publishes it again: claiming is idempotent
+        await gw.store.mark_published(record.job_id, record.queue)
+    except redis.RedisError:
         log.warning("clearing the outbox mark of job %s failed", record.job_id)
+
+
+async def dispatch_jobs(gw: Gateway, workers: list[dict[str, Any]] | None = None) -> bool:
+    """Dispatch what the window and the tenants' running caps allow (`services.dispatch`) and publish it; False
+    when the broker refused a publish (that job and the rest wait in the outbox for the reaper). `workers`: the
+    live workers' entries when the caller has just read them."""
+    client, keys = gw.store.client, gw.store.keys
+    workers = list((await live_workers_async(client, keys)).values()) if workers is None else workers
+    window = window_of(gw.settings, workers)
+    taken = [raw for call in dispatch_calls(keys, gw.settings, window) for raw in await client.eval(*call)]
+    for raw in taken:
+        record = decode_record(await client.get(keys.job(raw.decode())))
+        if record is None or record.state != JobState.QUEUED:
+            continue
+        try:
+            await publish_job(gw, record)
+        except Exception as error:  # kombu's and redis's errors alike: the broker is away
+            log.warning("publishing job %s failed: %r", record.job_id, error)
+            return False
+    return True
+
+
+async def enqueue_new_job(gw: Gateway, record: JobRecord, workers: list[dict[str, Any]]) -> None:
+    """After a new job is stored: dispatch (it goes out now when its tenant's turn and running cap allow). When the
+    broker refuses a publish, the new job is withdrawn unless it went out (its request id freed, so a retry creates
+    a fresh job) and the caller gets UNAVAILABLE; when even that fails, the reaper dispatches it later (a retry
+    with the request id re-attaches to it)."""
+    with tracer().start_as_current_span("enqueue", attributes={"job.id": record.job_id, "job.kind": record.kind}):
+        try:
+            if await dispatch_jobs(gw, workers):
+                return
+        except redis.RedisError as error:  # the job is stored: the reaper's dispatch takes it
+            log.warning("dispatching after job %s failed: %r", record.job_id, error)
+            return
+        try:
+            withdrawn = await gw.store.withdraw(record)
+        except redis.RedisError:
+            log.warning("withdrawing job %s failed: the reaper publishes it", record.job_id)
+            withdrawn = False
+        if withdrawn:
+            raise Unavailable("the job queue is unavailable; retry later (the request_id is free)")
 
 
 def assign_seed(body: Any) -> int:
@@ -136,7 +174,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             found = await gw.store.existing(tenant, request.request_id, payload_hash)
             if found is not None:
                 return await gw.job_proto(found)
-        supported = await gw.supported_kinds()
+        workers = await gw.workers()
+        supported = supported_kinds(workers)
         if supported is not None and kind not in supported:
             raise Unimplemented(
                 f"job kind {kind!r} is not supported by any worker's model yet (they run: {sorted(supported)})"
@@ -145,8 +184,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         gw.metrics.queue_depth.set(queued)
         if queued >= gw.settings.max_queued_jobs:
             raise QueueFull(f"{queued} jobs are queued (limit {gw.settings.max_queued_jobs}); retry later")
-        job_id = new_job_id()
-        await admit(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, request.request, context)
+        job_id, cost = new_job_id(), gw.cost(request.request, workers)
+        await admit(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, cost, context)
         accepted = jobs_pb2.JobRequest()
         accepted.CopyFrom(request.request)
         without_unknown_fields(accepted)  # security: never stored
@@ -163,7 +202,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             target.Clear()
             target.object_key = key
         check_stored_size("request", accepted)
-        await reserve(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, accepted, context)
+        await reserve(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, cost, context)
         record = JobRecord(
             job_id=job_id,
             tenant=tenant,
@@ -173,11 +212,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             request_id=request.request_id,
             fingerprint=payload_hash,
             seed=seed,
+            cost=cost,
+            trace_context=inject_context(),
         )
         record, created = await gw.store.create(record)
         if created:
             gw.metrics.jobs.add(1, {"kind": kind, "state": JobState.QUEUED.value})
-            await publish_new_job(gw, record)
+            await enqueue_new_job(gw, record, workers)
         return await gw.job_proto(record)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
@@ -203,7 +244,16 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 await asyncio.to_thread(self.gw.celery.control.revoke, record.job_id)
             except Exception as error:  # the cancel took effect: a worker that takes the message skips the job
                 log.warning("revoking job %s failed (%s); its cancel flag stands", record.job_id, error)
+            await self.dispatch_after_cancel()
         return await self.gw.job_proto(record)
+
+    async def dispatch_after_cancel(self) -> None:
+        """A cancelled queued job may free a place in the dispatch window: the next job goes out (best-effort: the
+        reaper's dispatch follows anyway)."""
+        try:
+            await dispatch_jobs(self.gw)
+        except Exception as error:
+            log.warning("dispatching after a cancel failed (%s)", type(error).__name__)
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext

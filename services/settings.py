@@ -58,6 +58,12 @@ class StackSettings(BaseSettings):
     republish_after_s: float = Field(300.0, gt=0)
     # Deliveries of one job before it is dead-lettered (a poison message that kills its worker every time).
     max_deliveries: int = Field(3, ge=1)
+    # Fair dispatch (services.dispatch), read by every gateway, worker and reaper alike: a tenant's dispatched,
+    # unfinished jobs may cost at most this much together (cost: services.cost; a tenant with nothing running may
+    # always start one job), and the broker holds at most `dispatch_window` jobs not yet started (0: the live
+    # workers' job slots).
+    tenant_max_running_cost: int = Field(4096, ge=1)
+    dispatch_window: int = Field(0, ge=0)
     # "none", "console", "otlp" (OTEL_EXPORTER_OTLP_ENDPOINT) or "file:PATH" (JSON lines; tests use it).
     otel_exporter: str = "none"
     service_name: str = "cm3leon"

@@ -32,6 +32,7 @@ from services.objectstore import output_key, preview_key
 from services.records import JobRecord, JobState, RetrievedInfo, StoredObject
 from services.retry import DeadlineExceeded, retry_call
 from services.telemetry import extract_context, tracer
+from worker.dispatching import dispatch_next
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -286,10 +287,10 @@ def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | No
     if record is None:
         log.info("job %s: finished or running elsewhere, message skipped", job_id)
         return "skipped"
+    dispatch_next(runtime)  # fair dispatch: this job left the window, the next one waits at the broker
     attributes = {"job.id": job_id, "job.kind": record.kind}
-    with tracer().start_as_current_span(
-        "worker.run_job", context=extract_context(trace_context), attributes=attributes
-    ) as span:
+    context = extract_context(trace_context or record.trace_context)  # a job dispatched later: its submit's trace
+    with tracer().start_as_current_span("worker.run_job", context=context, attributes=attributes) as span:
         runtime.current_job = job_id  # the runtime renews its lease from now on
         read_as(record.tenant)  # the job retrieves only its tenant's and the base memory's documents
         try:

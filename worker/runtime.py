@@ -24,6 +24,7 @@ from services.reaper import celery_publisher, start_reaper
 from services.redis_clients import redis_client
 from services.settings import WorkerSettings
 from services.telemetry import Metrics, setup_telemetry
+from worker.declared import cost_profile
 
 if TYPE_CHECKING:
     from cm3leon.inference.engine import Engine
@@ -97,12 +98,18 @@ def build_runtime(settings: WorkerSettings) -> Runtime:
 def heartbeat(runtime: Runtime) -> None:
     engine = runtime.engine
     info = {"model_id": engine.bundle.model_id, "kinds": list(engine.supported_kinds), "pid": os.getpid()}
+    info.update(declared(runtime))
     while True:
         try:
             runtime.store.publish_worker(runtime.name, info)
         except redis.RedisError:
             log.exception("heartbeat failed")
         threading.Event().wait(HEARTBEAT_S)
+
+
+def declared(runtime: Runtime) -> dict[str, object]:
+    """Fair use: the job slots of this process (the dispatch window counts them) and its model's cost profile."""
+    return {"slots": 1, "cost": cost_profile(runtime.engine.bundle, tuple(runtime.engine.supported_kinds))}
 
 
 def renew_leases(runtime: Runtime) -> None:

@@ -13,6 +13,7 @@ from celery.signals import task_failure, worker_process_init
 from services.corpus_calls import answer
 from services.errors import Unimplemented
 from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
+from worker.dispatching import dispatch_next
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,11 @@ def fail_job_past_hard_limit(
 def run_job(job_id: str, trace_context: dict[str, str] | None = None) -> str:
     from worker.execute import run_job as execute
 
-    return execute(get_runtime(), job_id, trace_context)
+    runtime = get_runtime()
+    try:
+        return execute(runtime, job_id, trace_context)
+    finally:
+        dispatch_next(runtime)  # fair dispatch: a place in the window and in the tenant's running cap is free
 
 
 def corpus_add(documents: list[dict[str, str | None]], owner: str) -> int:

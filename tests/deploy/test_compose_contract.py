@@ -42,7 +42,9 @@ SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|ROOT_USER)", re.IGNORECASE
 # Defaults that must never reach a container: loopback addresses (the container itself) and dev credentials.
 LOOPBACK = ("127.0.0.1", "localhost")
 # Settings whose names look secret but are not (a path, an interval, a flag): compose may leave them unset.
-NOT_SECRETS = frozenset({"api_keys_file", "api_keys_reload_s", "dev_keys", "tls_key_file"})
+NOT_SECRETS = frozenset(
+    {"api_keys_file", "api_keys_reload_s", "dev_keys", "tls_key_file", "cost_image_tokens", "cost_text_tokens"}
+)
 HOST_PORT = re.compile(r"(?:[a-z]+://)?(?P<host>[a-z][a-z0-9-]*):(?P<port>\d+)")
 
 

@@ -174,6 +174,7 @@ def test_the_reaper_republishes_a_job_queued_long_after_its_publish(stack: Stack
     for record in (waiting, gone):
         store.client.set(store.keys.job(record.job_id), record.model_dump_json())
         store.client.zadd(store.keys.published, {record.job_id: time.time() - 400})
+    store.client.zadd(store.keys.queued(waiting.queue), {waiting.job_id: waiting.created_at})  # as QUEUED jobs are
     published: list[str] = []
     _reaper(stack, published).run_once()
     assert published == [waiting.job_id]

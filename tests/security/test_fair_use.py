@@ -8,16 +8,21 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 import cm3leon_client as api
 from cm3leon_client import Client
-from services.quotas import RETRY_AFTER_HEADER, QuotaExceeded, admit, job_cost, reserve
+from services.cost import job_cost, merged_profile
+from services.keys import Keys
+from services.presence import live_workers
+from services.quotas import RETRY_AFTER_HEADER, QuotaExceeded, admit, reserve
 from services.settings import GatewaySettings
 from services.stack import Stack
 
 pytestmark = pytest.mark.slow
-LIMITS = {"CM3LEON_TENANT_RATE_PER_S": "1", "CM3LEON_TENANT_BURST": "4", "CM3LEON_TENANT_MAX_QUEUED_COST": "6"}
+# In plain text->image jobs (the stack's model's cost of one).
+LIMITS = {"CM3LEON_TENANT_RATE_PER_S": 1, "CM3LEON_TENANT_BURST": 4, "CM3LEON_TENANT_MAX_QUEUED_COST": 6}
 
 
 class Context:
@@ -30,9 +35,18 @@ class Context:
         self.trailing = metadata
 
 
-def test_cost_is_images_times_candidates() -> None:
-    assert job_cost(api.text_to_image("x", num_images=4, num_candidates=4)) == 16
-    assert job_cost(api.text_to_image("x")) == 1
+def plain_cost(stack: Stack) -> int:
+    """The cost of a plain text->image job on the stack's model (as its worker declared it)."""
+    workers = live_workers(redis.Redis(port=stack.redis_port), Keys(stack.namespace))
+    return job_cost(api.text_to_image("x"), merged_profile(workers.values()))
+
+
+def test_a_big_job_costs_more_than_a_small_one(secure_stack: Stack) -> None:
+    workers = live_workers(redis.Redis(port=secure_stack.redis_port), Keys(secure_stack.namespace))
+    profile = merged_profile(workers.values())
+    small = job_cost(api.text_to_image("x"), profile)
+    assert job_cost(api.text_to_image("x", num_images=4, num_candidates=4), profile) == 16 * small
+    assert job_cost(api.text_to_image("x", method="sample"), profile) * 2 == small, "one stream without guidance"
 
 
 @pytest.mark.parametrize("step", [admit, reserve], ids=["rate", "queued"])
@@ -47,9 +61,7 @@ def test_concurrent_admissions_never_overshoot(secure_stack: Stack, step: Callab
 
         async def one(index: int) -> bool:
             try:
-                await step(
-                    client, settings, f"race-{step.__name__}", "t", f"{index:032x}", api.text_to_image("x"), Context()
-                )
+                await step(client, settings, f"race-{step.__name__}", "t", f"{index:032x}", 1, Context())
                 return True
             except QuotaExceeded:
                 return False
@@ -64,7 +76,8 @@ def test_concurrent_admissions_never_overshoot(secure_stack: Stack, step: Callab
 
 @pytest.fixture(scope="module")
 def limited_target(secure_stack: Stack) -> str:
-    _, port = secure_stack.start_gateway("gateway-limited", env=LIMITS)
+    unit = plain_cost(secure_stack)
+    _, port = secure_stack.start_gateway("gateway-limited", env={name: str(n * unit) for name, n in LIMITS.items()})
     return f"127.0.0.1:{port}"
 
 
@@ -94,8 +107,9 @@ def test_a_flooding_tenant_does_not_stop_another(limited_target: str, flooder: C
 
 def test_a_costly_job_takes_its_cost(limited_target: str) -> None:
     with Client(limited_target, "key-admin") as client:
-        job = client.submit(api.text_to_image("costly", num_images=2, num_candidates=2, seed=1))  # cost 4 = burst
+        job = client.submit(api.text_to_image("costly", num_images=2, num_candidates=2, seed=1))  # 4 plain = burst
         with pytest.raises(grpc.RpcError) as raised:
             client.submit(api.text_to_image("cheap", seed=2))
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate" in raised.value.details()
+        assert float(dict(raised.value.trailing_metadata())[RETRY_AFTER_HEADER]) > 0
         client.cancel(job.job_id)
