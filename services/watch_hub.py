@@ -112,6 +112,7 @@ class Reader:
         self.watchers: dict[str, set[Watcher]] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.closing = False
         self.missing = client.register_script(MISSING_SCRIPT)
 
     def add(self, watcher: Watcher) -> None:
@@ -130,7 +131,7 @@ class Reader:
     async def run(self) -> None:
         """Read until cancelled; idle (no connection in use) while nothing is watched."""
         next_sweep = time.monotonic() + self.recheck_s
-        while True:
+        while not self.closing:
             if not self.watchers:
                 self.wake.clear()
                 await self.wake.wait()
@@ -141,6 +142,8 @@ class Reader:
                     await self.sweep()
                     next_sweep = time.monotonic() + self.recheck_s
             except Exception as error:
+                if self.closing:  # redis-py may turn the cancellation of a blocked read into a connection error
+                    return
                 log.warning("reading watched job events failed (%s); their streams end, reading again", error)
                 self.fail_all(error)
                 await asyncio.sleep(RETRY_S)
@@ -198,6 +201,7 @@ class Reader:
                     watcher.queue.put_nowait(RuntimeError(f"reading the job's events failed: {error}"))
 
     async def aclose(self) -> None:
+        self.closing = True
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
