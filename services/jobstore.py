@@ -154,7 +154,13 @@ class JobStore:
 
     def renew_lease(self, job_id: str, ttl_s: float) -> None:
         """Push the lease of a job this worker runs forward (never re-creates a lease the job no longer has)."""
-        self.client.zadd(self.keys.leases, {job_id: time.time() + ttl_s}, xx=True)
+        self.renew_leases([job_id], ttl_s)
+
+    def renew_leases(self, job_ids: list[str], ttl_s: float) -> None:
+        """Push the leases of the jobs this worker runs forward, in one call (none is re-created)."""
+        if job_ids:
+            expiry = time.time() + ttl_s
+            self.client.zadd(self.keys.leases, dict.fromkeys(job_ids, expiry), xx=True)
 
     def publish_worker(self, name: str, info: dict) -> None:
         presence.publish(self.client, self.keys, name, info)

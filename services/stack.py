@@ -255,10 +255,11 @@ class Stack:
         self.start_on_free_ports(start)
 
     def start_worker(self, name: str, env: dict[str, str] | None = None, queues: list[str] | None = None) -> Child:
-        """A Celery worker (prefork, one pool process holding the model); ready once its model has loaded."""
+        """A Celery worker (one process holding the model, `CM3LEON_WORKER_JOBS` job threads); ready once its model
+        has loaded."""
         queues = queues or list(queue_names(self.namespace).values())
         args = [sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", ",".join(queues)]
-        args += ["--concurrency", "1", "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO"]
+        args += ["-n", f"{name}@%h", "--loglevel", "INFO"]
         args += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         client, keys = redis.Redis(port=self.redis_port), Keys(self.namespace)
         before = set(live_workers(client, keys))
