@@ -40,15 +40,18 @@ from services.presence import live_workers
 from services.stack import Stack
 
 API_KEY = "bench-key"
-API_KEYS = {API_KEY: "bench"}
+PROFILE_TOP = 25  # functions of the gateway's profile kept in stack.json
 PROMPTS = ("a red circle", "a blue square on black", "two green triangles", "a small yellow star", "a big circle")
-# The gateway's admission limits are the bench's to fill: no queue cap or tenant quota refuses a measured submit.
+# The jobs' gateway: no queue cap or tenant quota refuses a measured job (one tenant runs them all).
 UNLIMITED = {
     "CM3LEON_MAX_QUEUED_JOBS": "1000000",
     "CM3LEON_TENANT_RATE_PER_S": "1000000",
     "CM3LEON_TENANT_BURST": "1000000",
     "CM3LEON_TENANT_MAX_QUEUED_COST": "1000000",
 }
+# The submits' gateway: room for every submit in the queue; per-tenant quotas stay the defaults.
+UNQUEUED = {"CM3LEON_MAX_QUEUED_JOBS": "1000000"}
+TENANT_QUEUED_JOBS = 32  # one-image jobs a tenant may have queued under the default quota (tenant_max_queued_cost)
 SUBMIT_NAMESPACE = "benchsubmit"  # a namespace no worker consumes: submits only queue
 SUMMARY_KEYS = (
     "stack_speedup_16",
@@ -203,10 +206,10 @@ def peak_rss(stack: Stack, target: str, jobs: int) -> dict[str, float]:
 
 
 async def submit_storm(target: str, clients: int, total: int) -> tuple[float, int]:
-    """`total` SubmitJob calls from `clients` async clients (one channel each), as fast as answered -> wall s,
-    accepted count."""
+    """`total` SubmitJob calls from `clients` async clients (one channel and tenant each), as fast as answered ->
+    wall s, accepted count."""
     per_client = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
-    connected = [AsyncClient(target, API_KEY, timeout_s=60.0) for _ in range(clients)]
+    connected = [AsyncClient(target, f"submit-key-{i}", timeout_s=60.0) for i in range(clients)]
     request = api.text_to_image("a red circle", seed=1)
     accepted = 0
 
@@ -216,8 +219,7 @@ async def submit_storm(target: str, clients: int, total: int) -> tuple[float, in
             job = await client.submit(request)
             accepted += job.state == jobs_pb2.JOB_STATE_QUEUED
 
-    await asyncio.gather(*(submitter(c, 1) for c in connected))  # connected first: channel setup is not a submit
-    accepted = 0
+    await asyncio.gather(*(c.channel.channel_ready() for c in connected))  # channel setup is not a submit
     started = time.perf_counter()
     await asyncio.gather(*(submitter(c, n) for c, n in zip(connected, per_client, strict=True)))
     wall = time.perf_counter() - started
@@ -226,13 +228,65 @@ async def submit_storm(target: str, clients: int, total: int) -> tuple[float, in
     return wall, accepted
 
 
-def submit_rate(stack: Stack, clients: int, total: int) -> dict[str, float]:
-    """SubmitJob throughput of a gateway whose queues have no worker, with each side's CPU time per submit."""
-    child, port = stack.start_gateway("gateway-submits", {"CM3LEON_NAMESPACE": SUBMIT_NAMESPACE, **UNLIMITED})
+def command_stats(stack: Stack) -> dict[str, tuple[int, int]]:
+    """Redis's own count: command -> (calls, microseconds spent)."""
+    stats = redis.Redis(port=stack.redis_port).info("commandstats")
+    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()}
+
+
+def redis_cost(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], total: int) -> dict[str, Any]:
+    """Redis commands per submit (by command) and the server's microseconds per submit."""
+    calls = {name: (after[name][0] - before.get(name, (0, 0))[0]) / total for name in after}
+    usec = sum(after[name][1] - before.get(name, (0, 0))[1] for name in after) / total
+    return {
+        "redis_commands_per_submit": {name: round(count, 2) for name, count in sorted(calls.items()) if count},
+        "redis_server_us_per_submit": usec,
+    }
+
+
+def api_keys(submit_clients: int) -> dict[str, str]:
+    """The jobs' key, and one key (tenant) per submitting client: each stays within the default tenant quotas."""
+    return {API_KEY: "bench", **{f"submit-key-{i}": f"submitter-{i}" for i in range(submit_clients)}}
+
+
+def gateway_profile(stack: Stack, clients: int, total: int) -> list[dict[str, Any]]:
+    """Where the gateway's main thread spends its time during a submit storm (cProfile, which slows it: the
+    throughput is measured without it): the top functions by own time, per submit."""
+    import pstats
+
+    path = stack.workdir / "gateway-submits.prof"
+    env = {"CM3LEON_NAMESPACE": f"{SUBMIT_NAMESPACE}p", **UNQUEUED}
+    child, port = stack.start_gateway("gateway-profiled", env, profile_to=path)
     try:
-        gateway_cpu, own_cpu = cpu_seconds(child.process.pid), own_cpu_seconds()
+        asyncio.run(submit_storm(f"127.0.0.1:{port}", clients, total))
+    finally:
+        child.stop()
+        stack.children.remove(child)
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:PROFILE_TOP]
+    return [
+        {
+            "function": f"{Path(file).name}:{line}({name})",
+            "calls_per_submit": round(calls / total, 2),
+            "own_ms_per_submit": round(own * 1000 / total, 4),
+            "cumulative_ms_per_submit": round(cumulative * 1000 / total, 4),
+        }
+        for (file, line, name), (_, calls, own, cumulative, _) in rows
+    ]
+
+
+def submit_rate(stack: Stack, clients: int, total: int) -> dict[str, Any]:
+    """SubmitJob throughput of a gateway whose queues have no worker (`clients` tenants, one each, with the
+    default per-tenant quotas), with each side's CPU time and Redis's work per submit."""
+    child, port = stack.start_gateway("gateway-submits", {"CM3LEON_NAMESPACE": SUBMIT_NAMESPACE, **UNQUEUED})
+    redis_pid = next(c.process.pid for c in stack.children if c.name == "redis")
+    try:
+        before = command_stats(stack)
+        gateway_cpu, own_cpu, redis_cpu = cpu_seconds(child.process.pid), own_cpu_seconds(), cpu_seconds(redis_pid)
         wall, accepted = asyncio.run(submit_storm(f"127.0.0.1:{port}", clients, total))
-        gateway_cpu, own_cpu = cpu_seconds(child.process.pid) - gateway_cpu, own_cpu_seconds() - own_cpu
+        gateway_cpu = cpu_seconds(child.process.pid) - gateway_cpu
+        own_cpu, redis_cpu = own_cpu_seconds() - own_cpu, cpu_seconds(redis_pid) - redis_cpu
+        commands = redis_cost(before, command_stats(stack), total)
     finally:
         child.stop()
         stack.children.remove(child)
@@ -243,8 +297,10 @@ def submit_rate(stack: Stack, clients: int, total: int) -> dict[str, float]:
         "wall_s": wall,
         "gateway_submits_per_s": total / wall,
         "gateway_cpu_ms_per_submit": gateway_cpu * 1000 / total,
-        "client_cpu_ms_per_submit": own_cpu * 1000 / total,
         "gateway_cpu_utilisation": gateway_cpu / wall,
+        "client_cpu_ms_per_submit": own_cpu * 1000 / total,
+        "redis_cpu_ms_per_submit": redis_cpu * 1000 / total,
+        **commands,
     }
 
 
@@ -263,7 +319,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     retriever = Path(args.retriever).resolve()
     memory_path = Path(args.memory_path).resolve()
     ensure_memory(retriever, model / "vq", memory_path, args.memory, args.memory_docs)
-    environment = {"CM3LEON_API_KEYS": json.dumps(API_KEYS), **UNLIMITED}
+    environment = {"CM3LEON_API_KEYS": json.dumps(api_keys(args.submit_clients)), **UNLIMITED}
     stack = Stack(workdir, namespace="benchstack", environment=environment)
     worker_env = {
         "CM3LEON_MODEL_DIR": str(model),
@@ -278,6 +334,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         stack.start_s3()
         stack.start_gateway()
         results["submits"] = phase("submits", lambda: submit_rate(stack, args.submit_clients, args.submits))
+        results["submits"]["profile_main_thread"] = phase(
+            "submits profiled", lambda: gateway_profile(stack, args.submit_clients, args.profile_submits)
+        )
         phase("worker start", lambda: stack.start_worker("worker", worker_env))
         results["worker"] = worker_info(stack)
         target = f"127.0.0.1:{stack.gateway_port}"
@@ -336,6 +395,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rss-jobs", type=int, default=64, help="jobs at once on the memory phase's worker")
     parser.add_argument("--submits", type=int, default=2000)
     parser.add_argument("--submit-clients", type=int, default=64)
+    parser.add_argument("--profile-submits", type=int, default=500, help="submits of the profiled storm")
     parser.add_argument("--workdir", help="where the stack's processes keep data and logs (default: a temp dir)")
     return parser.parse_args(argv)
 
@@ -344,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     from cm3leon.bench.serve import machine
 
     args = parse(argv)
+    if max(args.submits, args.profile_submits) > TENANT_QUEUED_JOBS * args.submit_clients:
+        raise SystemExit(f"--submits: at most {TENANT_QUEUED_JOBS} per submitting client (the default tenant quota)")
     with tempfile.TemporaryDirectory(prefix="cm3leon-bench-stack-") as temporary:
         workdir = Path(args.workdir or temporary)
         started = time.perf_counter()

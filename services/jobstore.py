@@ -21,7 +21,6 @@ gateway's (redis.asyncio), `JobStore` the worker's (plain redis): same keys, sam
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -185,8 +184,11 @@ class AsyncJobStore:
         return record
 
     async def queued_count(self, queues: Sequence[str]) -> int:
-        counts = await asyncio.gather(*(self.client.zcard(self.keys.queued(q)) for q in queues))
-        return sum(counts)
+        """Jobs queued over `queues`, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zcard(self.keys.queued(queue))
+            return sum(await pipe.execute())
 
     async def queue_position(self, record: JobRecord) -> int:
         if record.state != JobState.QUEUED:

@@ -7,9 +7,13 @@ Blocking clients (MinIO, Celery's publisher) run in threads so the event loop ne
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import hashlib
 import logging
+import math
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +48,8 @@ ASSIGNED_SEED_BITS = 59
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 MAX_CORPUS_BATCH = 256
+# The kinds live workers run are read from the presence hash at most this often (heartbeats come every 5 s).
+KINDS_CACHE_S = 1.0
 DOC_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -53,6 +59,10 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, store: AsyncJobStore, objects: ObjectStore, celery: Celery) -> None:
         self.settings, self.store, self.objects, self.celery = settings, store, objects, celery
         self.metrics = Metrics()
+        self.kinds_seen: tuple[float, set[str] | None] = (-math.inf, None)  # (when read, supported kinds)
+        # Job messages are published from one thread of their own: the event loop never blocks on the broker,
+        # and publishes do not contend with each other (and the loop) for the GIL from many threads.
+        self.publisher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm3leon-publish")
 
     async def job_proto(self, record: JobRecord) -> jobs_pb2.Job:
         position = await self.store.queue_position(record)
@@ -71,9 +81,16 @@ class Gateway:
             raise InvalidArgument(path, f"no object {key!r} among your jobs")
 
     async def supported_kinds(self) -> set[str] | None:
-        """Kinds some live worker's model runs; None while no worker has reported (jobs wait in the queue)."""
+        """Kinds some live worker's model runs; None while no worker has reported (jobs wait in the queue). Read
+        from the presence hash at most every `KINDS_CACHE_S` (one read per submit would cost a round trip and the
+        decoding of every worker's entry, for an answer the heartbeats refresh only every few seconds)."""
+        read_at, kinds = self.kinds_seen
+        if time.monotonic() - read_at < KINDS_CACHE_S:
+            return kinds
         infos = (await live_workers_async(self.store.client, self.store.keys)).values()
-        return {kind for info in infos for kind in info["kinds"]} if infos else None
+        kinds = {kind for info in infos for kind in info["kinds"]} if infos else None
+        self.kinds_seen = (time.monotonic(), kinds)
+        return kinds
 
 
 async def publish_new_job(gw: Gateway, record: JobRecord) -> None:
@@ -83,7 +100,7 @@ async def publish_new_job(gw: Gateway, record: JobRecord) -> None:
     with tracer().start_as_current_span("enqueue", attributes={"job.id": record.job_id, "job.kind": record.kind}):
         carrier = inject_context()
         try:
-            await asyncio.to_thread(
+            publish = functools.partial(
                 gw.celery.send_task,
                 RUN_JOB,
                 args=[record.job_id, carrier],
@@ -91,6 +108,7 @@ async def publish_new_job(gw: Gateway, record: JobRecord) -> None:
                 task_id=record.job_id,
                 ignore_result=True,  # else Celery subscribes to a result channel per job (and waits on an outage)
             )
+            await asyncio.get_running_loop().run_in_executor(gw.publisher, publish)
         except Exception as error:
             log.warning("publishing job %s failed: %r", record.job_id, error)
             try:

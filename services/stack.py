@@ -267,10 +267,14 @@ class Stack:
         self.wait_until(child, lambda: set(live_workers(client, keys)) - before, "worker model")
         return child
 
-    def start_gateway(self, name: str = "gateway", env: dict[str, str] | None = None) -> tuple[Child, int]:
+    def start_gateway(
+        self, name: str = "gateway", env: dict[str, str] | None = None, profile_to: Path | None = None
+    ) -> tuple[Child, int]:
+        """The gateway on a free port; `profile_to`: under cProfile, its statistics written there when it stops."""
+        profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to is not None else []
         child = self.spawn(
             name,
-            [sys.executable, "-m", "services.gateway"],
+            [sys.executable, *profiler, "-m", "services.gateway"],
             {**self.settings_env(), "CM3LEON_PORT": "0", **(env or {})},
         )
         port: list[int] = []

@@ -4,8 +4,6 @@ takes back jobs whose worker stopped renewing their lease, and the worker's time
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import Callable
 
