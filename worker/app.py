@@ -23,6 +23,10 @@ def worker_app() -> Celery:
     """The app a worker process runs, from CM3LEON_* settings; registers the tasks."""
     settings = WorkerSettings()
     app = make_celery(settings)
-    app.conf.update(worker_pool="threads", worker_concurrency=job_threads(settings))
+    app.conf.update(
+        worker_pool="threads",
+        worker_concurrency=job_threads(settings),
+        worker_consumer="worker.consumer:Consumer",
+    )
     tasks.register(app)
     return app

@@ -89,6 +89,19 @@ def fetch_inputs(runtime: Runtime, job_id: str, request: JobRequest) -> JobReque
     return dataclasses.replace(request, **images) if images else request
 
 
+def job_store_call(runtime: Runtime, job_id: str, call: Callable[[], T]) -> T:
+    """A job-store call before the job runs (its cancel flag, its claim), retried while Redis is away: the
+    worker holds the message meanwhile (past the deadline it raises: the job stays QUEUED and the reaper publishes
+    it again)."""
+    return retry_call(
+        call,
+        what=f"claiming job {job_id}",
+        deadline_s=FINAL_WRITE_DEADLINE_S,
+        retry_on=(redis.RedisError,),
+        service="the job store",
+    )
+
+
 def store_update(runtime: Runtime, job_id: str, mutate: Callable[[JobRecord], bool]) -> JobRecord | None:
     """A final write, retried while Redis is away (past the deadline it raises: the lease then expires and the
     reaper takes the job back)."""
@@ -110,6 +123,7 @@ class JobReporter:
         self.last_publish = 0.0
         self.last_cancel_check = 0.0
         self.previews = 0
+        self.superseded = False  # the job's record is final already: this run (a redelivery) has nothing to add
 
     @property
     def timed_out(self) -> bool:
@@ -134,7 +148,8 @@ class JobReporter:
             return True
 
         try:
-            self.runtime.store.update(self.job_id, apply)
+            record = self.runtime.store.update(self.job_id, apply)
+            self.superseded = record is None or record.state.finished
         except redis.RedisError as error:  # the next update (or the final one, retried) carries it
             log.warning("job %s: progress update skipped (%s)", self.job_id, type(error).__name__)
 
@@ -150,8 +165,9 @@ class JobReporter:
             return None
 
     def should_cancel(self) -> bool:
-        """True when the job was cancelled or ran past its soft time limit (`timed_out` tells which)."""
-        if self.timed_out:
+        """True when the job was cancelled, ran past its soft time limit (`timed_out` tells which), or finished
+        in another run meanwhile (a message redelivered while Redis was away, after the lease had expired)."""
+        if self.timed_out or self.superseded:
             return True
         now = time.monotonic()
         if now - self.last_cancel_check < CANCEL_CHECK_INTERVAL_S:
@@ -297,11 +313,11 @@ def mark_retrieval_skipped(record: JobRecord) -> bool:
 def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | None) -> str:
     """Run one job to a final state; returns that state (or "skipped": a message for a job that is finished or
     leased by another worker, which gets no `worker.run_job` span: one span per delivery that ran)."""
-    if runtime.store.cancel_requested(job_id):
+    if job_store_call(runtime, job_id, lambda: runtime.store.cancel_requested(job_id)):
         with tracer().start_as_current_span("worker.run_job", context=extract_context(trace_context)):
             finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled before it started")
         return JobState.CANCELLED.value
-    record = claim(runtime, job_id)
+    record = job_store_call(runtime, job_id, lambda: claim(runtime, job_id))
     if record is None:
         log.info("job %s: finished or running elsewhere, message skipped", job_id)
         return "skipped"
@@ -334,6 +350,9 @@ def run_claimed(runtime: Runtime, job_id: str, record: JobRecord, span: Any) -> 
         record_result(runtime, job_id, result)
         return JobState.SUCCEEDED.value
     except JobCancelled:
+        if reporter.superseded:
+            log.info("job %s: finished by another delivery meanwhile; this run stopped", job_id)
+            return "skipped"
         if not reporter.timed_out:
             finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled while running")
             return JobState.CANCELLED.value
