@@ -4,15 +4,15 @@ job threads (Celery's threads pool, `worker.app`).
 Celery's `worker_init` builds it and warms the model up before the worker takes a message; a heartbeat thread
 publishes what this worker's model can run and how many jobs it runs at once (its entry in the {ns}:workers hash,
 `services.presence`), which the gateway reads to answer UNIMPLEMENTED for kinds no live worker supports; one
-thread renews the leases of every job the process runs and keeps their hard time limits (`watch_deadlines`); a
+thread renews the leases of every job the process runs and keeps their hard time limits (`keep_leases`); a
 reaper thread (`services.reaper`) takes back jobs other workers lost. An engine that is not thread-safe runs one
-job at a time behind `Runtime.exclusive` (the other job threads wait there, still cancellable).
+job at a time behind `Runtime.exclusive` (the other job threads wait there, still cancellable); a local-mode
+retrieval memory takes one call at a time (`OneCallAtATime`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -125,12 +125,32 @@ _runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
+class OneCallAtATime:
+    """A client shared by job threads whose calls must not overlap: Qdrant's local mode (an in-process store
+    with no locking) behind every job's retrieval and the corpus tasks; a server client needs none of this."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if not callable(attribute):
+            return attribute
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return locked
+
+
 def open_memory(settings: WorkerSettings) -> tuple[Memory | None, Retriever | None]:
     if not (Path(settings.retriever_dir) / "retriever_config.json").exists():
         log.warning("no retriever in %s: retrieval is off", settings.retriever_dir)
         return None, None
     from cm3leon.retrieval.config import MemoryConfig
-    from cm3leon.retrieval.memory import Memory
+    from cm3leon.retrieval.memory import Memory, connect
     from cm3leon.retrieval.retriever import Retriever
 
     retriever = Retriever.from_pretrained(settings.retriever_dir)
@@ -140,7 +160,10 @@ def open_memory(settings: WorkerSettings) -> tuple[Memory | None, Retriever | No
         path=settings.memory_path,
         diversity_threshold=settings.memory_diversity_threshold,
     )
-    return Memory.for_retriever(config, retriever), retriever
+    client = connect(config)
+    if client.init_options.get("url") is None:  # local mode: the job threads take turns
+        client = OneCallAtATime(client)  # type: ignore[assignment]
+    return Memory.for_retriever(config, retriever, client), retriever
 
 
 # Job threads per worker when `worker_jobs` is 0, by device: a GPU's decode step costs about the same for 1 row as
@@ -162,14 +185,12 @@ def job_threads(settings: WorkerSettings) -> int:
     return settings.worker_jobs or DEFAULT_JOBS[resolved_device(settings)]
 
 
-def engine_config(settings: WorkerSettings, jobs: int) -> EngineConfig:
-    """The engine's configuration; `jobs` concurrent jobs where the engine takes that setting."""
+def engine_config(settings: WorkerSettings) -> EngineConfig:
+    """The engine's configuration (its scheduler's row pool is the engine's default: every job thread's decode
+    shares it)."""
     from cm3leon.inference.engine import EngineConfig
 
-    config = EngineConfig(device=settings.device, previews_per_image=settings.previews_per_image)
-    if "concurrent_jobs" in {f.name for f in dataclasses.fields(EngineConfig)}:
-        config = dataclasses.replace(config, concurrent_jobs=jobs)  # type: ignore[call-arg]
-    return config
+    return EngineConfig(device=settings.device, previews_per_image=settings.previews_per_image)
 
 
 def build_runtime(settings: WorkerSettings) -> Runtime:
@@ -185,7 +206,7 @@ def build_runtime(settings: WorkerSettings) -> Runtime:
     objects.ensure_bucket()
     memory, retriever = open_memory(settings)
     jobs = job_threads(settings)
-    engine = Engine.load(settings.model_dir, engine_config(settings, jobs), memory=memory, retriever=retriever)
+    engine = Engine.load(settings.model_dir, engine_config(settings), memory=memory, retriever=retriever)
     engine.warm_up()
     store = JobStore(redis_client(settings), settings.namespace, settings.job_ttl_s)
     name = f"{socket.gethostname()}-{os.getpid()}"
