@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(CLI) bench all --out bench/results
 	$(CLI) bench chaos --out bench/results
 	$(CLI) bench fuzz --n 20000 --out bench/results --model models/shapes
+	$(CLI) bench stack --out bench/results --model models/shapes
 
 # Style (ruff) and the direction of imports (import-linter: the contracts in pyproject.toml).
 lint: $(STAMP)

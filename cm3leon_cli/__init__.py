@@ -54,5 +54,15 @@ def bench_fuzz(ctx: typer.Context) -> None:
     raise typer.Exit(fuzz_main(ctx.args))
 
 
+@bench_group.command("stack", context_settings=PASS_THROUGH)
+def bench_stack(ctx: typer.Context) -> None:
+    """The serving stack as a user sees it (cm3leon_stack.bench): jobs/s and latency at 1 and 16 clients, the
+    system's own cost per job, SubmitJob/s, a worker's peak memory -> bench/results/stack.json. Options:
+    `cm3leon bench stack --help`."""
+    from cm3leon_stack.bench import main as stack_main  # the stack's processes: loaded only when asked for
+
+    raise typer.Exit(stack_main(ctx.args))
+
+
 def main() -> None:
     sys.exit(run(app, prog_name="cm3leon"))

@@ -39,5 +39,6 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
 WORKDIR /app
 USER 10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s CMD ["python", "/app/healthcheck.py", "worker"]
-CMD ["celery", "-A", "worker.main", "worker", "-Q", "cm3.image,cm3.text,cm3.corpus", "--concurrency", "1", \
-     "--pool", "prefork", "-n", "worker@%h", "--loglevel", "INFO"]
+# The pool (threads) and its size (CM3LEON_WORKER_JOBS) come from the settings (worker/app.py).
+CMD ["celery", "-A", "worker.main", "worker", "-Q", "cm3.image,cm3.text,cm3.corpus", "-n", "worker@%h", \
+     "--loglevel", "INFO"]

@@ -51,8 +51,6 @@ def is_open(method: str) -> bool:
     return method.startswith(OPEN_PREFIXES)
 
 
-
-
 # A dependency's errors -> what the client is told (UNAVAILABLE: retry later); the details go to the log and trace.
 OUTAGES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
     ((redis.RedisError,), "the job store is unavailable; retry later"),

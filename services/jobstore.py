@@ -26,7 +26,6 @@ gateway's (redis.asyncio), `JobStore` the worker's (plain redis): same keys, sam
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -185,7 +184,13 @@ class JobStore:
 
     def renew_lease(self, job_id: str, ttl_s: float) -> None:
         """Push the lease of a job this worker runs forward (never re-creates a lease the job no longer has)."""
-        self.client.zadd(self.keys.leases, {job_id: time.time() + ttl_s}, xx=True)
+        self.renew_leases([job_id], ttl_s)
+
+    def renew_leases(self, job_ids: list[str], ttl_s: float) -> None:
+        """Push the leases of the jobs this worker runs forward, in one call (none is re-created)."""
+        if job_ids:
+            expiry = time.time() + ttl_s
+            self.client.zadd(self.keys.leases, dict.fromkeys(job_ids, expiry), xx=True)
 
     def publish_worker(self, name: str, info: dict) -> None:
         presence.publish(self.client, self.keys, name, info)
@@ -215,8 +220,11 @@ class AsyncJobStore:
         return record
 
     async def queued_count(self, queues: Sequence[str]) -> int:
-        counts = await asyncio.gather(*(self.client.zcard(self.keys.queued(q)) for q in queues))
-        return sum(counts)
+        """Jobs queued over `queues`, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zcard(self.keys.queued(queue))
+            return sum(await pipe.execute())
 
     async def queue_position(self, record: JobRecord) -> int:
         if record.state != JobState.QUEUED:

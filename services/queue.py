@@ -1,12 +1,12 @@
 """The Celery application's configuration and task names, shared by the gateway (which sends tasks by name) and the
 worker (which runs them); torch-free, so the gateway imports it without the model stack.
 
-    celery -A worker.main worker -Q cm3.image,cm3.text,cm3.corpus --concurrency 1 --pool prefork
+    celery -A worker.main worker -Q cm3.image,cm3.text,cm3.corpus
 
 Reliability (BRIEF section 3): acks_late + reject_on_worker_lost (a job whose worker dies is redelivered, not
-lost), prefetch 1 (a worker holds no job it is not running), soft < hard time limit < the broker's visibility
-timeout (a slow job is failed before the broker would hand its message to another worker), and a pool process may
-take its time to load the model before it reports up (`process_start_timeout_s`).
+lost), prefetch multiplier 1 (a worker holds no more jobs than it runs: `worker_jobs` threads, `worker.app`), and
+the worker's own soft < hard time limit < the broker's visibility timeout (a slow job is failed before the broker
+would hand its message to another worker; `worker.deadlines`).
 """
 
 from __future__ import annotations
@@ -39,9 +39,6 @@ def make_celery(settings: StackSettings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_proc_alive_timeout=limits.process_start_timeout_s,
-        task_soft_time_limit=limits.soft_time_limit_s,
-        task_time_limit=limits.hard_time_limit_s,
         broker_transport_options={
             "visibility_timeout": limits.visibility_timeout_s,
             # Every broker key under the namespace: two stacks can share one Redis.

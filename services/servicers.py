@@ -7,10 +7,14 @@ Blocking clients (MinIO, Celery's publisher) run in threads so the event loop ne
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import logging
+import math
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,6 +51,8 @@ ASSIGNED_SEED_BITS = 59
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 MAX_CORPUS_BATCH = 256
+# What live workers declared is read from the presence hash at most this often (heartbeats come every 5 s).
+WORKERS_CACHE_S = 1.0
 DOC_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -56,6 +62,10 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, store: AsyncJobStore, objects: ObjectStore, celery: Celery) -> None:
         self.settings, self.store, self.objects, self.celery = settings, store, objects, celery
         self.metrics = Metrics()
+        self.workers_seen: tuple[float, list[dict[str, Any]]] = (-math.inf, [])  # (when read, their entries)
+        # Job messages are published from one thread of their own: the event loop never blocks on the broker,
+        # and publishes do not contend with each other (and the loop) for the GIL from many threads.
+        self.publisher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm3leon-publish")
 
     async def job_proto(self, record: JobRecord) -> jobs_pb2.Job:
         position = await self.store.queue_position(record)
@@ -74,8 +84,14 @@ class Gateway:
             raise InvalidArgument(path, f"no object {key!r} among your jobs")
 
     async def workers(self) -> list[dict[str, Any]]:
-        """What the live workers declared (their models' kinds and cost profiles)."""
-        return list((await live_workers_async(self.store.client, self.store.keys)).values())
+        """What the live workers declared (their models' kinds and cost profiles). Read from the presence hash at
+        most every `WORKERS_CACHE_S`: one read per submit would cost a round trip and the decoding of every
+        worker's entry, for an answer the heartbeats refresh only every few seconds."""
+        read_at, workers = self.workers_seen
+        if time.monotonic() - read_at >= WORKERS_CACHE_S:
+            workers = list((await live_workers_async(self.store.client, self.store.keys)).values())
+            self.workers_seen = (time.monotonic(), workers)
+        return workers
 
     def cost(self, request: jobs_pb2.JobRequest, workers: list[dict[str, Any]]) -> int:
         """The request's fair-use cost (`services.cost`), by the live workers' models or the settings."""
@@ -91,7 +107,7 @@ def supported_kinds(workers: list[dict[str, Any]]) -> set[str] | None:
 async def publish_job(gw: Gateway, record: JobRecord) -> None:
     """Hand a dispatched job to the broker (raises when it refuses) and clear its outbox mark (a failure there
     only costs a second publish by the sweeper: claiming is idempotent)."""
-    await asyncio.to_thread(
+    publish = functools.partial(
         gw.celery.send_task,
         RUN_JOB,
         args=[record.job_id, record.trace_context or None],
@@ -99,6 +115,7 @@ async def publish_job(gw: Gateway, record: JobRecord) -> None:
         task_id=record.job_id,
         ignore_result=True,  # else Celery subscribes to a result channel per job (and waits on an outage)
     )
+    await asyncio.get_running_loop().run_in_executor(gw.publisher, publish)
     try:
         await gw.store.mark_published(record.job_id, record.queue)
     except redis.RedisError:
@@ -110,7 +127,7 @@ async def dispatch_jobs(gw: Gateway, workers: list[dict[str, Any]] | None = None
     when the broker refused a publish (that job and the rest wait in the outbox for the reaper). `workers`: the
     live workers' entries when the caller has just read them."""
     client, keys = gw.store.client, gw.store.keys
-    workers = list((await live_workers_async(client, keys)).values()) if workers is None else workers
+    workers = await gw.workers() if workers is None else workers
     window = window_of(gw.settings, workers)
     taken = [raw for call in dispatch_calls(keys, gw.settings, window) for raw in await client.eval(*call)]
     for raw in taken:

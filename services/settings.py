@@ -117,15 +117,16 @@ class WorkerSettings(StackSettings):
     memory_path: str = "out/qdrant"
     retriever_dir: str = "models/shapes/retriever"
     memory_diversity_threshold: float = Field(0.9, gt=0)  # the paper's near-duplicate rule (>1 disables it)
-    # Celery time limits: soft (the task raises and fails the job) < hard (the process is killed) < the broker's
+    # Jobs one worker process runs at once (Celery's threads pool, one thread per job, all sharing the process's
+    # one loaded engine; prefetch is the same number). 0: sized for the device (`worker.runtime.job_threads`).
+    worker_jobs: int = Field(0, ge=0, le=256)
+    # A job's time limits, kept by the worker itself (Celery's threads pool enforces none): past the soft limit the
+    # job is cancelled between decode steps and fails DEADLINE_EXCEEDED; a job still running at the hard limit (a
+    # call that never returns) is failed and the process exits (its other jobs are redelivered) < the broker's
     # visibility timeout (after which an unacknowledged message is redelivered).
     soft_time_limit_s: int = Field(600, ge=1)
     hard_time_limit_s: int = Field(660, ge=1)
     visibility_timeout_s: int = Field(900, ge=1)
-    # A prefork pool process loads the model (worker_process_init) before it reports up; Celery kills a child
-    # that is not up within its default 4 s and starts another, forever, when loading takes longer (a cold
-    # `import torch` on a busy 2-core machine already does; a 7B checkpoint takes minutes).
-    process_start_timeout_s: float = Field(300.0, gt=0)
     # The retrieval memory (Qdrant) failing during a job is retried for retrieval_retry_deadline_s; then "fail":
     # the job fails UNAVAILABLE, or "skip": it is generated without retrieved documents (recorded on the job).
     retrieval_outage: Literal["fail", "skip"] = "fail"

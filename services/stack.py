@@ -255,10 +255,11 @@ class Stack:
         self.start_on_free_ports(start)
 
     def start_worker(self, name: str, env: dict[str, str] | None = None, queues: list[str] | None = None) -> Child:
-        """A Celery worker (prefork, one pool process holding the model); ready once its model has loaded."""
+        """A Celery worker (one process holding the model, `CM3LEON_WORKER_JOBS` job threads); ready once its model
+        has loaded."""
         queues = queues or list(queue_names(self.namespace).values())
         args = [sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", ",".join(queues)]
-        args += ["--concurrency", "1", "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO"]
+        args += ["-n", f"{name}@%h", "--loglevel", "INFO"]
         args += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         client, keys = redis.Redis(port=self.redis_port), Keys(self.namespace)
         before = set(live_workers(client, keys))
@@ -266,10 +267,14 @@ class Stack:
         self.wait_until(child, lambda: set(live_workers(client, keys)) - before, "worker model")
         return child
 
-    def start_gateway(self, name: str = "gateway", env: dict[str, str] | None = None) -> tuple[Child, int]:
+    def start_gateway(
+        self, name: str = "gateway", env: dict[str, str] | None = None, profile_to: Path | None = None
+    ) -> tuple[Child, int]:
+        """The gateway on a free port; `profile_to`: under cProfile, its statistics written there when it stops."""
+        profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to is not None else []
         child = self.spawn(
             name,
-            [sys.executable, "-m", "services.gateway"],
+            [sys.executable, *profiler, "-m", "services.gateway"],
             {**self.settings_env(), "CM3LEON_PORT": "0", **(env or {})},
         )
         port: list[int] = []

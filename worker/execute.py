@@ -5,8 +5,11 @@ publish), outputs go to deterministic keys (a redelivered job writes the same ob
 than `max_deliveries` times (its worker died every time: a poison message) is failed with DEAD_LETTER and listed
 under {ns}:dead-letter instead of being run again. A running job holds a lease the runtime renews; when the worker
 dies, or its final write cannot reach Redis, the lease expires and the reaper takes the job back
-(`services.reaper`). Object-store calls are retried until `s3_retry_deadline_s`; previews are best-effort; a
-Redis blip in a progress update is logged, not fatal. A job's error message never carries internals.
+(`services.reaper`). A job past the soft time limit is cancelled at its next check and fails DEADLINE_EXCEEDED
+(the hard limit is kept by the runtime). Several jobs run at once, one per Celery thread: everything here is per
+job (its reporter, its `RunningJob`), shared state lives in the runtime. Object-store calls are retried until
+`s3_retry_deadline_s`; previews are best-effort; a Redis blip in a progress update is logged, not fatal. A job's
+error message never carries internals.
 """
 
 from __future__ import annotations
@@ -20,12 +23,11 @@ from typing import Any, TypeVar
 
 import redis
 import urllib3
-from celery.exceptions import SoftTimeLimitExceeded
 from minio.error import S3Error
 
 from cm3leon.kinds import JobRequest, kind_of
 from cm3leon.requests import EngineResult, ImageRef, JobCancelled, Progress, UnsupportedJobKind
-from cm3leon.retrieval.owners import read_as
+from cm3leon.retrieval.owners import reading_as
 from cm3leon_client.api import jobs_pb2
 from services.convert import request_to_domain
 from services.objectstore import output_key, preview_key
@@ -48,8 +50,16 @@ FINAL_WRITE_DEADLINE_S = 30.0
 INTERNAL_MESSAGE = "the worker failed to run the job; the details are in its log and the job's trace"
 
 
+class JobTimedOut(Exception):
+    """The job ran past the soft time limit (seen at a cancel check)."""
+
+
 def check_cancel(runtime: Runtime, job_id: str) -> None:
-    """Raise JobCancelled when the job's cancel flag is set (a Redis blip reads as not cancelled)."""
+    """Raise JobTimedOut past the job's soft time limit, JobCancelled when its cancel flag is set (a Redis blip
+    reads as not cancelled)."""
+    running = runtime.running.get(job_id)
+    if running is not None and running.past_soft_limit():
+        raise JobTimedOut()
     try:
         cancelled = runtime.store.cancel_requested(job_id)
     except redis.RedisError:
@@ -80,6 +90,19 @@ def fetch_inputs(runtime: Runtime, job_id: str, request: JobRequest) -> JobReque
     return dataclasses.replace(request, **images) if images else request
 
 
+def job_store_call(runtime: Runtime, job_id: str, call: Callable[[], T]) -> T:
+    """A job-store call before the job runs (its cancel flag, its claim), retried while Redis is away: the
+    worker holds the message meanwhile (past the deadline it raises: the job stays QUEUED and the reaper publishes
+    it again)."""
+    return retry_call(
+        call,
+        what=f"claiming job {job_id}",
+        deadline_s=FINAL_WRITE_DEADLINE_S,
+        retry_on=(redis.RedisError,),
+        service="the job store",
+    )
+
+
 def store_update(runtime: Runtime, job_id: str, mutate: Callable[[JobRecord], bool]) -> JobRecord | None:
     """A final write, retried while Redis is away (past the deadline it raises: the lease then expires and the
     reaper takes the job back)."""
@@ -93,13 +116,19 @@ def store_update(runtime: Runtime, job_id: str, mutate: Callable[[JobRecord], bo
 
 
 class JobReporter:
-    """Progress, previews and cancellation for one running job."""
+    """Progress, previews, cancellation and the soft time limit of one running job."""
 
     def __init__(self, runtime: Runtime, job_id: str) -> None:
         self.runtime, self.job_id = runtime, job_id
+        self.running = runtime.running.get(job_id)
         self.last_publish = 0.0
         self.last_cancel_check = 0.0
         self.previews = 0
+        self.superseded = False  # the job's record is final already: this run (a redelivery) has nothing to add
+
+    @property
+    def timed_out(self) -> bool:
+        return self.running is not None and self.running.past_soft_limit()
 
     def progress(self, progress: Progress) -> None:
         delay = self.runtime.settings.debug_step_delay_s
@@ -120,7 +149,8 @@ class JobReporter:
             return True
 
         try:
-            self.runtime.store.update(self.job_id, apply)
+            record = self.runtime.store.update(self.job_id, apply)
+            self.superseded = record is None or record.state.finished
         except redis.RedisError as error:  # the next update (or the final one, retried) carries it
             log.warning("job %s: progress update skipped (%s)", self.job_id, type(error).__name__)
 
@@ -136,6 +166,10 @@ class JobReporter:
             return None
 
     def should_cancel(self) -> bool:
+        """True when the job was cancelled, ran past its soft time limit (`timed_out` tells which), or finished
+        in another run meanwhile (a message redelivered while Redis was away, after the lease had expired)."""
+        if self.timed_out or self.superseded:
+            return True
         now = time.monotonic()
         if now - self.last_cancel_check < CANCEL_CHECK_INTERVAL_S:
             return False
@@ -230,7 +264,7 @@ def stage_span(name: str, attributes: Mapping[str, object]) -> Iterator[None]:
     with tracer().start_as_current_span(name, attributes=dict(attributes)):  # type: ignore[arg-type]
         try:
             yield
-        except (JobCancelled, ValueError, SoftTimeLimitExceeded):
+        except (JobCancelled, JobTimedOut, ValueError):
             raise
         except Exception as error:
             if name != "retrieval":
@@ -247,9 +281,10 @@ def run_engine(
     whether retrieval was skipped)."""
 
     def run(job: JobRequest) -> EngineResult:
-        return runtime.engine.run(
-            job, progress=reporter.progress, should_cancel=reporter.should_cancel, stage=stage_span, plain=plain
-        )
+        with runtime.exclusive(check=lambda: check_cancel(runtime, job_id)):
+            return runtime.engine.run(
+                job, progress=reporter.progress, should_cancel=reporter.should_cancel, stage=stage_span, plain=plain
+            )
 
     try:
         result = retry_call(
@@ -279,11 +314,11 @@ def mark_retrieval_skipped(record: JobRecord) -> bool:
 def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | None) -> str:
     """Run one job to a final state; returns that state (or "skipped": a message for a job that is finished or
     leased by another worker, which gets no `worker.run_job` span: one span per delivery that ran)."""
-    if runtime.store.cancel_requested(job_id):
+    if job_store_call(runtime, job_id, lambda: runtime.store.cancel_requested(job_id)):
         with tracer().start_as_current_span("worker.run_job", context=extract_context(trace_context)):
             finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled before it started")
         return JobState.CANCELLED.value
-    record = claim(runtime, job_id)
+    record = job_store_call(runtime, job_id, lambda: claim(runtime, job_id))
     if record is None:
         log.info("job %s: finished or running elsewhere, message skipped", job_id)
         return "skipped"
@@ -291,12 +326,12 @@ def run_job(runtime: Runtime, job_id: str, trace_context: Mapping[str, str] | No
     attributes = {"job.id": job_id, "job.kind": record.kind}
     context = extract_context(trace_context or record.trace_context)  # a job dispatched later: its submit's trace
     with tracer().start_as_current_span("worker.run_job", context=context, attributes=attributes) as span:
-        runtime.current_job = job_id  # the runtime renews its lease from now on
-        read_as(record.tenant)  # the job retrieves only its tenant's and the base memory's documents
+        runtime.running.add(job_id, runtime.settings)  # its lease is renewed, its time limits kept from now on
         try:
-            return run_claimed(runtime, job_id, record, span)
+            with reading_as(record.tenant):  # the job retrieves only its tenant's and the base memory's documents
+                return run_claimed(runtime, job_id, record, span)
         finally:
-            runtime.current_job = None
+            runtime.running.remove(job_id)
 
 
 def run_claimed(runtime: Runtime, job_id: str, record: JobRecord, span: Any) -> str:
@@ -316,13 +351,17 @@ def run_claimed(runtime: Runtime, job_id: str, record: JobRecord, span: Any) -> 
         record_result(runtime, job_id, result)
         return JobState.SUCCEEDED.value
     except JobCancelled:
-        finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled while running")
-        return JobState.CANCELLED.value
+        if reporter.superseded:
+            log.info("job %s: finished by another delivery meanwhile; this run stopped", job_id)
+            return "skipped"
+        if not reporter.timed_out:
+            finish(runtime, job_id, JobState.CANCELLED, "CANCELLED", "cancelled while running")
+            return JobState.CANCELLED.value
+        fail_timed_out(runtime, job_id)
+    except JobTimedOut:
+        fail_timed_out(runtime, job_id)
     except UnsupportedJobKind as error:
         finish(runtime, job_id, JobState.FAILED, "UNIMPLEMENTED", str(error))
-    except SoftTimeLimitExceeded:
-        limit = runtime.settings.soft_time_limit_s
-        finish(runtime, job_id, JobState.FAILED, "DEADLINE_EXCEEDED", f"the job ran past {limit} s")
     except DeadlineExceeded as error:
         log.warning("job %s: %s", job_id, error, exc_info=error.__cause__)
         message = f"{error.service} was unavailable for {error.deadline_s:g} s; retry the job"
@@ -334,3 +373,8 @@ def run_claimed(runtime: Runtime, job_id: str, record: JobRecord, span: Any) -> 
         span.record_exception(error)
         finish(runtime, job_id, JobState.FAILED, "INTERNAL", INTERNAL_MESSAGE)
     return JobState.FAILED.value
+
+
+def fail_timed_out(runtime: Runtime, job_id: str) -> None:
+    limit = runtime.settings.soft_time_limit_s
+    finish(runtime, job_id, JobState.FAILED, "DEADLINE_EXCEEDED", f"the job ran past {limit} s")

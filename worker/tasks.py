@@ -7,8 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery.exceptions import TimeLimitExceeded
-from celery.signals import task_failure, worker_process_init
+from celery.signals import worker_init
 
 from services.corpus_calls import answer
 from services.errors import Unimplemented
@@ -19,43 +18,11 @@ from worker.runtime import get_runtime
 log = logging.getLogger(__name__)
 
 
-@worker_process_init.connect
+@worker_init.connect
 def load_model(**_: object) -> None:
-    """Each pool process loads (and warms up) the model once, before it takes a task."""
+    """The worker process loads (and warms up) the model once, before it takes a message; its job threads share
+    it (`worker.runtime`)."""
     get_runtime()
-
-
-@task_failure.connect
-def fail_job_past_hard_limit(
-    sender: Any = None, task_id: str = "", exception: BaseException | None = None, **_: Any
-) -> None:
-    """In the worker's main process: the pool process that ran past the hard time limit was killed, so none of
-    the job's own handlers ran; the job is failed here (else it would wait for the reaper's lease expiry)."""
-    from services.queue import RUN_JOB
-
-    if not isinstance(exception, TimeLimitExceeded) or getattr(sender, "name", "") != RUN_JOB:
-        return
-    from services.jobstore import JobStore
-    from services.records import JobRecord, JobState
-    from services.redis_clients import redis_client
-    from services.settings import WorkerSettings
-
-    settings = WorkerSettings()
-    store = JobStore(redis_client(settings), settings.namespace, settings.job_ttl_s)
-
-    def fail(record: JobRecord) -> bool:
-        if record.state.finished:
-            return False
-        message = f"the job ran past the hard time limit of {settings.hard_time_limit_s} s"
-        record.finish(JobState.FAILED, "DEADLINE_EXCEEDED", message)
-        return True
-
-    try:
-        store.update(task_id, fail)
-    except Exception:  # the reaper fails or requeues it once its lease expires
-        log.warning("could not record the hard time limit of job %s", task_id, exc_info=True)
-    finally:
-        store.client.close()
 
 
 def run_job(job_id: str, trace_context: dict[str, str] | None = None) -> str:
@@ -83,7 +50,8 @@ def corpus_add(documents: list[dict[str, str | None]], owner: str) -> int:
         )
         for d in documents
     ]
-    return add_documents(runtime.engine, memory, retriever, new, owner)
+    with runtime.exclusive():
+        return add_documents(runtime.engine, memory, retriever, new, owner)
 
 
 def corpus_search(text: str | None, image_key: str | None, k: int, reader: str) -> list[dict]:
@@ -94,14 +62,17 @@ def corpus_search(text: str | None, image_key: str | None, k: int, reader: str) 
     runtime = get_runtime()
     memory, retriever = require_memory()
     image = runtime.objects.get_image(image_key) if image_key else None
-    return [dataclasses.asdict(doc) for doc in search(memory, retriever, text, image, k, reader)]
+    with runtime.exclusive():
+        found = search(memory, retriever, text, image, k, reader)
+    return [dataclasses.asdict(doc) for doc in found]
 
 
 def corpus_delete(doc_ids: list[str], owner: str) -> int:
     from cm3leon.inference.corpus import delete_documents
 
     memory, _ = require_memory()
-    return delete_documents(memory, doc_ids, owner)
+    with get_runtime().exclusive():
+        return delete_documents(memory, doc_ids, owner)
 
 
 def require_memory() -> tuple:

@@ -60,7 +60,17 @@ def test_redis_restart_with_jobs_queued_and_running(stack: Stack, client: Client
     assert [f.state for f in finals] == [jobs_pb2.JOB_STATE_SUCCEEDED] * 3, [f.error for f in finals]
 
 
-def test_object_store_outage_cancel_during_upload_and_fetch_then_success(stack: Stack, client: Client) -> None:
+def test_object_store_outage_cancel_during_upload_and_fetch_then_success(
+    stack: Stack, side_stack: Callable[..., Stack]
+) -> None:
+    """A worker of one job thread, so that each job starts its input fetch or upload in the order the test sets
+    (with several threads all three would fetch at once, before the outage)."""
+    side = side_stack("s3cancel", {"CM3LEON_WORKER_JOBS": "1"})
+    with Client(f"127.0.0.1:{side.gateway_port}", "key-a") as client:
+        cancel_during_upload_and_fetch(stack, side, client)
+
+
+def cancel_during_upload_and_fetch(stack: Stack, side: Stack, client: Client) -> None:
     uploading = client.submit(api.text_to_image("cancelled while uploading", num_images=2))
     fetching = client.submit(api.caption(_png()))
     fetched = client.submit(api.caption(_png(), seed=5))
@@ -75,7 +85,7 @@ def test_object_store_outage_cancel_during_upload_and_fetch_then_success(stack: 
         assert client.wait(fetching.job_id, timeout_s=30).state == jobs_pb2.JOB_STATE_CANCELLED
         _until(client, fetched.job_id, lambda job: job.state == jobs_pb2.JOB_STATE_RUNNING)
         # An inline image cannot be stored now: the gateway's own answer, on a channel without the SDK's retries.
-        with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}", options=[("grpc.enable_retries", 0)]) as raw:
+        with grpc.insecure_channel(f"127.0.0.1:{side.gateway_port}", options=[("grpc.enable_retries", 0)]) as raw:
             submit = jobs_pb2_grpc.JobServiceStub(raw).SubmitJob
             with pytest.raises(grpc.RpcError) as refused:
                 submit(jobs_pb2.SubmitJobRequest(request=api.caption(_png(), seed=6)), metadata=KEY_A, timeout=60)

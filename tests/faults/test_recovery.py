@@ -1,11 +1,9 @@
 """No accepted job stays QUEUED or RUNNING: the outbox sweeper publishes what a dead gateway did not, the reaper
-takes back jobs whose worker stopped renewing their lease, and the hard time limit fails a hung job."""
+takes back jobs whose worker stopped renewing their lease, and the worker's time limits fail a slow or hung job."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import Callable
 
@@ -22,8 +20,9 @@ from services.reaper import Reaper
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import StackSettings
 from services.stack import Stack
-from tests.faults.helpers import job_store, pool_pids
+from tests.faults.helpers import alive, job_store, pool_pids
 from tests.serving.fixtures import API_KEYS
+from worker.runtime import EXIT_HUNG_JOB
 
 pytestmark = pytest.mark.slow
 
@@ -122,33 +121,48 @@ def test_the_reaper_fails_a_job_past_its_deliveries(stack: Stack) -> None:
     assert "stopped responding" in after.error_message
 
 
-def test_a_killed_pool_process_is_recovered_through_its_lease(stack: Stack, client: Client) -> None:
-    job = client.submit(api.text_to_image("a job whose pool process dies", num_images=2))
+def test_a_killed_worker_is_recovered_through_its_lease(
+    stack: Stack, client: Client, artifacts: dict[str, str]
+) -> None:
+    """The worker process (its job threads with it) is SIGKILLed mid-job; a worker started again runs the job."""
+    job = client.submit(api.text_to_image("a job whose worker dies", num_images=2))
     for snapshot in client.watch(job.job_id):
         if snapshot.state == jobs_pb2.JOB_STATE_RUNNING and snapshot.progress.tokens_done > 0:
             break
-    for pid in pool_pids(stack):
-        os.kill(pid, signal.SIGKILL)
+    pids = pool_pids(stack)
+    stack.kill_service("worker")
+    assert not any(alive(pid) for pid in pids)
+    stack.start_worker("worker", artifacts)
     final = client.wait(job.job_id, timeout_s=120)
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED, final.error
     assert job_store(stack).get(job.job_id).deliveries == 2
 
 
+def test_a_job_past_the_soft_time_limit_fails_and_its_worker_goes_on(side_stack: Callable[..., Stack]) -> None:
+    """The worker cancels the job at its next check past the soft limit (DEADLINE_EXCEEDED) and stays up."""
+    limits = {"CM3LEON_SOFT_TIME_LIMIT_S": "1", "CM3LEON_HARD_TIME_LIMIT_S": "30", "CM3LEON_VISIBILITY_TIMEOUT_S": "60"}
+    side = side_stack("slow", {**limits, "CM3LEON_DEBUG_STEP_DELAY_S": "0.05"})
+    with Client(f"127.0.0.1:{side.gateway_port}", "key-a") as own:
+        job = own.submit(api.text_to_image("a job too slow for its limit", num_images=4))
+        final = own.wait(job.job_id, timeout_s=60)
+        assert final.state == jobs_pb2.JOB_STATE_FAILED
+        assert final.error.code == "DEADLINE_EXCEEDED" and final.error.message == "the job ran past 1 s"
+        assert pool_pids(side), "the worker is still up"
+
+
 def test_a_job_hung_past_the_hard_time_limit_fails(side_stack: Callable[..., Stack]) -> None:
-    """The pool process stops answering (SIGSTOP: as inside a native call that never returns to Python, the soft
-    limit's signal is never handled); at the hard limit Celery kills it and the job is FAILED, not RUNNING."""
+    """A job thread stops answering (a 30 s sleep inside a decode step: as a native call that never returns, no
+    cancel check is reached); at the hard limit the worker fails the job and exits, as a thread cannot be stopped."""
     limits = {"CM3LEON_SOFT_TIME_LIMIT_S": "2", "CM3LEON_HARD_TIME_LIMIT_S": "4", "CM3LEON_VISIBILITY_TIMEOUT_S": "60"}
-    side = side_stack("hung", limits)
+    side = side_stack("hung", {**limits, "CM3LEON_DEBUG_STEP_DELAY_S": "30"})
+    [pid] = pool_pids(side)
     with Client(f"127.0.0.1:{side.gateway_port}", "key-a") as own:
         job = own.submit(api.text_to_image("a job that hangs", num_images=4))
-        for snapshot in own.watch(job.job_id):
-            if snapshot.state == jobs_pb2.JOB_STATE_RUNNING:
-                break
-        for pid in pool_pids(side):
-            os.kill(pid, signal.SIGSTOP)
         final = own.wait(job.job_id, timeout_s=60)
     assert final.state == jobs_pb2.JOB_STATE_FAILED
-    assert final.error.code == "DEADLINE_EXCEEDED" and "hard time limit" in final.error.message
+    assert final.error.code == "DEADLINE_EXCEEDED" and "hard time limit of 4 s" in final.error.message
+    [worker] = [child for child in side.children if child.name == "worker"]
+    assert worker.process.wait(30) == EXIT_HUNG_JOB and not alive(pid)
 
 
 def test_cancel_racing_the_claim_never_leaves_a_job_running(stack: Stack, client: Client) -> None:

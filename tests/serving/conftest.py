@@ -14,6 +14,7 @@ from tests.serving.fixtures import API_KEYS, MEMORY_NAME, build_tiny_memory, bui
 
 # Decode steps are slowed so that a running job can be watched and cancelled mid-decode (65 steps: ~1.3 s).
 STEP_DELAY_S = 0.02
+WORKER_JOBS = 4  # jobs the worker runs at once (tests/serving/test_worker_jobs.py)
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CM3LEON_MEMORY_DIVERSITY_THRESHOLD": "1.01",
         "CM3LEON_DEVICE": "cpu",
         "CM3LEON_DEBUG_STEP_DELAY_S": str(STEP_DELAY_S),
+        "CM3LEON_WORKER_JOBS": str(WORKER_JOBS),
         "OMP_NUM_THREADS": "1",
     }
     try:

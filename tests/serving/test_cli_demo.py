@@ -82,13 +82,18 @@ def test_settings_are_validated_with_clear_errors() -> None:
         GatewaySettings(api_keys={})
 
 
-def test_pool_processes_may_take_their_time_to_load_the_model() -> None:
-    from services.queue import make_celery
+def test_a_worker_runs_its_jobs_in_threads_sized_by_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process, `worker_jobs` job threads sharing its model, and as many prefetched messages (multiplier 1)."""
+    from worker.app import worker_app
+    from worker.runtime import DEFAULT_JOBS, job_threads
 
-    assert make_celery(WorkerSettings()).conf.worker_proc_alive_timeout == 300.0  # Celery's own default is 4 s
-    assert make_celery(WorkerSettings(process_start_timeout_s=30)).conf.worker_proc_alive_timeout == 30
-    with pytest.raises(ValidationError, match="process_start_timeout_s"):
-        WorkerSettings(process_start_timeout_s=0)
+    monkeypatch.setenv("CM3LEON_WORKER_JOBS", "6")
+    conf = worker_app().conf
+    assert (conf.worker_pool, conf.worker_concurrency, conf.worker_prefetch_multiplier) == ("threads", 6, 1)
+    assert job_threads(WorkerSettings(device="cpu", worker_jobs=0)) == DEFAULT_JOBS["cpu"]
+    assert job_threads(WorkerSettings(device="cuda", worker_jobs=0)) == DEFAULT_JOBS["cuda"]
+    with pytest.raises(ValidationError, match="worker_jobs"):
+        WorkerSettings(worker_jobs=-1)
 
 
 @pytest.mark.slow
