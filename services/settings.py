@@ -133,6 +133,14 @@ class WorkerSettings(StackSettings):
     retrieval_retry_deadline_s: float = Field(10.0, ge=0)
     # Progressive previews per image (at each 1/N of the image block; the issue asks for at least 4).
     previews_per_image: int = Field(4, ge=0)
+    # The scheduler every job thread's decode shares (`docs/engine.md`): KV-cache rows in the pool (each stream row
+    # of each running candidate takes one: a CFG image candidate two), cache positions the running requests may
+    # reserve (0: rows x the model's context), and how many rows x positions one prefill chunk may take while
+    # others decode (the bound on how long a long retrieved prompt stalls them). A request waits while it does not
+    # fit; one that never can fails INVALID_ARGUMENT.
+    decoder_max_rows: int = Field(64, ge=1, le=4096)
+    decoder_max_tokens: int = Field(0, ge=0)
+    decoder_prefill_chunk_tokens: int = Field(512, ge=1)
     # Debug: sleep this long per decode step (to watch progress; the tests use it to cancel mid-decode).
     debug_step_delay_s: float = Field(0.0, ge=0)
 

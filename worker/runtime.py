@@ -187,11 +187,16 @@ def job_threads(settings: WorkerSettings) -> int:
 
 
 def engine_config(settings: WorkerSettings) -> EngineConfig:
-    """The engine's configuration (its scheduler's row pool is the engine's default: every job thread's decode
-    shares it)."""
+    """The engine's configuration, with the scheduler every job thread's decode shares."""
+    from cm3leon.decoding.scheduler import SchedulerConfig
     from cm3leon.inference.engine import EngineConfig
 
-    return EngineConfig(device=settings.device, previews_per_image=settings.previews_per_image)
+    decoder = SchedulerConfig(
+        max_rows=settings.decoder_max_rows,
+        max_tokens=settings.decoder_max_tokens or None,
+        prefill_chunk_tokens=settings.decoder_prefill_chunk_tokens,
+    )
+    return EngineConfig(device=settings.device, previews_per_image=settings.previews_per_image, decoder=decoder)
 
 
 def build_runtime(settings: WorkerSettings) -> Runtime:
