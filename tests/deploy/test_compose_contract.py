@@ -43,7 +43,10 @@ SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|ROOT_USER)", re.IGNORECASE
 LOOPBACK = ("127.0.0.1", "localhost")
 # Settings whose names look secret but are not (a path, an interval, a flag): compose may leave them unset.
 NOT_SECRETS = frozenset(
-    {"api_keys_file", "api_keys_reload_s", "dev_keys", "tls_key_file", "cost_image_tokens", "cost_text_tokens"}
+    {
+        "api_keys_file", "api_keys_reload_s", "dev_keys", "tls_key_file", "cost_image_tokens", "cost_text_tokens",
+        "decoder_max_tokens", "decoder_prefill_chunk_tokens",  # decoding tokens, not credentials
+    }
 )
 HOST_PORT = re.compile(r"(?:[a-z]+://)?(?P<host>[a-z][a-z0-9-]*):(?P<port>\d+)")
 
