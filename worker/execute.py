@@ -281,10 +281,9 @@ def run_engine(
     whether retrieval was skipped)."""
 
     def run(job: JobRequest) -> EngineResult:
-        with runtime.exclusive(check=lambda: check_cancel(runtime, job_id)):
-            return runtime.engine.run(
-                job, progress=reporter.progress, should_cancel=reporter.should_cancel, stage=stage_span, plain=plain
-            )
+        return runtime.engine.run(
+            job, progress=reporter.progress, should_cancel=reporter.should_cancel, stage=stage_span, plain=plain
+        )
 
     try:
         result = retry_call(

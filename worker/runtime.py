@@ -5,20 +5,19 @@ Celery's `worker_init` builds it and warms the model up before the worker takes 
 publishes what this worker's model can run and how many jobs it runs at once (its entry in the {ns}:workers hash,
 `services.presence`), which the gateway reads to answer UNIMPLEMENTED for kinds no live worker supports; one
 thread renews the leases of every job the process runs and keeps their hard time limits (`keep_leases`); a
-reaper thread (`services.reaper`) takes back jobs other workers lost. An engine that is not thread-safe runs one
-job at a time behind `Runtime.exclusive` (the other job threads wait there, still cancellable); a local-mode
-retrieval memory takes one call at a time (`OneCallAtATime`).
+reaper thread (`services.reaper`) takes back jobs other workers lost. The job threads call the engine at once
+(it is thread-safe: their decodes share the steps of the model's one scheduler); a local-mode retrieval memory
+takes one call at a time (`OneCallAtATime`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +41,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 # How often the lease thread looks at the running jobs' hard time limits (it renews leases every third of a lease).
 DEADLINE_CHECK_S = 0.5
-# How often a job thread waiting for a busy engine looks at its cancel flag and deadline.
-ENGINE_WAIT_S = 0.05
 # The exit status of a worker that left because a job hung past its hard time limit (EX_SOFTWARE).
 EXIT_HUNG_JOB = 70
 
@@ -100,26 +97,6 @@ class Runtime:
     name: str
     jobs: int = 1  # job threads of this process (`job_threads`)
     running: RunningJobs = field(default_factory=RunningJobs)
-    engine_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def engine_is_shared(self) -> bool:
-        """Whether job threads may call the engine at the same time (it says so: `Engine.thread_safe`)."""
-        return bool(getattr(self.engine, "thread_safe", False))
-
-    @contextlib.contextmanager
-    def exclusive(self, check: Callable[[], None] = lambda: None) -> Iterator[None]:
-        """Around every engine or memory call of a job or corpus task: nothing when the engine is thread-safe, else
-        one caller at a time; a waiting caller runs `check` (which raises to give up: a cancel, a deadline)."""
-        if self.engine_is_shared:
-            yield
-            return
-        while not self.engine_lock.acquire(timeout=ENGINE_WAIT_S):
-            check()
-        try:
-            yield
-        finally:
-            self.engine_lock.release()
 
 
 _runtime: Runtime | None = None
@@ -221,12 +198,7 @@ def build_runtime(settings: WorkerSettings) -> Runtime:
     threading.Thread(target=keep_leases, args=(runtime,), daemon=True, name="cm3leon-lease").start()
     start_reaper(store, settings, celery_publisher(make_celery(settings), RUN_JOB))
     log.info(
-        "worker %s ready: model %s runs %s, %d jobs at once (engine %s)",
-        name,
-        engine.bundle.model_id,
-        engine.supported_kinds,
-        jobs,
-        "shared" if runtime.engine_is_shared else "one job at a time",
+        "worker %s ready: model %s runs %s, %d jobs at once", name, engine.bundle.model_id, engine.supported_kinds, jobs
     )
     return runtime
 

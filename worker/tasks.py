@@ -50,8 +50,7 @@ def corpus_add(documents: list[dict[str, str | None]], owner: str) -> int:
         )
         for d in documents
     ]
-    with runtime.exclusive():
-        return add_documents(runtime.engine, memory, retriever, new, owner)
+    return add_documents(runtime.engine, memory, retriever, new, owner)
 
 
 def corpus_search(text: str | None, image_key: str | None, k: int, reader: str) -> list[dict]:
@@ -62,8 +61,7 @@ def corpus_search(text: str | None, image_key: str | None, k: int, reader: str) 
     runtime = get_runtime()
     memory, retriever = require_memory()
     image = runtime.objects.get_image(image_key) if image_key else None
-    with runtime.exclusive():
-        found = search(memory, retriever, text, image, k, reader)
+    found = search(memory, retriever, text, image, k, reader)
     return [dataclasses.asdict(doc) for doc in found]
 
 
@@ -71,8 +69,7 @@ def corpus_delete(doc_ids: list[str], owner: str) -> int:
     from cm3leon.inference.corpus import delete_documents
 
     memory, _ = require_memory()
-    with get_runtime().exclusive():
-        return delete_documents(memory, doc_ids, owner)
+    return delete_documents(memory, doc_ids, owner)
 
 
 def require_memory() -> tuple:

@@ -55,8 +55,6 @@ class Engine:
     """Runs domain requests on one ModelBundle. Thread-safe: a worker's job threads call `run` at once, and their
     decodes share the steps of the bundle's one scheduler (continuous batching across jobs)."""
 
-    thread_safe = True
-
     def __init__(
         self, bundle: ModelBundle, config: EngineConfig = EngineConfig(), memory: Memory | None = None
     ) -> None:
