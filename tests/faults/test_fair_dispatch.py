@@ -49,7 +49,9 @@ def test_one_job_of_another_tenant_starts_within_one_round(stack: Stack, client:
         waiting = [job_id for job_id in floods if store.get(job_id).state == JobState.QUEUED]
         assert len(waiting) >= slots + 3, "A's backlog was still long when B submitted"
         records = finals(stack, client, floods, "") + finals(stack, other, [b_job])
-    assert started_order(records).index(b_job) <= 2 * slots, started_order(records)
+    # Already let through for A: its running jobs and a window of as many at the broker, plus at most one more a
+    # claim racing B's submit dispatched for A (B was not in the ring yet); A's other jobs all start after B's.
+    assert started_order(records).index(b_job) <= 2 * slots + 1, started_order(records)
 
 
 @pytest.fixture
