@@ -7,6 +7,7 @@ i.e. trained as the prediction made at position i-1. The trainer therefore score
 
 from __future__ import annotations
 
+import abc
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def to_batch(tokens: np.ndarray, targets: np.ndarray) -> TokenBatch:
     return TokenBatch(torch.from_numpy(tokens), torch.from_numpy(targets))
 
 
-class PackedBatches:
+class PackedBatches(abc.ABC):
     """A `BatchSource` of packed rows: micro-batch `index` -> `batch_size` rows of `seq_len` tokens packed from
     `units`, drawn from an rng seeded by (seed, salt, index), so every batch is a pure function of its index.
     Subclasses say what a unit is (a pretraining document, an instruction-tuning example)."""
@@ -119,8 +120,9 @@ class PackedBatches:
         self.seed_salt = seed_salt
         self.last_stats = PackStats()
 
+    @abc.abstractmethod
     def units(self, rng: random.Random) -> Iterator[PackUnit]:
-        raise NotImplementedError
+        """The units to pack into one batch, drawn from `rng` (packing stops once the rows are full)."""
 
     def batch(self, index: int) -> TokenBatch:
         rng = random.Random(f"{self.seed}:{self.seed_salt}:{index}")
