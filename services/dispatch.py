@@ -115,12 +115,18 @@ def window_of(settings: StackSettings, workers: Iterable[Mapping[str, Any]]) -> 
     return max(1, sum(int(info.get("slots", 1)) for info in workers))
 
 
+def dispatch_call(keys: Keys, settings: StackSettings, window: int, queue: str) -> tuple[list[str], list[Any]]:
+    """DISPATCH_SCRIPT's keys and arguments for one job queue."""
+    script_keys = [keys.ring(queue), keys.turn(queue), keys.outbox, keys.published, keys.costs, keys.queued(queue)]
+    arguments = [time.time(), window, settings.tenant_max_running_cost, f"{keys.namespace}:", keys.backlogs(queue)]
+    return script_keys, arguments
+
+
 def dispatch_calls(keys: Keys, settings: StackSettings, window: int) -> list[list[Any]]:
     """The arguments of DISPATCH_SCRIPT's EVAL, one per job queue."""
     calls = []
     for queue in job_queues(keys.namespace):
-        script_keys = [keys.ring(queue), keys.turn(queue), keys.outbox, keys.published, keys.costs, keys.queued(queue)]
-        arguments = [time.time(), window, settings.tenant_max_running_cost, f"{keys.namespace}:", keys.backlogs(queue)]
+        script_keys, arguments = dispatch_call(keys, settings, window, queue)
         calls.append([DISPATCH_SCRIPT, len(script_keys), *script_keys, *arguments])
     return calls
 

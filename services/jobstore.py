@@ -30,6 +30,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -90,6 +91,36 @@ redis.call('HDEL', KEYS[9], ARGV[1])
 if ARGV[2] == '1' and redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
 return 1
 """
+
+
+def create_call(keys: Keys, record: JobRecord, ttl_s: int, now: float | None = None) -> tuple[list[str], list[Any]]:
+    """CREATE_SCRIPT's keys and arguments for a new job."""
+    idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
+    job_keys = [idem, keys.job(record.job_id), keys.events(record.job_id)]
+    job_keys += [keys.tenant_jobs(record.tenant), keys.queued(record.queue)]
+    job_keys += [keys.backlog(record.tenant, record.queue), keys.ring(record.queue), keys.turn(record.queue)]
+    job_keys += [keys.costs]
+    arguments: list[Any] = [record.job_id, encode_record(record), record.created_at, ttl_s, record.sequence]
+    arguments += ["1" if record.request_id else "0", now or time.time(), keys.job(""), EVENTS_MAXLEN]
+    arguments += [max(1, record.cost), tenant_hash(record.tenant)]
+    return job_keys, arguments
+
+
+def created_job(record: JobRecord, reply: Sequence[Any]) -> tuple[JobRecord, bool]:
+    """CREATE_SCRIPT's reply -> (the job, whether it is new); ALREADY_EXISTS when the request id names a job
+    whose payload differs."""
+    if int(reply[0]) == 1:
+        return record, True
+    found = decode_record(reply[1])
+    assert found is not None
+    return same_request(found, record.fingerprint, record.request_id), False
+
+
+def same_request(found: JobRecord, fingerprint: str, request_id: str) -> JobRecord:
+    """The job a request id names, when the new request is the one it was created with; else ALREADY_EXISTS."""
+    if found.fingerprint != fingerprint:
+        raise AlreadyExists(f"request_id {request_id!r} was used for another request (job {found.job_id})")
+    return found
 
 
 def encode_record(record: JobRecord) -> str:
@@ -219,13 +250,6 @@ class AsyncJobStore:
             raise NotFound(f"job {job_id!r} not found")
         return record
 
-    async def queued_count(self, queues: Sequence[str]) -> int:
-        """Jobs queued over `queues`, in one round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.zcard(self.keys.queued(queue))
-            return sum(await pipe.execute())
-
     async def queue_position(self, record: JobRecord) -> int:
         if record.state != JobState.QUEUED:
             return 0
@@ -238,33 +262,14 @@ class AsyncJobStore:
         if job_id is None:
             return None
         record = decode_record(await self.client.get(self.keys.job(job_id.decode())))
-        if record is None:
-            return None
-        if record.fingerprint != fingerprint:
-            raise AlreadyExists(f"request_id {request_id!r} was used for another request (job {record.job_id})")
-        return record
+        return None if record is None else same_request(record, fingerprint, request_id)
 
     async def create(self, record: JobRecord, now: float | None = None) -> tuple[JobRecord, bool]:
         """Store a new QUEUED job in its tenant's backlog (with its cost for the dispatcher), atomically; with a
         request id that already names a job, that job is returned instead: (job, created). ALREADY_EXISTS when that
         job's payload differs."""
-        keys = self.keys
-        idem = keys.idempotency(record.tenant, record.request_id) if record.request_id else keys.outbox
-        job_keys = [idem, keys.job(record.job_id), keys.events(record.job_id)]
-        job_keys += [keys.tenant_jobs(record.tenant), keys.queued(record.queue)]
-        job_keys += [keys.backlog(record.tenant, record.queue), keys.ring(record.queue), keys.turn(record.queue)]
-        job_keys += [keys.costs]
-        arguments = [record.job_id, encode_record(record), record.created_at, self.ttl_s, record.sequence]
-        arguments += ["1" if record.request_id else "0", now or time.time(), keys.job(""), EVENTS_MAXLEN]
-        arguments += [max(1, record.cost), tenant_hash(record.tenant)]
-        reply = await self.client.eval(CREATE_SCRIPT, len(job_keys), *job_keys, *arguments)
-        if int(reply[0]) == 1:
-            return record, True
-        found = decode_record(reply[1])
-        assert found is not None
-        if found.fingerprint != record.fingerprint:
-            raise AlreadyExists(f"request_id {record.request_id!r} was used for another request (job {found.job_id})")
-        return found, False
+        job_keys, arguments = create_call(self.keys, record, self.ttl_s, now)
+        return created_job(record, await self.client.eval(CREATE_SCRIPT, len(job_keys), *job_keys, *arguments))
 
     async def mark_published(self, job_id: str, queue: str) -> None:
         await self.client.eval(*mark_published_call(self.keys, job_id, queue))

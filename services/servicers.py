@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -28,19 +28,20 @@ from services.auth import current_principal  # security: scoped keys, tenant-own
 from services.bounds import check_doc_ids, check_job_id, check_list_request, check_stored_size, without_unknown_fields
 from services.corpus_calls import CorpusCalls
 from services.cost import job_cost, merged_profile
-from services.dispatch import dispatch_calls, window_of
+from services.dispatch import dispatch_call, dispatch_calls, window_of
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
 from services.images import decode_image
 from services.interceptors import current_tenant
-from services.jobstore import AsyncJobStore, decode_record
+from services.jobstore import AsyncJobStore, create_call, created_job, decode_record, same_request
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
 from services.presence import live_workers_async
 from services.queue import CORPUS_ADD, CORPUS_DELETE, CORPUS_SEARCH, RUN_JOB
-from services.quotas import admit, reserve
+from services.quotas import Admission
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.streams import WATCHES
+from services.submission import Steps, refused
 from services.telemetry import Metrics, inject_context, tracer
 from services.tenancy import check_memory_access, corpus_owner, corpus_reader
 from services.validation import check_request_id, check_text, validate_request
@@ -53,6 +54,7 @@ DEFAULT_PAGE_SIZE = 20
 MAX_CORPUS_BATCH = 256
 # What live workers declared is read from the presence hash at most this often (heartbeats come every 5 s).
 WORKERS_CACHE_S = 1.0
+STEPS = ("rate", "reserve")  # the two admission steps of a submit (`services.quotas`)
 DOC_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -130,8 +132,14 @@ async def dispatch_jobs(gw: Gateway, workers: list[dict[str, Any]] | None = None
     workers = await gw.workers() if workers is None else workers
     window = window_of(gw.settings, workers)
     taken = [raw for call in dispatch_calls(keys, gw.settings, window) for raw in await client.eval(*call)]
-    for raw in taken:
-        record = decode_record(await client.get(keys.job(raw.decode())))
+    return await publish_dispatched(gw, [await client.get(keys.job(raw.decode())) for raw in taken])
+
+
+async def publish_dispatched(gw: Gateway, records: Sequence[bytes | None]) -> bool:
+    """Publish the dispatched jobs (their stored records, in dispatch order) that are still queued; False when the
+    broker refused one (it and the rest wait in the outbox for the reaper)."""
+    for raw in records:
+        record = decode_record(raw) if raw else None
         if record is None or record.state != JobState.QUEUED:
             continue
         try:
@@ -142,17 +150,13 @@ async def dispatch_jobs(gw: Gateway, workers: list[dict[str, Any]] | None = None
     return True
 
 
-async def enqueue_new_job(gw: Gateway, record: JobRecord, workers: list[dict[str, Any]]) -> None:
-    """After a new job is stored: dispatch (it goes out now when its tenant's turn and running cap allow). When the
-    broker refuses a publish, the new job is withdrawn unless it went out (its request id freed, so a retry creates
-    a fresh job) and the caller gets UNAVAILABLE; when even that fails, the reaper dispatches it later (a retry
-    with the request id re-attaches to it)."""
+async def enqueue_new_job(gw: Gateway, record: JobRecord, dispatched: Sequence[bytes | None]) -> None:
+    """After a new job is stored and the dispatcher ran: publish what it handed out (the new job goes out now
+    when its tenant's turn and running cap allow). When the broker refuses a publish, the new job is withdrawn
+    unless it went out (its request id freed, so a retry creates a fresh job) and the caller gets UNAVAILABLE; when
+    even that fails, the reaper dispatches it later (a retry with the request id re-attaches to it)."""
     with tracer().start_as_current_span("enqueue", attributes={"job.id": record.job_id, "job.kind": record.kind}):
-        try:
-            if await dispatch_jobs(gw, workers):
-                return
-        except redis.RedisError as error:  # the job is stored: the reaper's dispatch takes it
-            log.warning("dispatching after job %s failed: %r", record.job_id, error)
+        if await publish_dispatched(gw, dispatched):
             return
         try:
             withdrawn = await gw.store.withdraw(record)
@@ -161,6 +165,73 @@ async def enqueue_new_job(gw: Gateway, record: JobRecord, workers: list[dict[str
             withdrawn = False
         if withdrawn:
             raise Unavailable("the job queue is unavailable; retry later (the request_id is free)")
+
+
+def first_steps(gw: Gateway, tenant: str, request_id: str, rate: Admission) -> Steps:
+    """A submit's checks before any work on its request: a retry re-attaches (it costs nothing new), then the
+    queues' room and the tenant's rate."""
+    keys, steps = gw.store.keys, Steps()
+    if request_id:
+        steps.add("existing", [keys.idempotency(tenant, request_id)], [keys.job("")])
+    queued_sets = [keys.queued(queue) for queue in queue_names(gw.settings.namespace).values()]
+    steps.add("room", queued_sets, [gw.settings.max_queued_jobs])
+    steps.add("admit", *rate.script_call(), label=rate.step)
+    return steps
+
+
+def creation_steps(
+    steps: Steps, gw: Gateway, record: JobRecord, reserve: Admission, workers: list[dict[str, Any]]
+) -> None:
+    """The job's reservation, its creation, its queue's dispatch and its place in the queue."""
+    keys = gw.store.keys
+    steps.add("admit", *reserve.script_call(), label=reserve.step)
+    steps.add("create", *create_call(keys, record, gw.store.ttl_s))
+    steps.add("dispatch", *dispatch_call(keys, gw.settings, window_of(gw.settings, workers), record.queue))
+    steps.add("rank", [keys.queued(record.queue)], [record.job_id])
+
+
+def settle(
+    gw: Gateway,
+    replies: dict[str, list[Any]],
+    admissions: dict[str, Admission],
+    context: grpc.aio.ServicerContext,
+    payload_hash: str,
+    request_id: str,
+    record: JobRecord | None = None,
+) -> JobRecord | None:
+    """Read the steps' replies: raise the refusal of the step that stopped, or return the job a request id already
+    names (None when the steps went through)."""
+    if "room" in replies:
+        gw.metrics.queue_depth.set(int(replies["room"][1]))
+    if refused(replies, "existing"):
+        return same_request(decode_record(replies["existing"][1]), payload_hash, request_id)
+    if refused(replies, "room"):
+        queued, limit = int(replies["room"][1]), gw.settings.max_queued_jobs
+        raise QueueFull(f"{queued} jobs are queued (limit {limit}); retry later")
+    for label, admission in admissions.items():
+        if label in replies:
+            admission.check(replies[label], context)
+    if record is not None and "create" in replies:
+        found, created = created_job(record, replies["create"])
+        return None if created else found
+    return None
+
+
+async def store_images(
+    gw: Gateway, accepted: jobs_pb2.JobRequest, kind: str, images: Sequence[Any], job_id: str, tenant: str
+) -> None:
+    """Inline image bytes -> the object store; the accepted request carries keys only (references are checked)."""
+    for image in images:
+        if image.message.WhichOneof("source") == "object_key":
+            await gw.check_reference(f"{image.path}.object_key", image.message.object_key, tenant)
+            continue
+        png = await decode_image(f"{image.path}.data", image.message.data, gw.settings)
+        field = image.path.rsplit(".", 1)[-1]
+        key = input_key(job_id, field)
+        await asyncio.to_thread(gw.objects.put, key, png)
+        target = getattr(getattr(accepted, kind), field)
+        target.Clear()
+        target.object_key = key
 
 
 def assign_seed(body: Any) -> int:
@@ -182,61 +253,55 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.gw = gateway
 
     async def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        gw, tenant = self.gw, current_tenant()
-        check_request_id(request.request_id)
+        gw, tenant, request_id = self.gw, current_tenant(), request.request_id
+        check_request_id(request_id)
         kind, images = validate_request(request.request, gw.settings)
         check_memory_access(request.request, current_principal(), gw.settings)
         payload_hash = fingerprint(request.request)
-        if request.request_id:  # a retry re-attaches before any admission check (it costs nothing new)
-            found = await gw.store.existing(tenant, request.request_id, payload_hash)
-            if found is not None:
-                return await gw.job_proto(found)
         workers = await gw.workers()
         supported = supported_kinds(workers)
         if supported is not None and kind not in supported:
+            found = await gw.store.existing(tenant, request_id, payload_hash) if request_id else None
+            if found is not None:
+                return await gw.job_proto(found)
             raise Unimplemented(
                 f"job kind {kind!r} is not supported by any worker's model yet (they run: {sorted(supported)})"
             )
-        queued = await gw.store.queued_count(list(queue_names(gw.settings.namespace).values()))
-        gw.metrics.queue_depth.set(queued)
-        if queued >= gw.settings.max_queued_jobs:
-            raise QueueFull(f"{queued} jobs are queued (limit {gw.settings.max_queued_jobs}); retry later")
         job_id, cost = new_job_id(), gw.cost(request.request, workers)
-        await admit(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, cost, context)
+        admissions = {step: Admission(step, gw.settings, gw.settings.namespace, tenant, job_id, cost) for step in STEPS}
         accepted = jobs_pb2.JobRequest()
         accepted.CopyFrom(request.request)
         without_unknown_fields(accepted)  # security: never stored
         seed = assign_seed(getattr(accepted, kind))
-        for image in images:  # inline bytes -> the object store; the job carries keys only
-            if image.message.WhichOneof("source") == "object_key":
-                await gw.check_reference(f"{image.path}.object_key", image.message.object_key, tenant)
-                continue
-            png = await decode_image(f"{image.path}.data", image.message.data, gw.settings)
-            field = image.path.rsplit(".", 1)[-1]
-            key = input_key(job_id, field)
-            await asyncio.to_thread(gw.objects.put, key, png)
-            target = getattr(getattr(accepted, kind), field)
-            target.Clear()
-            target.object_key = key
+        steps = first_steps(gw, tenant, request_id, admissions["rate"])
+        if images:  # the rate is charged before any decoding; the images are stored before the job
+            found = settle(gw, await steps.run(gw.store.client), admissions, context, payload_hash, request_id)
+            if found is not None:
+                return await gw.job_proto(found)
+            await store_images(gw, accepted, kind, images, job_id, tenant)
+            steps = Steps()
         check_stored_size("request", accepted)
-        await reserve(gw.store.client, gw.settings, gw.settings.namespace, tenant, job_id, cost, context)
         record = JobRecord(
             job_id=job_id,
             tenant=tenant,
             kind=kind,
             queue=queue_for(gw.settings.namespace, kind),
             request=accepted.SerializeToString(),
-            request_id=request.request_id,
+            request_id=request_id,
             fingerprint=payload_hash,
             seed=seed,
             cost=cost,
             trace_context=inject_context(),
         )
-        record, created = await gw.store.create(record)
-        if created:
-            gw.metrics.jobs.add(1, {"kind": kind, "state": JobState.QUEUED.value})
-            await enqueue_new_job(gw, record, workers)
-        return await gw.job_proto(record)
+        creation_steps(steps, gw, record, admissions["reserve"], workers)
+        replies = await steps.run(gw.store.client)
+        found = settle(gw, replies, admissions, context, payload_hash, request_id, record)
+        if found is not None:
+            return await gw.job_proto(found)
+        gw.metrics.jobs.add(1, {"kind": kind, "state": JobState.QUEUED.value})
+        await enqueue_new_job(gw, record, replies["dispatch"][2])
+        rank = int(replies["rank"][1])
+        return convert.record_to_proto(record, gw.objects.url, rank + 1 if rank >= 0 else 0)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
         check_job_id(request.job_id)

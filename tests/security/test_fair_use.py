@@ -4,7 +4,8 @@ tenant flooding does not stop another's submits, and a refusal says when to retr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
+from typing import Literal
 
 import grpc
 import pytest
@@ -13,10 +14,11 @@ import redis.asyncio as aioredis
 
 import cm3leon_client as api
 from cm3leon_client import Client
+from services import quotas
 from services.cost import job_cost, merged_profile
-from services.keys import Keys
+from services.keys import Keys, queue_for
 from services.presence import live_workers
-from services.quotas import RETRY_AFTER_HEADER, QuotaExceeded, admit, reserve
+from services.quotas import RETRY_AFTER_HEADER, Admission, QuotaExceeded, quota_keys, run_admission
 from services.settings import GatewaySettings
 from services.stack import Stack
 
@@ -49,11 +51,11 @@ def test_a_big_job_costs_more_than_a_small_one(secure_stack: Stack) -> None:
     assert job_cost(api.text_to_image("x", method="sample"), profile) * 2 == small, "one stream without guidance"
 
 
-@pytest.mark.parametrize("step", [admit, reserve], ids=["rate", "queued"])
-def test_concurrent_admissions_never_overshoot(secure_stack: Stack, step: Callable[..., Awaitable[None]]) -> None:
+@pytest.mark.parametrize("step", ["rate", "reserve"])
+def test_concurrent_admissions_never_overshoot(secure_stack: Stack, step: Literal["rate", "reserve"]) -> None:
     """50 concurrent admissions against a burst (or a queued cap) of 10: exactly 10 pass, however they interleave."""
     loose = 1000
-    burst, cap = (10, loose) if step is admit else (loose, 10)
+    burst, cap = (10, loose) if step == "rate" else (loose, 10)
     settings = GatewaySettings(tenant_rate_per_s=0.001, tenant_burst=burst, tenant_max_queued_cost=cap)
 
     async def race() -> list[bool]:
@@ -61,7 +63,8 @@ def test_concurrent_admissions_never_overshoot(secure_stack: Stack, step: Callab
 
         async def one(index: int) -> bool:
             try:
-                await step(client, settings, f"race-{step.__name__}", "t", f"{index:032x}", 1, Context())
+                admission = Admission(step, settings, f"race-{step}", "t", f"{index:032x}", 1)
+                await run_admission(client, admission, Context())
                 return True
             except QuotaExceeded:
                 return False
@@ -72,6 +75,36 @@ def test_concurrent_admissions_never_overshoot(secure_stack: Stack, step: Callab
             await client.aclose()
 
     assert sum(asyncio.run(race())) == 10
+
+
+def test_the_queued_cap_frees_as_jobs_leave_the_queue(secure_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reservations are counted by an upper bound (their sum) until it would refuse; then the exact count drops
+    the jobs that left the queue, so a tenant whose jobs started may queue again."""
+    monkeypatch.setattr(quotas, "RESERVATION_GRACE_MS", 0)  # a reservation counts only while its job is queued
+    namespace, settings = "capfree", GatewaySettings(tenant_burst=1000, tenant_max_queued_cost=10)
+    queued = Keys(namespace).queued(queue_for(namespace, "text_to_image"))
+
+    async def scenario() -> list[bool]:
+        client = aioredis.Redis(port=secure_stack.redis_port)
+
+        async def reserve(job: str, cost: int) -> bool:
+            try:
+                await run_admission(client, Admission("reserve", settings, namespace, "t", job, cost), Context())
+            except QuotaExceeded:
+                return False
+            await client.zadd(queued, {job: 0})
+            return True
+
+        try:
+            passed = [await reserve(f"job-{index}", 2) for index in range(6)]  # 5 fit a cap of 10
+            await client.zrem(queued, "job-0", "job-1")  # two started
+            passed += [await reserve("job-6", 4), await reserve("job-7", 1)]
+            held = int(await client.get(quota_keys(namespace, "t")[3]))
+            return [*passed, held == 10]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == [True] * 5 + [False] + [True, False, True]
 
 
 @pytest.fixture(scope="module")
