@@ -35,7 +35,3 @@ class Unimplemented(ServiceError):
 
 class Unavailable(ServiceError):
     code = "UNAVAILABLE"
-
-
-class Unauthenticated(ServiceError):
-    code = "UNAUTHENTICATED"
