@@ -36,12 +36,12 @@ import cm3leon_client as api
 from cm3leon_client import AsyncClient, Client
 from cm3leon_client.api import jobs_pb2
 from services.keys import Keys
+from services.load import numbered_job
 from services.presence import live_workers
 from services.stack import Stack
 
 API_KEY = "bench-key"
 PROFILE_TOP = 25  # functions of the gateway's profile kept in stack.json
-PROMPTS = ("a red circle", "a blue square on black", "two green triangles", "a small yellow star", "a big circle")
 # The jobs' gateway: no queue cap or tenant quota refuses a measured job (one tenant runs them all).
 UNLIMITED = {
     "CM3LEON_MAX_QUEUED_JOBS": "1000000",
@@ -88,7 +88,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def run_job(client: Client, index: int) -> Timing:
     """Submit one default text->image job and wait for its final snapshot."""
     started = time.perf_counter()
-    job = client.submit(api.text_to_image(PROMPTS[index % len(PROMPTS)], seed=index + 1))
+    job = client.submit(numbered_job(index))
     final = client.wait(job.job_id, timeout_s=JOB_TIMEOUT_S)
     latency = time.perf_counter() - started
     return Timing(latency, final.usage.seconds, final.state == jobs_pb2.JOB_STATE_SUCCEEDED)
@@ -169,7 +169,7 @@ async def many_jobs(target: str, count: int) -> list[Timing]:
 
         async def one(index: int) -> Timing:
             started = time.perf_counter()
-            job = await client.submit(api.text_to_image(PROMPTS[index % len(PROMPTS)], seed=index + 1))
+            job = await client.submit(numbered_job(index))
             final = await client.wait(job.job_id, timeout_s=JOB_TIMEOUT_S)
             succeeded = final.state == jobs_pb2.JOB_STATE_SUCCEEDED
             return Timing(time.perf_counter() - started, final.usage.seconds, succeeded)

@@ -26,16 +26,15 @@ from pathlib import Path
 import grpc
 import redis
 
-import cm3leon_client as api
 from cm3leon_client import Client
 from cm3leon_client.api import jobs_pb2
 from services.keys import Keys
+from services.load import numbered_job
 from services.stack import Stack
 
 API_KEYS = {"chaos-key": "chaos"}
 FINAL = {jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
-PROMPTS = ("a red circle", "a blue square on black", "two green triangles", "a small yellow star", "a big circle")
 # Recovery settings of the soak's stack: short leases and a fast reaper (the defaults suit long jobs).
 RECOVERY_ENV = {
     "CM3LEON_LEASE_TTL_S": "6",
@@ -86,7 +85,7 @@ def run_client(target: str, work: list[tuple[int, str]], outcomes: list[Outcome]
 
 def follow_job(client: Client, index: int, request_id: str, outcome: Outcome, deadline: float) -> None:
     """Submit one job (retrying with its request id) and poll it until it is final or the deadline passes."""
-    request = api.text_to_image(PROMPTS[index % len(PROMPTS)], seed=index + 1)
+    request = numbered_job(index)
     try:
         job = call_with_retries(lambda: client.submit(request, request_id=request_id), deadline)
     except grpc.RpcError as error:
