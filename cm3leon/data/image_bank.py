@@ -36,15 +36,22 @@ class ImageKind(StrEnum):
 
 @dataclass(frozen=True)
 class ImageBankConfig:
-    """Size, refresh chunk and picture mix of a bank. Presets: `tiny` (tests) and `shapes` (tokenizer training)."""
+    """Size, refresh chunk and picture mix of a bank. Presets: `tiny` (tests) and `shapes` (tokenizer training).
+
+    Attributes:
+        size, chunk: pictures in the bank, and in each chunk rendered (and refreshed) at once.
+        scene_fraction, segmentation_fraction, text_fraction: the mix of `ImageKind`s: shapes scenes, their
+            segmentation images and word scenes (they must sum to 1).
+        text_segmentation_fraction: of the segmentation images, those showing a word scene (class "text") rather
+            than shapes.
+        split, seed: the world split the scenes come from, and the seed of every chunk.
+    """
 
     size: int = 16_384
     chunk: int = 1_024
-    # Fractions of shapes scenes, their segmentation images and word scenes (they must sum to 1).
     scene_fraction: float = 0.60
     segmentation_fraction: float = 0.25
     text_fraction: float = 0.15
-    # Of the segmentation images, this fraction shows a word scene (class "text") rather than shapes.
     text_segmentation_fraction: float = 0.15
     split: Split = Split.TRAIN
     seed: int = 0

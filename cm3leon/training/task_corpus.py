@@ -45,17 +45,22 @@ from cm3leon.training.image_corpus import (
 
 @dataclass(frozen=True)
 class TaskCorpusConfig:
-    """Pool sizes. Presets: `tiny` (tests) and `shapes` (the demo; about 65k images, seconds on a GPU)."""
+    """Pool sizes. Presets: `tiny` (tests) and `shapes` (the demo; about 65k images, seconds on a GPU).
+
+    Attributes:
+        scenes, words, edits: pictures in each pool. Words and edits are the most combinatorial tasks (letters per
+            slot, edit kinds x objects): larger pools, so a long run sees each case a few times rather than
+            memorising a small set.
+        seed: seed of every pool's scenes.
+        encode_batch_size, render_workers: images per tokenizer batch, and processes rendering pictures while the
+            main process encodes (at most the machine's cores); the codes are the same for any values.
+    """
 
     scenes: int = 20_000
-    # Words and edits are the most combinatorial tasks (letters per slot, edit kinds x objects): larger pools,
-    # so a long run sees each case a few times rather than memorising a small set.
     words: int = 8_000
     edits: int = 16_000
     seed: int = 0
     encode_batch_size: int = 256
-    # Processes rendering pictures while the main process encodes (at most the machine's cores); codes are the
-    # same for any value.
     render_workers: int = 8
 
     @classmethod
