@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cm3leon.decoding import GenerationCancelled, GenerationRequest, SamplingParams, generate, no_rerank
-from cm3leon.decoding.engine_core import SchedulerConfig
+from cm3leon.decoding.engine_core import SchedulerConfig, plan_unit
 from cm3leon.decoding.scheduler import RequestHandle, Scheduler
 from cm3leon.model import DecoderConfig, Transformer
 from cm3leon.model.transformer import rows_linear
@@ -173,6 +173,24 @@ def test_requests_join_and_leave_between_steps(model: Transformer, vocab: Vocabu
         sched.step()
     assert (sched.stats["rows_in_use"], sched.stats["running"], sched.stats["tokens_in_flight"]) == (0, 0, 0)
     assert len(first.result().token_ids) == vocab.codes_per_image + 1
+
+
+def test_work_counts_prefill_per_request_and_shared_decode_steps(model: Transformer, vocab: Vocabulary) -> None:
+    """Prefill is counted per request (rows x prompt positions); a decode step once for all the rows it runs."""
+    sched = scheduler(model, vocab)
+    requests = [GenerationRequest(prompt=[PROMPTS[i]], params=SamplingParams(seed=i)) for i in range(2)]  # 2 rows each
+    units = [plan_unit(vocab, request, torch.device("cpu")) for request in requests]
+    before = sched.work
+    handles = [sched.submit(request, scorer=no_rerank) for request in requests]
+    while not all(handle.done() for handle in handles):
+        sched.step()
+    work = sched.work
+    assert before.decode_steps == 0 and work is not sched.work, "a copy"
+    assert work.prefill_token_rows == sum(unit.num_rows * unit.prompt_length for unit in units)
+    steps = units[0].num_steps
+    assert work.decode_steps == steps - 1, "both joined at once: one shared forward per step after the prefill's"
+    assert work.decode_rows == 4 * work.decode_steps
+    assert work.prefill_s > 0 and work.decode_s > 0
 
 
 @pytest.mark.parametrize(

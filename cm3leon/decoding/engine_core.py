@@ -14,6 +14,7 @@ request's logits are then bit-identical alone or with any others, whenever it jo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -102,6 +103,19 @@ class Unit:
         return self.cancel_requested or (self.should_cancel is not None and bool(self.should_cancel()))
 
 
+@dataclass
+class Work:
+    """What the core has computed so far: prefill and decode forwards, their row counts and wall time. Prefill is
+    each request's own work while decode steps are shared, so their split says what batching can gain."""
+
+    prefill_forwards: int = 0
+    prefill_token_rows: int = 0  # rows x positions prefilled
+    prefill_s: float = 0.0
+    decode_steps: int = 0
+    decode_rows: int = 0  # rows stepped, summed over steps (padding rows of a short step included)
+    decode_s: float = 0.0
+
+
 def plan_unit(vocab: Vocabulary, request: GenerationRequest, device: torch.device) -> Unit:
     """A request planned alone, as `generate` would plan a batch of just this request."""
     plan = plan_batch(vocab, [request])
@@ -143,6 +157,7 @@ class EngineCore:
         self._decode_rows = torch.zeros(0, **long)  # cache rows of the running units
         self._decode_row_groups = torch.zeros(0, **long)  # their group in the merged pipeline
         self._step_rows = 0  # decode steps run cache rows 0..this-1 (the running units' rows are packed low)
+        self.work = Work()
 
     # --- admission ---------------------------------------------------------------------------------------------
     def never_fits(self, unit: Unit) -> str | None:
@@ -200,6 +215,7 @@ class EngineCore:
             chunk = max(1, budget // unit.num_rows)
             start, end = unit.prefilled, min(unit.prompt_length, unit.prefilled + chunk)
             positions = torch.arange(start, end, device=self.device).expand(unit.num_rows, -1)
+            began = time.perf_counter()
             logits = self.model.forward_rows(
                 unit.tokens[:, start:end],
                 positions,
@@ -209,6 +225,9 @@ class EngineCore:
                 batch_invariant=self.batch_invariant,
             )
             unit.prefilled, spent = end, spent + unit.num_rows * (end - start)
+            self.work.prefill_forwards += 1
+            self.work.prefill_token_rows += unit.num_rows * (end - start)
+            self.work.prefill_s += time.perf_counter() - began
             if end == unit.prompt_length:
                 assert unit.rows_tensor is not None
                 self.logits[unit.rows_tensor] = logits[:, -1].float()
@@ -249,6 +268,7 @@ class EngineCore:
 
     def _decode(self) -> None:
         rows = self._step_rows
+        began = time.perf_counter()
         logits = self._decode_forward(
             self.step_tokens[:rows],
             self.step_positions[:rows],
@@ -258,6 +278,9 @@ class EngineCore:
         )
         self.logits[:rows] = logits[:, -1].float()
         self.step_positions[self._decode_rows] += 1
+        self.work.decode_steps += 1
+        self.work.decode_rows += rows
+        self.work.decode_s += time.perf_counter() - began
 
     # --- membership --------------------------------------------------------------------------------------------
     def _evict(self, unit: Unit) -> None:

@@ -10,6 +10,7 @@ jobs, policy stages, offline evaluations and benchmarks all decode through it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -22,10 +23,11 @@ from cm3leon.decoding.engine_core import (
     ProgressCallback,
     SchedulerConfig,
     Unit,
+    Work,
     plan_unit,
 )
 
-__all__ = ["BatchTick", "RequestHandle", "Scheduler", "SchedulerConfig"]
+__all__ = ["BatchTick", "RequestHandle", "Scheduler", "SchedulerConfig", "Work"]
 from cm3leon.decoding.generate import ImageDecoder, build_results, decode_images, until_stop
 from cm3leon.decoding.params import DecodingConfig, GenerationCancelled, GenerationRequest, GenerationResult
 from cm3leon.decoding.rerank import Scorer
@@ -342,3 +344,8 @@ class Scheduler:
             "tokens_in_flight": core.tokens_in_flight,
             "kv_bytes_per_row": core.pool.bytes_per_row,
         }
+
+    @property
+    def work(self) -> Work:
+        """The prefill and decode work done so far (a copy)."""
+        return dataclasses.replace(self.core.work)
