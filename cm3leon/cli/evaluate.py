@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from cm3leon.bundle import ModelBundle
 
 eval_app = typer.Typer(no_args_is_help=True)
 
@@ -46,11 +49,26 @@ MemoryOption = Annotated[
     Path | None, typer.Option(help="Embedded Qdrant directory (`corpus build --path`): adds t2i cfg_retrieval.")
 ]
 MemoryNameOption = Annotated[str, typer.Option(help="Memory (collection) name.")]
+PromptBatchOption = Annotated[int, typer.Option(help="Prompts decoded together.")]
+
+
+def _comma_separated(text: str) -> tuple[str, ...]:
+    """`a, b,c` -> ("a", "b", "c"): the names of a comma-separated option, blanks dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _grid_beside(json_path: Path | None) -> Path | None:
     """The grid PNG goes next to the JSON report: same name, suffix .png."""
     return json_path.with_suffix(".png") if json_path is not None else None
+
+
+def _load_decoder(checkpoint: Path, threads: int | None, device: str = "cpu") -> ModelBundle:
+    """Torch's thread count set, then the model directory with its VQ tokenizer: how every decoder suite starts."""
+    from cm3leon.bundle import ModelBundle
+    from cm3leon.evaluation.decoder_setup import set_threads
+
+    set_threads(threads)
+    return ModelBundle.load(checkpoint, device=device, require_vq=True)
 
 
 @eval_app.command("t2i")
@@ -59,7 +77,7 @@ def eval_t2i(
     n: Annotated[int, typer.Option(help="Held-out scenes (object counts cycle 1..3).")] = 200,
     json_path: DecoderJsonOption = None,
     split: Annotated[str, typer.Option(help="test (or test_compositional).")] = "test",
-    batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+    batch_size: PromptBatchOption = 16,
     seed: Annotated[int, typer.Option(help="Seed of the scenes, captions and samples.")] = 0,
     methods: Annotated[str, typer.Option(help="Comma-separated: plain, cfg, cdk, pooled.")] = "plain,cfg",
     compositional: Annotated[bool, typer.Option(help="Also a smaller test_compositional section.")] = True,
@@ -74,19 +92,16 @@ def eval_t2i(
 ) -> None:
     """Text->image: generate from held-out detailed captions, the oracle judges each image (grid PNG beside
     the JSON). Decoding parameters come from DIR/decoding_defaults.json (see `eval sweep`) or the presets."""
-    from cm3leon.bundle import ModelBundle
-    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, T2IEvalConfig
     from cm3leon.evaluation.t2i_task_eval import evaluate_t2i, load_fd_retriever
 
-    set_threads(threads)
     config = T2IEvalConfig(
         n=n, batch_size=batch_size, seed=seed, split=split, compositional=compositional,
-        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        methods=_comma_separated(methods),
         pooled_candidates=pooled_candidates or POOLED_CANDIDATES,
     )
-    loaded = ModelBundle.load(checkpoint, require_vq=True)
+    loaded = _load_decoder(checkpoint, threads)
     fd_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
     with _memory_retrieval(memory, memory_name, retriever, loaded) as retrieval:
         metrics = evaluate_t2i(
@@ -105,14 +120,11 @@ def eval_caption(
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Captioning: IMAGE <break> -> caption, parsed back exactly; exact-scene accuracy and BLEU-4."""
-    from cm3leon.bundle import ModelBundle
     from cm3leon.evaluation.caption_eval import CaptionEvalConfig, evaluate_captioning
-    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
 
-    set_threads(threads)
     config = CaptionEvalConfig(n=n, batch_size=batch_size, seed=seed)
-    bundle = ModelBundle.load(checkpoint, require_vq=True)
+    bundle = _load_decoder(checkpoint, threads)
     metrics = evaluate_captioning(bundle, config, grid_path=_grid_beside(json_path))
     write_report(f"captioning (test, n={n})", metrics, json_path)
 
@@ -127,14 +139,11 @@ def eval_perplexity(
     threads: DecoderThreadsOption = None,
 ) -> None:
     """Held-out (val and test) loss and perplexity per modality: text tokens vs image tokens."""
-    from cm3leon.bundle import ModelBundle
-    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.perplexity_eval import PerplexityEvalConfig, evaluate_heldout_perplexity
     from cm3leon.evaluation.report import write_report
 
-    set_threads(threads)
     config = PerplexityEvalConfig(batch_size=batch_size, n_batches=batches)
-    metrics = evaluate_heldout_perplexity(ModelBundle.load(checkpoint, require_vq=True), config, cache_dir)
+    metrics = evaluate_heldout_perplexity(_load_decoder(checkpoint, threads), config, cache_dir)
     write_report("held-out perplexity", metrics, json_path)
 
 
@@ -183,7 +192,7 @@ def eval_sweep(
         typer.Option(help="Segmentation temperature:candidates pairs, comma-separated (0:1 = greedy; more "
                      "candidates: maps redrawn where the greedy one disagrees with the caption)."),
     ] = "0:1,0.7:8,1:8,0.7:16",
-    batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+    batch_size: PromptBatchOption = 16,
     seed: Annotated[int, typer.Option(help="Seed of the scenes and samples.")] = 0,
     write_defaults: Annotated[bool, typer.Option(help="Save the best setting as DIR/decoding_defaults.json.")] = False,
     threads: DecoderThreadsOption = None,
@@ -191,9 +200,7 @@ def eval_sweep(
     """Sweep temperature x CFG scale x guidance plausibility and CD-K's k (text->image), the editing guidance
     scale x source-copy bias, the structure-guided guidance scale x candidates, the grounded and text-rendering
     candidates, caption temperature x candidates and the segmentation maps' caption check, on the VALIDATION split."""
-    from cm3leon.bundle import ModelBundle
     from cm3leon.decoding.defaults import save_decoding_defaults
-    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.sweep import SweepConfig, best_defaults, run_sweep
     from cm3leon.evaluation.t2i_eval import retriever_reranker
@@ -209,7 +216,6 @@ def eval_sweep(
             hint = "--segmentation-settings"
             raise typer.BadParameter(f"{text!r}: expected temperature:candidates pairs", param_hint=hint) from error
 
-    set_threads(threads)
     config = SweepConfig(
         n=n, batch_size=batch_size, seed=seed, temperatures=floats(temperatures), guidance_scales=floats(scales),
         plausibilities=floats(plausibilities), cdk_ks=tuple(int(k) for k in floats(cdk_ks)),
@@ -223,7 +229,7 @@ def eval_sweep(
         caption_candidates=tuple(int(count) for count in floats(caption_candidates)),
         segmentation_settings=pairs(segmentation_settings),
     )
-    loaded = ModelBundle.load(checkpoint, require_vq=True)
+    loaded = _load_decoder(checkpoint, threads)
     loaded_retriever = load_fd_retriever(retriever, loaded.image_tokenizer.config.image_size)
     report = run_sweep(loaded, config, retriever_reranker(loaded, loaded_retriever), loaded_retriever)
     write_report(f"decoding sweep (val, n={n})", report, json_path)
@@ -304,7 +310,7 @@ def eval_all(
     split: Annotated[
         str, typer.Option(help="test (or test_compositional); val to choose between checkpoints (no compositional).")
     ] = "test",
-    batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+    batch_size: PromptBatchOption = 16,
     seed: Annotated[int, typer.Option(help="Seed of the cases and samples.")] = 0,
     methods: Annotated[str, typer.Option(help="t2i methods, comma-separated.")] = "plain,cfg,cdk,pooled",
     tasks: Annotated[str, typer.Option(help="Tasks to run, comma-separated (t2i, caption, vqa, ...), or all.")] = "all",
@@ -322,24 +328,21 @@ def eval_all(
 ) -> None:
     """Every instruction task on held-out cases: one JSON (a section per task + `summary`) and a labelled grid
     PNG per task beside it (<stem>_<task>.png). With --memory, t2i also decodes CFG with retrieved documents."""
-    from cm3leon.bundle import ModelBundle
     from cm3leon.data.world import Split
-    from cm3leon.evaluation.decoder_setup import set_threads
     from cm3leon.evaluation.report import write_report
     from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES
     from cm3leon.evaluation.task_cases import EVAL_TASKS, TaskEvalConfig
     from cm3leon.evaluation.tasks_eval import evaluate_all
 
-    set_threads(threads)
     config = TaskEvalConfig(
         n=n, batch_size=batch_size, seed=seed, split=split,
-        t2i_methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        t2i_methods=_comma_separated(methods),
         pooled_candidates=pooled_candidates or POOLED_CANDIDATES,
         compositional=Split(split) is not Split.VAL,
-        tasks=EVAL_TASKS if tasks == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip()),
+        tasks=EVAL_TASKS if tasks == "all" else _comma_separated(tasks),
         question_n=question_n,
     )
-    loaded = ModelBundle.load(checkpoint, device=device, require_vq=True)
+    loaded = _load_decoder(checkpoint, threads, device)
     with _memory_retrieval(memory, memory_name, retriever, loaded) as retrieval:
         report = evaluate_all(loaded, config, json_path, retriever, retrieval)
     write_report(f"all tasks ({split}, n={n})", report["summary"], None)  # the table: the summary only

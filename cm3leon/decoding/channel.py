@@ -19,7 +19,7 @@ from torch import nn
 
 from cm3leon.decoding.params import DEFAULT_SCORING_BATCH_SIZE, GenerationRequest
 from cm3leon.decoding.prompts import document_prompt_ids, last_document
-from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, continuation_log_likelihoods
+from cm3leon.decoding.rerank import LikelihoodScorer, ModelScorer, Scorer
 from cm3leon.tokenizers.vocab import ImageCodes, Vocabulary
 
 # Weight of log p(caption | image) beside log p(image | caption); chosen on the validation split.
@@ -35,7 +35,7 @@ def query_image(vocab: Vocabulary, prompt_ids: Sequence[int]) -> ImageCodes | No
     return images[-1] if images else None
 
 
-class ChannelScorer:
+class ChannelScorer(ModelScorer):
     """log p(image | caption) + `direct_weight` * log p(caption | prompt) for each text candidate (higher is
     better); candidates that are not a complete caption score `NOT_A_CAPTION`. Identical candidates (common
     among samples) are scored once."""
@@ -51,10 +51,8 @@ class ChannelScorer:
     ) -> None:
         if direct_weight < 0:
             raise ValueError(f"direct_weight must be >= 0, got {direct_weight}")
-        self.model = model
-        self.vocab = vocab
+        super().__init__(model, vocab, batch_size=batch_size)
         self.direct_weight = direct_weight
-        self.batch_size = batch_size
         self.fallback = fallback or LikelihoodScorer(model, vocab, batch_size=batch_size)
 
     def caption_of(self, candidate: Sequence[int]) -> str | None:
@@ -79,18 +77,11 @@ class ChannelScorer:
             return [NOT_A_CAPTION] * len(candidates)
         keys = list(unique)
         image_ids = self.vocab.encode_image(image.codes)
-        channel = continuation_log_likelihoods(
-            self.model,
-            self.vocab,
-            [document_prompt_ids(self.vocab, [unique[key]], "image") for key in keys],
-            [image_ids] * len(keys),
-            batch_size=self.batch_size,
-        )
+        captions = [document_prompt_ids(self.vocab, [unique[key]], "image") for key in keys]
+        channel = self.log_likelihoods(captions, [image_ids] * len(keys))
         scores = channel
         if self.direct_weight:
-            direct = continuation_log_likelihoods(
-                self.model, self.vocab, [prompt_ids] * len(keys), keys, batch_size=self.batch_size
-            )
+            direct = self.log_likelihoods([prompt_ids] * len(keys), keys)
             scores = channel + self.direct_weight * direct
         by_key = dict(zip(keys, scores.tolist(), strict=True))
         return [by_key.get(tuple(candidate), NOT_A_CAPTION) for candidate in candidates]

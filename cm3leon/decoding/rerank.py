@@ -9,6 +9,7 @@ the full prompt, which needs no other model. A retriever's text-image similarity
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -70,28 +71,30 @@ def score_continuation(
     return float(continuation_log_likelihoods(model, vocab, [prompt_ids], [continuation_ids])[0])
 
 
-class LikelihoodScorer:
+@dataclass(eq=False)
+class ModelScorer:
+    """The base of the scorers that read the decoder itself: its log-likelihoods of continuations, `batch_size`
+    rows a forward. Subclasses say which continuations they read and how those become scores."""
+
+    model: nn.Module
+    vocab: Vocabulary
+    batch_size: int = field(default=DEFAULT_SCORING_BATCH_SIZE, kw_only=True)
+
+    def log_likelihoods(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> torch.Tensor:
+        """log p(continuation | prompt) of each pair (`continuation_log_likelihoods` at this scorer's batch size)."""
+        return continuation_log_likelihoods(self.model, self.vocab, prompts, continuations, batch_size=self.batch_size)
+
+
+@dataclass(eq=False)
+class LikelihoodScorer(ModelScorer):
     """The model's conditional log-likelihood of each candidate given the prompt (optionally per token)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        vocab: Vocabulary,
-        *,
-        per_token: bool = False,
-        batch_size: int = DEFAULT_SCORING_BATCH_SIZE,
-    ) -> None:
-        self.model = model
-        self.vocab = vocab
-        self.per_token = per_token
-        self.batch_size = batch_size
+    per_token: bool = field(default=False, kw_only=True)
 
     def __call__(
         self, request: GenerationRequest, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]
     ) -> list[float]:
-        totals = continuation_log_likelihoods(
-            self.model, self.vocab, [prompt_ids] * len(candidates), candidates, batch_size=self.batch_size
-        )
+        totals = self.log_likelihoods([prompt_ids] * len(candidates), candidates)
         if self.per_token:
             lengths = torch.tensor([max(len(candidate), 1) for candidate in candidates], dtype=totals.dtype)
             totals = totals / lengths

@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from cm3leon.bundle import ModelBundle
 from cm3leon.data.questions import FINAL_ANSWER_PREFIX
 from cm3leon.decoding import GenerationRequest, GenerationResult, SamplingParams, Scorer
 from cm3leon.decoding.channel import DEFAULT_DIRECT_WEIGHT, NOT_A_CAPTION, ChannelScorer
-from cm3leon.decoding.params import DEFAULT_SCORING_BATCH_SIZE
-from cm3leon.decoding.rerank import continuation_log_likelihoods, no_rerank
+from cm3leon.decoding.rerank import ModelScorer, no_rerank
 from cm3leon.tasks.parsing import text_answer
 from cm3leon.tokenizers.vocab import Vocabulary
 
@@ -35,15 +32,12 @@ def description_of(answer: str) -> str | None:
 
 
 @dataclass(eq=False)
-class DescriptionScorer:
+class DescriptionScorer(ModelScorer):
     """Scores worked answers by their description read as a caption of the prompt's image (the noisy channel,
     log p(image | description)) plus `direct_weight` x the answer's own log-likelihood; an answer with no
     description, or cut off before `<eos>`, scores `NOT_A_CAPTION`."""
 
-    model: nn.Module
-    vocab: Vocabulary
     direct_weight: float = field(default=DEFAULT_DIRECT_WEIGHT, kw_only=True)
-    batch_size: int = field(default=DEFAULT_SCORING_BATCH_SIZE, kw_only=True)
 
     def __post_init__(self) -> None:
         self.channel = ChannelScorer(self.model, self.vocab, direct_weight=0.0, batch_size=self.batch_size)
@@ -65,9 +59,7 @@ class DescriptionScorer:
         unique = list(dict.fromkeys(tuple(c) for c, s in zip(candidates, channel, strict=True) if s != NOT_A_CAPTION))
         if not unique:
             return list(channel)
-        scores = continuation_log_likelihoods(
-            self.model, self.vocab, [prompt_ids] * len(unique), unique, batch_size=self.batch_size
-        ).tolist()
+        scores = self.log_likelihoods([prompt_ids] * len(unique), unique).tolist()
         direct = dict(zip(unique, scores, strict=True))
         return [
             s if s == NOT_A_CAPTION else s + self.direct_weight * direct[tuple(c)]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -91,47 +91,31 @@ class ImageTokenizerConfig:
 
     @classmethod
     def preset(cls, name: str) -> ImageTokenizerConfig:
-        if name == "tiny":
-            return cls(
-                image_size=32,
-                downsample_factor=4,
-                width=32,
-                encoder_blocks=1,
-                decoder_blocks=1,
-                norm_groups=8,
-                codebook_size=32,
-                code_dim=8,
-                ema_decay=0.9,
-                dead_code_threshold=0.05,
-                # An untrained tiny tokenizer must still map scenes to varied codes (other components' tests use
-                # one); a k-means codebook is all zeros until its first training batch.
-                kmeans_init=False,
-            )
-        if name == "shapes":
-            # The full-resolution decoder (three refine levels, 8 -> 64 px): the patch-painting decoder of
-            # `shapes-patch` cannot draw a small star's outline inside one 8x8 patch with a linear 1x1 head.
-            return cls(encoder_blocks=2, refine_blocks=2, refine_width=128, refine_levels=3)
-        if name == "shapes-local":
+        # The full-resolution decoder (three refine levels, 8 -> 64 px): the patch-painting decoder of
+        # `shapes-patch` cannot draw a small star's outline inside one 8x8 patch with a linear 1x1 head.
+        shapes: dict[str, Any] = dict(encoder_blocks=2, refine_blocks=2, refine_width=128, refine_levels=3)
+        presets: dict[str, dict[str, Any]] = {
+            # An untrained tiny tokenizer must still map scenes to varied codes (other components' tests use one);
+            # a k-means codebook is all zeros until its first training batch, hence no kmeans_init.
+            "tiny": dict(
+                image_size=32, downsample_factor=4, width=32, encoder_blocks=1, decoder_blocks=1, norm_groups=8,
+                codebook_size=32, code_dim=8, ema_decay=0.9, dead_code_threshold=0.05, kmeans_init=False,
+            ),
+            "shapes": shapes,
             # `shapes` with local codes (per-position channel norm): an edit or a hidden region leaves the other
             # codes as they were, which editing and infilling need (its status: models/shapes/vq/MODEL_CARD.md).
-            return replace(cls.preset("shapes"), norm="channel")
-        if name == "shapes-patch":
+            "shapes-local": {**shapes, "norm": "channel"},
             # The first shipped tokenizer's shape: every conv at code resolution, faster to train on a CPU.
-            return cls()
-        if name == "256px":
+            "shapes-patch": {},
             # The paper's tokenizer shape (Make-A-Scene style): 256x256 -> 32x32 codes from an 8192-entry book.
-            return cls(
-                image_size=256,
-                width=512,
-                encoder_blocks=4,
-                decoder_blocks=8,
-                codebook_size=8192,
-                code_dim=256,
+            "256px": dict(
+                image_size=256, width=512, encoder_blocks=4, decoder_blocks=8, codebook_size=8192, code_dim=256,
                 ema_decay=0.99,
-            )
-        raise ValueError(
-            f"unknown image tokenizer preset {name!r}; choose from: tiny, shapes, shapes-local, shapes-patch, 256px"
-        )
+            ),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown image tokenizer preset {name!r}; choose from: {', '.join(presets)}")
+        return cls(**presets[name])
 
     def to_json(self) -> str:
         """The config file's text. Fields added after tokenizers shipped are left out while they hold the value
