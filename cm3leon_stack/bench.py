@@ -2,13 +2,15 @@
 
     cm3leon bench stack --out bench/results [--model models/shapes --sequential 16 --rounds 2 --submits 2000]
 
-Four phases on one embedded stack (`services.stack`), text->image jobs with default settings (retrieval on):
+Five phases on one embedded stack (`services.stack`), text->image jobs with default settings (retrieval on):
 
 - sequential: one client, one job at a time -> jobs/s, one job's latency, and the system's own cost per job
   (`overhead_*`: end-to-end latency from submit to the final snapshot minus the engine's own time, which the
   worker records on the job as `usage.seconds`);
 - concurrent: 16 clients, each `rounds` jobs back to back -> `stack_speedup_16` (jobs/s over the sequential
   rate) and `stack_p99_latency_ratio_16` (p99 latency over 16 x one job's latency);
+- engine ceiling: the same jobs straight into a worker-loaded engine, alone and from 16 threads
+  (`cm3leon_stack.ceiling`): the decoder's own speedup, which the stack cannot exceed, and its prefill / decode split;
 - memory: one worker with 64 job threads serving 64 jobs at once -> `worker_peak_rss_mb` (VmHWM);
 - submits: SubmitJob from 64 concurrent async clients to a gateway whose queues no worker consumes ->
   `gateway_submits_per_s`, with the gateway's and the clients' CPU time per submit (which side limits it).
@@ -22,6 +24,8 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -304,6 +308,18 @@ def submit_rate(stack: Stack, clients: int, total: int) -> dict[str, Any]:
     }
 
 
+def engine_ceiling(args: argparse.Namespace, model: Path, retriever: Path, memory_path: Path) -> dict[str, Any]:
+    """The same jobs straight into a worker-loaded engine (`cm3leon_stack.ceiling`, in a process of its own): what
+    the stack cannot exceed, with the prefill / decode split that limits it."""
+    command = [sys.executable, "-m", "cm3leon_stack.ceiling", "--model", str(model), "--retriever", str(retriever)]
+    command += ["--memory-path", str(memory_path), "--memory", args.memory, "--concurrency", str(args.concurrency)]
+    command += ["--sequential", str(args.sequential // 2), "--rounds", str(args.rounds)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"engine ceiling failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def phase(name: str, run: Callable[[], Any]) -> Any:
     print(f"stack bench: {name} ...", flush=True)
     started = time.perf_counter()
@@ -337,6 +353,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         results["submits"]["profile_main_thread"] = phase(
             "submits profiled", lambda: gateway_profile(stack, args.submit_clients, args.profile_submits)
         )
+        results["engine_ceiling"] = phase("engine ceiling", lambda: engine_ceiling(args, model, retriever, memory_path))
         phase("worker start", lambda: stack.start_worker("worker", worker_env))
         results["worker"] = worker_info(stack)
         target = f"127.0.0.1:{stack.gateway_port}"
