@@ -144,9 +144,10 @@ def open_memory(settings: WorkerSettings) -> tuple[Memory | None, Retriever | No
     return Memory.for_retriever(config, retriever, client), retriever
 
 
-# Job threads per worker when `worker_jobs` is 0, by device: a GPU's decode step costs about the same for 1 row as
-# for 8, while CPU cores are few and shared by the job threads' own Python work (docs/deploy.md, sizing).
-DEFAULT_JOBS = {"cuda": 8, "cpu": 4}
+# Job threads per worker when `worker_jobs` is 0, by device: the more jobs share a decode step the cheaper each
+# is (on CPU a step's products cost the same for 2 rows as for 16, the row-invariant padding); figures in
+# docs/deploy.md, sizing.
+DEFAULT_JOBS = {"cuda": 8, "cpu": 16}
 
 
 def resolved_device(settings: WorkerSettings) -> str:
