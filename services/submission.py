@@ -6,8 +6,9 @@ The steps are the scripts of their own modules (`quotas.ADMIT`, `jobstore.CREATE
     existing  a retry's request id names a live job: stop with it (before any admission is charged)
     room      the queued jobs over every queue, stopping when they reach the gateway's limit
     rank      the new job's place in its queue (its position in the reply)
-Run together the steps are atomic, so a submit never charges a quota without storing its job, and each costs
-the gateway one script call instead of a round trip (a submit's Redis calls were most of the gateway's CPU).
+Run together the steps are isolated (no other command runs between them), so concurrent submits never overshoot
+a limit nor create one request id twice, and each step costs the gateway a function call instead of a round trip
+(a submit's Redis calls were most of the gateway's CPU).
 """
 
 from __future__ import annotations
