@@ -57,6 +57,10 @@ class Keys:
     def queued(self, queue: str) -> str:
         return f"{self.namespace}:queued:{queue}"
 
+    def queued_sets(self) -> list[str]:
+        """The queued sets of every queue (backpressure and the quotas count over all of them)."""
+        return [self.queued(queue) for queue in queue_names(self.namespace).values()]
+
     @property
     def workers(self) -> str:
         return f"{self.namespace}:workers"

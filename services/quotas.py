@@ -29,7 +29,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from services.errors import ServiceError
-from services.keys import queue_names, tenant_hash
+from services.keys import Keys, tenant_hash
 from services.security_settings import SecuritySettings
 
 RETRY_AFTER_HEADER = "retry-after"
@@ -115,10 +115,9 @@ class Admission:
     def script_call(self) -> tuple[list[str], list[Any]]:
         """ADMIT's keys and arguments."""
         settings, namespace = self.settings, self.namespace
-        queued_sets = [f"{namespace}:queued:{queue}" for queue in queue_names(namespace).values()]
         limits = [settings.tenant_rate_per_s, settings.tenant_burst, settings.tenant_max_queued_cost]
         arguments = [*limits, self.charged, self.job_id, RESERVATION_GRACE_MS, self.step]
-        return [*quota_keys(namespace, self.tenant), *queued_sets], arguments
+        return [*quota_keys(namespace, self.tenant), *Keys(namespace).queued_sets()], arguments
 
     def check(self, reply: Sequence[int], context: grpc.aio.ServicerContext) -> None:
         """Nothing when ADMIT admitted; else QuotaExceeded, with the retry-after trailer."""

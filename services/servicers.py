@@ -28,11 +28,11 @@ from services.auth import current_principal  # security: scoped keys, tenant-own
 from services.bounds import check_doc_ids, check_job_id, check_list_request, check_stored_size, without_unknown_fields
 from services.corpus_calls import CorpusCalls
 from services.cost import job_cost, merged_profile
-from services.dispatch import dispatch_call, dispatch_calls, window_of
+from services.dispatch import dispatch_calls, window_of
 from services.errors import InvalidArgument, NotFound, QueueFull, Unavailable, Unimplemented
 from services.images import decode_image
 from services.interceptors import current_tenant
-from services.jobstore import AsyncJobStore, create_call, created_job, decode_record, same_request
+from services.jobstore import AsyncJobStore, created_job, decode_record, same_request
 from services.keys import queue_for, queue_names
 from services.objectstore import REFERENCEABLE_KEY, ObjectStore, input_key
 from services.presence import live_workers_async
@@ -41,7 +41,7 @@ from services.quotas import Admission
 from services.records import JobRecord, JobState, new_job_id
 from services.settings import GatewaySettings
 from services.streams import WATCHES
-from services.submission import Steps, refused
+from services.submission import Steps, admission_steps, creation_steps, refused
 from services.telemetry import Metrics, inject_context, tracer
 from services.tenancy import check_memory_access, corpus_owner, corpus_reader
 from services.validation import check_request_id, check_text, validate_request
@@ -167,29 +167,6 @@ async def enqueue_new_job(gw: Gateway, record: JobRecord, dispatched: Sequence[b
             raise Unavailable("the job queue is unavailable; retry later (the request_id is free)")
 
 
-def first_steps(gw: Gateway, tenant: str, request_id: str, rate: Admission) -> Steps:
-    """A submit's checks before any work on its request: a retry re-attaches (it costs nothing new), then the
-    queues' room and the tenant's rate."""
-    keys, steps = gw.store.keys, Steps()
-    if request_id:
-        steps.add("existing", [keys.idempotency(tenant, request_id)], [keys.job("")])
-    queued_sets = [keys.queued(queue) for queue in queue_names(gw.settings.namespace).values()]
-    steps.add("room", queued_sets, [gw.settings.max_queued_jobs])
-    steps.add("admit", *rate.script_call(), label=rate.step)
-    return steps
-
-
-def creation_steps(
-    steps: Steps, gw: Gateway, record: JobRecord, reserve: Admission, workers: list[dict[str, Any]]
-) -> None:
-    """The job's reservation, its creation, its queue's dispatch and its place in the queue."""
-    keys = gw.store.keys
-    steps.add("admit", *reserve.script_call(), label=reserve.step)
-    steps.add("create", *create_call(keys, record, gw.store.ttl_s))
-    steps.add("dispatch", *dispatch_call(keys, gw.settings, window_of(gw.settings, workers), record.queue))
-    steps.add("rank", [keys.queued(record.queue)], [record.job_id])
-
-
 def settle(
     gw: Gateway,
     replies: dict[str, list[Any]],
@@ -273,7 +250,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         accepted.CopyFrom(request.request)
         without_unknown_fields(accepted)  # security: never stored
         seed = assign_seed(getattr(accepted, kind))
-        steps = first_steps(gw, tenant, request_id, admissions["rate"])
+        store, settings = gw.store, gw.settings
+        steps = admission_steps(store.keys, settings.max_queued_jobs, tenant, request_id, admissions["rate"])
         if images:  # the rate is charged before any decoding; the images are stored before the job
             found = settle(gw, await steps.run(gw.store.client), admissions, context, payload_hash, request_id)
             if found is not None:
@@ -293,7 +271,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             cost=cost,
             trace_context=inject_context(),
         )
-        creation_steps(steps, gw, record, admissions["reserve"], workers)
+        window = window_of(settings, workers)
+        creation_steps(steps, store.keys, settings, store.ttl_s, record, admissions["reserve"], window)
         replies = await steps.run(gw.store.client)
         found = settle(gw, replies, admissions, context, payload_hash, request_id, record)
         if found is not None:

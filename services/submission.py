@@ -20,9 +20,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.dispatch import DISPATCH_SCRIPT
-from services.jobstore import CREATE_SCRIPT
-from services.quotas import ADMIT
+from services.dispatch import DISPATCH_SCRIPT, dispatch_call
+from services.jobstore import CREATE_SCRIPT, create_call
+from services.keys import Keys
+from services.quotas import ADMIT, Admission
+from services.records import JobRecord
+from services.settings import StackSettings
 
 # KEYS: the idempotency key. ARGV: the job key prefix. {0, record} when the key names a live job, else {1}.
 EXISTING = """
@@ -111,3 +114,25 @@ def refused(replies: dict[str, list[Any]], label: str) -> bool:
     """Whether the step `label` ran and refused (it is then the last reply)."""
     reply = replies.get(label)
     return reply is not None and int(reply[0]) == 0
+
+
+def admission_steps(keys: Keys, max_queued: int, tenant: str, request_id: str, rate: Admission) -> Steps:
+    """A submit's checks before any work on its request: a retry re-attaches (it costs nothing new), then the
+    queues' room and the tenant's rate."""
+    steps = Steps()
+    if request_id:
+        steps.add("existing", [keys.idempotency(tenant, request_id)], [keys.job("")])
+    steps.add("room", keys.queued_sets(), [max_queued])
+    steps.add("admit", *rate.script_call(), label=rate.step)
+    return steps
+
+
+def creation_steps(
+    steps: Steps, keys: Keys, settings: StackSettings, ttl_s: int, record: JobRecord, reserve: Admission, window: int
+) -> None:
+    """Append the job's reservation, its creation, its queue's dispatch (within `window`) and its place in the
+    queue."""
+    steps.add("admit", *reserve.script_call(), label=reserve.step)
+    steps.add("create", *create_call(keys, record, ttl_s))
+    steps.add("dispatch", *dispatch_call(keys, settings, window, record.queue))
+    steps.add("rank", [keys.queued(record.queue)], [record.job_id])

@@ -5,19 +5,19 @@ Redis."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from services.jobstore import create_call
 from services.keys import Keys, queue_for
 from services.quotas import Admission, quota_keys
 from services.records import JobRecord, new_job_id
 from services.settings import GatewaySettings
 from services.stack import Stack
-from services.submission import Steps, refused
+from services.submission import Steps, admission_steps, creation_steps, refused
 
 NAMESPACE = "submission"
 KEYS = Keys(NAMESPACE)
@@ -61,16 +61,11 @@ def record(tenant: str = "t", request_id: str = "") -> JobRecord:
 
 
 def submit_steps(job: JobRecord, settings: GatewaySettings, max_queued: int = 100) -> Steps:
-    """A whole image-free submit, as the gateway builds it."""
-    steps = Steps()
-    if job.request_id:
-        steps.add("existing", [KEYS.idempotency(job.tenant, job.request_id)], [KEYS.job("")])
-    steps.add("room", [KEYS.queued(QUEUE)], [max_queued])
-    for step in ("rate", "reserve"):
-        admission = Admission(step, settings, NAMESPACE, job.tenant, job.job_id, job.cost)  # type: ignore[arg-type]
-        steps.add("admit", *admission.script_call(), label=step)
-    steps.add("create", *create_call(KEYS, job, 3600))
-    steps.add("rank", [KEYS.queued(QUEUE)], [job.job_id])
+    """A whole image-free submit, built as the gateway builds it (a dispatch window of 1)."""
+    admission = functools.partial(Admission, settings=settings, namespace=NAMESPACE, tenant=job.tenant)
+    rate, reserve = (admission(step, job_id=job.job_id, cost=job.cost) for step in ("rate", "reserve"))
+    steps = admission_steps(KEYS, max_queued, job.tenant, job.request_id, rate)
+    creation_steps(steps, KEYS, settings, 3600, job, reserve, window=1)
     return steps
 
 
@@ -81,9 +76,11 @@ def test_a_whole_submit_runs_in_one_call(redis_port: int) -> None:
         first, second = record(), record()
         for number, job in enumerate((first, second)):
             replies = await submit_steps(job, settings).run(client)
-            assert list(replies) == ["room", "rate", "reserve", "create", "rank"]
+            assert list(replies) == ["room", "rate", "reserve", "create", "dispatch", "rank"]
             assert int(replies["room"][1]) == number and int(replies["rank"][1]) == number
             assert not any(refused(replies, label) for label in replies)
+            dispatched = [raw.decode() for raw in replies["dispatch"][1]]
+            assert dispatched == ([first.job_id] if job is first else []), "a window of 1: the first goes out"
         assert await client.zcard(KEYS.queued(QUEUE)) == 2
         assert int(await client.get(quota_keys(NAMESPACE, "t")[3])) == 2, "the held bound: both reservations"
 
