@@ -18,6 +18,7 @@ own position, so rows that joined at different steps share one forward pass.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,6 +67,22 @@ def rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
 
 
+@dataclass(frozen=True)
+class LayerInputs:
+    """What every layer of one forward pass shares: where its tokens sit and what they may attend to.
+
+    Built once per pass and handed to each layer (the habit of vLLM's attention metadata), so a layer's call
+    names its input and its inputs, not eight tensors. `rows` and `linear` serve `forward_rows` only.
+    """
+
+    positions: torch.Tensor  # positions the rotary embedding sees, counted from each row's own start
+    mask: torch.Tensor | None  # True = may attend; None: plain causal attention over the tokens (fused kernel)
+    rotary: RotaryEmbedding | None
+    cache_pos: torch.Tensor | None  # cache positions K/V are written at; None: no cache (training)
+    rows: torch.Tensor | None = None  # cache rows of the tokens; None: rows 0..R-1
+    linear: Linear = F.linear
+
+
 class Attention(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -75,46 +92,30 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor | None,
-        rotary: RotaryEmbedding | None,
-        cache_pos: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
         batch, length, width = x.shape
         # (B, T, 3, H, D) -> three (B, H, T, D)
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if rotary is not None:
-            q, k = rotary(q, positions), rotary(k, positions)
-        if cache_pos is not None:
+        if inputs.rotary is not None:
+            q, k = inputs.rotary(q, inputs.positions), inputs.rotary(k, inputs.positions)
+        if inputs.cache_pos is not None:
             assert self.kv_cache is not None, "cache_pos given without setup_caches"
-            k, v = self.kv_cache.update(cache_pos, k, v)
+            k, v = self.kv_cache.update(inputs.cache_pos, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask, is_causal=inputs.mask is None)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
 
-    def forward_rows(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-        rotary: RotaryEmbedding | None,
-        cache: KVCache,
-        rows: torch.Tensor | None,
-        cache_pos: torch.Tensor,
-        linear: Linear,
-    ) -> torch.Tensor:
+    def forward_rows(self, x: torch.Tensor, inputs: LayerInputs, cache: KVCache) -> torch.Tensor:
         """Like `forward`, against an external cache whose rows each sit at their own positions (R, T)."""
+        assert inputs.mask is not None and inputs.cache_pos is not None, "forward_rows needs a mask and positions"
         batch, length, width = x.shape
-        qkv = linear(x, self.qkv.weight).reshape(batch, length, 3, self.n_heads, self.head_dim)
+        qkv = inputs.linear(x, self.qkv.weight).reshape(batch, length, 3, self.n_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        if rotary is not None:
-            q, k = rotary(q, positions), rotary(k, positions)
-        k, v = cache.write_rows(rows, cache_pos, k, v)
-        y = rows_attention(q, k.to(q.dtype), v.to(q.dtype), mask)
-        return linear(y.transpose(1, 2).reshape(batch, length, width), self.out_proj.weight)
+        if inputs.rotary is not None:
+            q, k = inputs.rotary(q, inputs.positions), inputs.rotary(k, inputs.positions)
+        k, v = cache.write_rows(inputs.rows, inputs.cache_pos, k, v)
+        y = rows_attention(q, k.to(q.dtype), v.to(q.dtype), inputs.mask)
+        return inputs.linear(y.transpose(1, 2).reshape(batch, length, width), self.out_proj.weight)
 
 
 class FeedForward(nn.Module):
@@ -138,33 +139,13 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
         self.ffn = FeedForward(config)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor | None,
-        rotary: RotaryEmbedding | None,
-        cache_pos: torch.Tensor | None,
-    ) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), positions, mask, rotary, cache_pos)
+    def forward(self, x: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), inputs)
         return x + self.ffn(self.ffn_norm(x))
 
-    def forward_rows(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-        rotary: RotaryEmbedding | None,
-        cache: KVCache,
-        rows: torch.Tensor | None,
-        cache_pos: torch.Tensor,
-        linear: Linear,
-    ) -> torch.Tensor:
-        attention = self.attention.forward_rows(
-            self.attention_norm(x), positions, mask, rotary, cache, rows, cache_pos, linear
-        )
-        x = x + attention
-        return x + self.ffn.forward_rows(self.ffn_norm(x), linear)
+    def forward_rows(self, x: torch.Tensor, inputs: LayerInputs, cache: KVCache) -> torch.Tensor:
+        x = x + self.attention.forward_rows(self.attention_norm(x), inputs, cache)
+        return x + self.ffn.forward_rows(self.ffn_norm(x), inputs.linear)
 
 
 class Transformer(nn.Module):
@@ -262,9 +243,9 @@ class Transformer(nn.Module):
         x = self.token_embedding(tokens)
         if self.position_embedding is not None:
             x = x + self.position_embedding(positions)
-        cache_pos = query_pos if use_cache else None
+        inputs = LayerInputs(positions, mask, self.rotary, cache_pos=query_pos if use_cache else None)
         for block in self.blocks:
-            x = block(x, positions, mask, self.rotary, cache_pos)
+            x = block(x, inputs)
         return self.lm_head(self.final_norm(x))
 
     def new_row_caches(self, num_rows: int, row_length: int, dtype: torch.dtype | None = None) -> list[KVCache]:
@@ -306,8 +287,9 @@ class Transformer(nn.Module):
         x = self.token_embedding(tokens)
         if self.position_embedding is not None:
             x = x + self.position_embedding(positions)
+        inputs = LayerInputs(positions, mask, self.rotary, cache_pos, rows, linear)
         for block, cache in zip(self.blocks, caches, strict=True):
-            x = block.forward_rows(x, positions, mask, self.rotary, cache, rows, cache_pos, linear)
+            x = block.forward_rows(x, inputs, cache)
         return linear(self.final_norm(x), self.lm_head.weight)
 
     # --- persistence -------------------------------------------------------------------------------------------
