@@ -10,9 +10,8 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 
+from cm3leon.data.grammar import world_grammar
 from cm3leon.data.questions import QA, article, final_answer, plural, qa_pairs, reasoning_pairs
 from cm3leon.data.world import Scene, SceneObject, WorldConfig
 
@@ -30,7 +29,6 @@ __all__ = [
     "position_phrase",
     "article",
     "join_phrases",
-    "name_alternation",
 ]
 
 # Paraphrase templates. The first of each tuple is canonical (used when no rng is given). Every detailed
@@ -134,33 +132,6 @@ def text_render_prompt(scene: Scene, config: WorldConfig) -> str:
 # --- parsing ---------------------------------------------------------------------------------------------
 
 
-def name_alternation(names: Sequence[str]) -> str:
-    # Longest first, so "top center" wins over its suffix "center".
-    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-
-
-@dataclass(frozen=True)
-class _CaptionGrammar:
-    background: re.Pattern[str]
-    obj: re.Pattern[str]
-    position: re.Pattern[str]
-    colour: re.Pattern[str]
-
-
-@lru_cache(maxsize=16)
-def _grammar(config: WorldConfig) -> _CaptionGrammar:
-    backgrounds = name_alternation(config.background_names)
-    return _CaptionGrammar(
-        background=re.compile(rf"\b(?:({backgrounds})\s+background|background\s+(?:is\s+|of\s+)?({backgrounds}))\b"),
-        obj=re.compile(
-            rf"\b({name_alternation(config.size_names)})\s+({name_alternation(config.colour_names)})\s+"
-            rf"({name_alternation(config.shapes)})\b"
-        ),
-        position=re.compile(rf"\b({name_alternation(config.position_names)})\b"),
-        colour=re.compile(rf"\b({name_alternation(config.colour_names)})\b"),
-    )
-
-
 def _blank(text: str, spans: Sequence[tuple[int, int]]) -> str:
     """`text` with the given spans replaced by spaces (same length, so later offsets stay valid)."""
     chars = list(text)
@@ -177,7 +148,7 @@ def parse_caption(text: str, config: WorldConfig) -> Scene | None:
     "size colour shape" phrases paired, in order, with the position names outside them. Returns None when the
     text does not name exactly one background, or objects and positions do not pair up into a valid scene.
     """
-    grammar = _grammar(config)
+    grammar = world_grammar(config)
     quoted = re.search(r'"([^"]+)"', text)
     # Blank the quoted word before lowercasing: a word like "RED" must not read as a colour.
     rest = (_blank(text, [quoted.span()]) if quoted else text).lower()

@@ -8,13 +8,12 @@ exact meaning: `parse_edit_instruction(case.instruction, case.source, config) ==
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
-from cm3leon.data.language import article, detailed_caption, name_alternation, position_phrase
+from cm3leon.data.grammar import world_grammar
+from cm3leon.data.language import article, detailed_caption, position_phrase
 from cm3leon.data.render import object_box
 from cm3leon.data.world import Scene, SceneObject, Split, World, WorldConfig, split_of
 
@@ -104,27 +103,6 @@ def edit_touched_cells(source: Scene, target: Scene, config: WorldConfig) -> set
     return {c for c in range(config.num_cells) if source.object_at(c) != target.object_at(c)}
 
 
-@dataclass(frozen=True)
-class _EditGrammar:
-    change: re.Pattern[str]
-    remove: re.Pattern[str]
-    add: re.Pattern[str]
-    move: re.Pattern[str]
-
-
-@lru_cache(maxsize=16)
-def _edit_grammar(config: WorldConfig) -> _EditGrammar:
-    colour, shape = name_alternation(config.colour_names), name_alternation(config.shapes)
-    size, position = name_alternation(config.size_names), name_alternation(config.position_names)
-    ref = rf"the ({colour}) ({shape})(?: at the ({position}))?"
-    return _EditGrammar(
-        change=re.compile(rf"\bmake {ref} ({colour}|{size})\b"),
-        remove=re.compile(rf"\bremove {ref}\b"),
-        add=re.compile(rf"\badd an? ({size}) ({colour}) ({shape}) at the ({position})\b"),
-        move=re.compile(rf"\bmove {ref} to the ({position})\b"),
-    )
-
-
 def _resolve(source: Scene, colour: str, shape: str, position: str | None, config: WorldConfig) -> SceneObject | None:
     matches = [
         o
@@ -136,7 +114,7 @@ def _resolve(source: Scene, colour: str, shape: str, position: str | None, confi
 
 def parse_edit_instruction(text: str, source: Scene, config: WorldConfig) -> Scene | None:
     """Apply an edit instruction to `source` symbolically; None if it names no unique object or is invalid."""
-    grammar, text = _edit_grammar(config), " ".join(text.lower().split())
+    grammar, text = world_grammar(config), " ".join(text.lower().split())
     cell_of = {name: cell for cell, name in enumerate(config.position_names)}
     try:
         if match := grammar.add.search(text):
