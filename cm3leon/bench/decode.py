@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -37,6 +37,7 @@ from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases
 from cm3leon.policies.shapes.caption_check import text_render_scorer
 from cm3leon.policies.shapes.edit_check import EditSettings, sample_edits
 from cm3leon.policies.shapes.segmentation import SegmentationParams, segment_images
+from cm3leon.presets import Presets
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.decode import sample_image_outputs
 
@@ -45,7 +46,7 @@ BENCH_SPLIT = Split.VAL
 
 
 @dataclass(frozen=True)
-class DecodeBenchConfig:
+class DecodeBenchConfig(Presets):
     """What to time. Presets: `standard` (bench/results/decode.json) and `quick` (tests)."""
 
     cfg_batch_sizes: tuple[int, ...] = (1, 8, 32)
@@ -59,18 +60,13 @@ class DecodeBenchConfig:
     repeats: int = 2
     seed: int = 0
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> DecodeBenchConfig:
-        presets: dict[str, dict[str, Any]] = {
-            "standard": {},
-            "quick": dict(
-                cfg_batch_sizes=(1, 2), caption_batch_size=2, segmentation_batch_size=2, checked_batch_size=2,
-                check_candidates=2, threads=(1,), repeats=1,
-            ),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown decode bench preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "standard": {},
+        "quick": dict(
+            cfg_batch_sizes=(1, 2), caption_batch_size=2, segmentation_batch_size=2, checked_batch_size=2,
+            check_candidates=2, threads=(1,), repeats=1,
+        ),
+    }
 
 
 def _best_seconds(work: Callable[[], float], repeats: int) -> float:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from cm3leon.decoding import GenerationRequest, SamplingParams, generate, no_rer
 from cm3leon.decoding.engine_core import SchedulerConfig
 from cm3leon.decoding.scheduler import Scheduler
 from cm3leon.model.transformer import Transformer
+from cm3leon.presets import Presets
 from cm3leon.tokenizers.vocab import Vocabulary
 
 CAPTIONS = (
@@ -46,7 +47,7 @@ CAPTIONS = (
 
 
 @dataclass(frozen=True)
-class ServeBenchConfig:
+class ServeBenchConfig(Presets):
     """What to run; presets `standard` (bench/results/serve.json) and `quick` (tests, own checks)."""
 
     jobs: int = 16
@@ -61,15 +62,10 @@ class ServeBenchConfig:
     compile_decode: bool = True
     repeats: int = 2  # headline measurements: best of this many interleaved passes
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> ServeBenchConfig:
-        presets: dict[str, dict[str, Any]] = {
-            "standard": {},
-            "quick": dict(jobs=4, arrival_window_s=0.2, concurrency=(1, 4), repeats=1),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown serve bench preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "standard": {},
+        "quick": dict(jobs=4, arrival_window_s=0.2, concurrency=(1, 4), repeats=1),
+    }
 
 
 @dataclass

@@ -10,17 +10,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cm3leon.data.world import RGB
+from cm3leon.presets import Presets
 
 Tile = tuple[np.ndarray | Image.Image, str]
 
 
 @dataclass(frozen=True)
-class GridStyle:
+class GridStyle(Presets):
     """Layout and colours of a labelled grid. Presets: `default` (screen) and `compact` (many small tiles)."""
 
     font_size: int = 12
@@ -33,13 +35,10 @@ class GridStyle:
     text_colour: RGB = (20, 20, 20)
     border_colour: RGB = (200, 200, 200)
 
-    @classmethod
-    def preset(cls, name: str) -> GridStyle:
-        if name == "default":
-            return cls()
-        if name == "compact":
-            return cls(font_size=10, title_font_size=13, padding=3, min_tile_width=96)
-        raise ValueError(f"unknown grid style {name!r}; choose from: default, compact")
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        "compact": dict(font_size=10, title_font_size=13, padding=3, min_tile_width=96),
+    }
 
 
 @lru_cache(maxsize=8)

@@ -20,12 +20,14 @@ import multiprocessing
 import random
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from cm3leon.data.render import render
 from cm3leon.data.world import Split, World, WorldConfig
+from cm3leon.presets import Presets
 
 
 class ImageKind(StrEnum):
@@ -35,7 +37,7 @@ class ImageKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class ImageBankConfig:
+class ImageBankConfig(Presets):
     """Size, refresh chunk and picture mix of a bank. Presets: `tiny` (tests) and `shapes` (tokenizer training).
 
     Attributes:
@@ -56,6 +58,14 @@ class ImageBankConfig:
     split: Split = Split.TRAIN
     seed: int = 0
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(size=256, chunk=64),
+        "shapes": {},
+        # A GPU step eats a 256-image batch in milliseconds: render a large bank once (in parallel) and never
+        # refresh it in the loop; 2^18 images are still a sliver of the world's scenes.
+        "gpu": dict(size=262_144, chunk=8_192),
+    }
+
     def __post_init__(self) -> None:
         if self.size % self.chunk:
             raise ValueError(f"bank size {self.size} must be a multiple of the chunk {self.chunk}")
@@ -66,18 +76,6 @@ class ImageBankConfig:
     @property
     def num_chunks(self) -> int:
         return self.size // self.chunk
-
-    @classmethod
-    def preset(cls, name: str, seed: int = 0) -> ImageBankConfig:
-        if name == "tiny":
-            return cls(size=256, chunk=64, seed=seed)
-        if name == "shapes":
-            return cls(seed=seed)
-        if name == "gpu":
-            # A GPU step eats a 256-image batch in milliseconds: render a large bank once (in parallel) and
-            # never refresh it in the loop; 2^18 images are still a sliver of the world's scenes.
-            return cls(size=262_144, chunk=8_192, seed=seed)
-        raise ValueError(f"unknown image bank preset {name!r}; choose from: tiny, shapes, gpu")
 
 
 def render_chunk(world_config: WorldConfig, config: ImageBankConfig, chunk_index: int) -> tuple[np.ndarray, np.ndarray]:

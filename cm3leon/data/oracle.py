@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -37,6 +38,7 @@ from PIL import Image
 from cm3leon.data.oracle_templates import LETTERS, TemplateBank, WordBank, letter_bank, shape_bank, shape_labels
 from cm3leon.data.scene_score import aggregate_scores, score_scene
 from cm3leon.data.world import Scene, SceneObject, WorldConfig
+from cm3leon.presets import Presets
 
 # Scoring lives in its own module; the oracle re-exports it so callers find parse and score in one place.
 __all__ = ["Oracle", "OracleConfig", "aggregate_scores", "score_scene"]
@@ -46,7 +48,7 @@ _RGB_TO_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0
 
 
 @dataclass(frozen=True)
-class OracleConfig:
+class OracleConfig(Presets):
     """Tolerances of the oracle. Presets: `default` (robust) and `exact` (clean renders only, fastest)."""
 
     # Template variants: Gaussian blur radii (0 = the exact mask) and shifts up to this many pixels.
@@ -70,18 +72,12 @@ class OracleConfig:
     # A quarter: the weight that reads JPEG-compressed renders (quality 30 to 60) best.
     chroma_weight: float = 0.25
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "exact": dict(template_blurs=(0.0,), max_shift=0)}
+
     def __post_init__(self) -> None:
         if not self.template_blurs or self.template_blurs[0] != 0.0:
             # The exact mask must be a variant (and the first one): that is what makes clean renders exact.
             raise ValueError(f"template_blurs must start with 0.0 (the exact mask), got {self.template_blurs}")
-
-    @classmethod
-    def preset(cls, name: str) -> OracleConfig:
-        if name == "default":
-            return cls()
-        if name == "exact":
-            return cls(template_blurs=(0.0,), max_shift=0)
-        raise ValueError(f"unknown oracle preset {name!r}; choose from: default, exact")
 
     @property
     def word_margin(self) -> int:

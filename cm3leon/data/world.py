@@ -16,6 +16,9 @@ import random
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
+from typing import Any, ClassVar
+
+from cm3leon.presets import Presets
 
 RGB = tuple[int, int, int]
 
@@ -28,7 +31,7 @@ class Split(StrEnum):
 
 
 @dataclass(frozen=True)
-class WorldConfig:
+class WorldConfig(Presets):
     """Every constant of the world. Presets: `tiny` (tests) and `shapes` (the demo)."""
 
     image_size: int = 64
@@ -70,14 +73,8 @@ class WorldConfig:
     # Discrete coordinate bins for grounded generation (boxes are quantised to this many bins per axis).
     location_bins: int = 16
 
-    @classmethod
-    def preset(cls, name: str) -> WorldConfig:
-        if name in ("shapes", "tiny"):
-            # The world is cheap, so tests use the same one as the demo; only models get smaller.
-            return cls()
-        if name == "shapes32":
-            return cls(image_size=32)
-        raise ValueError(f"unknown world preset {name!r}; choose from: shapes, tiny, shapes32")
+    # The world is cheap, so tests (`tiny`) use the same one as the demo; only models get smaller.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"shapes": {}, "tiny": {}, "shapes32": dict(image_size=32)}
 
     @cached_property
     def colour_rgb(self) -> dict[str, RGB]:

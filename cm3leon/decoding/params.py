@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from PIL import Image
 
+from cm3leon.presets import Presets
 from cm3leon.tokenizers.vocab import Document, Segment
 
 Method = Literal["sample", "cfg", "cdk", "pooled"]
@@ -26,6 +27,9 @@ TARGETS: tuple[str, ...] = ("image", "text")
 
 
 GUIDED_PLAUSIBILITY = 0.1  # the presets' SamplingParams.guidance_plausibility (see SamplingParams.preset)
+# Guided presets sample among plausible tokens only (GUIDED_PLAUSIBILITY): on a small, well-trained model, plain
+# CFG at the paper's scales turns the gap between two tiny probabilities into a large score.
+_GUIDED: dict[str, Any] = dict(top_p=0.9, guidance_plausibility=GUIDED_PLAUSIBILITY)
 
 
 class GenerationCancelled(Exception):
@@ -33,7 +37,7 @@ class GenerationCancelled(Exception):
 
 
 @dataclass(frozen=True)
-class SamplingParams:
+class SamplingParams(Presets):
     method: Method = "cfg"
     temperature: float = 1.0  # 0 means greedy (argmax)
     top_k: int = 0  # 0 disables top-k
@@ -53,6 +57,18 @@ class SamplingParams:
     num_candidates: int = 1
     max_new_tokens: int = 64  # text targets only; an image target is always exactly one image block
     seed: int | None = None  # None: a fresh random seed (reported in the result)
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "text_to_image": dict(method="cfg", guidance_scale=3.0, **_GUIDED),
+        "pooled": dict(method="pooled", guidance_scale=3.0, num_candidates=8, **_GUIDED),
+        "edit": dict(method="cfg", guidance_scale=7.5, image_guidance_scale=1.5, **_GUIDED),
+        "structure_guided": dict(method="cfg", guidance_scale=3.0, **_GUIDED),
+        # Room for a worked VQA answer (a 3-object description, then "so the answer is X": up to 38 tokens with
+        # `<eos>` in the shapes world); decoding stops at `<eos>`, so short answers cost no more.
+        "greedy_text": dict(method="sample", temperature=0.0, max_new_tokens=64),
+        # One right class per pixel: greedy (see policies.shapes.segmentation for its caption-checked variant).
+        "segmentation": dict(method="sample", temperature=0.0),
+    }
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -89,26 +105,6 @@ class SamplingParams:
 
     def replace(self, **changes: Any) -> SamplingParams:
         return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def preset(cls, name: str) -> SamplingParams:
-        # Guided presets sample among plausible tokens only (GUIDED_PLAUSIBILITY): on a small, well-trained model,
-        # plain CFG at the paper's scales turns the gap between two tiny probabilities into a large score.
-        guided = dict(top_p=0.9, guidance_plausibility=GUIDED_PLAUSIBILITY)
-        presets = {
-            "text_to_image": cls(method="cfg", guidance_scale=3.0, **guided),
-            "pooled": cls(method="pooled", guidance_scale=3.0, num_candidates=8, **guided),
-            "edit": cls(method="cfg", guidance_scale=7.5, image_guidance_scale=1.5, **guided),
-            "structure_guided": cls(method="cfg", guidance_scale=3.0, **guided),
-            # Room for a worked VQA answer (a 3-object description, then "so the answer is X": up to 38 tokens with
-            # `<eos>` in the shapes world); decoding stops at `<eos>`, so short answers cost no more.
-            "greedy_text": cls(method="sample", temperature=0.0, max_new_tokens=64),
-            # One right class per pixel: greedy (see policies.shapes.segmentation for its caption-checked variant).
-            "segmentation": cls(method="sample", temperature=0.0),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown sampling preset {name!r}; choose from {sorted(presets)}")
-        return presets[name]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,12 +29,13 @@ from cm3leon.decoding.defaults import CAPTION, load_decoding_defaults, params_re
 from cm3leon.evaluation.bleu import corpus_bleu
 from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.scene_metrics import UNREADABLE, summarize_predictions, verdict_label
+from cm3leon.presets import Presets
 from cm3leon.tasks.decode import caption_images
 from cm3leon.tokenizers.vocab import ImageCodes
 
 
 @dataclass(frozen=True)
-class CaptionEvalConfig:
+class CaptionEvalConfig(Presets):
     """Size of one captioning evaluation. Presets: `standard` (reported numbers), `quick` (tests)."""
 
     n: int = 200
@@ -44,18 +45,13 @@ class CaptionEvalConfig:
     grid_tiles: int = 12  # test images shown in the grid PNG
     grid_columns: int = 4
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"standard": {}, "quick": dict(n=4, batch_size=4, grid_tiles=4)}
+
     def __post_init__(self) -> None:
         if Split(self.split) is Split.TRAIN:
             raise ValueError("the evaluation runs on held-out splits (test, test_compositional, val); got train")
         if self.n < 1 or self.batch_size < 1:
             raise ValueError("n and batch_size must be >= 1")
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> CaptionEvalConfig:
-        presets: dict[str, dict[str, Any]] = {"standard": {}, "quick": dict(n=4, batch_size=4, grid_tiles=4)}
-        if name not in presets:
-            raise ValueError(f"unknown caption eval preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
 
 
 def reference_captions(scenes: Sequence[Scene], world: WorldConfig) -> list[list[str]]:

@@ -12,6 +12,7 @@ import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -20,13 +21,14 @@ from cm3leon.data.oracle import Oracle, aggregate_scores, score_scene
 from cm3leon.data.render import render
 from cm3leon.data.scene_score import Score
 from cm3leon.data.world import Scene, Split, World, WorldConfig
+from cm3leon.presets import Presets
 
 # Degradations applied to each test render, in report order; "clean" is the render itself.
 DEGRADATIONS = ("clean", "blur", "noise", "jpeg", "resample")
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
+class DegradationConfig(Presets):
     """Strength of each degradation. Presets: `standard` (the reported numbers) and `harsh` (stress)."""
 
     blur_radius: float = 0.7  # PIL GaussianBlur radius
@@ -34,13 +36,10 @@ class DegradationConfig:
     jpeg_quality: int = 60
     resample_factor: int = 2  # down by this factor (box filter), then back up (bicubic)
 
-    @classmethod
-    def preset(cls, name: str) -> DegradationConfig:
-        if name == "standard":
-            return cls()
-        if name == "harsh":
-            return cls(blur_radius=1.2, noise_sigma=20.0, jpeg_quality=30, resample_factor=4)
-        raise ValueError(f"unknown degradation preset {name!r}; choose from: standard, harsh")
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "standard": {},
+        "harsh": dict(blur_radius=1.2, noise_sigma=20.0, jpeg_quality=30, resample_factor=4),
+    }
 
 
 def degrade(image: np.ndarray, kind: str, config: DegradationConfig, rng: np.random.Generator) -> np.ndarray:

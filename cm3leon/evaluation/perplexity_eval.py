@@ -11,10 +11,11 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cm3leon.bundle import ModelBundle
 from cm3leon.data.world import Split
+from cm3leon.presets import Presets
 from cm3leon.training.losses import evaluate_perplexity, vocabulary_modalities
 from cm3leon.training.pretrain import CACHE_DIR
 from cm3leon.training.pretrain_data import heldout_batches, load_corpus, recorded_data_config
@@ -24,7 +25,7 @@ SECTIONS: dict[str, str] = {"text": "text_", "image": "image_", "all": ""}
 
 
 @dataclass(frozen=True)
-class PerplexityEvalConfig:
+class PerplexityEvalConfig(Presets):
     """Which held-out splits and how many rows. `n_batches` None: the data config's `heldout_batch_count`.
     Presets: `standard`, `quick` (tests)."""
 
@@ -32,12 +33,7 @@ class PerplexityEvalConfig:
     batch_size: int = 8
     n_batches: int | None = None
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> PerplexityEvalConfig:
-        presets: dict[str, dict[str, Any]] = {"standard": {}, "quick": dict(batch_size=2, n_batches=1)}
-        if name not in presets:
-            raise ValueError(f"unknown perplexity eval preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"standard": {}, "quick": dict(batch_size=2, n_batches=1)}
 
 
 def _split_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:

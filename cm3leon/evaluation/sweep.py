@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from cm3leon.bundle import ModelBundle
 from cm3leon.data.oracle import Oracle
@@ -52,6 +52,7 @@ from cm3leon.evaluation.image_tasks_eval import (
 )
 from cm3leon.evaluation.t2i_eval import prompt_captions, run_method
 from cm3leon.evaluation.task_cases import TaskCases, TaskEvalConfig, build_cases
+from cm3leon.presets import Presets
 from cm3leon.retrieval.retriever import Retriever
 
 CONTRASTIVE = "contrastive"  # the report's CD-K section (its choice is saved with the text->image defaults)
@@ -60,7 +61,7 @@ SWEEP_SPLIT = Split.VAL
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Presets):
     """The grid. Presets: `standard` (the reported sweep) and `quick` (tests)."""
 
     n: int = 64
@@ -83,6 +84,16 @@ class SweepConfig:
     # caption; (0, 1) is greedy alone.
     segmentation_settings: tuple[tuple[float, int], ...] = ((0.0, 1), (0.7, 8), (1.0, 8), (0.7, 16))
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "standard": {},
+        "quick": dict(
+            n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
+            cdk_ks=(1,), edit_scales=(7.5,), edit_copy_biases=(0.0,), edit_candidates=(1,), structure_scales=(3.0,),
+            caption_temperatures=(0.0,), caption_candidates=(1,), structure_candidates=(1,),
+            grounded_candidates=(1,), text_render_candidates=(1,), segmentation_settings=((0.0, 1), (1.0, 2)),
+        ),
+    }
+
     def __post_init__(self) -> None:
         axes = (
             self.temperatures, self.guidance_scales, self.plausibilities, self.cdk_ks, self.edit_scales,
@@ -92,21 +103,6 @@ class SweepConfig:
         )
         if not all(axes):
             raise ValueError("every sweep axis needs at least one value")
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> SweepConfig:
-        presets: dict[str, dict[str, Any]] = {
-            "standard": {},
-            "quick": dict(
-                n=3, batch_size=3, temperatures=(1.0,), guidance_scales=(1.0, 3.0), plausibilities=(0.0,),
-                cdk_ks=(1,), edit_scales=(7.5,), edit_copy_biases=(0.0,), edit_candidates=(1,), structure_scales=(3.0,),
-                caption_temperatures=(0.0,), caption_candidates=(1,), structure_candidates=(1,),
-                grounded_candidates=(1,), text_render_candidates=(1,), segmentation_settings=((0.0, 1), (1.0, 2)),
-            ),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown sweep preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
 
 
 def sweep_cases(checkpoint: ModelBundle, config: SweepConfig) -> tuple[TaskEvalConfig, TaskCases]:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from cm3leon.data.world import Scene, Split
 from cm3leon.decoding import GenerationRequest, SamplingParams
 from cm3leon.decoding.rerank import LikelihoodScorer, Scorer, no_rerank
 from cm3leon.evaluation.scene_metrics import summarize_predictions, verdict_label
+from cm3leon.presets import Presets
 from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
 from cm3leon.tasks.decode import request_seed
@@ -41,7 +42,7 @@ POOLED_CANDIDATES = SamplingParams.preset("pooled").num_candidates
 
 
 @dataclass(frozen=True)
-class T2IEvalConfig:
+class T2IEvalConfig(Presets):
     """Size and shape of one text->image evaluation. Presets: `standard` (reported numbers), `quick` (tests)."""
 
     n: int = 200
@@ -54,6 +55,8 @@ class T2IEvalConfig:
     compositional_fraction: float = 0.25
     grid_rows: int = 12  # scenes shown in the grid PNG
     pooled_candidates: int = POOLED_CANDIDATES
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"standard": {}, "quick": dict(n=4, batch_size=4, grid_rows=4)}
 
     def __post_init__(self) -> None:
         check_pooled_candidates(self.pooled_candidates)
@@ -68,13 +71,6 @@ class T2IEvalConfig:
     @property
     def compositional_n(self) -> int:
         return max(1, round(self.n * self.compositional_fraction))
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> T2IEvalConfig:
-        presets: dict[str, dict[str, Any]] = {"standard": {}, "quick": dict(n=4, batch_size=4, grid_rows=4)}
-        if name not in presets:
-            raise ValueError(f"unknown t2i eval preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
 
 
 def check_pooled_candidates(count: int) -> None:

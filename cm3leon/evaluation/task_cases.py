@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from cm3leon.data.tasks import EditCase, make_edit
 from cm3leon.data.world import Scene, Split, World
 from cm3leon.evaluation.decoder_setup import eval_scenes
 from cm3leon.evaluation.t2i_eval import POOLED_CANDIDATES, check_pooled_candidates
+from cm3leon.presets import Presets
 from cm3leon.tasks.formats import TASKS, TaskFormatter
 from cm3leon.tokenizers.vocab import ImageCodes
 from cm3leon.training.task_corpus import encode_pictures
@@ -31,7 +32,7 @@ EVAL_TASKS: tuple[str, ...] = TASKS
 
 
 @dataclass(frozen=True)
-class TaskEvalConfig:
+class TaskEvalConfig(Presets):
     """Size of `cm3leon eval all`. Presets: `standard` (reported numbers, n = 200 each), `quick` (tests)."""
 
     n: int = 200
@@ -45,6 +46,8 @@ class TaskEvalConfig:
     tasks: tuple[str, ...] = EVAL_TASKS  # a subset runs only those sections (the summary's others stay None)
     # VQA and reasoning questions (default n): checkpoints often differ there by less than n = 200's noise.
     question_n: int | None = None
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"standard": {}, "quick": dict(n=3, batch_size=4, grid_rows=3)}
 
     def __post_init__(self) -> None:
         check_pooled_candidates(self.pooled_candidates)
@@ -61,13 +64,6 @@ class TaskEvalConfig:
     @property
     def questions(self) -> int:
         return self.question_n or self.n
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TaskEvalConfig:
-        presets: dict[str, dict[str, Any]] = {"standard": {}, "quick": dict(n=3, batch_size=4, grid_rows=3)}
-        if name not in presets:
-            raise ValueError(f"unknown task eval preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
 
 
 @dataclass

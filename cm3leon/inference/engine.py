@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cm3leon.bundle import ModelBundle
 from cm3leon.decoding import GenerationCancelled, LikelihoodScorer, Scorer
@@ -22,6 +22,7 @@ from cm3leon.inference.handlers import HANDLERS
 from cm3leon.inference.policies import resolve
 from cm3leon.inference.running import CancelCheck, ProgressSink, RunContext, StageHook, no_stage
 from cm3leon.kinds import JobRequest, TextToImage, check_sampling_rules, kind_of
+from cm3leon.presets import Presets
 from cm3leon.requests import EngineResult, JobCancelled, Sampling, UnsupportedJobKind
 from cm3leon.retrieval.rerank import RetrieverScorer
 from cm3leon.retrieval.retriever import Retriever
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # qdrant-client (hence grpc) only where a memory is given
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class EngineConfig(Presets):
     device: str = "cpu"  # "auto": cuda when present
     previews_per_image: int = 4  # a preview at each 1/N of the image block (0: none)
     max_num_images: int = 4
@@ -43,12 +44,7 @@ class EngineConfig:
     # The scheduler's row pool and admission limits (rows shared by every job the engine runs at once).
     decoder: SchedulerConfig = SchedulerConfig()
 
-    @classmethod
-    def preset(cls, name: str) -> EngineConfig:
-        presets = {"default": cls(), "tiny": cls(previews_per_image=4, max_num_images=2)}
-        if name not in presets:
-            raise ValueError(f"unknown engine preset {name!r}; choose from {sorted(presets)}")
-        return presets[name]
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "tiny": dict(previews_per_image=4, max_num_images=2)}
 
 
 class Engine:

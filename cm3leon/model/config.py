@@ -11,22 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from cm3leon.presets import Presets
 
 PositionEncoding = Literal["learned", "rope"]
 
-# Sizes only; vocab_size comes from the Vocabulary at build time (see `DecoderConfig.preset`).
-_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(d_model=64, n_layers=2, n_heads=4, ffn_dim=256, max_seq_len=256),
-    "shapes": dict(d_model=256, n_layers=6, n_heads=8, ffn_dim=1024, max_seq_len=640),
-    "350m": dict(d_model=1024, n_layers=24, n_heads=16, ffn_dim=4096, max_seq_len=4096),
-    "760m": dict(d_model=1536, n_layers=24, n_heads=24, ffn_dim=6144, max_seq_len=4096),
-    "7b": dict(d_model=4096, n_layers=32, n_heads=32, ffn_dim=16384, max_seq_len=4096),
-}
-
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(Presets):
     vocab_size: int
     d_model: int
     n_layers: int
@@ -44,6 +37,15 @@ class DecoderConfig:
     # OPT ties the output projection to the token embedding; it also saves vocab_size x d_model parameters.
     tie_embeddings: bool = True
 
+    # Sizes only; vocab_size comes from the Vocabulary at build time.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(d_model=64, n_layers=2, n_heads=4, ffn_dim=256, max_seq_len=256),
+        "shapes": dict(d_model=256, n_layers=6, n_heads=8, ffn_dim=1024, max_seq_len=640),
+        "350m": dict(d_model=1024, n_layers=24, n_heads=16, ffn_dim=4096, max_seq_len=4096),
+        "760m": dict(d_model=1536, n_layers=24, n_heads=24, ffn_dim=6144, max_seq_len=4096),
+        "7b": dict(d_model=4096, n_layers=32, n_heads=32, ffn_dim=16384, max_seq_len=4096),
+    }
+
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
@@ -60,15 +62,9 @@ class DecoderConfig:
         return self.d_model // self.n_heads
 
     @classmethod
-    def preset(cls, name: str, vocab_size: int, **overrides: Any) -> DecoderConfig:
+    def preset(cls, name: str, /, vocab_size: int, **overrides: Any) -> DecoderConfig:
         """A named size for a given vocabulary; `overrides` replace any field (e.g. max_seq_len=1024)."""
-        if name not in _PRESETS:
-            raise ValueError(f"unknown decoder preset {name!r}; choose from {sorted(_PRESETS)}")
-        return cls(vocab_size=vocab_size, **{**_PRESETS[name], **overrides})
-
-    @staticmethod
-    def preset_names() -> list[str]:
-        return sorted(_PRESETS)
+        return super().preset(name, vocab_size=vocab_size, **overrides)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -36,14 +36,16 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from cm3leon.presets import Presets
 from cm3leon.tokenizers.vocab import Vocabulary
 
 Span = tuple[int, int]  # [start, end) token offsets into the original document
 
 
 @dataclass(frozen=True)
-class CM3Config:
+class CM3Config(Presets):
     """How documents are masked. Presets: `cm3` (the paper's span counts), `none` (plain causal LM)."""
 
     # Fraction of documents that are CM3-masked; the rest stay plain left-to-right documents, which is what
@@ -60,6 +62,12 @@ class CM3Config:
     # Draws per span before giving up on placing it without touching another span (fewer spans then).
     placement_attempts: int = 20
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cm3": {},
+        "always": dict(masked_fraction=1.0),
+        "none": dict(masked_fraction=0.0),
+    }
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.masked_fraction <= 1.0:
             raise ValueError(f"masked_fraction must be in [0, 1], got {self.masked_fraction}")
@@ -67,13 +75,6 @@ class CM3Config:
             raise ValueError(f"max_span_fraction must be in (0, 1], got {self.max_span_fraction}")
         if self.mean_spans <= 0:
             raise ValueError(f"mean_spans must be positive, got {self.mean_spans}")
-
-    @classmethod
-    def preset(cls, name: str) -> CM3Config:
-        presets = {"cm3": cls(), "always": cls(masked_fraction=1.0), "none": cls(masked_fraction=0.0)}
-        if name not in presets:
-            raise ValueError(f"unknown CM3 preset {name!r}; choose from {sorted(presets)}")
-        return presets[name]
 
 
 @dataclass(frozen=True)

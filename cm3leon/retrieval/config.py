@@ -10,14 +10,16 @@ import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from cm3leon.presets import Presets
 
 Distance = Literal["cosine", "dot"]
 DISTANCES: tuple[str, ...] = ("cosine", "dot")
 
 
 @dataclass(frozen=True)
-class RetrieverConfig:
+class RetrieverConfig(Presets):
     """Shape of the CLIP-style dual encoder: a CNN over pixels and a transformer over BPE tokens, both
     projecting into one L2-normalised `embed_dim` space."""
 
@@ -48,6 +50,13 @@ class RetrieverConfig:
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(
+            conv_channels=(8, 16, 16), stage_depths=(0, 0, 1), text_width=32, text_layers=1, text_heads=2, embed_dim=16
+        ),
+        "shapes": {},
+    }
+
     def __post_init__(self) -> None:
         if self.text_width % self.text_heads:
             raise ValueError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
@@ -77,21 +86,6 @@ class RetrieverConfig:
     def with_vocab_size(self, text_vocab_size: int) -> RetrieverConfig:
         return dataclasses.replace(self, text_vocab_size=text_vocab_size)
 
-    @classmethod
-    def preset(cls, name: str) -> RetrieverConfig:
-        if name == "tiny":
-            return cls(
-                conv_channels=(8, 16, 16),
-                stage_depths=(0, 0, 1),
-                text_width=32,
-                text_layers=1,
-                text_heads=2,
-                embed_dim=16,
-            )
-        if name == "shapes":
-            return cls()
-        raise ValueError(f"unknown retriever preset {name!r}; choose from: tiny, shapes")
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
@@ -109,7 +103,7 @@ class RetrieverConfig:
 
 
 @dataclass(frozen=True)
-class RetrieverTrainingConfig:
+class RetrieverTrainingConfig(Presets):
     """Optimisation and data mix of the contrastive training. Presets: `tiny` (tests) and `shapes`."""
 
     # 128 pairs (with near misses and scene-aware targets) leave enough negatives and twice the steps of 256.
@@ -139,15 +133,10 @@ class RetrieverTrainingConfig:
     checkpoint_every_seconds: float = 120.0
     seed: int = 0
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> RetrieverTrainingConfig:
-        if name == "tiny":
-            base = cls(batch_size=16, log_every=1, eval_every=10, eval_size=32)
-        elif name == "shapes":
-            base = cls()
-        else:
-            raise ValueError(f"unknown retriever training preset {name!r}; choose from: tiny, shapes")
-        return dataclasses.replace(base, **overrides)
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(batch_size=16, log_every=1, eval_every=10, eval_size=32),
+        "shapes": {},
+    }
 
 
 @dataclass(frozen=True)
@@ -170,7 +159,7 @@ class RetrievalRules:
 
 
 @dataclass(frozen=True)
-class MemoryConfig(RetrievalRules):
+class MemoryConfig(RetrievalRules, Presets):
     """Where the vector memory lives and how it is searched (`RetrievalRules`).
 
     Location: `url` (or env `QDRANT_URL`, with `QDRANT_API_KEY`) selects a Qdrant server; otherwise the
@@ -190,13 +179,7 @@ class MemoryConfig(RetrievalRules):
         if not 0.0 <= self.query_dropout < 1.0:
             raise ValueError(f"query_dropout must lie in [0, 1), got {self.query_dropout}")
 
-    @classmethod
-    def preset(cls, preset: str, /, **overrides: Any) -> MemoryConfig:
-        """A named preset with `overrides` (positional-only, so `name=` overrides the collection name)."""
-        if preset == "tiny":
-            base = cls(name="tiny", path=":memory:", candidates=8, upsert_batch_size=16)
-        elif preset == "shapes":
-            base = cls()
-        else:
-            raise ValueError(f"unknown memory preset {preset!r}; choose from: tiny, shapes")
-        return dataclasses.replace(base, **overrides)
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(name="tiny", path=":memory:", candidates=8, upsert_batch_size=16),
+        "shapes": {},
+    }

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from vector_quantize_pytorch import VectorQuantize
 
+from cm3leon.presets import Presets
 from cm3leon.tokenizers.conv_blocks import NORMS, Decoder, Encoder
 
 CONFIG_FILE = "config.json"
@@ -31,10 +32,13 @@ FINGERPRINT_HEX_CHARS = 16
 CODE_DETERMINING_MODULES = ("encoder", "quantizer")
 # Config fields added after tokenizers shipped, and the value the shipped ones implicitly had.
 LATER_FIELDS: dict[str, object] = {"norm": "group"}
+# The `shapes` tokenizer's full-resolution decoder (three refine levels, 8 -> 64 px): the patch-painting decoder
+# of `shapes-patch` cannot draw a small star's outline inside one 8x8 patch with a linear 1x1 head.
+_SHAPES_DECODER: dict[str, Any] = dict(encoder_blocks=2, refine_blocks=2, refine_width=128, refine_levels=3)
 
 
 @dataclass(frozen=True)
-class ImageTokenizerConfig:
+class ImageTokenizerConfig(Presets):
     """Shape and training constants of one image tokenizer. Presets: `tiny` (tests), `shapes`, `256px` (paper)."""
 
     image_size: int = 64
@@ -72,6 +76,26 @@ class ImageTokenizerConfig:
     reconstruction_loss: str = "l2"
     edge_loss_weight: float = 0.5
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # An untrained tiny tokenizer must still map scenes to varied codes (other components' tests use one);
+        # a k-means codebook is all zeros until its first training batch, hence no kmeans_init.
+        "tiny": dict(
+            image_size=32, downsample_factor=4, width=32, encoder_blocks=1, decoder_blocks=1, norm_groups=8,
+            codebook_size=32, code_dim=8, ema_decay=0.9, dead_code_threshold=0.05, kmeans_init=False,
+        ),
+        "shapes": _SHAPES_DECODER,
+        # `shapes` with local codes (per-position channel norm): an edit or a hidden region leaves the other
+        # codes as they were, which editing and infilling need (its status: models/shapes/vq/MODEL_CARD.md).
+        "shapes-local": {**_SHAPES_DECODER, "norm": "channel"},
+        # The first shipped tokenizer's shape: every conv at code resolution, faster to train on a CPU.
+        "shapes-patch": {},
+        # The paper's tokenizer shape (Make-A-Scene style): 256x256 -> 32x32 codes from an 8192-entry book.
+        "256px": dict(
+            image_size=256, width=512, encoder_blocks=4, decoder_blocks=8, codebook_size=8192, code_dim=256,
+            ema_decay=0.99,
+        ),
+    }
+
     def __post_init__(self) -> None:
         if self.image_size % self.downsample_factor:
             raise ValueError(f"image_size {self.image_size} is not a multiple of {self.downsample_factor}")
@@ -88,34 +112,6 @@ class ImageTokenizerConfig:
     @property
     def codes_per_image(self) -> int:
         return self.grid * self.grid
-
-    @classmethod
-    def preset(cls, name: str) -> ImageTokenizerConfig:
-        # The full-resolution decoder (three refine levels, 8 -> 64 px): the patch-painting decoder of
-        # `shapes-patch` cannot draw a small star's outline inside one 8x8 patch with a linear 1x1 head.
-        shapes: dict[str, Any] = dict(encoder_blocks=2, refine_blocks=2, refine_width=128, refine_levels=3)
-        presets: dict[str, dict[str, Any]] = {
-            # An untrained tiny tokenizer must still map scenes to varied codes (other components' tests use one);
-            # a k-means codebook is all zeros until its first training batch, hence no kmeans_init.
-            "tiny": dict(
-                image_size=32, downsample_factor=4, width=32, encoder_blocks=1, decoder_blocks=1, norm_groups=8,
-                codebook_size=32, code_dim=8, ema_decay=0.9, dead_code_threshold=0.05, kmeans_init=False,
-            ),
-            "shapes": shapes,
-            # `shapes` with local codes (per-position channel norm): an edit or a hidden region leaves the other
-            # codes as they were, which editing and infilling need (its status: models/shapes/vq/MODEL_CARD.md).
-            "shapes-local": {**shapes, "norm": "channel"},
-            # The first shipped tokenizer's shape: every conv at code resolution, faster to train on a CPU.
-            "shapes-patch": {},
-            # The paper's tokenizer shape (Make-A-Scene style): 256x256 -> 32x32 codes from an 8192-entry book.
-            "256px": dict(
-                image_size=256, width=512, encoder_blocks=4, decoder_blocks=8, codebook_size=8192, code_dim=256,
-                ema_decay=0.99,
-            ),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown image tokenizer preset {name!r}; choose from: {', '.join(presets)}")
-        return cls(**presets[name])
 
     def to_json(self) -> str:
         """The config file's text. Fields added after tokenizers shipped are left out while they hold the value
@@ -160,7 +156,6 @@ def tensor_to_images(pixels: torch.Tensor) -> np.ndarray:
     """float (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C), rounded and clipped."""
     scaled = ((pixels.float().clamp(-1.0, 1.0) + 1.0) * (PIXEL_MAX / 2)).round()
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
 
 
 def dead_code_ratio(threshold: float, codebook_size: int) -> float:

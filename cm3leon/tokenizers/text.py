@@ -9,30 +9,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from cm3leon.presets import Presets
 
 TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)
-class TextTokenizerConfig:
+class TextTokenizerConfig(Presets):
     vocab_size: int = 512
     min_frequency: int = 2
 
-    @classmethod
-    def preset(cls, name: str) -> TextTokenizerConfig:
-        presets = {
-            "tiny": cls(vocab_size=320),
-            # 512 is where every world word is one token while capital letters stay single tokens (a larger
-            # vocabulary merges letter pairs like "BC", which would make text rendering harder to learn).
-            "shapes": cls(vocab_size=512),
-            # The paper's BPE has 56,320 entries; only meaningful with a web-scale corpus.
-            "paper": cls(vocab_size=56_320),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown text tokenizer preset {name!r}; choose from {sorted(presets)}")
-        return presets[name]
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(vocab_size=320),
+        # 512 is where every world word is one token while capital letters stay single tokens (a larger
+        # vocabulary merges letter pairs like "BC", which would make text rendering harder to learn).
+        "shapes": dict(vocab_size=512),
+        # The paper's BPE has 56,320 entries; only meaningful with a web-scale corpus.
+        "paper": dict(vocab_size=56_320),
+    }
 
 
 class TextTokenizer:

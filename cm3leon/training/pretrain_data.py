@@ -18,12 +18,13 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cm3leon.checkpoint import TRAINING_RECORD_FILE
 from cm3leon.data.language import detailed_caption, short_caption
 from cm3leon.data.world import Scene, Split, WorldConfig
 from cm3leon.objectives.cm3 import CM3Config, CM3Masker
+from cm3leon.presets import Presets
 from cm3leon.tasks.formats import SceneDocument
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.vocab import Document, Vocabulary
@@ -32,7 +33,7 @@ from cm3leon.training.packing import PackedBatches, PackUnit, TokenBatch
 
 
 @dataclass(frozen=True)
-class PretrainDataConfig:
+class PretrainDataConfig(Presets):
     """Presets: `tiny` (tests: 32px world, small corpora) and `shapes` (the demo)."""
 
     seq_len: int
@@ -60,25 +61,19 @@ class PretrainDataConfig:
     retrieved: int = 0
     seed: int = 0
 
+    # `preset(name, seq_len=...)`: the sequence length comes from the model config (its max_seq_len).
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(
+            world_preset="shapes32", train_scenes=64, heldout_scenes=16, heldout_batch_count=2, encode_batch_size=32
+        ),
+        "shapes": {},
+    }
+
     def __post_init__(self) -> None:
         fractions = ("detailed_caption_fraction", "image_first_fraction", "text_scene_fraction")
         for name in (*fractions, "unconditional_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-
-    @classmethod
-    def preset(cls, name: str, seq_len: int, **overrides: Any) -> PretrainDataConfig:
-        """`seq_len` comes from the model config (its max_seq_len); `overrides` replace any field."""
-        presets: dict[str, dict[str, Any]] = {
-            "tiny": dict(
-                world_preset="shapes32", train_scenes=64, heldout_scenes=16, heldout_batch_count=2,
-                encode_batch_size=32,
-            ),
-            "shapes": dict(),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown pretraining data preset {name!r}; choose from {sorted(presets)}")
-        return cls(seq_len=seq_len, **{**presets[name], **overrides})
 
     def world(self) -> WorldConfig:
         return replace(WorldConfig.preset(self.world_preset), text_scene_fraction=self.text_scene_fraction)

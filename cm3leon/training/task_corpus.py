@@ -22,7 +22,7 @@ import random
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from cm3leon.data.render import render
 from cm3leon.data.tasks import EditCase, make_edit
 from cm3leon.data.world import Scene, Split, World, WorldConfig
+from cm3leon.presets import Presets
 from cm3leon.tokenizers.image import ImageTokenizer
 from cm3leon.tokenizers.vocab import ImageCodes
 from cm3leon.training.image_corpus import (
@@ -44,7 +45,7 @@ from cm3leon.training.image_corpus import (
 
 
 @dataclass(frozen=True)
-class TaskCorpusConfig:
+class TaskCorpusConfig(Presets):
     """Pool sizes. Presets: `tiny` (tests) and `shapes` (the demo; about 65k images, seconds on a GPU).
 
     Attributes:
@@ -63,15 +64,10 @@ class TaskCorpusConfig:
     encode_batch_size: int = 256
     render_workers: int = 8
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TaskCorpusConfig:
-        presets: dict[str, dict[str, Any]] = {
-            "tiny": dict(scenes=64, words=16, edits=32, encode_batch_size=64, render_workers=1),
-            "shapes": dict(),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown task corpus preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(scenes=64, words=16, edits=32, encode_batch_size=64, render_workers=1),
+        "shapes": dict(),
+    }
 
     def fingerprint(self) -> str:
         same_codes = ("encode_batch_size", "render_workers")

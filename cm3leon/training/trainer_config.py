@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from cm3leon.presets import Presets
+
 
 @dataclass(frozen=True)
-class TrainerConfig:
+class TrainerConfig(Presets):
     """Optimisation and bookkeeping. Presets: `tiny` (tests) and `shapes` (the demo model on CPU).
 
     AdamW betas (0.9, 0.95), eps 1e-8, weight decay 0.1 and clipping at 1.0 are the OPT-style defaults the
@@ -49,24 +51,19 @@ class TrainerConfig:
     seed: int = 0
     progress: bool = True
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(
+            learning_rate=3e-3, warmup_steps=5, batch_size=4, max_steps=30, log_every_steps=5,
+            checkpoint_every_minutes=None, bf16=False, progress=False,
+        ),
+        "shapes": dict(learning_rate=1e-3, warmup_steps=200, batch_size=8, max_steps=None, max_minutes=60.0),
+    }
+
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("give max_steps, max_minutes or both: training needs an end")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be at least 1")
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TrainerConfig:
-        presets: dict[str, dict[str, Any]] = {
-            "tiny": dict(
-                learning_rate=3e-3, warmup_steps=5, batch_size=4, max_steps=30, log_every_steps=5,
-                checkpoint_every_minutes=None, bf16=False, progress=False,
-            ),
-            "shapes": dict(learning_rate=1e-3, warmup_steps=200, batch_size=8, max_steps=None, max_minutes=60.0),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown trainer preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainerConfig) -> torch.optim.AdamW:

@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from tqdm import tqdm
 from cm3leon.data.image_bank import ImageBank, ImageBankConfig
 from cm3leon.data.world import WorldConfig
 from cm3leon.hardware import resolve_bf16
+from cm3leon.presets import Presets
 from cm3leon.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, TokenizerOutput, images_to_tensor
 from cm3leon.training.checkpoint import (
     MetricsLogger,
@@ -52,7 +53,7 @@ PSNR_PEAK = 2.0  # peak-to-peak range of pixels in [-1, 1]
 
 
 @dataclass(frozen=True)
-class VQTrainConfig:
+class VQTrainConfig(Presets):
     """Optimiser, schedule, data and bookkeeping of a tokenizer run. Presets: `tiny` (tests), `shapes`."""
 
     batch_size: int = 16
@@ -83,24 +84,23 @@ class VQTrainConfig:
     render_workers: int = 1
     seed: int = 0
 
-    @classmethod
-    def preset(cls, name: str) -> VQTrainConfig:
-        if name == "tiny":
-            return cls(
-                batch_size=8, warmup_steps=2, autoencoder_warmup_steps=2, codebook_init_images=32,
-                refresh_every_steps=2, log_every_steps=1,
-                world_preset="shapes32", bank_preset="tiny",
-            )
-        if name in ("shapes", "shapes-local", "shapes-patch", "256px"):
-            return cls()
-        if name == "gpu":
-            # One GPU: batches 16x larger (the EMA codebook and k-means see many more vectors per step), a bank
-            # rendered once in parallel and never refreshed in the loop (see ImageBankConfig.preset("gpu")).
-            return cls(
-                batch_size=256, warmup_steps=200, codebook_init_images=8192, refresh_every_steps=10**9,
-                log_every_steps=50, checkpoint_every_seconds=60.0, bank_preset="gpu", render_workers=12,
-            )
-        raise ValueError(f"unknown vq training preset {name!r}; choose from: tiny, shapes, shapes-local, gpu, 256px")
+    # The tokenizer presets' names, so that one name picks both the tokenizer's shape and its training.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(
+            batch_size=8, warmup_steps=2, autoencoder_warmup_steps=2, codebook_init_images=32,
+            refresh_every_steps=2, log_every_steps=1, world_preset="shapes32", bank_preset="tiny",
+        ),
+        "shapes": {},
+        "shapes-local": {},
+        "shapes-patch": {},
+        "256px": {},
+        # One GPU: batches 16x larger (the EMA codebook and k-means see many more vectors per step), a bank
+        # rendered once in parallel and never refreshed in the loop (see ImageBankConfig's `gpu` preset).
+        "gpu": dict(
+            batch_size=256, warmup_steps=200, codebook_init_images=8192, refresh_every_steps=10**9,
+            log_every_steps=50, checkpoint_every_seconds=60.0, bank_preset="gpu", render_workers=12,
+        ),
+    }
 
 
 def learning_rate(config: VQTrainConfig, step: int, progress: float) -> float:
