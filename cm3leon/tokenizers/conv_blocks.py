@@ -17,9 +17,14 @@ hiding a region from the infill prompt) means what it says.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from cm3leon.tokenizers.image import ImageTokenizerConfig
 
 NORMS: tuple[str, ...] = ("group", "channel")
 NORM_EPS = 1e-6
@@ -64,20 +69,18 @@ class ResidualConv(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image (B, C, H, W) -> latent (B, code_dim, H/f, W/f)."""
+    """Image (B, C, H, W) -> latent (B, code_dim, H/f, W/f), f = the config's `downsample_factor`."""
 
-    def __init__(
-        self, in_channels: int, patch: int, width: int, blocks: int, code_dim: int, norm_groups: int,
-        norm: str = "group",
-    ) -> None:
+    def __init__(self, config: ImageTokenizerConfig) -> None:
         super().__init__()
+        patch, width, groups, norm = config.downsample_factor, config.width, config.norm_groups, config.norm
         self.layers = nn.Sequential(
             nn.PixelUnshuffle(patch),
-            nn.Conv2d(in_channels * patch * patch, width, 1),
-            *(ResidualConv(width, norm_groups, norm) for _ in range(blocks)),
-            norm_layer(width, norm_groups, norm),
+            nn.Conv2d(config.image_channels * patch * patch, width, 1),
+            *(ResidualConv(width, groups, norm) for _ in range(config.encoder_blocks)),
+            norm_layer(width, groups, norm),
             nn.SiLU(),
-            nn.Conv2d(width, code_dim, 1),
+            nn.Conv2d(width, config.code_dim, 1),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -94,40 +97,30 @@ class Decoder(nn.Module):
     edge pixel itself: the FLOPs that sharp small stars and letters need, affordable when training on a GPU.
     """
 
-    def __init__(
-        self,
-        out_channels: int,
-        patch: int,
-        width: int,
-        blocks: int,
-        code_dim: int,
-        norm_groups: int,
-        refine_blocks: int = 0,
-        refine_width: int = 0,
-        refine_levels: int = 1,
-        norm: str = "group",
-    ) -> None:
+    def __init__(self, config: ImageTokenizerConfig) -> None:
         super().__init__()
+        patch, width, groups, norm = config.downsample_factor, config.width, config.norm_groups, config.norm
+        refine_blocks, refine_levels = config.refine_blocks, config.refine_levels
         layers: list[nn.Module] = [
-            nn.Conv2d(code_dim, width, 3, padding=1),
-            *(ResidualConv(width, norm_groups, norm) for _ in range(blocks)),
-            norm_layer(width, norm_groups, norm),
+            nn.Conv2d(config.code_dim, width, 3, padding=1),
+            *(ResidualConv(width, groups, norm) for _ in range(config.decoder_blocks)),
+            norm_layer(width, groups, norm),
             nn.SiLU(),
         ]
         if refine_blocks:
             if patch % (2**refine_levels):
                 raise ValueError(f"{refine_levels} refine levels do not divide a {patch}-pixel patch")
-            level_width = refine_width
+            level_width = config.refine_width
             for _ in range(refine_levels):
                 layers += [
                     nn.Conv2d(width, level_width * 4, 1),
                     nn.PixelShuffle(2),
-                    *(ResidualConv(level_width, norm_groups, norm) for _ in range(refine_blocks)),
-                    norm_layer(level_width, norm_groups, norm),
+                    *(ResidualConv(level_width, groups, norm) for _ in range(refine_blocks)),
+                    norm_layer(level_width, groups, norm),
                     nn.SiLU(),
                 ]
                 width, patch, level_width = level_width, patch // 2, max(level_width // 2, 1)
-        layers += [nn.Conv2d(width, out_channels * patch * patch, 1), nn.PixelShuffle(patch)]
+        layers += [nn.Conv2d(width, config.image_channels * patch * patch, 1), nn.PixelShuffle(patch)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:

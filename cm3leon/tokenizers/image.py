@@ -170,14 +170,7 @@ class ImageTokenizer(nn.Module):
     def __init__(self, config: ImageTokenizerConfig) -> None:
         super().__init__()
         self.config = config
-        conv_shape = dict(
-            patch=config.downsample_factor,
-            width=config.width,
-            code_dim=config.code_dim,
-            norm_groups=config.norm_groups,
-            norm=config.norm,
-        )
-        self.encoder = Encoder(in_channels=config.image_channels, blocks=config.encoder_blocks, **conv_shape)
+        self.encoder = Encoder(config)
         self.quantizer = VectorQuantize(
             dim=config.code_dim,
             codebook_size=config.codebook_size,
@@ -188,14 +181,7 @@ class ImageTokenizer(nn.Module):
             use_cosine_sim=config.use_cosine_similarity,
             accept_image_fmap=True,
         )
-        self.decoder = Decoder(
-            out_channels=config.image_channels,
-            blocks=config.decoder_blocks,
-            refine_blocks=config.refine_blocks,
-            refine_width=config.refine_width,
-            refine_levels=config.refine_levels,
-            **conv_shape,
-        )
+        self.decoder = Decoder(config)
         # Uses of each code since the last `reset_usage()`: the trainer logs usage and perplexity from it.
         self.register_buffer("usage_counts", torch.zeros(config.codebook_size, dtype=torch.long), persistent=False)
 
