@@ -164,6 +164,7 @@ def dead_code_ratio(threshold: float, codebook_size: int) -> float:
     so every saved config keeps its meaning without the library's deprecation warning."""
     return threshold / codebook_size if threshold >= 1 else threshold
 
+
 class ImageTokenizer(nn.Module):
     """Encoder + VQ codebook + decoder. `encode`/`decode` are the inference API; `forward` is for training."""
 
