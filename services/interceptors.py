@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -127,9 +127,23 @@ class TracingInterceptor(aio.ServerInterceptor):
             if streaming:
 
                 async def stream(request: Any, context: aio.ServicerContext) -> Any:
-                    with tracer().start_as_current_span(name, attributes={"rpc.method": name}):
-                        async for item in behaviour(request, context):
+                    # The span is current while the handler makes each item, never across a `yield`: a stream
+                    # the client cancels or abandons is closed from another task, which cannot reset this one's
+                    # context (OpenTelemetry logs "Failed to detach context" there).
+                    span = tracer().start_span(name, attributes={"rpc.method": name})
+                    items = aiter(behaviour(request, context))
+                    try:
+                        while True:
+                            with trace.use_span(span):
+                                try:
+                                    item = await anext(items)
+                                except StopAsyncIteration:
+                                    return
                             yield item
+                    finally:
+                        if isinstance(items, AsyncGenerator):
+                            await items.aclose()  # now, not whenever the garbage collector finds it
+                        span.end()
 
                 return stream
 
