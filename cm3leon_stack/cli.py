@@ -71,7 +71,8 @@ def up(
     workdir: Annotated[Path, typer.Option(help="Logs and data of the stack's processes.")] = Path("out/stack"),
     tls: Annotated[bool, typer.Option("--tls", help="Serve TLS with a throwaway CA (its path is printed).")] = False,
 ) -> None:
-    """Start the stack on 127.0.0.1 and keep it up until Ctrl-C (every process is stopped and waited for).
+    """Start the stack on 127.0.0.1 and keep it up until Ctrl-C (every process is stopped and waited for); a
+    process that exits is started again, as docker compose's `restart: unless-stopped` does.
 
     API keys: CM3LEON_API_KEYS (JSON key -> tenant) when set, else a random key made for this session (printed)."""
     check_settings()
@@ -88,6 +89,8 @@ def up(
         announce(f"127.0.0.1:{stack.gateway_port}", keys, stack.redis_url, stack.s3_port, workdir, ca)
         while True:
             time.sleep(1)
+            for child in stack.revive_exited():
+                typer.echo(f"{child.name} exited ({child.exit_code}); started again (log: {child.log_path})")
     except KeyboardInterrupt:
         typer.echo("stopping ...")
     finally:

