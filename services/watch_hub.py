@@ -11,7 +11,9 @@ any of its watchers has, so several watchers of one job share one read and each 
 own. A read blocks at most `block_ms`, so a new watcher's stream is read from within that. A watched stream that no
 longer exists (the job was withdrawn, or Redis lost it) is found by a sweep every `recheck_s`, and its watchers are
 told to re-read the record. A reader that loses Redis hands the error to every watcher it serves (their streams
-end UNAVAILABLE, as one stream's own read used to, and the clients resume) and tries again.
+end UNAVAILABLE, as one stream's own read used to, and the clients resume) and tries again. A watcher whose client
+reads slower than its job changes holds at most MAX_PENDING_SNAPSHOTS snapshots: past that the oldest is dropped
+(each snapshot is whole, and a newer one supersedes it), so a slow stream costs the gateway a bounded amount.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import logging
 import time
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +44,8 @@ KEYS_PER_READ = 1024
 RECHECK_S = 1.0
 # After losing Redis a reader waits this long before it reads again.
 RETRY_S = 0.5
+# Snapshots one watcher holds for a client that reads slower than its job changes (the oldest go first).
+MAX_PENDING_SNAPSHOTS = 32
 # KEYS: event streams. The 1-based positions of those that do not exist.
 MISSING_SCRIPT = """
 local missing = {}
@@ -61,16 +66,22 @@ Delivery = JobRecord | Recheck | Exception
 
 @dataclass(eq=False)
 class Watcher:
-    """One open stream's place in the hub: its job, the highest sequence handed to it, its queue."""
+    """One open stream's place in the hub: its job, the highest sequence handed to it, what waits for its client
+    (snapshots in order, at most MAX_PENDING_SNAPSHOTS of them, a recheck, a reader's error)."""
 
     job_id: str
     cursor: int
-    queue: asyncio.Queue[Delivery] = field(default_factory=asyncio.Queue)
+    pending: deque[Delivery] = field(default_factory=deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     recheck_pending: bool = False
+    dropped: int = 0  # snapshots superseded before the client read them
 
     async def next(self) -> JobRecord | Recheck:
         """The next snapshot above the cursor, or RECHECK; raises the error of a reader that lost Redis."""
-        item = await self.queue.get()
+        while not self.pending:
+            self.arrived.clear()
+            await self.arrived.wait()
+        item = self.pending.popleft()
         if isinstance(item, Exception):
             raise item
         if isinstance(item, Recheck):
@@ -78,9 +89,14 @@ class Watcher:
         return item
 
     def offer(self, record: JobRecord) -> None:
-        if record.sequence > self.cursor:
-            self.cursor = record.sequence
-            self.queue.put_nowait(record)
+        if record.sequence <= self.cursor:
+            return
+        self.cursor = record.sequence
+        snapshots = [item for item in self.pending if isinstance(item, JobRecord)]
+        if len(snapshots) >= MAX_PENDING_SNAPSHOTS:
+            self.pending.remove(snapshots[0])
+            self.dropped += 1
+        self.deliver(record)
 
     def seen(self, sequence: int) -> None:
         """The watcher has this sequence from elsewhere (the record): nothing at or below it is handed again."""
@@ -89,7 +105,11 @@ class Watcher:
     def recheck(self) -> None:
         if not self.recheck_pending:
             self.recheck_pending = True
-            self.queue.put_nowait(RECHECK)
+            self.deliver(RECHECK)
+
+    def deliver(self, item: Delivery) -> None:
+        self.pending.append(item)
+        self.arrived.set()
 
 
 def chunks(items: list[str], size: int) -> list[list[str]]:
@@ -196,9 +216,9 @@ class Reader:
         for group in self.watchers.values():
             for watcher in group:
                 if isinstance(error, redis.RedisError):
-                    watcher.queue.put_nowait(redis.ConnectionError(f"reading the job's events failed: {error}"))
+                    watcher.deliver(redis.ConnectionError(f"reading the job's events failed: {error}"))
                 else:
-                    watcher.queue.put_nowait(RuntimeError(f"reading the job's events failed: {error}"))
+                    watcher.deliver(RuntimeError(f"reading the job's events failed: {error}"))
 
     async def aclose(self) -> None:
         self.closing = True

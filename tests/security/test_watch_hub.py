@@ -20,7 +20,7 @@ from services.records import JobRecord, JobState, new_job_id
 from services.redis_clients import async_redis_client
 from services.settings import GatewaySettings, StackSettings
 from services.stack import Stack, free_port
-from services.watch_hub import RECHECK, WatchHub
+from services.watch_hub import MAX_PENDING_SNAPSHOTS, RECHECK, WatchHub
 
 NAMESPACE = "hub"
 TENANT = "tenant-a"
@@ -145,7 +145,7 @@ def test_a_watcher_resumes_after_its_sequence(redis_port: int) -> None:
             assert await sequences(resumed.next, 2) == [3, 4]
             async with store.hub.subscribe(job.job_id, 0) as late:
                 assert await sequences(late.next, 4) == [1, 2, 3, 4]
-            assert resumed.queue.empty(), "the late watcher's read handed nothing twice"
+            assert not resumed.pending, "the late watcher's read handed nothing twice"
         finish(worker, job.job_id)
         assert await collect(store.watch(job.job_id, TENANT, 2)) == [5], "the record first, then the stream ends"
 
@@ -195,7 +195,7 @@ def test_a_missing_stream_is_rechecked_once_until_taken(redis_port: int) -> None
         async with store.hub.subscribe(new_job_id(), 0) as watcher:
             assert await asyncio.wait_for(watcher.next(), STEP_S) is RECHECK
             await asyncio.sleep(0.5)  # several sweeps
-            assert watcher.queue.qsize() <= 1, "a pending recheck is not queued again"
+            assert len(watcher.pending) <= 1, "a pending recheck is not queued again"
 
     run(redis_port, scenario, recheck_s=0.1)
 
@@ -273,3 +273,26 @@ def test_a_read_may_not_block_past_the_socket_timeout() -> None:
     with pytest.raises(ValueError, match="watch_block_ms"):
         GatewaySettings(watch_block_ms=5000, redis_socket_timeout_s=5.0)
     assert GatewaySettings(watch_block_ms=250).watch_readers == 2
+
+
+def test_a_slow_client_costs_its_watcher_a_bounded_number_of_snapshots_the_newest(redis_port: int) -> None:
+    """A client that reads nothing while its job writes many snapshots: the watcher holds the newest
+    MAX_PENDING_SNAPSHOTS of them, in order; a recheck behind them is never dropped."""
+
+    async def scenario(store: AsyncJobStore, worker: JobStore) -> None:
+        job = await new_job(store)
+        async with store.hub.subscribe(job.job_id, job.sequence) as watcher:
+            last = [progress(worker, job.job_id, tokens).sequence for tokens in range(1, 150)][-1]
+
+            async def read_all() -> None:
+                while watcher.cursor < last:
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(read_all(), STEP_S)
+            assert len(watcher.pending) == MAX_PENDING_SNAPSHOTS and watcher.dropped > 0
+            watcher.recheck()
+            newest = list(range(last - MAX_PENDING_SNAPSHOTS + 1, last + 1))
+            assert await sequences(watcher.next, MAX_PENDING_SNAPSHOTS) == newest
+            assert await asyncio.wait_for(watcher.next(), STEP_S) is RECHECK
+
+    run(redis_port, scenario)
